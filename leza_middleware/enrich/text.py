@@ -1,0 +1,57 @@
+"""Make untrusted text safe to store: no control characters, bounded size, no secrets."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_plus
+
+__all__ = ["FILTERED", "clean", "redact_query"]
+
+FILTERED = "[Filtered]"
+
+# C0 controls (CR, LF, TAB, NUL, ESC…), DEL, C1 controls, and the Unicode line
+# and paragraph separators: anything that could forge a log line or a terminal
+# escape when the value is printed later.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def clean(value: str, cap: int) -> str:
+    """Drop control characters and cap the length (cheap when already clean)."""
+    if _CONTROL.search(value) is not None:
+        value = _CONTROL.sub("", value)
+    if len(value) > cap:
+        value = value[:cap]
+    # Lone surrogates (from surrogateescape-decoded bytes) cannot be encoded for
+    # storage; replace them rather than fail the write later.
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _norm_key(key: str) -> str:
+    return unquote_plus(key).lower().replace("-", "").replace("_", "")
+
+
+def redact_query(query: bytes | str, keys: frozenset[str]) -> str:
+    """Replace the values of secret-looking keys (``token``, ``password``, …).
+
+    Keys are matched case-insensitively with ``-``/``_`` ignored, and also when
+    they end with a listed key (``access_token``, ``x-api-key``). The rest of
+    the query is kept byte for byte.
+    """
+    text = query.decode("latin-1") if isinstance(query, bytes) else query
+    parts = text.split("&")
+    changed = False
+    for i, part in enumerate(parts):
+        key, sep, _value = part.partition("=")
+        if not sep:
+            continue
+        k = _norm_key(key)
+        if k in keys or any(k.endswith(s) for s in _SUFFIXES if s in keys):
+            parts[i] = f"{key}={FILTERED}"
+            changed = True
+    return "&".join(parts) if changed else text
+
+
+# Suffix matches catch prefixed variants (access_token, x_api_key, user_password).
+_SUFFIXES = ("token", "password", "secret", "apikey", "signature", "sessionid", "passwd")

@@ -1,0 +1,315 @@
+"""The event model: what the recorder hands to storage and what queries return.
+
+Events keep scalar fields flat (cheap to turn into a row) and hold the wide,
+repetitive parts — device, geo, performer — as shared immutable objects that
+storage writes once per distinct value and references by ``key``.
+
+``to_dict()`` is the public JSON shape (DESIGN.md names: ``_id``, ``browser``,
+``os``, ``device``, ``bot``, ``geoLocationInfoOfIp``, ``performer``, …) and
+``from_dict()`` reverses it exactly, so a spilled event replays unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from .performer import Performer
+
+__all__ = [
+    "PRIORITY_ACTIONS",
+    "AccessEvent",
+    "Device",
+    "Event",
+    "Geo",
+    "iso_from_us",
+    "us_from_iso",
+]
+
+# Actions whose events must never be dropped for lack of memory: they go to the
+# spill file instead (DESIGN.md, reliability contract).
+PRIORITY_ACTIONS = frozenset({"login", "logout", "login_failed", "session_start", "session_end"})
+
+
+def iso_from_us(ts_us: int) -> str:
+    """UTC ISO 8601 with microseconds and a ``Z`` suffix."""
+    seconds, micros = divmod(ts_us, 1_000_000)
+    dt = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{micros:06d}Z"
+
+
+def us_from_iso(value: str) -> int:
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def ua_key(user_agent: str) -> str:
+    """Stable key of a User-Agent string (the same in every process and host)."""
+    return hashlib.blake2b(user_agent.encode("utf-8", "surrogatepass"), digest_size=10).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """What a User-Agent string says about the client. One per distinct UA."""
+
+    key: str
+    user_agent: str
+    browser_type: str = ""  # "browser", "bot", "email client", "" when unknown
+    browser_name: str = ""
+    browser_version: str = ""
+    engine: str = ""
+    engine_version: str = ""
+    os_name: str = ""
+    os_version: str = ""
+    os_platform: str = ""
+    device_type: str = ""  # "desktop", "smartphone", "tablet", "" when unknown
+    device_brand: str = ""
+    device_model: str = ""
+    bot_name: str | None = None  # set only for bots
+    bot_category: str = ""
+    bot_url: str = ""
+    is_mobile: bool = False
+    is_tablet: bool = False
+    is_pc: bool = False
+    is_touch_capable: bool = False
+
+    @property
+    def is_bot(self) -> bool:
+        return self.bot_name is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "browser": {
+                "type": self.browser_type,
+                "name": self.browser_name,
+                "version": self.browser_version,
+                "engine": self.engine,
+                "engineVersion": self.engine_version,
+            },
+            "os": {"name": self.os_name, "version": self.os_version, "platform": self.os_platform},
+            "device": {
+                "type": self.device_type,
+                "brand": self.device_brand,
+                "model": self.device_model,
+                "is_mobile": self.is_mobile,
+                "is_tablet": self.is_tablet,
+                "is_pc": self.is_pc,
+                "is_touch_capable": self.is_touch_capable,
+            },
+            "bot": (
+                None
+                if self.bot_name is None
+                else {"name": self.bot_name, "category": self.bot_category, "url": self.bot_url}
+            ),
+        }
+
+    @classmethod
+    def from_dict(cls, user_agent: str, data: Mapping[str, Any]) -> Device:
+        b = data.get("browser") or {}
+        o = data.get("os") or {}
+        d = data.get("device") or {}
+        bot = data.get("bot")
+        return cls(
+            key=ua_key(user_agent),
+            user_agent=user_agent,
+            browser_type=b.get("type", ""),
+            browser_name=b.get("name", ""),
+            browser_version=b.get("version", ""),
+            engine=b.get("engine", ""),
+            engine_version=b.get("engineVersion", ""),
+            os_name=o.get("name", ""),
+            os_version=o.get("version", ""),
+            os_platform=o.get("platform", ""),
+            device_type=d.get("type", ""),
+            device_brand=d.get("brand", ""),
+            device_model=d.get("model", ""),
+            bot_name=None if bot is None else bot.get("name", ""),
+            bot_category="" if bot is None else bot.get("category", ""),
+            bot_url="" if bot is None else bot.get("url", ""),
+            is_mobile=bool(d.get("is_mobile", False)),
+            is_tablet=bool(d.get("is_tablet", False)),
+            is_pc=bool(d.get("is_pc", False)),
+            is_touch_capable=bool(d.get("is_touch_capable", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Geo:
+    """Where an IP network is. One per distinct network of the GeoIP database."""
+
+    key: str  # the database network the IP fell in, e.g. "81.2.69.128/26"
+    country_code: str = ""
+    country_name: str = ""
+    region_code: str = ""
+    region_name: str = ""
+    city: str = ""
+    zip_code: str = ""
+    time_zone: str = ""
+    latitude: float | None = None
+    longitude: float | None = None
+    metro_code: int = 0
+
+    def to_dict(self, ip: str) -> dict[str, Any]:
+        return {
+            "ip": ip,
+            "country_code": self.country_code,
+            "country_name": self.country_name,
+            "region_code": self.region_code,
+            "region_name": self.region_name,
+            "city": self.city,
+            "zip_code": self.zip_code,
+            "time_zone": self.time_zone,
+            "latitude": self.latitude,
+            "longitude": self.longitude,
+            "metro_code": self.metro_code,
+            "network": self.key,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Geo:
+        return cls(
+            key=str(data.get("network") or ""),
+            country_code=data.get("country_code", ""),
+            country_name=data.get("country_name", ""),
+            region_code=data.get("region_code", ""),
+            region_name=data.get("region_name", ""),
+            city=data.get("city", ""),
+            zip_code=data.get("zip_code", ""),
+            time_zone=data.get("time_zone", ""),
+            latitude=data.get("latitude"),
+            longitude=data.get("longitude"),
+            metro_code=int(data.get("metro_code") or 0),
+        )
+
+
+class Event:
+    """Base of every recorded event: an id, a kind, a UTC time in µs."""
+
+    __slots__ = ()
+    kind: ClassVar[str]
+    id: str
+    ts: int
+    action: str
+
+    def to_dict(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def priority(self) -> bool:
+        """True when this event may be spilled but never dropped."""
+        return self.action in PRIORITY_ACTIONS
+
+
+@dataclass(slots=True, eq=True)
+class AccessEvent(Event):
+    """One HTTP request (or websocket connect) as an auditor reads it."""
+
+    kind: ClassVar[str] = "access"
+
+    id: str
+    ts: int  # µs since the epoch, UTC
+    action: str  # "access", "denied", "login", "logout", "login_failed", ...
+    method: str  # the endpoint type: GET, POST, ..., WS for a websocket
+    endpoint: str  # path + query with secret values filtered
+    route: str | None  # route template when the framework exposes it
+    status: int
+    duration_us: int
+    outcome: str  # "success", "denied", "failure", "error"
+    reason: str
+    request_id: str
+    client_ip: str  # as received when invalid (then ip_valid is False)
+    ip_valid: bool
+    peer_ip: str
+    proxy_chain: tuple[str, ...]
+    scheme: str
+    host: str
+    app: str
+    device: Device | None = None
+    geo: Geo | None = None
+    performer: Performer | None = None
+    machine_id: str | None = None
+    session_hash: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        device = self.device
+        out: dict[str, Any] = {
+            "_id": self.id,
+            "kind": self.kind,
+            "timestamp": iso_from_us(self.ts),
+            "action": self.action,
+            "endpoint": self.endpoint,
+            "endpoint_type": self.method,
+            "route": self.route,
+            "status": self.status,
+            "duration_ms": self.duration_us / 1000,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "request_id": self.request_id,
+            "ip": self.client_ip,
+            "ip_valid": self.ip_valid,
+            "peer_ip": self.peer_ip,
+            "proxy_chain": list(self.proxy_chain),
+            "scheme": self.scheme,
+            "host": self.host,
+            "app": self.app,
+            "user_agent": device.user_agent if device is not None else "",
+        }
+        if device is not None:
+            out.update(device.to_dict())
+        else:
+            out.update({"browser": None, "os": None, "device": None, "bot": None})
+        out["geoLocationInfoOfIp"] = self.geo.to_dict(self.client_ip) if self.geo else None
+        out["performer"] = self.performer.to_dict() if self.performer else None
+        out["machine_identifier"] = self.machine_id
+        out["session_id_hash"] = self.session_hash
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AccessEvent:
+        ua = data.get("user_agent") or ""
+        device = Device.from_dict(ua, data) if data.get("browser") is not None else None
+        geo_data = data.get("geoLocationInfoOfIp")
+        perf = data.get("performer")
+        return cls(
+            id=data["_id"],
+            ts=us_from_iso(data["timestamp"]),
+            action=data["action"],
+            method=data["endpoint_type"],
+            endpoint=data["endpoint"],
+            route=data.get("route"),
+            status=int(data["status"]),
+            duration_us=round(float(data["duration_ms"]) * 1000),
+            outcome=data["outcome"],
+            reason=data["reason"],
+            request_id=data["request_id"],
+            client_ip=data["ip"],
+            ip_valid=bool(data["ip_valid"]),
+            peer_ip=data["peer_ip"],
+            proxy_chain=tuple(data.get("proxy_chain") or ()),
+            scheme=data["scheme"],
+            host=data["host"],
+            app=data["app"],
+            device=device,
+            geo=Geo.from_dict(geo_data) if geo_data else None,
+            performer=Performer.from_dict(perf) if perf else None,
+            machine_id=data.get("machine_identifier"),
+            session_hash=data.get("session_id_hash"),
+        )
+
+
+EVENT_TYPES: dict[str, type[Event]] = {"access": AccessEvent}
+
+
+def event_from_dict(data: Mapping[str, Any]) -> Event:
+    """Rebuild any event from its ``to_dict()`` form (spill replay, JSONL storage)."""
+    kind = data.get("kind")
+    cls = EVENT_TYPES.get(kind)  # type: ignore[arg-type]
+    if cls is None:
+        raise ValueError(f"unknown event kind {kind!r}")
+    return cls.from_dict(data)  # type: ignore[attr-defined,no-any-return]

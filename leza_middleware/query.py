@@ -1,0 +1,128 @@
+"""The read API shared by users, the dashboard and the CLI: ``leza.query.access(...)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+from .errors import LezaError
+from .storage.base import QueryFilter, Storage
+
+__all__ = ["Query", "QueryPage", "parse_cursor", "to_us"]
+
+TimeLike = datetime | date | str | int | float | None
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MAX_LIMIT = 10_000
+
+
+def to_us(value: TimeLike, *, end: bool = False) -> int | None:
+    """µs since the epoch from a datetime, date, ISO 8601 string or epoch seconds.
+
+    Naive datetimes are UTC. A bare date means the whole day: its start for
+    ``since`` and its last microsecond for ``until`` (``end=True``), so both
+    bounds are inclusive.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError("a time bound cannot be a bool")
+    if isinstance(value, (int, float)):
+        return int(value * 1_000_000)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if len(text) == 10:
+                value = date.fromisoformat(text)
+            else:
+                value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"not an ISO 8601 date or date-time: {value!r}") from None
+    if not isinstance(value, datetime):
+        day = datetime.combine(value, time.min, tzinfo=timezone.utc)
+        if end:
+            day += timedelta(days=1, microseconds=-1)
+        value = day
+    elif value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def format_cursor(cursor: tuple[int, str] | None) -> str | None:
+    return None if cursor is None else f"{cursor[0]}_{cursor[1]}"
+
+
+def parse_cursor(text: str | None) -> tuple[int, str] | None:
+    """Parse an opaque cursor returned by a previous page."""
+    if not text:
+        return None
+    ts, sep, ident = text.partition("_")
+    if not sep or not ts.isdigit() or not ident.isalnum():
+        raise ValueError(f"invalid cursor {text!r}")
+    return int(ts), ident
+
+
+@dataclass(frozen=True)
+class QueryPage:
+    items: list[dict[str, Any]]
+    next_cursor: str | None  # pass as ``cursor=`` for the next (older) page
+
+
+class Query:
+    """Newest-first reads over recorded events. Each record is a plain dict."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._ready = False
+
+    def page(
+        self,
+        kind: str,
+        *,
+        since: TimeLike = None,
+        until: TimeLike = None,
+        action: str | None = None,
+        performer_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> QueryPage:
+        if not 1 <= int(limit) <= MAX_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+        flt = QueryFilter(
+            since=to_us(since),
+            until=to_us(until, end=True),
+            action=action or None,
+            performer_id=performer_id or None,
+            limit=int(limit),
+            cursor=parse_cursor(cursor),
+        )
+        if not self._ready:
+            try:
+                self._storage.setup()
+            except Exception as exc:
+                raise LezaError(f"storage {self._storage.describe()} is not reachable: {exc}") from exc
+            self._ready = True
+        page = self._storage.query(kind, flt)
+        return QueryPage([e.to_dict() for e in page.events], format_cursor(page.next_cursor))
+
+    def access(
+        self,
+        since: TimeLike = None,
+        until: TimeLike = None,
+        action: str | None = None,
+        performer_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """ACCESS events, newest first. ``since``/``until`` are inclusive."""
+        return self.page(
+            "access",
+            since=since,
+            until=until,
+            action=action,
+            performer_id=performer_id,
+            limit=limit,
+            cursor=cursor,
+        ).items

@@ -1,0 +1,452 @@
+"""The recorder: a bounded queue drained by one background thread per process.
+
+Shaped like OpenTelemetry's BatchProcessor. The request path only appends to a
+deque under a lock (no I/O); the worker thread, woken by an Event when a batch
+is full or every ``flush_interval``, prepares (enriches) and writes batches.
+
+Accounting is exact at all times (every counter changes under one lock)::
+
+    enqueued == written + dropped + pending + spilled
+
+* ``dropped`` only when the queue is full (by reason; login/logout/audit-type
+  events are spilled instead) or when even the spill file cannot be written;
+* storage failures are retried with backoff, then the batch is spilled to a
+  local JSON Lines file and storage is probed again with growing delays; when
+  it answers, spilled events are replayed (``replayed`` counts them, including
+  those left by earlier runs);
+* after ``fork`` the child starts with an empty queue and its own thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .events import Event
+from .spill import Spill
+from .storage.base import Storage
+
+__all__ = ["Recorder", "add_listener", "remove_listener"]
+
+log = logging.getLogger("leza_middleware")
+
+Listener = Callable[[Sequence[Event]], None]
+
+# Listeners see every prepared event of every recorder in the process (used by
+# ``leza_middleware.testing.capture_events``). Copy-on-write: the worker
+# iterates a snapshot without locking.
+_listeners: tuple[Listener, ...] = ()
+_listeners_lock = threading.Lock()
+
+
+def add_listener(fn: Listener) -> None:
+    global _listeners
+    with _listeners_lock:
+        _listeners = (*_listeners, fn)
+
+
+def remove_listener(fn: Listener) -> None:
+    global _listeners
+    with _listeners_lock:
+        _listeners = tuple(x for x in _listeners if x is not fn)
+
+
+_MAX_PROBE_DELAY = 30.0
+
+
+class Recorder:
+    def __init__(
+        self,
+        storage: Storage,
+        prepare: Callable[[Any], Event],
+        spill: Spill,
+        *,
+        batch_size: int = 512,
+        flush_interval: float = 1.0,
+        queue_size: int = 10_000,
+        max_retries: int = 3,
+        retry_backoff: float = 0.1,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        self.storage = storage
+        self._prepare = prepare
+        self.spill = spill
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.queue_size = queue_size
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.shutdown_timeout = shutdown_timeout
+        self._setup_done = False
+        self._reset_state()
+        _live.add(self)
+
+    def _reset_state(self) -> None:
+        self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)  # notified when events stop being pending
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._queue: deque[Any] = deque()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        # Pending = queued + in flight (taken by the worker) + held (being
+        # spilled by another thread). Each moves to a final counter in the
+        # same locked step that removes it, so the books always balance.
+        self._inflight: list[Any] = []
+        self._inflight_prepared = False
+        self._held = 0
+        self._abandoned = False  # shutdown() took over a stuck worker's batch
+        self.enqueued = 0
+        self.written = 0
+        self.spilled = 0
+        self.replayed = 0
+        self.retried = 0
+        self.dropped_by_reason: dict[str, int] = {}
+        self.storage_errors = 0
+        self._down_since: float | None = None
+        self._next_probe = 0.0
+        self._probe_delay = 1.0
+        self._last_error_log = 0.0
+
+    # -- request path --------------------------------------------------------
+
+    def offer(self, item: Any) -> None:
+        """Queue one raw record. Never blocks on I/O, never raises."""
+        with self._lock:
+            self.enqueued += 1
+            if len(self._queue) < self.queue_size and not self._closed:
+                self._queue.append(item)
+                n = len(self._queue)
+            else:
+                self._held += 1
+                n = -1
+        if n < 0:
+            self._overflow(item)
+            return
+        if self._thread is None:
+            self._start()
+        if n >= self.batch_size:
+            self._wake.set()
+
+    def _overflow(self, item: Any) -> None:
+        # Queue full, or the recorder is shut down. Priority events (and, after
+        # shutdown, every event) go to the spill file and are replayed later;
+        # the rest are dropped and counted.
+        try:
+            to_spill = self._closed or bool(item.priority)
+        except Exception:
+            to_spill = False
+        if to_spill:
+            events, bad = self._prepare_all([item])
+            self._settle_spill(events, bad, held=1)
+        else:
+            with self._lock:
+                self._held -= 1
+                self._add_drops("queue_full", 1)
+
+    # -- control -------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._closed:
+                return
+            t = threading.Thread(target=self._run, name="leza-recorder", daemon=True)
+            self._thread = t
+        t.start()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + len(self._inflight) + self._held
+
+    def flush(self, timeout: float | None = 5.0) -> bool:
+        """Wait until everything enqueued so far has been written, spilled or dropped.
+
+        Returns False when ``timeout`` passed first (e.g. storage is hanging);
+        those events stay pending and are counted as such.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            target = self.enqueued
+        if self._thread is None:
+            self._start()
+        while True:
+            with self._lock:
+                if self.enqueued - self.pending >= target or self._closed and not self.pending:
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+            self._wake.set()
+            with self._lock:
+                self._done.wait(0.05 if remaining is None else min(remaining, 0.05))
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Flush, stop the thread and close storage, within ``timeout`` seconds.
+
+        What cannot be written in time is spilled (and replayed at next start);
+        only when the spill file cannot be written either is it dropped, counted.
+        Returns True when the worker finished in time.
+        """
+        timeout = self.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            if self._closed:
+                return True
+            self._closed = True  # later offers go to the spill file
+            thread = self._thread
+        self._stopping.set()
+        self._wake.set()
+        if thread is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = thread is not None and thread.is_alive()
+        # Whatever is still queued, or held by a worker stuck in storage, is
+        # spilled; if the stuck write completes later, replay is a no-op by id.
+        with self._lock:
+            taken = list(self._queue)
+            self._queue.clear()
+            ready: list[Event] = []
+            if stuck:
+                if self._inflight_prepared:
+                    ready = list(self._inflight)
+                else:
+                    taken += self._inflight
+                self._abandoned = True
+                self._held += len(self._inflight)
+                self._inflight = []
+            self._held += len(taken)
+            n_held = len(taken) + len(ready)
+        if n_held:
+            events, bad = self._prepare_all(taken)
+            self._settle_spill(ready + events, bad, held=n_held)
+        self.spill.rotate()  # release the file's lock so the next start can replay it
+        if not stuck:
+            try:
+                self.storage.close()
+            except Exception:
+                log.warning("leza: closing storage failed", exc_info=True)
+        return not stuck
+
+    def after_fork(self) -> None:
+        self._reset_state()
+        self.storage.after_fork()
+        self.spill.after_fork()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            dropped = dict(self.dropped_by_reason)
+            return {
+                "enqueued": self.enqueued,
+                "written": self.written,
+                "dropped": sum(dropped.values()),
+                "dropped_by_reason": dropped,
+                "retried": self.retried,
+                "spilled": self.spilled,
+                "replayed": self.replayed,
+                "pending": self.pending,
+                "storage_errors": self.storage_errors,
+                "storage_down": self._down_since is not None,
+                "spill_corrupt_lines": self.spill.corrupt_lines,
+            }
+
+    # -- accounting (call with the lock held unless noted) --------------------
+
+    def _add_drops(self, reason: str, n: int) -> None:
+        if n:
+            self.dropped_by_reason[reason] = self.dropped_by_reason.get(reason, 0) + n
+        self._done.notify_all()
+
+    def _prepare_all(self, items: list[Any]) -> tuple[list[Event], int]:
+        """Enrich raw records (no lock). Returns the events and how many failed."""
+        prepare = self._prepare
+        out: list[Event] = []
+        for item in items:
+            try:
+                out.append(prepare(item))
+            except Exception:
+                log.debug("leza: could not prepare an event", exc_info=True)
+        return out, len(items) - len(out)
+
+    def _settle_spill(self, events: list[Event], bad: int, *, held: int = 0) -> None:
+        """Spill ``events`` (no lock held) and settle the books in one step.
+
+        ``held`` is how many of them were counted in ``_held``; otherwise they
+        are the worker's in-flight batch.
+        """
+        ok = True
+        if events:
+            try:
+                self.spill.append(events)
+            except Exception:
+                ok = False
+                log.warning("leza: spill file not writable; dropping %d events", len(events))
+        with self._lock:
+            if held:
+                self._held -= held
+            elif self._abandoned:
+                return  # shutdown() took this batch over and settles it
+            else:
+                self._inflight = []
+            if ok:
+                self.spilled += len(events)
+            else:
+                self._add_drops("spill_failed", len(events))
+            self._add_drops("invalid", bad)
+
+    # -- worker thread -------------------------------------------------------
+
+    def _run(self) -> None:
+        self._replay()  # events spilled by an earlier run
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            try:
+                while self._queue and not self._abandoned:
+                    self._process(self._take())
+                if self._down_since is not None or self.spill.has_files():
+                    self._maybe_replay()
+            except Exception:  # a bug here must not kill the thread
+                log.exception("leza: recorder loop error")
+            if self._stopping.is_set() and not self._queue:
+                return
+
+    def _take(self) -> list[Any]:
+        with self._lock:
+            q = self._queue
+            batch = [q.popleft() for _ in range(min(len(q), self.batch_size))]
+            self._inflight = batch
+            self._inflight_prepared = False
+        return batch
+
+    def _process(self, batch: list[Any]) -> None:
+        events, bad = self._prepare_all(batch)
+        with self._lock:
+            if self._abandoned:
+                return
+            # The in-flight batch is now the prepared events; the ones that
+            # failed to prepare are dropped in the same step.
+            self._inflight = events
+            self._inflight_prepared = True
+            self._add_drops("invalid", bad)
+        for fn in _listeners:
+            try:
+                fn(events)
+            except Exception:
+                log.debug("leza: event listener failed", exc_info=True)
+        if not events:
+            return
+        if self._down_since is not None and time.monotonic() < self._next_probe:
+            self._settle_spill(events, 0)
+            return
+        attempts = 1 if self._down_since is not None else self.max_retries + 1
+        for attempt in range(attempts):
+            if self._write(events):
+                self._mark_up()
+                return
+            if attempt + 1 < attempts:
+                with self._lock:
+                    self.retried += 1
+                if self._stopping.wait(self.retry_backoff * (2**attempt)):
+                    break  # shutting down: spill now rather than sleep
+        self._mark_down()
+        self._settle_spill(events, 0)
+
+    def _write(self, events: list[Event]) -> bool:
+        try:
+            self._ensure_setup()
+            self.storage.write(events)
+        except Exception as exc:
+            with self._lock:
+                self.storage_errors += 1
+            self._log_storage_error(exc)
+            return False
+        with self._lock:
+            if not self._abandoned:
+                self.written += len(events)
+                self._inflight = []
+            self._done.notify_all()
+        return True
+
+    def _ensure_setup(self) -> None:
+        if not self._setup_done:
+            self.storage.setup()
+            self._setup_done = True
+
+    def _mark_down(self) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            self._probe_delay = 1.0
+            log.warning("leza: storage %s unavailable; spilling events", self.storage.describe())
+        else:
+            self._probe_delay = min(self._probe_delay * 2, _MAX_PROBE_DELAY)
+        self._next_probe = now + self._probe_delay
+
+    def _mark_up(self) -> None:
+        if self._down_since is not None:
+            log.warning("leza: storage %s is back; replaying spilled events", self.storage.describe())
+            self._down_since = None
+            self._replay()
+
+    def _maybe_replay(self) -> None:
+        if self._down_since is None:
+            self._replay()
+        elif time.monotonic() >= self._next_probe:
+            # The replay is the probe: success means storage is back.
+            if self._replay():
+                self._down_since = None
+            else:
+                self._mark_down()
+
+    def _replay(self) -> bool:
+        """Replay spill files; False when storage failed during the replay."""
+        if not self.spill.has_files():
+            return True
+
+        def write(batch: list[Event]) -> None:
+            self._ensure_setup()
+            self.storage.write(batch)
+            with self._lock:
+                self.replayed += len(batch)
+
+        try:
+            self.spill.replay(write, self.batch_size)
+        except Exception as exc:
+            with self._lock:
+                self.storage_errors += 1
+            self._log_storage_error(exc)
+            return False
+        return True
+
+    def _log_storage_error(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= 30.0:  # one line per 30 s, not per batch
+            self._last_error_log = now
+            log.warning("leza: storage write failed: %s: %s", type(exc).__name__, exc)
+
+
+# Every live recorder, for fork handling and interpreter exit.
+_live: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for rec in list(_live):
+        rec.after_fork()
+
+
+def _at_exit() -> None:
+    for rec in list(_live):
+        try:
+            rec.shutdown()
+        except Exception:  # pragma: no cover - never break interpreter exit
+            pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)

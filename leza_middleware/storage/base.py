@@ -1,0 +1,82 @@
+"""The storage contract: what the recorder writes through and queries read from."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..events import Event
+
+__all__ = ["Page", "QueryFilter", "Storage"]
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFilter:
+    """Filters shared by every kind. Times are µs since the epoch, UTC, inclusive."""
+
+    since: int | None = None
+    until: int | None = None
+    action: str | None = None
+    performer_id: str | None = None
+    limit: int = 100
+    # Keyset cursor: the (ts, id) of the last row of the previous page; the next
+    # page holds rows strictly older than it. Never an OFFSET.
+    cursor: tuple[int, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise ValueError(f"QueryFilter.limit must be >= 1, got {self.limit}")
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    events: list[Event]
+    # (ts, id) of the last event when more rows may follow, else None.
+    next_cursor: tuple[int, str] | None
+
+
+class Storage(abc.ABC):
+    """Base class of storage backends. Subclass it to send events anywhere.
+
+    Only :meth:`write` and :meth:`query` are required. Every method is called
+    from the recorder's background thread or from the read side, never from
+    the request path, so blocking I/O is fine here.
+
+    Contract:
+
+    * :meth:`write` is idempotent by event id: writing the same event twice
+      stores it once (spilled events are replayed after a failure that may
+      have stored part of a batch).
+    * :meth:`write` raises on failure; the recorder retries with backoff and
+      spills to a local file when storage stays down.
+    * :meth:`query` returns newest first (by ``ts``, then ``id``).
+    """
+
+    #: True when several processes can write to it at once (SQL backends).
+    shared: bool = False
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Create tables / files. Called once before the first write or read."""
+
+    @abc.abstractmethod
+    def write(self, events: Sequence[Event]) -> None:
+        """Store a batch of events (any mix of kinds), idempotently by id."""
+
+    @abc.abstractmethod
+    def query(self, kind: str, flt: QueryFilter) -> Page:
+        """Events of one kind matching ``flt``, newest first."""
+
+    def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
+        """Delete events of ``kind`` older than ``before`` (µs); return how many."""
+        raise NotImplementedError(f"{type(self).__name__} does not support purge")
+
+    def after_fork(self) -> None:  # noqa: B027 - optional hook
+        """Drop connections inherited from the parent process (called in the child)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files."""
+
+    def describe(self) -> str:
+        """A short, secret-free description for logs and the CLI."""
+        return type(self).__name__

@@ -1,0 +1,212 @@
+"""JSON Lines storage: a directory with one ``<kind>.jsonl`` file per kind.
+
+Each line is ``json.dumps(event.to_dict())``. Writes append and flush once per
+batch (``fsync=True`` also fsyncs). Re-writing an id is skipped within a
+process (a bounded set of recently written ids) and queries keep the first
+line of an id, so a replayed batch is still read once. Queries stream the file
+(O(lines)); purge rewrites it atomically. One process at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from urllib.parse import parse_qs, urlsplit
+
+from ..errors import LezaConfigError
+from ..events import Event, event_from_dict
+from .base import Page, QueryFilter, Storage
+from .memory import select_page
+
+__all__ = ["JSONLStorage"]
+
+log = logging.getLogger(__name__)
+
+_KIND = re.compile(r"[a-z][a-z0-9_]*")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class JSONLStorage(Storage):
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        fsync: bool = False,
+        recent_ids_limit: int = 100_000,
+    ) -> None:
+        path = os.path.abspath(os.fspath(directory))
+        if os.path.exists(path):
+            if not os.path.isdir(path):
+                raise LezaConfigError(f"JSONL storage {path!r} exists and is not a directory")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise LezaConfigError(f"JSONL storage directory {path!r} is not writable")
+        else:
+            parent = os.path.dirname(path)
+            if not os.path.isdir(parent):
+                raise LezaConfigError(
+                    f"JSONL storage {path!r}: the parent directory {parent!r} does not exist"
+                )
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise LezaConfigError(
+                    f"JSONL storage {path!r}: cannot create it, {parent!r} is not writable"
+                )
+        self.directory = path
+        self.fsync = fsync
+        self._recent_limit = recent_ids_limit
+        self._recent: dict[str, set[str]] = {}
+        self._tail_ok: set[str] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> JSONLStorage:
+        """``jsonl:///abs/dir`` or ``jsonl://relative/dir``; ``?fsync=1`` to fsync."""
+        parts = urlsplit(url)
+        path = parts.netloc + parts.path
+        if not path:
+            raise LezaConfigError(
+                f"storage URL {url!r} names no directory; expected jsonl:///path/to/dir"
+            )
+        options = parse_qs(parts.query, keep_blank_values=True)
+        unknown = set(options) - {"fsync"}
+        if unknown:
+            raise LezaConfigError(
+                f"storage URL {url!r}: unknown option(s) {', '.join(sorted(unknown))}; "
+                "only fsync is supported"
+            )
+        fsync_text = options.get("fsync", ["0"])[-1].lower()
+        if fsync_text not in _TRUE | _FALSE:
+            raise LezaConfigError(f"storage URL {url!r}: fsync must be 0 or 1")
+        return cls(path, fsync=fsync_text in _TRUE)
+
+    def describe(self) -> str:
+        return f"JSONLStorage({self.directory})"
+
+    def path(self, kind: str) -> str:
+        if not _KIND.fullmatch(kind):
+            raise ValueError(f"invalid event kind {kind!r}")
+        return os.path.join(self.directory, f"{kind}.jsonl")
+
+    def setup(self) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+
+    # -- write
+
+    def write(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        with self._lock:
+            groups: dict[str, list[Event]] = {}
+            for e in events:
+                groups.setdefault(e.kind, []).append(e)
+            for kind, group in groups.items():
+                self._append(kind, group)
+
+    def _append(self, kind: str, group: list[Event]) -> None:
+        path = self.path(kind)
+        recent = self._recent.setdefault(kind, set())
+        new: dict[str, str] = {}
+        for e in group:
+            if e.id not in recent and e.id not in new:
+                new[e.id] = json.dumps(e.to_dict(), ensure_ascii=False)
+        if not new:
+            return
+        text = "\n".join(new.values()) + "\n"
+        if kind not in self._tail_ok:
+            os.makedirs(self.directory, exist_ok=True)
+            if _ends_without_newline(path):  # a line torn by a crash: do not glue onto it
+                text = "\n" + text
+        self._tail_ok.discard(kind)  # re-checked after a failure part-way
+        with open(path, "a", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+        self._tail_ok.add(kind)
+        if len(recent) + len(new) > self._recent_limit:
+            recent.clear()
+        recent.update(new)
+
+    # -- read
+
+    def _read(self, kind: str) -> Iterator[tuple[str, Event | None]]:
+        """(line, event) for each line of ``kind``; event is None when unreadable."""
+        try:
+            f = open(self.path(kind), encoding="utf-8", newline="\n")  # noqa: SIM115
+        except FileNotFoundError:
+            return
+        with f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    yield line, event_from_dict(json.loads(line))
+                except (ValueError, KeyError, TypeError):
+                    yield line, None
+
+    def _unique(self, kind: str) -> Iterator[Event]:
+        seen: set[str] = set()
+        bad = 0
+        for _, e in self._read(kind):
+            if e is None:
+                bad += 1
+            elif e.id not in seen:
+                seen.add(e.id)
+                yield e
+        if bad:
+            log.warning("%s: skipped %d unreadable line(s) in %s.jsonl", self, bad, kind)
+
+    def query(self, kind: str, flt: QueryFilter) -> Page:
+        self.path(kind)  # validates the kind
+        with self._lock:  # no half-appended last line
+            return select_page(self._unique(kind), flt)
+
+    def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
+        """Drop events older than ``before`` by rewriting the file (``batch_size`` is
+        not used: the rewrite is one atomic replace). Unreadable lines are kept."""
+        path = self.path(kind)
+        with self._lock:
+            kept: list[str] = []
+            purged: set[str] = set()
+            for line, e in self._read(kind):
+                if e is not None and e.ts < before:
+                    purged.add(e.id)
+                else:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            if not purged:
+                return 0
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{kind}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+                    f.writelines(kept)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            self._recent.get(kind, set()).difference_update(purged)
+            self._tail_ok.add(kind)
+            return len(purged)
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+
+def _ends_without_newline(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False

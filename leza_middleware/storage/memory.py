@@ -1,0 +1,103 @@
+"""In-process storage: a dict per kind. For tests, ``capture_events`` and demos."""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Iterable, Sequence
+
+from ..events import Event
+from .base import Page, QueryFilter, Storage
+
+__all__ = ["MemoryStorage", "select_page"]
+
+
+def _performer_id(e: Event) -> str | None:
+    performer = getattr(e, "performer", None)
+    if performer is not None:
+        return performer.id  # type: ignore[no-any-return]
+    return getattr(e, "performer_id", None)
+
+
+def _sort_key(e: Event) -> tuple[int, str]:
+    return (e.ts, e.id)
+
+
+def select_page(events: Iterable[Event], flt: QueryFilter) -> Page:
+    """Apply ``flt`` to ``events`` in Python: the query semantics of every backend.
+
+    Inclusive ``since``/``until``, exact ``action`` and ``performer_id``, rows
+    strictly older than ``cursor`` by ``(ts, id)``, newest first, ``limit`` rows.
+    ``events`` must not repeat an id.
+    """
+    since, until, action, pid, cursor = (
+        flt.since,
+        flt.until,
+        flt.action,
+        flt.performer_id,
+        flt.cursor,
+    )
+
+    def keep(e: Event) -> bool:
+        return (
+            (since is None or e.ts >= since)
+            and (until is None or e.ts <= until)
+            and (action is None or e.action == action)
+            and (pid is None or _performer_id(e) == pid)
+            and (cursor is None or (e.ts, e.id) < cursor)
+        )
+
+    top = heapq.nlargest(flt.limit + 1, filter(keep, events), key=_sort_key)
+    if len(top) <= flt.limit:
+        return Page(top, None)
+    del top[flt.limit :]
+    last = top[-1]
+    return Page(top, (last.ts, last.id))
+
+
+class MemoryStorage(Storage):
+    """Events kept in memory, idempotent by id (the first write of an id wins)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kinds: dict[str, dict[str, Event]] = {}
+
+    def write(self, events: Sequence[Event]) -> None:
+        with self._lock:
+            kinds = self._kinds
+            for e in events:
+                by_id = kinds.get(e.kind)
+                if by_id is None:
+                    by_id = kinds[e.kind] = {}
+                if e.id not in by_id:
+                    by_id[e.id] = e
+
+    def query(self, kind: str, flt: QueryFilter) -> Page:
+        with self._lock:
+            snapshot = list(self._kinds.get(kind, {}).values())
+        return select_page(snapshot, flt)
+
+    def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
+        with self._lock:
+            by_id = self._kinds.get(kind, {})
+            old = [i for i, e in by_id.items() if e.ts < before]
+            for i in old:
+                del by_id[i]
+        return len(old)
+
+    def events(self, kind: str | None = None) -> list[Event]:
+        """Every stored event (of ``kind``, or of all kinds) in the order first written."""
+        with self._lock:
+            if kind is not None:
+                return list(self._kinds.get(kind, {}).values())
+            return [e for by_id in self._kinds.values() for e in by_id.values()]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kinds.clear()
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return "MemoryStorage()"

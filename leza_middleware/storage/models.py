@@ -1,0 +1,155 @@
+"""SQLModel table definitions of the SQL backend.
+
+Access rows stay narrow: scalar, mostly indexed columns plus keys that
+reference the wide, repetitive parts — device (one row per distinct
+User-Agent), geo (one per GeoIP network) and performer (one per distinct
+identity, keyed by a hash of its canonical JSON). Those are written once per
+key and joined back on read.
+
+The tables live in their own ``MetaData`` (:data:`metadata`), not in
+``SQLModel.metadata``, so an application that calls
+``SQLModel.metadata.create_all()`` on its own database does not get Leza's
+tables created there, and ``create_all`` here touches only Leza's tables.
+
+Writes do not go through these classes (the SQL backend builds one
+``executemany`` INSERT per table from :attr:`__table__`); they exist to define
+the schema once, for ``create_all``, Alembic autogenerate and ad-hoc ORM reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Index, MetaData, Table, Text, text
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+__all__ = [
+    "AccessRow",
+    "DeviceRow",
+    "GeoRow",
+    "LezaModel",
+    "PerformerRow",
+    "access_table",
+    "device_table",
+    "geo_table",
+    "metadata",
+    "performer_table",
+]
+
+_registry = registry()
+metadata: MetaData = _registry.metadata
+
+
+class LezaModel(SQLModel, registry=_registry):
+    """Abstract base of Leza's tables: binds them to :data:`metadata`."""
+
+
+class DeviceRow(LezaModel, table=True):
+    __tablename__ = "leza_device"
+
+    key: str = Field(primary_key=True)
+    user_agent: str = Field(sa_type=Text)
+    browser_type: str = ""
+    browser_name: str = ""
+    browser_version: str = ""
+    engine: str = ""
+    engine_version: str = ""
+    os_name: str = ""
+    os_version: str = ""
+    os_platform: str = ""
+    device_type: str = ""
+    device_brand: str = ""
+    device_model: str = ""
+    bot_name: str | None = None
+    bot_category: str = ""
+    bot_url: str = ""
+    is_mobile: bool = False
+    is_tablet: bool = False
+    is_pc: bool = False
+    is_touch_capable: bool = False
+
+
+class GeoRow(LezaModel, table=True):
+    __tablename__ = "leza_geo"
+
+    key: str = Field(primary_key=True)  # the GeoIP network, e.g. "81.2.69.128/26"
+    country_code: str = ""
+    country_name: str = ""
+    region_code: str = ""
+    region_name: str = ""
+    city: str = ""
+    zip_code: str = ""
+    time_zone: str = ""
+    latitude: float | None = None
+    longitude: float | None = None
+    metro_code: int = 0
+
+
+class PerformerRow(LezaModel, table=True):
+    __tablename__ = "leza_performer"
+
+    key: str = Field(primary_key=True)  # blake2b of Performer.to_json()
+    performer_id: str = Field(index=True)
+    name: str = ""
+    email: str = ""
+    # Performer.to_json(): the whole identity. The attribute is not called ``json``
+    # because that name is taken by pydantic's BaseModel.
+    json_text: str = Field(sa_column=Column("json", Text, nullable=False))
+
+
+class AccessRow(LezaModel, table=True):
+    __tablename__ = "leza_access"
+    # Every list query is "newest first within a time range", optionally narrowed
+    # by action or performer: (ts, id) matches ORDER BY ts DESC, id DESC and the
+    # keyset cursor exactly; the narrower indexes leave ``id`` out (each index
+    # costs insert throughput, ~25 % for a trailing id on both) and sort only the
+    # rows of one timestamp. Anonymous requests are not in the performer index.
+    __table_args__: Any = (
+        Index("ix_leza_access_ts_id", "ts", "id"),
+        Index("ix_leza_access_action_ts", "action", "ts"),
+        Index(
+            "ix_leza_access_performer_ts",
+            "performer_id",
+            "ts",
+            sqlite_where=text("performer_id IS NOT NULL"),
+            postgresql_where=text("performer_id IS NOT NULL"),
+        ),
+    )
+
+    id: str = Field(primary_key=True)
+    ts: int = Field(sa_column=Column(BigInteger, nullable=False))  # µs since the epoch, UTC
+    action: str
+    method: str
+    endpoint: str = Field(sa_type=Text)
+    route: str | None = Field(default=None, sa_type=Text)
+    status: int
+    duration_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    outcome: str
+    reason: str = Field(sa_type=Text)
+    request_id: str
+    client_ip: str
+    ip_valid: bool
+    peer_ip: str
+    proxy_chain: str = Field(default="", sa_type=Text)  # see sql.encode_chain
+    scheme: str
+    host: str
+    app: str
+    device_key: str | None = None  # -> leza_device.key
+    geo_key: str | None = None  # -> leza_geo.key
+    performer_id: str | None = None
+    performer_key: str | None = None  # -> leza_performer.key
+    machine_id: str | None = None
+    session_hash: str | None = None
+
+
+def _table(model: type[SQLModel]) -> Table:
+    table = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(table, Table)
+    return table
+
+
+access_table = _table(AccessRow)
+device_table = _table(DeviceRow)
+geo_table = _table(GeoRow)
+performer_table = _table(PerformerRow)

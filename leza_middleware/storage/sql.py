@@ -1,0 +1,730 @@
+"""SQL backend: SQLite (default) and PostgreSQL through SQLAlchemy.
+
+Write path (the recorder thread, hot): each batch is ONE transaction of
+``executemany`` calls on a raw DBAPI connection the storage keeps checked out
+of the engine's pool, with INSERT statements built once from the table
+metadata (the dialect's placeholder style and an idempotent conflict clause).
+No ORM objects, no SQLAlchemy statement compilation per row: an event becomes
+a plain tuple by attribute reads.
+
+Device, geo and performer values are shared by many events; they are stored
+once per key in their own tables (inserted the first time this process sees
+the key, idempotently) and the access row only references them.
+
+Read path: SQLAlchemy Core ``select()`` with LEFT JOINs, keyset pagination
+on ``(ts, id)`` and the indexes defined in :mod:`.models`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import threading
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from operator import attrgetter
+from typing import Any
+
+from sqlalchemy import Select, Table, and_, create_engine, delete, event, or_, select
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.pool import PoolProxiedConnection, StaticPool
+
+from ..errors import LezaConfigError
+from ..events import AccessEvent, Device, Event, Geo
+from ..performer import Performer
+from .base import Page, QueryFilter, Storage
+from .models import access_table, device_table, geo_table, metadata, performer_table
+
+__all__ = [
+    "KINDS",
+    "KindSpec",
+    "KnownKeys",
+    "Refs",
+    "SQLStorage",
+    "decode_chain",
+    "encode_chain",
+    "parse_sql_url",
+    "performer_key",
+    "redact_url",
+]
+
+# --------------------------------------------------------------------------- URL checks
+
+#: Backends with an idempotent INSERT: (statement head, statement tail). Only a
+#: duplicate key is ignored: SQLite's INSERT OR IGNORE would also skip rows that
+#: violate NOT NULL, silently; its upsert clause (SQLite >= 3.24) does not.
+_CONFLICT: dict[str, tuple[str, str]] = {
+    "sqlite": ("INSERT INTO", " ON CONFLICT DO NOTHING"),
+    "postgresql": ("INSERT INTO", " ON CONFLICT DO NOTHING"),
+    "mysql": ("INSERT IGNORE INTO", ""),
+    "mariadb": ("INSERT IGNORE INTO", ""),
+}
+_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+_DRIVER_HINTS = {
+    "psycopg": "install leza-middleware[postgres] (pip install 'leza-middleware[postgres]')",
+    "psycopg2": "pip install psycopg2-binary, or use postgresql+psycopg:// with "
+    "leza-middleware[postgres]",
+    "pg8000": "pip install pg8000",
+    "mysqldb": "pip install mysqlclient",
+    "pymysql": "pip install pymysql",
+    "mysqlconnector": "pip install mysql-connector-python",
+    "mariadbconnector": "pip install mariadb",
+    "pysqlite": "use a Python built with the sqlite3 module",
+}
+SUPPORTED_URLS = (
+    "sqlite:///path/to/leza.db, postgresql+psycopg://user@host/db (postgresql:// is the "
+    "same), mysql+pymysql://… (any installed SQLAlchemy driver of SQLite, PostgreSQL, "
+    "MySQL or MariaDB), memory://, jsonl:///path/to/dir"
+)
+_ALIASES = {
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "postgres+psycopg": "postgresql+psycopg",
+}
+
+
+def redact_url(text: str | URL) -> str:
+    """``text`` with the password of a ``scheme://user:password@host`` URL hidden."""
+    if isinstance(text, URL):
+        return text.render_as_string(hide_password=True)
+    try:
+        return make_url(text).render_as_string(hide_password=True)
+    except Exception:
+        scheme, sep, rest = text.partition("://")
+        if not sep or "@" not in rest:
+            return text
+        userinfo, _, hostpart = rest.rpartition("@")
+        user = userinfo.partition(":")[0]
+        return f"{scheme}://{user}:***@{hostpart}" if ":" in userinfo else text
+
+
+def parse_sql_url(spec: str | URL) -> URL:
+    """Validate a SQLAlchemy URL for :class:`SQLStorage` without connecting.
+
+    Raises :class:`LezaConfigError` naming the problem: unparseable URL, unknown
+    dialect or driver, driver not installed, async driver, unsupported database,
+    SQLite file in a missing or read-only directory.
+    """
+    shown = redact_url(spec)
+    try:
+        url = make_url(spec)
+    except (ArgumentError, ValueError) as exc:
+        raise LezaConfigError(
+            f"storage URL {shown!r} cannot be parsed ({exc}); expected one of: {SUPPORTED_URLS}"
+        ) from None
+    alias = _ALIASES.get(url.drivername.lower())
+    if alias is not None:
+        url = url.set(drivername=alias)
+    shown = url.render_as_string(hide_password=True)
+    backend = url.get_backend_name()
+    driver = url.drivername.partition("+")[2]
+    try:
+        dialect_cls = url.get_dialect()
+    except NoSuchModuleError:
+        try:
+            make_url(f"{backend}://").get_dialect()
+        except NoSuchModuleError:
+            raise LezaConfigError(
+                f"unknown storage URL scheme {url.drivername!r} in {shown!r}; "
+                f"supported: {SUPPORTED_URLS}"
+            ) from None
+        raise LezaConfigError(
+            f"unknown {backend} driver {driver!r} in storage URL {shown!r}; "
+            f"supported: {SUPPORTED_URLS}"
+        ) from None
+    if backend not in _CONFLICT:
+        raise LezaConfigError(
+            f"storage URL {shown!r}: the {backend} database is not supported (no idempotent "
+            f"insert); supported: {SUPPORTED_URLS}"
+        )
+    if dialect_cls.is_async:
+        raise LezaConfigError(
+            f"storage URL {shown!r} names the async driver {driver!r}; the recorder writes "
+            "from a thread, use a synchronous driver such as postgresql+psycopg://"
+        )
+    driver = dialect_cls.driver  # the default driver when the URL names none
+    try:
+        dialect_cls.import_dbapi()
+    except ImportError as exc:
+        hint = _DRIVER_HINTS.get(driver, f"install the Python package providing {driver!r}")
+        raise LezaConfigError(
+            f"storage URL {shown!r} needs the {driver!r} database driver, which is not "
+            f"installed ({exc}); {hint}"
+        ) from None
+    paramstyle = getattr(dialect_cls, "default_paramstyle", "named")
+    if paramstyle not in _PLACEHOLDERS:
+        raise LezaConfigError(
+            f"storage URL {shown!r}: driver {driver!r} uses the {paramstyle!r} parameter "
+            "style, which is not supported"
+        )
+    if backend == "sqlite":
+        _check_sqlite_file(url)
+    return url
+
+
+def _sqlite_in_memory(url: URL) -> bool:
+    db = url.database
+    return not db or db == ":memory:" or url.query.get("mode") == "memory"
+
+
+def _check_sqlite_file(url: URL) -> None:
+    db = url.database
+    if _sqlite_in_memory(url):
+        warnings.warn(
+            f"storage {url.render_as_string()!r} is an in-memory SQLite database: it lives "
+            "and dies with this process and is not shared with other workers; use "
+            "sqlite:///path/to/leza.db to keep events",
+            UserWarning,
+            stacklevel=4,
+        )
+        return
+    assert db is not None
+    if db.startswith("file:"):  # a SQLite URI (uri=true): let SQLite interpret it
+        return
+    path = os.path.abspath(db)
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise LezaConfigError(
+            f"SQLite storage {db!r}: the directory {parent!r} does not exist; create it "
+            "or choose another path"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LezaConfigError(
+            f"SQLite storage {db!r}: the directory {parent!r} is not writable (SQLite "
+            "creates its -wal and -shm files beside the database)"
+        )
+    if os.path.isdir(path):
+        raise LezaConfigError(f"SQLite storage {db!r} is a directory, not a database file")
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        raise LezaConfigError(f"SQLite storage {db!r}: the file is not readable and writable")
+
+
+# --------------------------------------------------------------------------- row codecs
+
+
+def encode_chain(chain: Sequence[str]) -> str:
+    """A proxy chain as one text column: comma-joined, JSON when that is ambiguous."""
+    if not chain:
+        return ""
+    text = ",".join(chain)
+    # JSON when an element holds a comma, when it would read back as JSON, or
+    # when the chain is [""] (which would read back as empty).
+    if text.count(",") != len(chain) - 1 or text.startswith("[") or not text:
+        return json.dumps(list(chain), ensure_ascii=False)
+    return text
+
+
+def decode_chain(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    if text.startswith("["):
+        return tuple(json.loads(text))
+    return tuple(text.split(","))
+
+
+def performer_key(performer: Performer) -> str:
+    """Stable key of one performer value: a hash of its canonical JSON."""
+    return hashlib.blake2b(performer.to_json().encode("utf-8"), digest_size=16).hexdigest()
+
+
+_DEVICE_FIELDS = tuple(f.name for f in fields(Device))
+_GEO_FIELDS = tuple(f.name for f in fields(Geo))
+_device_values: Callable[[Device], tuple[Any, ...]] = attrgetter(*_DEVICE_FIELDS)
+_geo_values: Callable[[Geo], tuple[Any, ...]] = attrgetter(*_GEO_FIELDS)
+_PERFORMER_COLS = ("key", "performer_id", "name", "email", "json")
+
+# Column order of the access INSERT; _access_row returns values in this order.
+_ACCESS_COLS = (
+    "id",
+    "ts",
+    "action",
+    "method",
+    "endpoint",
+    "route",
+    "status",
+    "duration_us",
+    "outcome",
+    "reason",
+    "request_id",
+    "client_ip",
+    "ip_valid",
+    "peer_ip",
+    "proxy_chain",
+    "scheme",
+    "host",
+    "app",
+    "device_key",
+    "geo_key",
+    "performer_id",
+    "performer_key",
+    "machine_id",
+    "session_hash",
+)
+for _table, _cols in (
+    (access_table, _ACCESS_COLS),
+    (device_table, _DEVICE_FIELDS),
+    (geo_table, _GEO_FIELDS),
+    (performer_table, _PERFORMER_COLS),
+):
+    if set(_cols) != set(_table.c.keys()):  # pragma: no cover - models/codec drift
+        raise RuntimeError(f"{_table.name} columns do not match the row codec")
+
+
+class KnownKeys:
+    """Keys of shared rows this process has committed (bounded; clearing is safe
+    because those inserts are idempotent)."""
+
+    __slots__ = ("devices", "geos", "limit", "performers")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.devices: set[str] = set()
+        self.geos: set[str] = set()
+        self.performers: dict[Performer, str] = {}
+
+    def clear(self) -> None:
+        self.devices.clear()
+        self.geos.clear()
+        self.performers.clear()
+
+
+class Refs:
+    """Shared rows one batch references and this process has not stored yet."""
+
+    __slots__ = ("devices", "geos", "known", "performers")
+
+    def __init__(self, known: KnownKeys | None = None) -> None:
+        self.known = KnownKeys(100_000) if known is None else known
+        self.devices: dict[str, Device] = {}
+        self.geos: dict[str, Geo] = {}
+        self.performers: dict[Performer, str] = {}
+
+    def device(self, device: Device) -> str:
+        key = device.key
+        if key not in self.known.devices:
+            self.devices[key] = device
+        return key
+
+    def geo(self, geo: Geo) -> str:
+        key = geo.key
+        if key not in self.known.geos:
+            self.geos[key] = geo
+        return key
+
+    def performer(self, performer: Performer) -> str:
+        key = self.known.performers.get(performer)
+        if key is None:
+            key = self.performers.get(performer)
+            if key is None:
+                key = self.performers[performer] = performer_key(performer)
+        return key
+
+    def __bool__(self) -> bool:
+        return bool(self.devices or self.geos or self.performers)
+
+    def commit(self) -> None:
+        """Remember the keys once their transaction committed."""
+        known = self.known
+        limit = known.limit
+        for cache, new in (
+            (known.devices, self.devices),
+            (known.geos, self.geos),
+            (known.performers, self.performers),
+        ):
+            if not new:
+                continue
+            if len(cache) + len(new) > limit:
+                cache.clear()
+            if len(new) <= limit:
+                cache.update(new)  # type: ignore[arg-type]
+
+
+def _access_row(e: AccessEvent, refs: Refs) -> tuple[Any, ...]:
+    d = e.device
+    g = e.geo
+    p = e.performer
+    chain = e.proxy_chain
+    return (
+        e.id,
+        e.ts,
+        e.action,
+        e.method,
+        e.endpoint,
+        e.route,
+        e.status,
+        e.duration_us,
+        e.outcome,
+        e.reason,
+        e.request_id,
+        e.client_ip,
+        e.ip_valid,
+        e.peer_ip,
+        encode_chain(chain) if chain else "",
+        e.scheme,
+        e.host,
+        e.app,
+        None if d is None else refs.device(d),
+        None if g is None else refs.geo(g),
+        None if p is None else p.id,
+        None if p is None else refs.performer(p),
+        e.machine_id,
+        e.session_hash,
+    )
+
+
+_N_ACCESS = len(_ACCESS_COLS)
+_N_DEVICE = len(_DEVICE_FIELDS)
+_GEO_AT = _N_ACCESS + _N_DEVICE
+_PERF_AT = _GEO_AT + len(_GEO_FIELDS)
+
+
+@functools.cache
+def _access_select() -> Select[Any]:
+    a, d, g, p = access_table, device_table, geo_table, performer_table
+    return (
+        select(
+            *(a.c[n] for n in _ACCESS_COLS),
+            *(d.c[n] for n in _DEVICE_FIELDS),
+            *(g.c[n] for n in _GEO_FIELDS),
+            p.c.json,
+        )
+        .select_from(a)
+        .outerjoin(d, d.c.key == a.c.device_key)
+        .outerjoin(g, g.c.key == a.c.geo_key)
+        .outerjoin(p, p.c.key == a.c.performer_key)
+    )
+
+
+def _access_from_row(r: Sequence[Any], cache: dict[Any, Any]) -> AccessEvent:
+    # ``cache`` (one per query) shares the device, geo and performer objects of a page.
+    device = geo = performer = None
+    dkey = r[_N_ACCESS]
+    if dkey is not None:
+        device = cache.get(("d", dkey))
+        if device is None:
+            device = cache["d", dkey] = Device(*r[_N_ACCESS:_GEO_AT])
+    gkey = r[_GEO_AT]
+    if gkey is not None:
+        geo = cache.get(("g", gkey))
+        if geo is None:
+            geo = cache["g", gkey] = Geo(*r[_GEO_AT:_PERF_AT])
+    pjson = r[_PERF_AT]
+    if pjson is not None:
+        performer = cache.get(pjson)
+        if performer is None:
+            performer = cache[pjson] = Performer.from_dict(json.loads(pjson))
+    return AccessEvent(
+        id=r[0],
+        ts=r[1],
+        action=r[2],
+        method=r[3],
+        endpoint=r[4],
+        route=r[5],
+        status=r[6],
+        duration_us=r[7],
+        outcome=r[8],
+        reason=r[9],
+        request_id=r[10],
+        client_ip=r[11],
+        ip_valid=bool(r[12]),
+        peer_ip=r[13],
+        proxy_chain=decode_chain(r[14]),
+        scheme=r[15],
+        host=r[16],
+        app=r[17],
+        device=device,
+        geo=geo,
+        performer=performer,
+        machine_id=r[22],
+        session_hash=r[23],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KindSpec:
+    """How one event kind maps to a table.
+
+    ``to_row(event, refs)`` returns the values of ``columns`` in order (calling
+    ``refs.device()`` / ``refs.geo()`` / ``refs.performer()`` for shared values);
+    ``select()`` is the base SELECT of a query and ``from_row(row, cache)``
+    rebuilds the event from one of its rows (``cache`` lives for one query).
+    The table needs ``id``, ``ts``, ``action`` and ``performer_column``.
+    """
+
+    table: Table
+    columns: tuple[str, ...]
+    to_row: Callable[[Any, Refs], tuple[Any, ...]]
+    select: Callable[[], Select[Any]]
+    from_row: Callable[[Sequence[Any], dict[Any, Any]], Event]
+    performer_column: str = "performer_id"
+
+
+#: Event kind -> how it is stored. New kinds (audit, session, log, advisory)
+#: register a table (in :mod:`.models`) and a :class:`KindSpec` here.
+KINDS: dict[str, KindSpec] = {
+    "access": KindSpec(access_table, _ACCESS_COLS, _access_row, _access_select, _access_from_row),
+}
+
+
+# --------------------------------------------------------------------------- storage
+
+
+class SQLStorage(Storage):
+    """Events in SQL tables (SQLite file by default, PostgreSQL for several hosts).
+
+    ``SQLStorage("sqlite:///leza.db")``; the URL is validated without
+    connecting (see :func:`parse_sql_url`). Tables are created by
+    :meth:`setup` (called automatically before the first write or query).
+    """
+
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        busy_timeout_ms: int = 5000,
+        known_keys_limit: int = 100_000,
+        engine_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.url = parse_sql_url(url)
+        self.busy_timeout_ms = busy_timeout_ms
+        backend = self.url.get_backend_name()
+        self._sqlite = backend == "sqlite"
+        self._in_memory = self._sqlite and _sqlite_in_memory(self.url)
+        self.shared = not self._in_memory
+
+        options: dict[str, Any] = {}
+        if self._sqlite:
+            options["connect_args"] = {"check_same_thread": False}
+            if self._in_memory:
+                # One connection for every thread, or each would see its own database.
+                options["poolclass"] = StaticPool
+        else:
+            options["pool_pre_ping"] = True
+        options.update(engine_options or {})
+        try:
+            self.engine: Engine = create_engine(self.url, **options)
+        except (ArgumentError, TypeError, ValueError) as exc:
+            raise LezaConfigError(
+                f"storage URL {self.describe_url()!r}: invalid engine options ({exc})"
+            ) from None
+        if self._sqlite:
+            event.listen(self.engine, "connect", self._on_sqlite_connect)
+
+        dialect = self.engine.dialect
+        self._mark = _PLACEHOLDERS[dialect.paramstyle]
+        self._head, self._tail = _CONFLICT[backend]
+        self._insert_device = self._insert_sql(device_table, _DEVICE_FIELDS)
+        self._insert_geo = self._insert_sql(geo_table, _GEO_FIELDS)
+        self._insert_performer = self._insert_sql(performer_table, _PERFORMER_COLS)
+        self._insert_kind: dict[str, str] = {}
+
+        self._lock = threading.Lock()
+        # An in-memory SQLite database is one connection shared by writer and
+        # readers: serialise them so a reader's rollback cannot hit a write.
+        self._read_lock: threading.Lock | None = self._lock if self._in_memory else None
+        self._raw: PoolProxiedConnection | None = None
+        self._known = KnownKeys(known_keys_limit)
+        self._ready = False
+
+    # -- configuration
+
+    def _insert_sql(self, table: Table, columns: Sequence[str]) -> str:
+        """The idempotent INSERT of ``columns`` into ``table``, in the driver's style."""
+        quote = self.engine.dialect.identifier_preparer
+        return (
+            f"{self._head} {quote.format_table(table)} "
+            f"({', '.join(quote.quote(c) for c in columns)}) "
+            f"VALUES ({', '.join([self._mark] * len(columns))}){self._tail}"
+        )
+
+    def insert_statement(self, kind: str) -> str:
+        """The INSERT used for events of ``kind`` (built once per kind)."""
+        sql = self._insert_kind.get(kind)
+        if sql is None:
+            spec = KINDS[kind]
+            sql = self._insert_kind[kind] = self._insert_sql(spec.table, spec.columns)
+        return sql
+
+    def describe_url(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+    def describe(self) -> str:
+        return f"SQLStorage({self.describe_url()})"
+
+    def _on_sqlite_connect(self, dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        try:
+            # A read-only file cannot switch to WAL; reads still work.
+            with contextlib.suppress(Exception):
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+        finally:
+            cur.close()
+
+    def setup(self) -> None:
+        """Create the tables and indexes that do not exist yet."""
+        try:
+            metadata.create_all(self.engine, checkfirst=True)
+        except DBAPIError:
+            # Another process may have created them between check and create.
+            metadata.create_all(self.engine, checkfirst=True)
+        self._ready = True
+
+    # -- write path
+
+    def write(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        if not self._ready:
+            self.setup()
+        groups: dict[str, list[Event]] = {}
+        for e in events:
+            kind = e.kind
+            group = groups.get(kind)
+            if group is None:
+                if kind not in KINDS:
+                    raise ValueError(f"SQLStorage has no table for event kind {kind!r}")
+                group = groups[kind] = []
+            group.append(e)
+        with self._lock:
+            refs = Refs(self._known)
+            batches = []
+            for kind, group in groups.items():
+                to_row = KINDS[kind].to_row
+                batches.append((self.insert_statement(kind), [to_row(e, refs) for e in group]))
+            raw = self._raw
+            try:
+                if raw is None:
+                    raw = self._raw = self.engine.raw_connection()
+                cur = raw.cursor()
+                try:
+                    if refs:
+                        self._write_refs(cur, refs)
+                    for sql, rows in batches:
+                        cur.executemany(sql, rows)
+                finally:
+                    cur.close()
+                raw.commit()
+            except BaseException:
+                self._discard_raw()
+                raise
+            refs.commit()
+
+    def _write_refs(self, cur: Any, refs: Refs) -> None:
+        # In key order: two processes inserting the same new keys then wait for
+        # each other in the same order instead of deadlocking (PostgreSQL).
+        if refs.devices:
+            devices = sorted(refs.devices.items())
+            cur.executemany(self._insert_device, [_device_values(d) for _, d in devices])
+        if refs.geos:
+            geos = sorted(refs.geos.items())
+            cur.executemany(self._insert_geo, [_geo_values(g) for _, g in geos])
+        if refs.performers:
+            rows = [(k, p.id, p.name, p.email, p.to_json()) for p, k in refs.performers.items()]
+            rows.sort()
+            cur.executemany(self._insert_performer, rows)
+
+    def _discard_raw(self) -> None:
+        """After a failed write: roll back and drop the connection; the next write
+        reconnects. Forget known keys too (the database may have been replaced)."""
+        raw, self._raw = self._raw, None
+        self._known.clear()
+        if raw is None:
+            return
+        with contextlib.suppress(Exception):  # the connection is being thrown away
+            raw.rollback()
+        if self._in_memory:
+            return  # its only connection is the database itself
+        with contextlib.suppress(Exception):
+            raw.invalidate()
+
+    # -- read side
+
+    def query(self, kind: str, flt: QueryFilter) -> Page:
+        spec = KINDS.get(kind)
+        if spec is None:
+            raise ValueError(f"SQLStorage has no table for event kind {kind!r}")
+        if not self._ready:
+            self.setup()
+        t = spec.table
+        ts, id_ = t.c.ts, t.c.id
+        conds: list[Any] = []
+        if flt.since is not None:
+            conds.append(ts >= flt.since)
+        if flt.until is not None:
+            conds.append(ts <= flt.until)
+        if flt.action is not None:
+            conds.append(t.c.action == flt.action)
+        if flt.performer_id is not None:
+            conds.append(t.c[spec.performer_column] == flt.performer_id)
+        if flt.cursor is not None:
+            cts, cid = flt.cursor
+            # The redundant ``ts <= cts`` gives the planner an index range bound.
+            conds.append(ts <= cts)
+            conds.append(or_(ts < cts, and_(ts == cts, id_ < cid)))
+        stmt = spec.select().where(*conds).order_by(ts.desc(), id_.desc()).limit(flt.limit + 1)
+        if self._read_lock is not None:
+            with self._read_lock, self.engine.connect() as conn:
+                rows = conn.execute(stmt).all()
+        else:
+            with self.engine.connect() as conn:
+                rows = conn.execute(stmt).all()
+        more = len(rows) > flt.limit
+        cache: dict[Any, Any] = {}
+        events = [spec.from_row(r, cache) for r in rows[: flt.limit]]
+        last = events[-1] if more else None
+        return Page(events, None if last is None else (last.ts, last.id))
+
+    def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
+        """Delete events older than ``before`` in transactions of ``batch_size`` rows.
+
+        Device, geo and performer rows stay: other events share them.
+        """
+        spec = KINDS.get(kind)
+        if spec is None:
+            raise ValueError(f"SQLStorage has no table for event kind {kind!r}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not self._ready:
+            self.setup()
+        t = spec.table
+        # One statement per chunk (the derived table keeps MySQL happy): a single
+        # write statement takes SQLite's write lock up front instead of upgrading
+        # a read transaction, which a concurrent writer would make fail.
+        chunk = select(t.c.id).where(t.c.ts < before).order_by(t.c.ts).limit(batch_size)
+        stmt = delete(t).where(t.c.id.in_(select(chunk.subquery().c.id)))
+        total = 0
+        while True:
+            if self._read_lock is not None:
+                with self._read_lock, self.engine.begin() as conn:
+                    n = conn.execute(stmt).rowcount
+            else:
+                with self.engine.begin() as conn:
+                    n = conn.execute(stmt).rowcount
+            total += n
+            if n < batch_size:
+                return total
+
+    # -- lifecycle
+
+    def after_fork(self) -> None:
+        """In a forked child: leave the parent's connections alone, start afresh."""
+        self.engine.dispose(close=False)
+        self._raw = None
+        self._known = KnownKeys(self._known.limit)
+        self._lock = threading.Lock()
+        self._read_lock = self._lock if self._in_memory else None
+
+    def close(self) -> None:
+        with self._lock:
+            raw, self._raw = self._raw, None
+            if raw is not None:
+                with contextlib.suppress(Exception):  # closing anyway
+                    raw.close()
+            self.engine.dispose()

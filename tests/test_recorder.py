@@ -1,0 +1,253 @@
+"""The recorder's reliability contract: faults in storage never reach the app,
+nothing is lost silently, and the books always balance."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import FlakyStorage, balanced, wait_for
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from leza_middleware import LezaMiddleware
+from leza_middleware.request_path import RawAccess
+
+
+def hello_app() -> Starlette:
+    async def home(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("hi")
+
+    return Starlette(routes=[Route("/", home), Route("/login", home)])
+
+
+def raw(i: int = 0, action: str | None = None) -> RawAccess:
+    r = RawAccess(
+        time.time(), 0.001, "GET", f"/r/{i}", b"", [(b"user-agent", b"curl/8")],
+        ("127.0.0.1", 1), "http", 200, f"rid{i}", None, None,
+    )  # fmt: skip
+    r.action = action
+    return r
+
+
+def sqlite_count(db: Path) -> int:
+    with sqlite3.connect(db) as con:
+        return int(con.execute("select count(*) from leza_access").fetchone()[0])
+
+
+def sqlite_ids(db: Path) -> list[str]:
+    with sqlite3.connect(db) as con:
+        return [r[0] for r in con.execute("select id from leza_access")]
+
+
+def test_storage_that_raises_retries_spills_then_replays(
+    make_leza: Any, flaky_storage: FlakyStorage
+) -> None:
+    leza = make_leza(storage=flaky_storage, max_retries=2)
+    flaky_storage.down = True
+    for i in range(10):
+        leza.recorder.offer(raw(i))
+    assert leza.flush(5)
+    s = leza.stats()
+    assert s["written"] == 0
+    assert s["spilled"] == 10
+    assert s["retried"] == 2  # two retries of the first batch, then spill
+    assert s["storage_down"] is True
+    assert balanced(s)
+    # while down, new batches go straight to the spill file (no retry storm)
+    for i in range(10, 15):
+        leza.recorder.offer(raw(i))
+    assert leza.flush(5)
+    assert leza.stats()["spilled"] == 15
+    # storage returns: the next probe replays everything, once
+    flaky_storage.down = False
+    leza.recorder._next_probe = 0.0  # don't wait out the 1 s probe delay
+    assert wait_for(lambda: leza.stats()["replayed"] == 15 and not leza.stats()["storage_down"])
+    stored = leza.query.access(limit=100)
+    assert sorted(e["request_id"] for e in stored) == sorted(f"rid{i}" for i in range(15))
+    assert balanced(leza.stats())
+    assert not any(Path(leza.settings.spill_dir).glob("*.jsonl"))
+
+
+def test_hanging_storage_never_slows_requests_and_counts_stay_honest(
+    make_leza: Any, flaky_storage: FlakyStorage
+) -> None:
+    flaky_storage.delay = 30.0  # every write hangs for 30 s (released at teardown)
+    leza = make_leza(storage=flaky_storage, queue_size=50, batch_size=10)
+    app = LezaMiddleware(hello_app(), leza=leza)
+    import anyio
+
+    async def run() -> list[float]:
+        latencies = []
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            for _ in range(200):
+                t0 = time.perf_counter()
+                r = await c.get("/")
+                latencies.append(time.perf_counter() - t0)
+                assert r.status_code == 200
+        return latencies
+
+    latencies = anyio.run(run)
+    assert max(latencies) < 0.5, max(latencies)  # nothing waits on the hung storage
+    s = leza.stats()
+    assert s["enqueued"] == 200
+    assert s["written"] == 0
+    # one batch is stuck in storage, the queue is full, the rest were dropped
+    assert s["dropped_by_reason"]["queue_full"] == s["dropped"] > 0
+    assert s["pending"] <= 50 + 10
+    assert balanced(s)
+    # shutdown within its deadline spills what is pending instead of hanging
+    t0 = time.monotonic()
+    assert leza.shutdown(timeout=1.0) is False  # the worker is still stuck
+    assert time.monotonic() - t0 < 2.0
+    s = leza.stats()
+    assert s["pending"] == 0
+    assert s["spilled"] + s["dropped"] == 200
+    assert balanced(s)
+
+
+def test_queue_full_drops_counted_but_priority_events_spilled(
+    make_leza: Any, flaky_storage: FlakyStorage
+) -> None:
+    flaky_storage.delay = 30.0
+    leza = make_leza(storage=flaky_storage, queue_size=5, batch_size=5, flush_interval=60)
+    for i in range(5):
+        leza.recorder.offer(raw(i))  # fills the queue
+    for i in range(5, 8):
+        leza.recorder.offer(raw(i))  # dropped: queue_full
+    leza.recorder.offer(raw(99, action="login"))  # must not be dropped
+    s = leza.stats()
+    assert s["dropped_by_reason"] == {"queue_full": 3}
+    assert s["spilled"] == 1
+    assert balanced(s)
+    lines = [
+        json.loads(line)
+        for f in Path(leza.settings.spill_dir).glob("*.jsonl")
+        for line in f.read_text().splitlines()
+    ]
+    assert [e["action"] for e in lines] == ["login"]
+
+
+def test_unwritable_spill_counts_drops(make_leza: Any, tmp_path: Path, flaky_storage: FlakyStorage) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the spill directory should be")
+    flaky_storage.down = True
+    leza = make_leza(storage=flaky_storage, spill_dir=str(blocker / "spill"), max_retries=0)
+    for i in range(4):
+        leza.recorder.offer(raw(i))
+    assert leza.flush(5)
+    s = leza.stats()
+    assert s["dropped_by_reason"] == {"spill_failed": 4}
+    assert balanced(s)
+
+
+def test_spill_replayed_at_next_start_idempotently(make_leza: Any, tmp_path: Path) -> None:
+    db = tmp_path / "leza.db"
+    spill = tmp_path / "spill-shared"
+    # run 1: shut down while the recorder can't write; events go to the spill file
+    broken = FlakyStorage()
+    broken.down = True
+    first = make_leza(storage=broken, spill_dir=str(spill), max_retries=0)
+    for i in range(7):
+        first.recorder.offer(raw(i))
+    first.shutdown(2)
+    assert first.stats()["spilled"] == 7
+    spilled_file = next(spill.glob("*.jsonl"))
+    copy = spilled_file.read_text()
+    # run 2: a healthy SQLite; the spill is replayed on start
+    second = make_leza(storage=f"sqlite:///{db}", spill_dir=str(spill))
+    second.recorder.offer(raw(100))
+    assert second.flush(5)
+    assert wait_for(lambda: second.stats()["replayed"] == 7)
+    assert sqlite_count(db) == 8
+    # the same spill content again (a crash mid-replay) stores nothing twice
+    (spill / "spill-0-1-again.jsonl").write_text(copy)
+    second.recorder._wake.set()
+    assert wait_for(lambda: second.stats()["replayed"] == 14)
+    assert sqlite_count(db) == 8
+
+
+def test_corrupt_spill_lines_are_skipped_and_counted(make_leza: Any, tmp_path: Path) -> None:
+    spill = tmp_path / "spill-corrupt"
+    spill.mkdir()
+    (spill / "spill-1-2-abc.jsonl").write_text('{"kind": "access", "broken\nnot json\n{"kind": "nope"}\n')
+    leza = make_leza(spill_dir=str(spill))
+    leza.recorder.offer(raw(1))
+    assert leza.flush(5)
+    assert wait_for(lambda: leza.stats()["spill_corrupt_lines"] == 3)
+    assert not any(spill.glob("*.jsonl"))
+
+
+def test_books_balance_while_under_concurrent_load(make_leza: Any) -> None:
+    leza = make_leza(batch_size=64, queue_size=500)
+    stop = threading.Event()
+    imbalances: list[dict[str, Any]] = []
+
+    def watch() -> None:
+        while not stop.is_set():
+            s = leza.stats()
+            if not balanced(s):
+                imbalances.append(s)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+
+    def produce(base: int) -> None:
+        for i in range(2000):
+            leza.recorder.offer(raw(base + i))
+
+    producers = [threading.Thread(target=produce, args=(k * 10_000,)) for k in range(4)]
+    for t in producers:
+        t.start()
+    for t in producers:
+        t.join()
+    assert leza.flush(10)
+    stop.set()
+    watcher.join()
+    assert imbalances == []
+    s = leza.stats()
+    assert s["enqueued"] == 8000
+    assert s["written"] + s["dropped"] == 8000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_child_starts_its_own_recorder_with_an_empty_queue(make_leza: Any, tmp_path: Path) -> None:
+    db = tmp_path / "fork.db"
+    leza = make_leza(storage=f"sqlite:///{db}", flush_interval=60, batch_size=1000)
+    for i in range(5):
+        leza.recorder.offer(raw(i))  # queued in the parent, not yet written
+    assert leza.stats()["pending"] == 5
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(r)
+            s0 = leza.stats()
+            for i in range(100, 103):
+                leza.recorder.offer(raw(i))
+            ok = leza.flush(5)
+            s1 = leza.stats()
+            os.write(w, json.dumps({"before": s0, "after": s1, "ok": ok}).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        report = json.loads(f.read())
+    os.waitpid(pid, 0)
+    assert report["before"]["pending"] == 0  # the parent's queue did not come along
+    assert report["before"]["enqueued"] == 0
+    assert report["ok"] is True
+    assert report["after"]["written"] == 3
+    assert leza.flush(5)
+    ids = sqlite_ids(db)
+    assert len(ids) == len(set(ids)) == 8
