@@ -1,4 +1,5 @@
-"""SQL backend: SQLite (default) and PostgreSQL through SQLAlchemy.
+"""SQL backend: SQLite (default) and PostgreSQL through SQLAlchemy (MySQL/MariaDB
+URLs are accepted too, but not covered by the test suite).
 
 Write path (the recorder thread, hot): each batch is ONE transaction of
 ``executemany`` calls on a raw DBAPI connection the storage keeps checked out
@@ -55,14 +56,15 @@ __all__ = [
 
 # --------------------------------------------------------------------------- URL checks
 
-#: Backends with an idempotent INSERT: (statement head, statement tail). Only a
-#: duplicate key is ignored: SQLite's INSERT OR IGNORE would also skip rows that
-#: violate NOT NULL, silently; its upsert clause (SQLite >= 3.24) does not.
+#: Backends with an idempotent INSERT: (statement head, statement tail; ``{pk}``
+#: is the primary key column). Only a duplicate key may be ignored: SQLite's
+#: INSERT OR IGNORE and MySQL's INSERT IGNORE would also skip rows violating
+#: NOT NULL, silently; SQLite's upsert clause (SQLite >= 3.24) does not.
 _CONFLICT: dict[str, tuple[str, str]] = {
     "sqlite": ("INSERT INTO", " ON CONFLICT DO NOTHING"),
     "postgresql": ("INSERT INTO", " ON CONFLICT DO NOTHING"),
-    "mysql": ("INSERT IGNORE INTO", ""),
-    "mariadb": ("INSERT IGNORE INTO", ""),
+    "mysql": ("INSERT INTO", " ON DUPLICATE KEY UPDATE {pk} = {pk}"),
+    "mariadb": ("INSERT INTO", " ON DUPLICATE KEY UPDATE {pk} = {pk}"),
 }
 _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 _DRIVER_HINTS = {
@@ -536,10 +538,11 @@ class SQLStorage(Storage):
     def _insert_sql(self, table: Table, columns: Sequence[str]) -> str:
         """The idempotent INSERT of ``columns`` into ``table``, in the driver's style."""
         quote = self.engine.dialect.identifier_preparer
+        pk = quote.quote(next(iter(table.primary_key.columns)).name)
         return (
             f"{self._head} {quote.format_table(table)} "
             f"({', '.join(quote.quote(c) for c in columns)}) "
-            f"VALUES ({', '.join([self._mark] * len(columns))}){self._tail}"
+            f"VALUES ({', '.join([self._mark] * len(columns))}){self._tail.format(pk=pk)}"
         )
 
     def insert_statement(self, kind: str) -> str:
