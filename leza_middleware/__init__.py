@@ -1,9 +1,9 @@
 """leza-middleware: a one-line audit and traceability layer for Python web apps.
 
-    from leza_middleware import Leza, LezaMiddleware
+from leza_middleware import Leza, LezaMiddleware
 
-    leza = Leza(storage="sqlite:///leza.db")
-    app.add_middleware(LezaMiddleware, leza=leza)
+leza = Leza(storage="sqlite:///leza.db")
+app.add_middleware(LezaMiddleware, leza=leza)
 """
 
 from .__about__ import __version__

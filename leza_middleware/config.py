@@ -73,7 +73,7 @@ class Settings:
     storage: str | Storage = DEFAULT_STORAGE
     # None: the bundled default database when installed, else no geo (one warning).
     # False: geo disabled on purpose, no warning.
-    geoip_db: str | os.PathLike[str] | None | bool = None
+    geoip_db: str | os.PathLike[str] | bool | None = None
     trusted_proxies: tuple[str, ...] = ()
     performer: Callable[[Any], Any] | None = None
     secret_key: str | None = None
@@ -97,7 +97,8 @@ class Settings:
         unknown = set(overrides) - known
         if unknown:
             raise LezaConfigError(
-                f"unknown setting(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+                f"unknown setting(s): {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(known))}"
             )
         raw: dict[str, Any] = {}
         for name in known:

@@ -206,7 +206,9 @@ def format_table(events: Sequence[dict[str, Any]]) -> str:
         )
         for e in events
     ]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    widths = [
+        max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)
+    ]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(lines)
@@ -226,13 +228,14 @@ def run_demo(storage: str | None = None, out: TextIO = sys.stdout) -> int:
     leza.flush(10)
     mine = set(request_ids)
     events = [
-        e
-        for e in leza.query.access(since=started - 1, limit=1000)
-        if e["request_id"] in mine
+        e for e in leza.query.access(since=started - 1, limit=1000) if e["request_id"] in mine
     ]
     events.reverse()  # oldest first reads like a story
-    print(f"leza demo: {len(request_ids)} requests sent, {len(events)} access events "
-          f"stored in {leza.storage.describe()}\n", file=out)
+    print(
+        f"leza demo: {len(request_ids)} requests sent, {len(events)} access events "
+        f"stored in {leza.storage.describe()}\n",
+        file=out,
+    )
     print(format_table(events), file=out)
     sample = next((e for e in events if e.get("geoLocationInfoOfIp") and e.get("performer")), None)
     if sample is not None:

@@ -18,7 +18,7 @@ from .events import Event
 from .performer import Performer, coerce_performer
 from .query import Query
 from .recorder import Recorder
-from .request_path import RawAccess
+from .request_path import is_priority
 from .spill import Spill, default_spill_dir
 from .storage import Storage, open_storage
 
@@ -81,6 +81,7 @@ class Leza:
             self.storage,
             self._prepare,
             Spill(spill_dir),
+            priority=self._priority,
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
             queue_size=settings.queue_size,
@@ -95,11 +96,17 @@ class Leza:
     # -- recorder ------------------------------------------------------------
 
     def _prepare(self, item: Any) -> Event:
-        if isinstance(item, RawAccess):
+        if type(item) is tuple:  # a raw access record from an adapter
             return self.enricher(item)
         if isinstance(item, Event):
             return item
         raise TypeError(f"cannot record {type(item).__name__}")
+
+    @staticmethod
+    def _priority(item: Any) -> bool:
+        if type(item) is tuple:
+            return is_priority(item)
+        return bool(item.priority)
 
     def record(self, event: Event) -> None:
         """Queue an already-built event (used by the session, audit and log APIs)."""
@@ -114,7 +121,7 @@ class Leza:
         return self.recorder.shutdown(timeout)
 
     def stats(self) -> dict[str, Any]:
-        """Counters: enqueued, written, dropped (+ by reason), retried, spilled, replayed, pending, …
+        """Counters: enqueued, written, dropped (+ by reason), retried, spilled, replayed, …
 
         ``enqueued == written + dropped + pending + spilled`` holds at all times.
         """

@@ -64,7 +64,9 @@ class Performer:
             "organization_unit_id": self.organization_unit_id,
             "organization_unit_name": self.organization_unit_name,
             "organization_unit_labels": (
-                None if self.organization_unit_labels is None else list(self.organization_unit_labels)
+                None
+                if self.organization_unit_labels is None
+                else list(self.organization_unit_labels)
             ),
             "organizations": [o.to_dict() for o in self.organizations],
         }
@@ -107,7 +109,9 @@ def coerce_performer(value: object) -> Performer | None:
         return value
     if isinstance(value, Mapping):
         return Performer.from_dict(value)
-    raise TypeError(f"performer hook returned {type(value).__name__}; expected Performer, dict or None")
+    raise TypeError(
+        f"performer hook returned {type(value).__name__}; expected Performer, dict or None"
+    )
 
 
 def _text(value: object) -> str:

@@ -102,7 +102,9 @@ class Query:
             try:
                 self._storage.setup()
             except Exception as exc:
-                raise LezaError(f"storage {self._storage.describe()} is not reachable: {exc}") from exc
+                raise LezaError(
+                    f"storage {self._storage.describe()} is not reachable: {exc}"
+                ) from exc
             self._ready = True
         page = self._storage.query(kind, flt)
         return QueryPage([e.to_dict() for e in page.events], format_cursor(page.next_cursor))

@@ -20,6 +20,7 @@ Accounting is exact at all times (every counter changes under one lock)::
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -68,6 +69,7 @@ class Recorder:
         prepare: Callable[[Any], Event],
         spill: Spill,
         *,
+        priority: Callable[[Any], bool] = lambda item: False,
         batch_size: int = 512,
         flush_interval: float = 1.0,
         queue_size: int = 10_000,
@@ -77,6 +79,7 @@ class Recorder:
     ) -> None:
         self.storage = storage
         self._prepare = prepare
+        self._priority = priority
         self.spill = spill
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -140,7 +143,7 @@ class Recorder:
         # shutdown, every event) go to the spill file and are replayed later;
         # the rest are dropped and counted.
         try:
-            to_spill = self._closed or bool(item.priority)
+            to_spill = self._closed or self._priority(item)
         except Exception:
             to_spill = False
         if to_spill:
@@ -178,7 +181,7 @@ class Recorder:
             self._start()
         while True:
             with self._lock:
-                if self.enqueued - self.pending >= target or self._closed and not self.pending:
+                if self.enqueued - self.pending >= target or (self._closed and not self.pending):
                     return True
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -390,7 +393,9 @@ class Recorder:
 
     def _mark_up(self) -> None:
         if self._down_since is not None:
-            log.warning("leza: storage %s is back; replaying spilled events", self.storage.describe())
+            log.warning(
+                "leza: storage %s is back; replaying spilled events", self.storage.describe()
+            )
             self._down_since = None
             self._replay()
 
@@ -442,10 +447,8 @@ def _after_fork_in_child() -> None:
 
 def _at_exit() -> None:
     for rec in list(_live):
-        try:
+        with contextlib.suppress(Exception):  # never break interpreter exit
             rec.shutdown()
-        except Exception:  # pragma: no cover - never break interpreter exit
-            pass
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,82 +1,65 @@
 """The request path: the little that must happen inside a request.
 
-Adapters (ASGI, WSGI, Django) capture references to what the framework already
-has — method, path, raw query, the header list, the peer address — plus the
-status and timings, into one :class:`RawAccess` and hand it to the recorder.
-Nothing here parses a User-Agent, looks up an IP, formats text or touches
-storage: that is the recorder thread's work (see ``enrich/access.py``).
+An adapter (ASGI, WSGI, Django) copies the handful of values it already has —
+method, path, raw query, four header values, the peer, the status, timings,
+the request id — into one plain tuple, a *raw access record*, and hands it to
+the recorder. Parsing the User-Agent, looking up the IP, redacting and
+formatting all happen later on the recorder thread (``enrich/access.py``).
+
+Why a tuple: it is the cheapest object to build, and copying these values out
+lets the framework's request objects (scope, header list, environ) be freed
+at the end of the request instead of waiting in the queue, which measurably
+keeps the app's memory hot under load. Header values may be ``bytes``
+(ASGI, latin-1) or ``str`` (WSGI); the enricher accepts both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .events import PRIORITY_ACTIONS
-from .performer import Performer
 
-__all__ = ["Headers", "RawAccess"]
+__all__ = ["RAW_FIELDS", "is_priority", "raw_access"]
 
-# ASGI: a list of (lower-case name, value) byte pairs.
-# WSGI: the environ itself (HTTP_* keys, latin-1 decoded str values).
-Headers = Sequence[tuple[bytes, bytes]] | Mapping[str, Any]
+#: Field order of a raw access record.
+RAW_FIELDS = (
+    "ts",  # time.time() at request start
+    "duration",  # seconds until the last response byte was sent
+    "status",
+    "request_id",
+    "method",  # "WS" for a websocket
+    "path",  # as received, before any routing rewrote it
+    "query",  # raw query string (bytes or str)
+    "peer",  # socket peer address (str) or None
+    "scheme",
+    "route",  # route template, when the framework exposes one
+    "user_agent",  # header values: bytes, str or None
+    "x_forwarded_for",
+    "forwarded",
+    "host",
+    "performer",  # Performer or None
+    "error",  # exception class name when the app raised, else None
+    "action",  # set by login/logout tracking or permissions; None: derive from status
+    "reason",  # likewise; None: derive from status
+)
+ACTION = RAW_FIELDS.index("action")
 
 
-class RawAccess:
-    """One finished request, as captured on the request path (no derived fields)."""
+def raw_access(**fields: Any) -> tuple[Any, ...]:
+    """Build a raw access record by name (tests, adapters off the hot path)."""
+    unknown = set(fields) - set(RAW_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown raw access fields: {sorted(unknown)}")
+    defaults: dict[str, Any] = {
+        "duration": 0.0, "status": 200, "method": "GET", "path": "/", "query": b"",
+        "peer": None, "scheme": "http", "route": None, "user_agent": None,
+        "x_forwarded_for": None, "forwarded": None, "host": None, "performer": None,
+        "error": None, "action": None, "reason": None,
+    }  # fmt: skip
+    defaults.update(fields)
+    return tuple(defaults[name] for name in RAW_FIELDS)
 
-    __slots__ = (
-        "action",
-        "duration",
-        "error",
-        "headers",
-        "method",
-        "path",
-        "peer",
-        "performer",
-        "query",
-        "reason",
-        "request_id",
-        "route",
-        "scheme",
-        "status",
-        "ts",
-    )
 
-    @property
-    def priority(self) -> bool:
-        # Login/logout records may be spilled but never dropped for lack of memory.
-        return self.action is not None and self.action in PRIORITY_ACTIONS
-
-    def __init__(
-        self,
-        ts: float,
-        duration: float,
-        method: str,
-        path: str,
-        query: bytes | str,
-        headers: Headers,
-        peer: Any,
-        scheme: str,
-        status: int,
-        request_id: str,
-        route: str | None,
-        performer: Performer | None,
-        error: str | None = None,
-    ) -> None:
-        self.ts = ts  # time.time() at request start
-        self.duration = duration  # seconds until the last response byte was sent
-        self.method = method
-        self.path = path
-        self.query = query
-        self.headers = headers
-        self.peer = peer  # ASGI (host, port) tuple, a str, or None
-        self.scheme = scheme
-        self.status = status
-        self.request_id = request_id
-        self.route = route
-        self.performer = performer
-        self.error = error  # exception class name when the app raised
-        # Set by endpoint permissions / login tracking; derived from status otherwise.
-        self.action: str | None = None
-        self.reason: str | None = None
+def is_priority(raw: tuple[Any, ...]) -> bool:
+    """Login/logout records may be spilled but never dropped for lack of memory."""
+    return raw[ACTION] in PRIORITY_ACTIONS

@@ -95,7 +95,11 @@ async def test_one_enriched_access_event_per_request(make_leza: Any) -> None:
     r = await _get(
         app,
         "/items/42?color=red&access_token=abc123",
-        headers={"user-agent": CHROME_WIN, "x-forwarded-for": f"1.2.3.4, {FRANKFURT_IP}", "x-user": "alice"},
+        headers={
+            "user-agent": CHROME_WIN,
+            "x-forwarded-for": f"1.2.3.4, {FRANKFURT_IP}",
+            "x-user": "alice",
+        },
     )
     assert r.status_code == 200
     assert leza.flush(5)
@@ -114,8 +118,12 @@ async def test_one_enriched_access_event_per_request(make_leza: Any) -> None:
     assert event["peer_ip"] == "203.0.113.9"
     assert event["ip_valid"] is True
     assert event["browser"] == {
-        "type": "browser", "name": "Chrome", "version": "91.0", "engine": "Blink", "engineVersion": "",
-    }  # fmt: skip
+        "type": "browser",
+        "name": "Chrome",
+        "version": "91.0",
+        "engine": "Blink",
+        "engineVersion": "",
+    }
     assert event["os"]["name"] == "Windows"
     assert event["os"]["platform"] == "x64"
     assert event["device"]["type"] == "desktop"
@@ -170,7 +178,12 @@ async def test_request_id_reused_from_header_or_traceparent_and_echoed(make_leza
     assert r4.headers["x-request-id"] != r3.headers["x-request-id"]
     assert leza.flush(5)
     stored = {e["request_id"] for e in leza.query.access()}
-    assert stored == {"abc-123_XYZ.9", trace, r3.headers["x-request-id"], r4.headers["x-request-id"]}
+    assert stored == {
+        "abc-123_XYZ.9",
+        trace,
+        r3.headers["x-request-id"],
+        r4.headers["x-request-id"],
+    }
 
 
 @pytest.mark.anyio
@@ -219,7 +232,12 @@ def test_fastapi_add_middleware_one_line_with_custom_performer(make_leza: Any) -
 
     app.add_middleware(LezaMiddleware, leza=leza)
     with TestClient(app) as client:
-        assert client.get("/things/5", headers={"x-demo-user": "zoe", "user-agent": GOOGLEBOT}).status_code == 200
+        assert (
+            client.get(
+                "/things/5", headers={"x-demo-user": "zoe", "user-agent": GOOGLEBOT}
+            ).status_code
+            == 200
+        )
         assert client.get("/things/0").status_code == 403
     events = leza.query.access()
     assert [e["status"] for e in events] == [403, 200]
@@ -309,7 +327,11 @@ async def test_secret_headers_never_stored(make_leza: Any) -> None:
 async def test_control_characters_stripped_and_sizes_capped(make_leza: Any) -> None:
     leza = make_leza()
     app = LezaMiddleware(starlette_app(), leza=leza)
-    await _get(app, "/%0d%0aFAKE%20LOG%1b[31m" + "a" * 5000, headers={"user-agent": "evil\r\nX: y" + "u" * 1000})
+    await _get(
+        app,
+        "/%0d%0aFAKE%20LOG%1b[31m" + "a" * 5000,
+        headers={"user-agent": "evil\r\nX: y" + "u" * 1000},
+    )
     assert leza.flush(5)
     [event] = leza.query.access()
     for field in ("endpoint", "user_agent"):

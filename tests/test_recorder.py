@@ -20,7 +20,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from leza_middleware import LezaMiddleware
-from leza_middleware.request_path import RawAccess
+from leza_middleware.request_path import raw_access
 
 
 def hello_app() -> Starlette:
@@ -30,13 +30,12 @@ def hello_app() -> Starlette:
     return Starlette(routes=[Route("/", home), Route("/login", home)])
 
 
-def raw(i: int = 0, action: str | None = None) -> RawAccess:
-    r = RawAccess(
-        time.time(), 0.001, "GET", f"/r/{i}", b"", [(b"user-agent", b"curl/8")],
-        ("127.0.0.1", 1), "http", 200, f"rid{i}", None, None,
+def raw(i: int = 0, action: str | None = None) -> tuple[Any, ...]:
+    """A finished request as an adapter captures it."""
+    return raw_access(
+        ts=time.time(), duration=0.001, request_id=f"rid{i}", path=f"/r/{i}",
+        peer="127.0.0.1", user_agent=b"curl/8", action=action,
     )  # fmt: skip
-    r.action = action
-    return r
 
 
 def sqlite_count(db: Path) -> int:
@@ -138,7 +137,9 @@ def test_queue_full_drops_counted_but_priority_events_spilled(
     assert [e["action"] for e in lines] == ["login"]
 
 
-def test_unwritable_spill_counts_drops(make_leza: Any, tmp_path: Path, flaky_storage: FlakyStorage) -> None:
+def test_unwritable_spill_counts_drops(
+    make_leza: Any, tmp_path: Path, flaky_storage: FlakyStorage
+) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the spill directory should be")
     flaky_storage.down = True
@@ -180,7 +181,9 @@ def test_spill_replayed_at_next_start_idempotently(make_leza: Any, tmp_path: Pat
 def test_corrupt_spill_lines_are_skipped_and_counted(make_leza: Any, tmp_path: Path) -> None:
     spill = tmp_path / "spill-corrupt"
     spill.mkdir()
-    (spill / "spill-1-2-abc.jsonl").write_text('{"kind": "access", "broken\nnot json\n{"kind": "nope"}\n')
+    (spill / "spill-1-2-abc.jsonl").write_text(
+        '{"kind": "access", "broken\nnot json\n{"kind": "nope"}\n'
+    )
     leza = make_leza(spill_dir=str(spill))
     leza.recorder.offer(raw(1))
     assert leza.flush(5)
@@ -221,7 +224,9 @@ def test_books_balance_while_under_concurrent_load(make_leza: Any) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_fork_child_starts_its_own_recorder_with_an_empty_queue(make_leza: Any, tmp_path: Path) -> None:
+def test_fork_child_starts_its_own_recorder_with_an_empty_queue(
+    make_leza: Any, tmp_path: Path
+) -> None:
     db = tmp_path / "fork.db"
     leza = make_leza(storage=f"sqlite:///{db}", flush_interval=60, batch_size=1000)
     for i in range(5):

@@ -64,7 +64,16 @@ def test_uvicorn_stopped_gracefully_after_n_requests_stores_exactly_n(tmp_path: 
     db = tmp_path / "srv.db"
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "srvapp:app", "--port", str(port), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "srvapp:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         env=env_for(tmp_path, db),
         cwd=tmp_path,
     )
@@ -103,8 +112,9 @@ def test_events_written_at_interpreter_exit_without_explicit_flush(tmp_path: Pat
         from leza_middleware import Leza, LezaMiddleware
 
         leza = Leza(storage="sqlite:///{db}", geoip_db=False, flush_interval=60,
-                    batch_size=100000, spill_dir="{tmp_path / 'spill'}")
-        app = LezaMiddleware(Starlette(routes=[Route("/", lambda r: PlainTextResponse("x"))]), leza=leza)
+                    batch_size=100000, spill_dir="{tmp_path / "spill"}")
+        inner = Starlette(routes=[Route("/", lambda r: PlainTextResponse("x"))])
+        app = LezaMiddleware(inner, leza=leza)
 
         async def main():
             t = httpx.ASGITransport(app=app)

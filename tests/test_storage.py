@@ -138,7 +138,7 @@ def ev(
         "session_hash": f"s-{n % 5}",
     }
     values.update(fields)
-    return AccessEvent(**values)
+    return AccessEvent.build(**values)
 
 
 def rich_events() -> list[AccessEvent]:

@@ -1,9 +1,11 @@
 """Pure ASGI middleware: ``app.add_middleware(LezaMiddleware, leza=leza)``.
 
 Per request it reuses or makes a request id, echoes it in the response, notes
-the status and when the last body byte left, and enqueues one raw record. All
-per-request state lives inside ``__call__``; the app's own exceptions pass
-through untouched after being recorded as a 500.
+the status and when the last body byte left, and enqueues one raw record that
+references the scope. All per-request state lives inside ``__call__``; the
+app's own exceptions pass through untouched after being recorded as a 500.
+Every µs here is paid by every request, so the code favours local variables
+and dict lookups over helpers and objects.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ import logging
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any
 
-from ..context import RequestContext, _current
+from ..context import _current
 from ..ids import new_request_id, parse_incoming_request_id
 from ..performer import Performer, performer_from_user
-from ..request_path import RawAccess
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,35 +47,19 @@ class LezaMiddleware:
         self._rid_header = leza.settings.request_id_header.encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "websocket":
-            await self._websocket(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-    def _request_id(self, scope: Scope) -> str:
-        rid_header = self._rid_header
-        incoming = traceparent = None
-        for name, value in scope["headers"]:
-            if name == rid_header:
-                incoming = value
-            elif name == b"traceparent":
-                traceparent = value
-        if incoming is not None or traceparent is not None:
-            rid = parse_incoming_request_id(incoming, traceparent)
-            if rid is not None:
-                return rid
-        return new_request_id()
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._not_http(scope, receive, send)
+            return
         start = perf_counter()
         ts = time()
-        rid = self._request_id(scope)
+        try:
+            headers, rid = self._prepare(scope)
+        except Exception:  # malformed scope: serve the app, record nothing
+            self.leza._count_request_path_error()
+            await self.app(scope, receive, send)
+            return
         rid_pair = (self._rid_header, rid.encode("latin-1"))
+        path = scope["path"]
         root_path = scope.get("root_path", "")
         status = 0
         end = 0.0
@@ -85,15 +70,19 @@ class LezaMiddleware:
             if mtype == "http.response.start":
                 status = message["status"]
                 # A new list: never mutate the app's (it may be a reused Response's).
-                headers = list(message.get("headers") or ())
-                if not any(name.lower() == rid_pair[0] for name, _ in headers):
-                    headers.append(rid_pair)
-                message["headers"] = headers
+                out = list(message.get("headers") or ())
+                name = rid_pair[0]
+                for key, _ in out:
+                    if key == name:  # ASGI header names are lower-case
+                        break
+                else:
+                    out.append(rid_pair)
+                message["headers"] = out
             elif mtype == "http.response.body" and not message.get("more_body", False):
                 end = perf_counter()
             await send(message)
 
-        token = _current.set(RequestContext(rid, scope["method"], scope["path"], scope))
+        token = _current.set((rid, scope))
         error: str | None = None
         try:
             await self.app(scope, receive, send_wrapper)
@@ -103,34 +92,109 @@ class LezaMiddleware:
         finally:
             _current.reset(token)
             try:
-                if status == 0 or error is not None:
+                if error is not None or not status:
                     status = status if status and error is None else 500
                 self._offer(
-                    RawAccess(
+                    self._record(
+                        scope,
+                        headers,
+                        rid,
+                        path,
+                        root_path,
                         ts,
                         (end or perf_counter()) - start,
-                        scope["method"],
-                        scope["path"],
-                        scope.get("query_string", b""),
-                        scope["headers"],
-                        scope.get("client"),
-                        scope.get("scheme", "http"),
                         status,
-                        rid,
-                        _route_template(scope, root_path),
-                        self._performer(scope),
                         error,
-                    )
+                    )  # fmt: skip
                 )
             except Exception:  # never let recording hurt the app
                 self.leza._count_request_path_error()
+
+    def _record(
+        self,
+        scope: Scope,
+        headers: Any,
+        rid: str,
+        path: str,
+        root_path: str,
+        ts: float,
+        duration: float,
+        status: int,
+        error: str | None,
+        method: str | None = None,
+    ) -> tuple[Any, ...]:
+        """The raw access record (see ``request_path.RAW_FIELDS``)."""
+        if type(headers) is dict:
+            get = headers.get
+            ua, xff, fwd, host = (
+                get(b"user-agent"), get(b"x-forwarded-for"), get(b"forwarded"), get(b"host")
+            )  # fmt: skip
+        else:
+            ua, xff, fwd, host = _pick_repeated(headers)
+        client = scope.get("client")
+        return (
+            ts,
+            duration,
+            status,
+            rid,
+            method or scope["method"],
+            path,
+            scope.get("query_string", b""),
+            client[0] if client else None,
+            scope.get("scheme", "http"),
+            _route_template(scope, root_path),
+            ua,
+            xff,
+            fwd,
+            host,
+            self._performer(scope),
+            error,
+            None,
+            None,
+        )
+
+    def _prepare(self, scope: Scope) -> tuple[Any, str]:
+        """A header view for the record, and the request id."""
+        raw = scope["headers"]
+        headers: Any = dict(raw)
+        if len(headers) != len(raw):
+            headers = list(raw)  # repeated names (X-Forwarded-For twice): keep them all
+            incoming = traceparent = None
+            for name, value in headers:
+                if name == self._rid_header:
+                    incoming = value
+                elif name == b"traceparent":
+                    traceparent = value
+        else:
+            incoming = headers.get(self._rid_header)
+            traceparent = headers.get(b"traceparent")
+        if incoming is not None or traceparent is not None:
+            rid = parse_incoming_request_id(incoming, traceparent)
+            if rid is not None:
+                return headers, rid
+        return headers, new_request_id()
+
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         # One access event per connection, recorded as soon as it is accepted
         # or refused (not when it closes, which may be hours later).
         start = perf_counter()
         ts = time()
-        rid = self._request_id(scope)
+        try:
+            headers, rid = self._prepare(scope)
+        except Exception:
+            self.leza._count_request_path_error()
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
         root_path = scope.get("root_path", "")
         recorded = False
 
@@ -141,21 +205,18 @@ class LezaMiddleware:
             recorded = True
             try:
                 self._offer(
-                    RawAccess(
+                    self._record(
+                        scope,
+                        headers,
+                        rid,
+                        path,
+                        root_path,
                         ts,
                         perf_counter() - start,
-                        "WS",
-                        scope["path"],
-                        scope.get("query_string", b""),
-                        scope["headers"],
-                        scope.get("client"),
-                        scope.get("scheme", "ws"),
                         status,
-                        rid,
-                        _route_template(scope, root_path),
-                        self._performer(scope),
                         error,
-                    )
+                        method="WS",
+                    )  # fmt: skip
                 )
             except Exception:
                 self.leza._count_request_path_error()
@@ -170,7 +231,7 @@ class LezaMiddleware:
                 record(message["status"])
             await send(message)
 
-        token = _current.set(RequestContext(rid, "WS", scope["path"], scope))
+        token = _current.set((rid, scope))
         try:
             await self.app(scope, receive, send_wrapper)
         except BaseException as exc:
@@ -206,9 +267,30 @@ class LezaMiddleware:
             # after the app ran, so authentication inside the app counts too.
             user = scope.get("user")
             return None if user is None else performer_from_user(user)
-        from starlette.requests import Request
+        from starlette.requests import HTTPConnection
 
-        return self.leza._call_performer_hook(Request(scope))
+        return self.leza._call_performer_hook(HTTPConnection(scope))
+
+
+def _pick_repeated(headers: list[tuple[bytes, bytes]]) -> tuple[Any, Any, Any, Any]:
+    """User-Agent, X-Forwarded-For, Forwarded, Host from a header list with repeats.
+
+    Repeated lines of a list-valued header mean the same as one comma-joined
+    line (RFC 9110), so a proxy chain split over two lines is walked whole.
+    """
+    ua = host = None
+    xff: list[bytes] = []
+    fwd: list[bytes] = []
+    for name, value in headers:
+        if name == b"user-agent":
+            ua = value
+        elif name == b"x-forwarded-for":
+            xff.append(value)
+        elif name == b"forwarded":
+            fwd.append(value)
+        elif name == b"host":
+            host = value
+    return ua, b",".join(xff) if xff else None, b",".join(fwd) if fwd else None, host
 
 
 def _route_template(scope: Scope, root_path: str) -> str | None:

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
+import sqlite3
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from operator import attrgetter
+from itertools import chain
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from sqlalchemy import Select, Table, and_, create_engine, delete, event, or_, select
@@ -36,7 +37,16 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
 from ..errors import LezaConfigError
-from ..events import AccessEvent, Device, Event, Geo
+from ..events import (
+    ACCESS_FIELDS,
+    AccessEvent,
+    Device,
+    Event,
+    Geo,
+    decode_chain,
+    encode_chain,
+    performer_key,
+)
 from ..performer import Performer
 from .base import Page, QueryFilter, Storage
 from .models import access_table, device_table, geo_table, metadata, performer_table
@@ -209,64 +219,14 @@ def _check_sqlite_file(url: URL) -> None:
 # --------------------------------------------------------------------------- row codecs
 
 
-def encode_chain(chain: Sequence[str]) -> str:
-    """A proxy chain as one text column: comma-joined, JSON when that is ambiguous."""
-    if not chain:
-        return ""
-    text = ",".join(chain)
-    # JSON when an element holds a comma, when it would read back as JSON, or
-    # when the chain is [""] (which would read back as empty).
-    if text.count(",") != len(chain) - 1 or text.startswith("[") or not text:
-        return json.dumps(list(chain), ensure_ascii=False)
-    return text
-
-
-def decode_chain(text: str | None) -> tuple[str, ...]:
-    if not text:
-        return ()
-    if text.startswith("["):
-        return tuple(json.loads(text))
-    return tuple(text.split(","))
-
-
-def performer_key(performer: Performer) -> str:
-    """Stable key of one performer value: a hash of its canonical JSON."""
-    return hashlib.blake2b(performer.to_json().encode("utf-8"), digest_size=16).hexdigest()
-
-
 _DEVICE_FIELDS = tuple(f.name for f in fields(Device))
 _GEO_FIELDS = tuple(f.name for f in fields(Geo))
 _device_values: Callable[[Device], tuple[Any, ...]] = attrgetter(*_DEVICE_FIELDS)
 _geo_values: Callable[[Geo], tuple[Any, ...]] = attrgetter(*_GEO_FIELDS)
 _PERFORMER_COLS = ("key", "performer_id", "name", "email", "json")
 
-# Column order of the access INSERT; _access_row returns values in this order.
-_ACCESS_COLS = (
-    "id",
-    "ts",
-    "action",
-    "method",
-    "endpoint",
-    "route",
-    "status",
-    "duration_us",
-    "outcome",
-    "reason",
-    "request_id",
-    "client_ip",
-    "ip_valid",
-    "peer_ip",
-    "proxy_chain",
-    "scheme",
-    "host",
-    "app",
-    "device_key",
-    "geo_key",
-    "performer_id",
-    "performer_key",
-    "machine_id",
-    "session_hash",
-)
+# The access table's columns are AccessEvent.row's fields, in the same order.
+_ACCESS_COLS = ACCESS_FIELDS
 for _table, _cols in (
     (access_table, _ACCESS_COLS),
     (device_table, _DEVICE_FIELDS),
@@ -287,96 +247,75 @@ class KnownKeys:
         self.limit = limit
         self.devices: set[str] = set()
         self.geos: set[str] = set()
-        self.performers: dict[Performer, str] = {}
+        self.performers: set[str] = set()
 
     def clear(self) -> None:
         self.devices.clear()
         self.geos.clear()
         self.performers.clear()
 
+    def remember(self, refs: Refs) -> None:
+        """Remember the keys of ``refs`` once their insert committed."""
+        for cache, new in (
+            (self.devices, refs.devices),
+            (self.geos, refs.geos),
+            (self.performers, refs.performers),
+        ):
+            if not new:
+                continue
+            if len(cache) + len(new) > self.limit:
+                cache.clear()
+            if len(new) <= self.limit:
+                cache.update(new)
+
+
+_device_key = itemgetter(ACCESS_FIELDS.index("device_key"))
+_geo_key = itemgetter(ACCESS_FIELDS.index("geo_key"))
+_performer_key = itemgetter(ACCESS_FIELDS.index("performer_key"))
+
 
 class Refs:
-    """Shared rows one batch references and this process has not stored yet."""
+    """Shared rows (device, geo, performer) a batch references that this process
+    has not stored yet, by key.
 
-    __slots__ = ("devices", "geos", "known", "performers")
+    Found with set operations over the rows' key columns (C speed); the
+    objects themselves are looked up only for the few new keys.
+    """
 
-    def __init__(self, known: KnownKeys | None = None) -> None:
-        self.known = KnownKeys(100_000) if known is None else known
+    __slots__ = ("devices", "geos", "performers")
+
+    def __init__(self) -> None:
         self.devices: dict[str, Device] = {}
         self.geos: dict[str, Geo] = {}
-        self.performers: dict[Performer, str] = {}
-
-    def device(self, device: Device) -> str:
-        key = device.key
-        if key not in self.known.devices:
-            self.devices[key] = device
-        return key
-
-    def geo(self, geo: Geo) -> str:
-        key = geo.key
-        if key not in self.known.geos:
-            self.geos[key] = geo
-        return key
-
-    def performer(self, performer: Performer) -> str:
-        key = self.known.performers.get(performer)
-        if key is None:
-            key = self.performers.get(performer)
-            if key is None:
-                key = self.performers[performer] = performer_key(performer)
-        return key
+        self.performers: dict[str, Performer] = {}
 
     def __bool__(self) -> bool:
         return bool(self.devices or self.geos or self.performers)
 
-    def commit(self) -> None:
-        """Remember the keys once their transaction committed."""
-        known = self.known
-        limit = known.limit
-        for cache, new in (
-            (known.devices, self.devices),
-            (known.geos, self.geos),
-            (known.performers, self.performers),
-        ):
-            if not new:
-                continue
-            if len(cache) + len(new) > limit:
-                cache.clear()
-            if len(new) <= limit:
-                cache.update(new)  # type: ignore[arg-type]
+    def add_access(
+        self, events: Sequence[Any], rows: list[tuple[Any, ...]], known: KnownKeys
+    ) -> None:
+        new_d = set(map(_device_key, rows)) - known.devices
+        new_g = set(map(_geo_key, rows)) - known.geos
+        new_p = set(map(_performer_key, rows)) - known.performers
+        new_d.discard(None)  # type: ignore[arg-type]
+        new_g.discard(None)  # type: ignore[arg-type]
+        new_p.discard(None)  # type: ignore[arg-type]
+        if not (new_d or new_g or new_p):
+            return
+        for e in events:
+            if e.device_key in new_d and e.device is not None:
+                self.devices[e.device_key] = e.device
+            if e.geo_key in new_g and e.geo is not None:
+                self.geos[e.geo_key] = e.geo
+            if e.performer_key in new_p and e.performer is not None:
+                self.performers[e.performer_key] = e.performer
 
 
-def _access_row(e: AccessEvent, refs: Refs) -> tuple[Any, ...]:
-    d = e.device
-    g = e.geo
-    p = e.performer
-    chain = e.proxy_chain
-    return (
-        e.id,
-        e.ts,
-        e.action,
-        e.method,
-        e.endpoint,
-        e.route,
-        e.status,
-        e.duration_us,
-        e.outcome,
-        e.reason,
-        e.request_id,
-        e.client_ip,
-        e.ip_valid,
-        e.peer_ip,
-        encode_chain(chain) if chain else "",
-        e.scheme,
-        e.host,
-        e.app,
-        None if d is None else refs.device(d),
-        None if g is None else refs.geo(g),
-        None if p is None else p.id,
-        None if p is None else refs.performer(p),
-        e.machine_id,
-        e.session_hash,
-    )
+def _access_rows(events: Sequence[Any], refs: Refs, known: KnownKeys) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = list(map(attrgetter("row"), events))
+    refs.add_access(events, rows, known)
+    return rows
 
 
 _N_ACCESS = len(_ACCESS_COLS)
@@ -420,39 +359,18 @@ def _access_from_row(r: Sequence[Any], cache: dict[Any, Any]) -> AccessEvent:
         performer = cache.get(pjson)
         if performer is None:
             performer = cache[pjson] = Performer.from_dict(json.loads(pjson))
-    return AccessEvent(
-        id=r[0],
-        ts=r[1],
-        action=r[2],
-        method=r[3],
-        endpoint=r[4],
-        route=r[5],
-        status=r[6],
-        duration_us=r[7],
-        outcome=r[8],
-        reason=r[9],
-        request_id=r[10],
-        client_ip=r[11],
-        ip_valid=bool(r[12]),
-        peer_ip=r[13],
-        proxy_chain=decode_chain(r[14]),
-        scheme=r[15],
-        host=r[16],
-        app=r[17],
-        device=device,
-        geo=geo,
-        performer=performer,
-        machine_id=r[22],
-        session_hash=r[23],
-    )
+    row = tuple(r[:_N_ACCESS])
+    if type(row[12]) is not bool:  # SQLite hands booleans back as 0/1
+        row = (*row[:12], bool(row[12]), *row[13:])
+    return AccessEvent(row, device, geo, performer)
 
 
 @dataclass(frozen=True, slots=True)
 class KindSpec:
     """How one event kind maps to a table.
 
-    ``to_row(event, refs)`` returns the values of ``columns`` in order (calling
-    ``refs.device()`` / ``refs.geo()`` / ``refs.performer()`` for shared values);
+    ``to_rows(events, refs, known)`` returns the rows (values of ``columns`` in
+    order) and notes in ``refs`` the shared values not in ``known`` yet;
     ``select()`` is the base SELECT of a query and ``from_row(row, cache)``
     rebuilds the event from one of its rows (``cache`` lives for one query).
     The table needs ``id``, ``ts``, ``action`` and ``performer_column``.
@@ -460,7 +378,7 @@ class KindSpec:
 
     table: Table
     columns: tuple[str, ...]
-    to_row: Callable[[Any, Refs], tuple[Any, ...]]
+    to_rows: Callable[[Sequence[Any], Refs, KnownKeys], list[tuple[Any, ...]]]
     select: Callable[[], Select[Any]]
     from_row: Callable[[Sequence[Any], dict[Any, Any]], Event]
     performer_column: str = "performer_id"
@@ -469,7 +387,7 @@ class KindSpec:
 #: Event kind -> how it is stored. New kinds (audit, session, log, advisory)
 #: register a table (in :mod:`.models`) and a :class:`KindSpec` here.
 KINDS: dict[str, KindSpec] = {
-    "access": KindSpec(access_table, _ACCESS_COLS, _access_row, _access_select, _access_from_row),
+    "access": KindSpec(access_table, _ACCESS_COLS, _access_rows, _access_select, _access_from_row),
 }
 
 
@@ -523,7 +441,12 @@ class SQLStorage(Storage):
         self._insert_device = self._insert_sql(device_table, _DEVICE_FIELDS)
         self._insert_geo = self._insert_sql(geo_table, _GEO_FIELDS)
         self._insert_performer = self._insert_sql(performer_table, _PERFORMER_COLS)
-        self._insert_kind: dict[str, str] = {}
+        self._insert_kind: dict[tuple[str, int], str] = {}
+        # Rows per INSERT: within every driver's parameter limit (SQLite >= 3.32:
+        # 32766, older 999; PostgreSQL 65535) for the widest table.
+        widest = max(len(spec.columns) for spec in KINDS.values())
+        limit = 999 if self._sqlite and sqlite3.sqlite_version_info < (3, 32) else 32766
+        self._chunk = 1 << ((min(256, limit // widest)).bit_length() - 1)
 
         self._lock = threading.Lock()
         # An in-memory SQLite database is one connection shared by writer and
@@ -545,13 +468,37 @@ class SQLStorage(Storage):
             f"VALUES ({', '.join([self._mark] * len(columns))}){self._tail.format(pk=pk)}"
         )
 
-    def insert_statement(self, kind: str) -> str:
-        """The INSERT used for events of ``kind`` (built once per kind)."""
-        sql = self._insert_kind.get(kind)
+    def insert_statement(self, kind: str, rows: int = 1) -> str:
+        """The INSERT of ``rows`` rows of ``kind`` (built once per kind and size)."""
+        key = (kind, rows)
+        sql = self._insert_kind.get(key)
         if sql is None:
             spec = KINDS[kind]
-            sql = self._insert_kind[kind] = self._insert_sql(spec.table, spec.columns)
+            one = self._insert_sql(spec.table, spec.columns)
+            if rows > 1:
+                head, _, rest = one.partition(" VALUES ")
+                values, sep, tail = rest.partition(")")
+                one = f"{head} VALUES {', '.join([values + sep] * rows)}{tail}"
+            sql = self._insert_kind[key] = one
         return sql
+
+    def _insert_rows(self, cur: Any, kind: str, rows: list[tuple[Any, ...]]) -> None:
+        """Multi-row INSERTs: one statement per chunk instead of one per row.
+
+        The SQLite driver releases the GIL around every statement step; with
+        ``executemany`` that is once per row, and a recorder thread that gives
+        the GIL away per row then waits for it behind the app's event loop.
+        Chunk sizes are powers of two so the statement cache stays small.
+        """
+        n = len(rows)
+        i = 0
+        while i < n:
+            size = self._chunk
+            while size > n - i:
+                size >>= 1
+            chunk = rows[i : i + size]
+            cur.execute(self.insert_statement(kind, size), list(chain.from_iterable(chunk)))
+            i += size
 
     def describe_url(self) -> str:
         return self.url.render_as_string(hide_password=True)
@@ -596,11 +543,11 @@ class SQLStorage(Storage):
                 group = groups[kind] = []
             group.append(e)
         with self._lock:
-            refs = Refs(self._known)
-            batches = []
-            for kind, group in groups.items():
-                to_row = KINDS[kind].to_row
-                batches.append((self.insert_statement(kind), [to_row(e, refs) for e in group]))
+            refs = Refs()
+            known = self._known
+            batches = [
+                (kind, KINDS[kind].to_rows(group, refs, known)) for kind, group in groups.items()
+            ]
             raw = self._raw
             try:
                 if raw is None:
@@ -609,15 +556,15 @@ class SQLStorage(Storage):
                 try:
                     if refs:
                         self._write_refs(cur, refs)
-                    for sql, rows in batches:
-                        cur.executemany(sql, rows)
+                    for kind, rows in batches:
+                        self._insert_rows(cur, kind, rows)
                 finally:
                     cur.close()
                 raw.commit()
             except BaseException:
                 self._discard_raw()
                 raise
-            refs.commit()
+            known.remember(refs)
 
     def _write_refs(self, cur: Any, refs: Refs) -> None:
         # In key order: two processes inserting the same new keys then wait for
@@ -629,7 +576,7 @@ class SQLStorage(Storage):
             geos = sorted(refs.geos.items())
             cur.executemany(self._insert_geo, [_geo_values(g) for _, g in geos])
         if refs.performers:
-            rows = [(k, p.id, p.name, p.email, p.to_json()) for p, k in refs.performers.items()]
+            rows = [(k, p.id, p.name, p.email, p.to_json()) for k, p in refs.performers.items()]
             rows.sort()
             cur.executemany(self._insert_performer, rows)
 

@@ -1,0 +1,172 @@
+"""In-process costs, side by side in one run:
+
+1. request path: µs added per request by LezaMiddleware around a trivial ASGI
+   app (median over many repeats of bare vs wrapped, the queue drained between
+   repeats so it never fills);
+2. recorder, per event: enrichment (UA/geo/IP caches warm, like steady
+   traffic) and the SQLite batch write, µs each.
+
+    python bench/bench_inprocess.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from leza_middleware import Leza, LezaMiddleware
+from leza_middleware.events import Event
+
+UAS = [
+    b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    b"Chrome/124.0.0.0 Safari/537.36",
+    b"Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+    b"(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+    b"Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+]
+IPS = [b"81.2.69.142", b"193.0.6.139", b"203.2.218.214", b"89.160.20.112"]
+
+
+def scope(i: int) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"user-agent", UAS[i % len(UAS)]),
+            (b"accept", b"*/*"),
+            (b"x-forwarded-for", IPS[i % len(IPS)]),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/plain")],
+}
+BODY = {"type": "http.response.body", "body": b"Hello, world!"}
+
+
+async def hello(scope: Any, receive: Any, send: Any) -> None:
+    await send(dict(START))
+    await send(BODY)
+
+
+async def receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def send(message: Any) -> None:
+    return None
+
+
+async def per_request_us(app: Any, scopes: list[dict[str, Any]]) -> float:
+    t0 = time.perf_counter_ns()
+    for s in scopes:
+        await app(s, receive, send)
+    return (time.perf_counter_ns() - t0) / len(scopes) / 1000
+
+
+def request_path(leza: Leza, repeats: int = 41, n: int = 2000) -> tuple[float, float]:
+    wrapped = LezaMiddleware(hello, leza=leza)
+    scopes = [scope(i) for i in range(n)]
+    bare_t, wrapped_t = [], []
+
+    async def run() -> None:
+        for _ in range(repeats):
+            gc.disable()
+            bare_t.append(await per_request_us(hello, scopes))
+            wrapped_t.append(await per_request_us(wrapped, scopes))
+            gc.enable()
+            leza.flush(30)  # drain outside the timed part
+
+    asyncio.run(run())
+    b, w = statistics.median(bare_t), statistics.median(wrapped_t)
+    return b, w - b
+
+
+def recorder_costs(leza: Leza, n: int = 20_000) -> tuple[float, float]:
+    from leza_middleware.request_path import raw_access
+
+    now = time.time()
+    raws = [
+        raw_access(
+            ts=now + i * 1e-4,
+            duration=0.0001,
+            request_id=f"{i:032x}",
+            peer="127.0.0.1",
+            user_agent=UAS[i % len(UAS)],
+            x_forwarded_for=IPS[i % len(IPS)],
+            host=b"127.0.0.1:8000",
+            route="/",
+        )  # fmt: skip
+        for i in range(n)
+    ]
+    prep = leza._prepare
+    for r in raws[:100]:  # warm the caches like steady traffic
+        prep(r)
+    # In batches, as the recorder does (one huge list would add GC work it never has).
+    events: list[Event] = []
+    t0 = time.perf_counter_ns()
+    for k in range(0, n, leza.settings.batch_size):
+        events += [prep(r) for r in raws[k : k + leza.settings.batch_size]]
+    enrich_us = (time.perf_counter_ns() - t0) / n / 1000
+    storage = leza.storage
+    storage.setup()
+    batch = leza.settings.batch_size
+    t0 = time.perf_counter_ns()
+    for k in range(0, n, batch):
+        storage.write(events[k : k + batch])
+    write_us = (time.perf_counter_ns() - t0) / n / 1000
+    return enrich_us, write_us
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "bench.db"
+        # The worker must not wake during the timed loops (it would take the
+        # GIL and inflate them): it only runs in the flush between repeats.
+        leza = Leza(
+            storage=f"sqlite:///{db}",
+            trusted_proxies=["127.0.0.1"],
+            spill_dir=str(Path(tmp) / "spill"),
+            flush_interval=3600,
+            batch_size=100_000,
+            queue_size=100_000,
+        )
+        bare, added = request_path(leza)
+        print(
+            f"request path: bare app {bare:.2f} µs/request, LezaMiddleware adds {added:.2f} µs"
+            "  (budget <= 5 µs)"
+        )
+        leza2 = Leza(
+            storage=f"sqlite:///{Path(tmp) / 'rec.db'}",
+            trusted_proxies=["127.0.0.1"],
+            spill_dir=str(Path(tmp) / "spill2"),
+        )
+        enrich, write = recorder_costs(leza2)
+        print(
+            f"recorder per event: enrich {enrich:.2f} µs + SQLite write {write:.2f} µs"
+            f" = {enrich + write:.2f} µs  ({1e6 / write:,.0f} events/s write rate)"
+        )
+        leza.shutdown(5)
+        leza2.shutdown(5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Throughput: a bare Starlette hello-world vs the same app with LezaMiddleware.
+
+Both run under uvicorn (one worker, pinned to one CPU, with its recorder thread
+on the same CPU), driven by wrk on another CPU over loopback with rotating
+real User-Agents and client IPs (X-Forwarded-For from a trusted loopback
+proxy). Rounds alternate bare / leza so drift affects both alike. Every event
+is written to SQLite: no sampling. After each leza round the server is
+stopped gracefully and the events stored are compared with the requests the
+server answered (counted by an outermost counter present in both variants).
+
+    python bench/bench_throughput.py [--rounds 3] [--duration 8] [--connections 64]
+
+Needs: wrk (Debian package), uvicorn (with uvloop + httptools for realistic numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parents[1] / "shared" / "testdata"
+
+APP = textwrap.dedent(
+    """
+    import os
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def hello(request):
+        return PlainTextResponse("Hello, world!")
+
+    inner = Starlette(routes=[Route("/", hello)])
+
+    if os.environ["BENCH_VARIANT"] == "leza":
+        from leza_middleware import Leza, LezaMiddleware
+        leza = Leza(trusted_proxies=["127.0.0.1"])   # storage, geo from LEZA_* env
+        inner.add_middleware(LezaMiddleware, leza=leza)
+
+    served = 0
+
+    async def app(scope, receive, send):
+        # Outermost counter (same in both variants): requests answered.
+        global served
+        if scope["type"] == "lifespan":
+            async def send_wrapper(message):
+                if message["type"] == "lifespan.shutdown.complete":
+                    with open(os.environ["BENCH_COUNT_FILE"], "w") as f:
+                        f.write(str(served))
+                await send(message)
+            return await inner(scope, receive, send_wrapper)
+        await inner(scope, receive, send)
+        served += 1
+    """
+)
+
+WRK_LUA = """
+local uas = {UAS}
+local ips = {IPS}
+local i = 0
+request = function()
+  i = i + 1
+  local headers = {{}}
+  headers["User-Agent"] = uas[(i % #uas) + 1]
+  headers["X-Forwarded-For"] = ips[(i % #ips) + 1]
+  return wrk.format("GET", "/", headers)
+end
+"""
+
+FALLBACK_UAS = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
+    "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "SamsungBrowser/24.0 Chrome/117.0.0.0 Mobile Safari/537.36",
+]
+
+
+def lua_list(items: list[str]) -> str:
+    return "{" + ",".join(json.dumps(x) for x in items) + "}"
+
+
+def real_uas(n: int) -> list[str]:
+    path = SHARED / "ua" / "uas_1000.json"
+    if path.exists():
+        uas = [u for u in json.loads(path.read_text()) if '"' not in u and "\\" not in u]
+        return uas[:n]
+    return FALLBACK_UAS
+
+
+def real_ips(n: int) -> list[str]:
+    """Public IPs spread over many networks (geo cache misses, like real traffic)."""
+    out = []
+    a, b = 11, 7
+    for k in range(n):
+        a = (a * 37 + 11) % 223 + 1
+        b = (b * 53 + k) % 256
+        if a in (10, 127, 172, 192, 169, 100):
+            a += 1
+        out.append(f"{a}.{b}.{(k * 7) % 256}.{(k * 13) % 254 + 1}")
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def geoip_db() -> str:
+    city = SHARED / "geoip" / "GeoLite2-City-Test.mmdb"
+    try:
+        from _maxminddb_geolite2 import geolite2_database
+
+        return str(geolite2_database())
+    except ImportError:
+        return str(city) if city.exists() else "off"
+
+
+def start_server(
+    work: Path, variant: str, cpu: int, db: Path
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    port = free_port()
+    count_file = work / f"count-{variant}-{port}.txt"
+    env = dict(os.environ)
+    env.update(
+        BENCH_VARIANT=variant,
+        BENCH_COUNT_FILE=str(count_file),
+        LEZA_STORAGE=f"sqlite:///{db}",
+        LEZA_GEOIP_DB=geoip_db(),
+        LEZA_SPILL_DIR=str(work / "spill"),
+        PYTHONPATH=str(work),
+    )
+    pin = ["taskset", "-c", str(cpu)] if cpu >= 0 else []
+    cmd = [
+        *pin, sys.executable, "-m", "uvicorn", "benchapp:app",
+        "--port", str(port), "--log-level", "warning", "--no-access-log",
+        "--no-proxy-headers", "--lifespan", "on",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=work)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, port, count_file
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def stop_server(proc: subprocess.Popen[bytes], count_file: Path) -> int:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    return int(count_file.read_text())
+
+
+def run_wrk(port: int, script: Path, seconds: float, connections: int, cpu: int) -> float:
+    pin = ["taskset", "-c", str(cpu)] if cpu >= 0 else []
+    cmd = [
+        *pin, "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s",
+        "-s", str(script), f"http://127.0.0.1:{port}/",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m or "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk run not clean:\n{out}")
+    return float(m.group(1))
+
+
+def stored_events(db: Path) -> int:
+    with sqlite3.connect(db) as con:
+        return int(con.execute("select count(*) from leza_access").fetchone()[0])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin uvicorn (and its recorder thread) to CPU 0 and wrk to CPU 1",
+    )
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install wrk", file=sys.stderr)
+        return 2
+    ncpu = os.cpu_count() or 1
+    server_cpu, wrk_cpu = (0, (1 if ncpu > 1 else 0)) if args.pin else (-1, -1)
+
+    work = Path(tempfile.mkdtemp(prefix="leza-bench-"))
+    (work / "benchapp.py").write_text(APP)
+    uas, ips = real_uas(300), real_ips(500)
+    script = work / "rotate.lua"
+    script.write_text(WRK_LUA.format(UAS=lua_list(uas), IPS=lua_list(ips)))
+    print(f"# {len(uas)} distinct UAs, {len(ips)} distinct IPs, geo db: {geoip_db()}")
+    placement = (
+        f"uvicorn pinned to CPU {server_cpu} (with its recorder thread), wrk to CPU {wrk_cpu}"
+        if args.pin
+        else f"uvicorn (1 worker) and wrk (1 thread) scheduled freely on {ncpu} CPUs"
+    )
+    print(f"# {placement}; {args.rounds} rounds x {args.duration}s, {args.connections} connections")
+
+    results: dict[str, list[float]] = {"bare": [], "leza": []}
+    served_total = stored_total = 0
+    for rnd in range(args.rounds):
+        for variant in ("bare", "leza"):
+            db = work / f"leza-{rnd}.db"
+            proc, port, count_file = start_server(work, variant, server_cpu, db)
+            try:
+                run_wrk(port, script, args.warmup, args.connections, wrk_cpu)
+                rps = run_wrk(port, script, args.duration, args.connections, wrk_cpu)
+            finally:
+                served = stop_server(proc, count_file)
+            results[variant].append(rps)
+            line = f"round {rnd + 1} {variant:4s}: {rps:9.0f} req/s"
+            if variant == "leza":
+                stored = stored_events(db)
+                served_total += served
+                stored_total += stored
+                line += f"   served {served}, events stored {stored}"
+            print(line, flush=True)
+
+    bare = statistics.median(results["bare"])
+    leza = statistics.median(results["leza"])
+    ratios = [z / b for b, z in zip(results["bare"], results["leza"], strict=True)]
+    print()
+    print(f"bare  median: {bare:9.0f} req/s")
+    print(f"leza  median: {leza:9.0f} req/s")
+    print(
+        f"ratio leza/bare: {leza / bare:.3f}  (per round: {', '.join(f'{r:.3f}' for r in ratios)})"
+        "   budget >= 0.85, aim 0.90"
+    )
+    print(
+        f"events stored / requests served (leza rounds): {stored_total} / {served_total}"
+        f"  {'EXACT' if stored_total == served_total else 'MISMATCH'}"
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
