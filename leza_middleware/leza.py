@@ -81,6 +81,7 @@ class Leza:
             self.storage,
             self._prepare,
             Spill(spill_dir),
+            prepare_batch=self._prepare_batch,
             priority=self._priority,
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
@@ -101,6 +102,14 @@ class Leza:
         if isinstance(item, Event):
             return item
         raise TypeError(f"cannot record {type(item).__name__}")
+
+    def _prepare_batch(self, items: list[Any]) -> list[Event]:
+        """Prepare a whole batch; raw access records are enriched column-wise."""
+        raws = [item for item in items if type(item) is tuple]
+        if len(raws) == len(items):
+            return list(self.enricher.batch(items)) if items else []
+        enriched = iter(self.enricher.batch(raws) if raws else ())
+        return [next(enriched) if type(item) is tuple else self._prepare(item) for item in items]
 
     @staticmethod
     def _priority(item: Any) -> bool:

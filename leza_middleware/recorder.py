@@ -69,6 +69,7 @@ class Recorder:
         prepare: Callable[[Any], Event],
         spill: Spill,
         *,
+        prepare_batch: Callable[[list[Any]], list[Event]] | None = None,
         priority: Callable[[Any], bool] = lambda item: False,
         batch_size: int = 512,
         flush_interval: float = 1.0,
@@ -79,6 +80,7 @@ class Recorder:
     ) -> None:
         self.storage = storage
         self._prepare = prepare
+        self._prepare_batch = prepare_batch
         self._priority = priority
         self.spill = spill
         self.batch_size = batch_size
@@ -267,6 +269,11 @@ class Recorder:
 
     def _prepare_all(self, items: list[Any]) -> tuple[list[Event], int]:
         """Enrich raw records (no lock). Returns the events and how many failed."""
+        if self._prepare_batch is not None:
+            try:
+                return self._prepare_batch(items), 0
+            except Exception:
+                pass  # one bad item spoils the batch: isolate it below
         prepare = self._prepare
         out: list[Event] = []
         for item in items:

@@ -338,3 +338,24 @@ async def test_control_characters_stripped_and_sizes_capped(make_leza: Any) -> N
         assert not re.search(r"[\x00-\x1f\x7f]", event[field])
     assert len(event["endpoint"]) <= 2048
     assert len(event["user_agent"]) <= 512
+
+
+@pytest.mark.anyio
+async def test_repeated_forwarding_header_lines_are_walked_as_one_chain(make_leza: Any) -> None:
+    leza = make_leza(trusted_proxies=["203.0.113.9", "10.0.0.0/8"])
+    app = LezaMiddleware(starlette_app(), leza=leza)
+    # Two X-Forwarded-For lines mean the same as one comma-joined line (RFC 9110):
+    # the client is the rightmost untrusted hop across both.
+    headers = [
+        (b"x-forwarded-for", b"6.6.6.6"),
+        (b"x-forwarded-for", f"{LONDON_IP}, 10.1.2.3".encode()),
+        (b"user-agent", IPHONE.encode()),
+    ]
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 5555))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        await client.get("/", headers=headers)
+    assert leza.flush(5)
+    [event] = leza.query.access()
+    assert event["ip"] == LONDON_IP
+    assert event["proxy_chain"] == ["10.1.2.3"]
+    assert event["device"]["type"] == "smartphone"

@@ -256,3 +256,31 @@ def test_fork_child_starts_its_own_recorder_with_an_empty_queue(
     assert leza.flush(5)
     ids = sqlite_ids(db)
     assert len(ids) == len(set(ids)) == 8
+
+
+def test_one_bad_record_does_not_spoil_its_batch(make_leza: Any) -> None:
+    leza = make_leza(flush_interval=60)
+    good = [raw(i) for i in range(5)]
+    broken = raw(99)[:3]  # a truncated record: cannot be enriched
+    for item in (*good[:2], broken, *good[2:]):
+        leza.recorder.offer(item)
+    assert leza.flush(5)
+    s = leza.stats()
+    assert s["written"] == 5
+    assert s["dropped_by_reason"] == {"invalid": 1}
+    assert balanced(s)
+    assert sorted(e["request_id"] for e in leza.query.access()) == [f"rid{i}" for i in range(5)]
+
+
+def test_mixed_batches_keep_their_order(make_leza: Any) -> None:
+    from leza_middleware.events import AccessEvent
+
+    leza = make_leza()
+    built = AccessEvent.build(
+        id="0" * 31, ts=1, action="login", method="POST", endpoint="/login", route=None,
+        status=200, duration_us=5, outcome="success", reason="User logged in",
+        request_id="explicit", client_ip="81.2.69.142", ip_valid=True, peer_ip="81.2.69.142",
+    )  # fmt: skip
+    events = leza._prepare_batch([raw(1), built, raw(2)])
+    assert [e.request_id for e in events] == ["rid1", "explicit", "rid2"]
+    assert events[1] is built

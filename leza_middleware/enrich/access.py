@@ -1,35 +1,48 @@
-"""Turn a :class:`RawAccess` into an :class:`AccessEvent` (recorder thread only).
+"""Turn raw access records into :class:`AccessEvent` objects (recorder thread only).
 
-Everything the request path deferred happens here: reading the request's
-facts, client IP through the proxy chain, User-Agent → device, IP → geo,
-query redaction, control-character stripping and size caps, outcome and
-reason. The recorder thread shares the GIL with the app, so each step that
-repeats across requests (same client, same route, same status) is a bounded
-dict lookup after its first time.
+Everything the request path deferred happens here: client IP through the
+proxy chain, User-Agent → device, IP → geo, query redaction, control-character
+stripping and size caps, outcome and reason.
+
+The recorder thread shares the GIL with the app, so every µs of Python per
+event here is a µs the app's event loop waits. Two rules keep it small:
+
+* work is done per *distinct value*, not per event: each column of a batch
+  (User-Agents, client addresses, statuses, hosts, routes…) is mapped through
+  a bounded dict, and only values never seen before reach the parsers;
+* the per-event steps are ``zip``/``map`` over whole columns, which run in C,
+  instead of a Python loop body per event.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from http import HTTPStatus
+from itertools import repeat
+from operator import mul
 from typing import Any, TypeVar
 
-from ..events import AccessEvent, encode_chain, performer_key
-from ..ids import new_event_id
+from ..events import AccessEvent, Device, Geo, encode_chain, performer_key
+from ..ids import new_event_ids
 from ..performer import Performer
 from .clientip import ProxyTrust
 from .geo import GeoResolver
-from .text import clean, redact_query
+from .text import CONTROL_CHARACTERS, clean, redact_query
 from .useragent import UserAgentParser
 
 __all__ = ["AccessEnricher", "derive_outcome"]
 
 MAX_PATH = 2048
 MAX_HOST = 255
+MAX_REASON = 512
 _CACHE_SIZE = 4096
+_MAX_KEY = 256  # longer client-controlled values are processed but not memoised
 
-K = TypeVar("K")
+K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+_MISSING: Any = object()
+# client ip, valid, peer ip, encoded proxy chain, ip to geolocate (None when invalid)
+_Address = tuple[str, bool, str, str, str | None]
 
 
 def _phrase(status: int) -> str:
@@ -39,7 +52,7 @@ def _phrase(status: int) -> str:
         return "Unknown Status"
 
 
-def derive_outcome(status: int, error: str | None) -> tuple[str, str, str]:
+def derive_outcome(status: int, error: str | None = None) -> tuple[str, str, str]:
     """(action, outcome, reason) from the status, until a permission decision exists."""
     if error is not None or status >= 500:
         detail = f" ({error})" if error else ""
@@ -51,27 +64,41 @@ def derive_outcome(status: int, error: str | None) -> tuple[str, str, str]:
     return "access", "success", f"Request completed: {status} {_phrase(status)}"
 
 
-def _cached(cache: dict[K, V], key: K, make: Callable[[K], V]) -> V:
-    """Bounded memo: evict the oldest entry when full (no per-hit bookkeeping)."""
-    value = cache.get(key)
-    if value is None:
-        value = make(key)
-        if len(cache) >= _CACHE_SIZE:
-            del cache[next(iter(cache))]
-        cache[key] = value
-    return value
+class _Memo(dict[Any, Any]):
+    """A bounded memo of one function, applied to a whole column at once."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def column(self, keys: Sequence[Any]) -> list[Any]:
+        values = list(map(self.get, keys, repeat(_MISSING)))
+        if _MISSING in values:  # only values never seen before reach ``fn``
+            fn = self.fn
+            for i, value in enumerate(values):
+                if value is _MISSING:
+                    key = keys[i]
+                    values[i] = value = fn(key)
+                    if _memoisable(key):
+                        if len(self) >= _CACHE_SIZE:
+                            del self[next(iter(self))]  # oldest first, no per-hit upkeep
+                        self[key] = value
+        return values
 
 
-def _cached_text(cache: dict[str, str], key: str, make: Callable[[str], str]) -> str:
-    # Client-controlled text: only short values are memoised, so hostile
-    # multi-kilobyte headers cannot make the cache large.
-    if len(key) > _MAX_KEY:
-        return make(key)
-    return _cached(cache, key, make)
+def _memoisable(key: Any) -> bool:
+    if isinstance(key, (str, bytes)):
+        return len(key) <= _MAX_KEY
+    if isinstance(key, tuple):
+        return all(not isinstance(k, (str, bytes)) or len(k) <= _MAX_KEY for k in key)
+    return True
 
 
-_MAX_KEY = 256
-_Address = tuple[str, bool, str, str]
+_has_control = CONTROL_CHARACTERS.search
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode("latin-1") if type(value) is bytes else value  # type: ignore[return-value]
 
 
 class AccessEnricher:
@@ -89,97 +116,109 @@ class AccessEnricher:
         self.proxies = proxies
         self.redact_keys = redact_keys
         self.app_name = app_name
-        # (peer, x-forwarded-for, forwarded) -> (client ip, valid, peer ip, chain text)
-        self._addresses: dict[tuple[str | None, str | None, str | None], _Address] = {}
-        self._performer_keys: dict[Performer, str] = {}
-        self._outcomes: dict[tuple[int, str | None], tuple[str, str, str]] = {}
-        self._short: dict[str, str] = {}  # method, scheme, host: few distinct values
-        self._routes: dict[str, str] = {}
-        self._queries: dict[str, str] = {}
+        self._devices = _Memo(self._device)
+        self._addresses = _Memo(self._address)
+        self._geos = _Memo(self._geo)
+        self._outcomes = _Memo(lambda key: derive_outcome(*key))
+        self._short = _Memo(lambda v: clean(_text(v) or "", MAX_HOST))  # method, scheme, host
+        self._routes = _Memo(lambda v: None if v is None else clean(v, MAX_PATH))
+        self._queries = _Memo(lambda q: clean(redact_query(q, redact_keys), MAX_PATH))
+        self._performer_keys = _Memo(performer_key)
 
-    def _address(self, key: tuple[str | None, str | None, str | None]) -> _Address:
-        a = self.proxies.resolve(*key)
-        return a.client_ip, a.ip_valid, a.peer_ip, encode_chain(a.chain)
+    # Memoised per distinct value; each returns what the batch's columns need.
 
-    @staticmethod
-    def _outcome(key: tuple[int, str | None]) -> tuple[str, str, str]:
-        return derive_outcome(*key)
+    def _address(self, key: tuple[str | None, Any, Any]) -> _Address:
+        peer, xff, fwd = key
+        a = self.proxies.resolve(peer, _text(xff), _text(fwd))
+        geo_ip = a.client_ip if a.ip_valid else None
+        return a.client_ip, a.ip_valid, a.peer_ip, encode_chain(a.chain), geo_ip
 
-    @staticmethod
-    def _clean_short(value: str) -> str:
-        return clean(value, MAX_HOST)
+    def _device(self, ua: bytes | str | None) -> tuple[Device, str]:
+        device = self.user_agents.parse(_text(ua) or "")
+        return device, device.key
 
-    @staticmethod
-    def _clean_path(value: str) -> str:
-        return clean(value, MAX_PATH)
-
-    def _redact(self, query: str) -> str:
-        return clean(redact_query(query, self.redact_keys), MAX_PATH)
+    def _geo(self, ip: str | None) -> tuple[Geo | None, str | None]:
+        geo = None if ip is None else self.geo.lookup(ip)
+        return geo, None if geo is None else geo.key
 
     def __call__(self, raw: tuple[Any, ...]) -> AccessEvent:
+        return self.batch([raw])[0]
+
+    def batch(self, raws: Sequence[tuple[Any, ...]]) -> list[AccessEvent]:
+        """Enrich a batch of raw access records (see ``request_path.RAW_FIELDS``)."""
+        n = len(raws)
         (
-            ts_s, duration, status, request_id, method, path, query, peer, scheme, route,
-            ua, xff, fwd, host, performer, error, action, reason,
-        ) = raw  # fmt: skip
-        if type(xff) is bytes:
-            xff = xff.decode("latin-1")
-        if type(fwd) is bytes:
-            fwd = fwd.decode("latin-1")
-        if (xff is None or len(xff) <= _MAX_KEY) and (fwd is None or len(fwd) <= _MAX_KEY):
-            addr = _cached(self._addresses, (peer, xff, fwd), self._address)
-        else:
-            addr = self._address((peer, xff, fwd))
-        client_ip, ip_valid, peer_ip, chain = addr
-        derived_action, outcome, derived_reason = _cached(
-            self._outcomes, (status, error), self._outcome
+            ts_s, durations, statuses, request_ids, methods, paths, queries, peers, schemes,
+            routes, uas, xffs, fwds, hosts, performers, errors, actions, reasons,
+        ) = zip(*raws, strict=True)  # fmt: skip
+        # (Columns of one batch always have the same length; strict=True only
+        # guards the transposition above against a malformed record.)
+        client_ips, valids, peer_ips, chains, geo_ips = zip(
+            *self._addresses.column(list(zip(peers, xffs, fwds, strict=True))), strict=True
         )
-        endpoint = clean(path, MAX_PATH)
-        if query:
-            if type(query) is bytes:
-                query = query.decode("latin-1")
-            endpoint = f"{endpoint}?{_cached_text(self._queries, query, self._redact)}"
-            if len(endpoint) > MAX_PATH:
-                endpoint = endpoint[:MAX_PATH]
-        if route is not None:
-            route = _cached_text(self._routes, route, self._clean_path)
-        if type(host) is bytes:
-            host = host.decode("latin-1")
-        short = self._short
-        device = self.user_agents.parse(ua.decode("latin-1") if type(ua) is bytes else ua)
-        geo = self.geo.lookup(client_ip) if ip_valid else None
-        pid = pkey = None
-        if performer is not None:
-            pid = performer.id
-            pkey = _cached(self._performer_keys, performer, performer_key)
-        ts = int(ts_s * 1_000_000)
-        return AccessEvent(
-            (
-                new_event_id(ts),
-                ts,
-                derived_action if action is None else action,
-                _cached_text(short, method, self._clean_short),
-                endpoint,
-                route,
-                status,
-                int(duration * 1_000_000),
-                outcome,
-                derived_reason if reason is None else clean(reason, 512),
-                request_id,
-                client_ip,
-                ip_valid,
-                peer_ip,
-                chain,
-                _cached_text(short, scheme, self._clean_short),
-                _cached_text(short, host or "", self._clean_short),
-                self.app_name,
-                device.key,
-                None if geo is None else geo.key,
-                pid,
-                pkey,
-                None,  # machine id: set by the sessions layer
-                None,  # session hash: set by the sessions layer
-            ),
-            device,
-            geo,
-            performer,
+        devices, device_keys = zip(*self._devices.column(uas), strict=True)
+        geos, geo_keys = zip(*self._geos.column(geo_ips), strict=True)
+        derived_actions, outcomes, derived_reasons = zip(
+            *self._outcomes.column(list(zip(statuses, errors, strict=True))), strict=True
         )
+        ts_us = list(map(int, map(mul, ts_s, repeat(1_000_000))))
+
+        endpoints = list(paths)
+        if any(queries) or any(map(_has_control, paths)) or max(map(len, paths)) > MAX_PATH:
+            for i, path in enumerate(paths):
+                query = queries[i]
+                endpoint = clean(path, MAX_PATH)
+                if query:
+                    redacted = self._queries.column([_text(query)])[0]
+                    endpoint = f"{endpoint}?{redacted}"[:MAX_PATH]
+                endpoints[i] = endpoint
+
+        # Rare per-event overrides: login/logout actions, permission reasons.
+        final_actions: Sequence[str] = derived_actions
+        final_reasons: Sequence[str] = derived_reasons
+        if any(actions) or any(reasons):
+            final_actions = [
+                d if a is None else a for a, d in zip(actions, derived_actions, strict=True)
+            ]
+            final_reasons = [
+                d if r is None else clean(r, MAX_REASON)
+                for r, d in zip(reasons, derived_reasons, strict=True)
+            ]
+        pids: Sequence[str | None] = repeat(None, n)  # type: ignore[assignment]
+        pkeys: Sequence[str | None] = repeat(None, n)  # type: ignore[assignment]
+        if any(performers):
+            pids = [None if p is None else p.id for p in performers]
+            pkeys = self._pkeys(performers)
+
+        rows = zip(  # noqa: B905 - every column has n items; repeat()s are bounded
+            new_event_ids(ts_us),
+            ts_us,
+            final_actions,
+            self._short.column(methods),
+            endpoints,
+            self._routes.column(routes),
+            statuses,
+            map(int, map(mul, durations, repeat(1_000_000))),
+            outcomes,
+            final_reasons,
+            request_ids,
+            client_ips,
+            valids,
+            peer_ips,
+            chains,
+            self._short.column(schemes),
+            self._short.column(hosts),
+            repeat(self.app_name, n),
+            device_keys,
+            geo_keys,
+            pids,
+            pkeys,
+            repeat(None, n),  # machine id: set by the sessions layer
+            repeat(None, n),  # session hash: set by the sessions layer
+        )
+        return list(map(AccessEvent, rows, devices, geos, performers))
+
+    def _pkeys(self, performers: Sequence[Performer | None]) -> list[str | None]:
+        keys = self._performer_keys.column([p for p in performers if p is not None])
+        it = iter(keys)
+        return [None if p is None else next(it) for p in performers]

@@ -5,14 +5,15 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_plus
 
-__all__ = ["FILTERED", "clean", "redact_query"]
+__all__ = ["CONTROL_CHARACTERS", "FILTERED", "clean", "redact_query"]
 
 FILTERED = "[Filtered]"
 
 # C0 controls (CR, LF, TAB, NUL, ESC…), DEL, C1 controls, and the Unicode line
 # and paragraph separators: anything that could forge a log line or a terminal
 # escape when the value is printed later.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = CONTROL_CHARACTERS
 
 
 def clean(value: str, cap: int) -> str:

@@ -105,7 +105,7 @@ class LezaMiddleware:
                         (end or perf_counter()) - start,
                         status,
                         error,
-                    )  # fmt: skip
+                    )
                 )
             except Exception:  # never let recording hurt the app
                 self.leza._count_request_path_error()
@@ -216,7 +216,7 @@ class LezaMiddleware:
                         status,
                         error,
                         method="WS",
-                    )  # fmt: skip
+                    )
                 )
             except Exception:
                 self.leza._count_request_path_error()
@@ -300,7 +300,7 @@ def _route_template(scope: Scope, root_path: str) -> str | None:
         return None
     # Inside a Mount the route is relative to it; the mount's prefix is what
     # the routing added to root_path.
-    inner_root = scope.get("root_path", "")
+    inner_root: str = scope.get("root_path", "")
     if inner_root != root_path and inner_root.startswith(root_path):
         return inner_root[len(root_path) :] + path
     return path

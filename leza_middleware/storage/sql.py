@@ -298,9 +298,9 @@ class Refs:
         new_d = set(map(_device_key, rows)) - known.devices
         new_g = set(map(_geo_key, rows)) - known.geos
         new_p = set(map(_performer_key, rows)) - known.performers
-        new_d.discard(None)  # type: ignore[arg-type]
-        new_g.discard(None)  # type: ignore[arg-type]
-        new_p.discard(None)  # type: ignore[arg-type]
+        new_d.discard(None)
+        new_g.discard(None)
+        new_p.discard(None)
         if not (new_d or new_g or new_p):
             return
         for e in events:
