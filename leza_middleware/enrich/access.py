@@ -121,7 +121,7 @@ class AccessEnricher:
         self._geos = _Memo(self._geo)
         self._outcomes = _Memo(lambda key: derive_outcome(*key))
         self._short = _Memo(lambda v: clean(_text(v) or "", MAX_HOST))  # method, scheme, host
-        self._routes = _Memo(lambda v: None if v is None else clean(v, MAX_PATH))
+        self._routes = _Memo(lambda r: None if r is None else clean(str(r), MAX_PATH))
         self._queries = _Memo(lambda q: clean(redact_query(q, redact_keys), MAX_PATH))
         self._performer_keys = _Memo(performer_key)
 

@@ -45,15 +45,17 @@ class LezaMiddleware:
         self.leza = leza
         self._offer = leza.recorder.offer
         self._rid_header = leza.settings.request_id_header.encode("latin-1")
+        self._performer_hook = leza.performer_hook
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._not_http(scope, receive, send)
             return
+        # Every line below runs for every request: locals and dict lookups only.
         start = perf_counter()
         ts = time()
         try:
-            headers, rid = self._prepare(scope)
+            headers, rid = self._headers_and_request_id(scope)
         except Exception:  # malformed scope: serve the app, record nothing
             self.leza._count_request_path_error()
             await self.app(scope, receive, send)
@@ -94,66 +96,51 @@ class LezaMiddleware:
             try:
                 if error is not None or not status:
                     status = status if status and error is None else 500
+                if type(headers) is dict:
+                    get = headers.get
+                    ua, xff, fwd, host = (
+                        get(b"user-agent"),
+                        get(b"x-forwarded-for"),
+                        get(b"forwarded"),
+                        get(b"host"),
+                    )
+                else:
+                    ua, xff, fwd, host = _pick_repeated(headers)
+                client = scope.get("client")
+                hook = self._performer_hook
+                if hook is None:
+                    # Starlette's AuthenticationMiddleware sets scope["user"]; read
+                    # after the app ran, so authentication inside the app counts.
+                    user = scope.get("user")
+                    performer = None if user is None else performer_from_user(user)
+                else:
+                    performer = self._hook_performer(scope)
                 self._offer(
-                    self._record(
-                        scope,
-                        headers,
-                        rid,
-                        path,
-                        root_path,
+                    (  # a raw access record: see request_path.RAW_FIELDS
                         ts,
                         (end or perf_counter()) - start,
                         status,
+                        rid,
+                        scope["method"],
+                        path,
+                        scope.get("query_string", b""),
+                        client[0] if client else None,
+                        scope.get("scheme", "http"),
+                        _route_template(scope, root_path),
+                        ua,
+                        xff,
+                        fwd,
+                        host,
+                        performer,
                         error,
+                        None,
+                        None,
                     )
                 )
             except Exception:  # never let recording hurt the app
                 self.leza._count_request_path_error()
 
-    def _record(
-        self,
-        scope: Scope,
-        headers: Any,
-        rid: str,
-        path: str,
-        root_path: str,
-        ts: float,
-        duration: float,
-        status: int,
-        error: str | None,
-        method: str | None = None,
-    ) -> tuple[Any, ...]:
-        """The raw access record (see ``request_path.RAW_FIELDS``)."""
-        if type(headers) is dict:
-            get = headers.get
-            ua, xff, fwd, host = (
-                get(b"user-agent"), get(b"x-forwarded-for"), get(b"forwarded"), get(b"host")
-            )  # fmt: skip
-        else:
-            ua, xff, fwd, host = _pick_repeated(headers)
-        client = scope.get("client")
-        return (
-            ts,
-            duration,
-            status,
-            rid,
-            method or scope["method"],
-            path,
-            scope.get("query_string", b""),
-            client[0] if client else None,
-            scope.get("scheme", "http"),
-            _route_template(scope, root_path),
-            ua,
-            xff,
-            fwd,
-            host,
-            self._performer(scope),
-            error,
-            None,
-            None,
-        )
-
-    def _prepare(self, scope: Scope) -> tuple[Any, str]:
+    def _headers_and_request_id(self, scope: Scope) -> tuple[Any, str]:
         """A header view for the record, and the request id."""
         raw = scope["headers"]
         headers: Any = dict(raw)
@@ -189,7 +176,7 @@ class LezaMiddleware:
         start = perf_counter()
         ts = time()
         try:
-            headers, rid = self._prepare(scope)
+            headers, rid = self._headers_and_request_id(scope)
         except Exception:
             self.leza._count_request_path_error()
             await self.app(scope, receive, send)
@@ -204,18 +191,32 @@ class LezaMiddleware:
                 return
             recorded = True
             try:
+                ua, xff, fwd, host = (
+                    _pick_repeated(headers)
+                    if type(headers) is not dict
+                    else [headers.get(n) for n in _PICKED]
+                )
+                client = scope.get("client")
                 self._offer(
-                    self._record(
-                        scope,
-                        headers,
-                        rid,
-                        path,
-                        root_path,
+                    (
                         ts,
                         perf_counter() - start,
                         status,
+                        rid,
+                        "WS",
+                        path,
+                        scope.get("query_string", b""),
+                        client[0] if client else None,
+                        scope.get("scheme", "ws"),
+                        _route_template(scope, root_path),
+                        ua,
+                        xff,
+                        fwd,
+                        host,
+                        self._performer(scope),
                         error,
-                        method="WS",
+                        None,
+                        None,
                     )
                 )
             except Exception:
@@ -261,12 +262,12 @@ class LezaMiddleware:
         await self.app(scope, receive, send_wrapper)
 
     def _performer(self, scope: Scope) -> Performer | None:
-        hook = self.leza.performer_hook
-        if hook is None:
-            # Starlette's AuthenticationMiddleware sets scope["user"]; it is read
-            # after the app ran, so authentication inside the app counts too.
+        if self._performer_hook is None:
             user = scope.get("user")
             return None if user is None else performer_from_user(user)
+        return self._hook_performer(scope)
+
+    def _hook_performer(self, scope: Scope) -> Performer | None:
         from starlette.requests import HTTPConnection
 
         return self.leza._call_performer_hook(HTTPConnection(scope))
@@ -293,14 +294,17 @@ def _pick_repeated(headers: list[tuple[bytes, bytes]]) -> tuple[Any, Any, Any, A
     return ua, b",".join(xff) if xff else None, b",".join(fwd) if fwd else None, host
 
 
+_PICKED = (b"user-agent", b"x-forwarded-for", b"forwarded", b"host")
+
+
 def _route_template(scope: Scope, root_path: str) -> str | None:
-    route: Any = scope.get("route")
-    path = getattr(route, "path", None)
-    if not isinstance(path, str):
+    """The matched route's template, which Starlette and FastAPI leave in the scope."""
+    path = getattr(scope.get("route"), "path", None)
+    if path is None:
         return None
-    # Inside a Mount the route is relative to it; the mount's prefix is what
-    # the routing added to root_path.
-    inner_root: str = scope.get("root_path", "")
-    if inner_root != root_path and inner_root.startswith(root_path):
-        return inner_root[len(root_path) :] + path
-    return path
+    # Inside a Mount the route's path is relative to it; the mount's prefix is
+    # what routing added to root_path.
+    inner: str = scope.get("root_path", root_path)
+    if inner != root_path and inner.startswith(root_path):
+        return inner[len(root_path) :] + path  # type: ignore[no-any-return]
+    return path  # type: ignore[no-any-return]
