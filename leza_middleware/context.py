@@ -1,7 +1,8 @@
 """The current request, for code running inside it (logging handler, audit API).
 
 The context variable holds a plain ``(request_id, native)`` tuple — the
-cheapest thing to build per request; ``native`` is the framework's own request
+cheapest thing to build per request (the id as the adapter has it: ASGI keeps
+bytes, ready for the response header); ``native`` is the framework's own request
 state (ASGI scope, WSGI environ, Django request), from which the performer can
 be resolved lazily when someone asks for it.
 """
@@ -13,13 +14,16 @@ from typing import Any
 
 __all__ = ["current_native", "current_request_id"]
 
-_current: ContextVar[tuple[str, Any] | None] = ContextVar("leza_request", default=None)
+_current: ContextVar[tuple[bytes | str, Any] | None] = ContextVar("leza_request", default=None)
 
 
 def current_request_id() -> str | None:
     """The id of the request being handled, or None outside a request."""
     ctx = _current.get()
-    return None if ctx is None else ctx[0]
+    if ctx is None:
+        return None
+    rid = ctx[0]
+    return rid.decode("latin-1") if isinstance(rid, bytes) else rid
 
 
 def current_native() -> Any:

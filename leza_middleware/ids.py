@@ -15,10 +15,16 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import repeat
 from operator import and_
 
-__all__ = ["new_event_id", "new_event_ids", "new_request_id", "parse_incoming_request_id"]
+__all__ = [
+    "new_event_id",
+    "new_event_ids",
+    "new_request_id",
+    "new_request_id_bytes",
+    "parse_incoming_request_id",
+]
 
 _counter: Iterator[int]
-_prefix: str
+_prefix: bytes
 _event_counter: Iterator[int]
 _event_prefix: str
 _event_format: Callable[[int, int], str]
@@ -27,7 +33,9 @@ _event_format: Callable[[int, int], str]
 def _reseed() -> None:
     global _counter, _prefix, _event_counter, _event_prefix, _event_format
     # 80 random bits per process + a 48-bit counter: 32 hex chars, uuid-sized.
-    _prefix = os.urandom(10).hex()
+    # (The counter starts at a random 24-bit value; 2**48 requests per process
+    # before it would need a 13th digit.)
+    _prefix = os.urandom(10).hex().encode()
     _counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
     _event_prefix = os.urandom(6).hex()
     _event_counter = itertools.count()
@@ -40,7 +48,12 @@ os.register_at_fork(after_in_child=_reseed)
 
 def new_request_id() -> str:
     """A fresh 32-hex-character request id, unique across processes."""
-    return f"{_prefix}{next(_counter) & 0xFFFFFFFFFFFF:012x}"
+    return new_request_id_bytes().decode()
+
+
+def new_request_id_bytes() -> bytes:
+    """:func:`new_request_id` as bytes, ready for a response header (request path)."""
+    return b"%s%012x" % (_prefix, next(_counter))
 
 
 # What we accept from a client: enough for uuids, ULIDs, AWS/GCP trace ids and
@@ -50,14 +63,16 @@ _TRACEPARENT_RE = re.compile(rb"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]
 _ZERO_TRACE = b"0" * 32
 
 
-def parse_incoming_request_id(x_request_id: bytes | None, traceparent: bytes | None) -> str | None:
+def parse_incoming_request_id(
+    x_request_id: bytes | None, traceparent: bytes | None
+) -> bytes | None:
     """Reuse a valid incoming ``X-Request-ID``, else the W3C trace id, else None."""
     if x_request_id is not None and _REQUEST_ID_RE.fullmatch(x_request_id):
-        return x_request_id.decode("ascii")
+        return x_request_id
     if traceparent is not None:
         m = _TRACEPARENT_RE.fullmatch(traceparent.strip())
         if m is not None and m.group(1) != _ZERO_TRACE and not traceparent.startswith(b"ff"):
-            return m.group(1).decode("ascii")
+            return m.group(1)
     return None
 
 

@@ -26,7 +26,7 @@ RAW_FIELDS = (
     "ts",  # time.time() at request start
     "duration",  # seconds until the last response byte was sent
     "status",
-    "request_id",
+    "request_id",  # bytes (ASGI, as echoed in the header) or str
     "method",  # "WS" for a websocket
     "path",  # as received, before any routing rewrote it
     "query",  # raw query string (bytes or str)

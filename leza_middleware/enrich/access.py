@@ -201,7 +201,7 @@ class AccessEnricher:
             map(int, map(mul, durations, repeat(1_000_000))),
             outcomes,
             final_reasons,
-            request_ids,
+            map(_text, request_ids),
             client_ips,
             valids,
             peer_ips,

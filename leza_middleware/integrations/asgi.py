@@ -15,7 +15,7 @@ from time import perf_counter, time
 from typing import TYPE_CHECKING, Any
 
 from ..context import _current
-from ..ids import new_request_id, parse_incoming_request_id
+from ..ids import new_request_id_bytes, parse_incoming_request_id
 from ..performer import Performer, performer_from_user
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class LezaMiddleware:
             self.leza._count_request_path_error()
             await self.app(scope, receive, send)
             return
-        rid_pair = (self._rid_header, rid.encode("latin-1"))
+        rid_pair = (self._rid_header, rid)
         path = scope["path"]
         root_path = scope.get("root_path", "")
         status = 0
@@ -140,7 +140,7 @@ class LezaMiddleware:
             except Exception:  # never let recording hurt the app
                 self.leza._count_request_path_error()
 
-    def _headers_and_request_id(self, scope: Scope) -> tuple[Any, str]:
+    def _headers_and_request_id(self, scope: Scope) -> tuple[Any, bytes]:
         """A header view for the record, and the request id."""
         raw = scope["headers"]
         headers: Any = dict(raw)
@@ -159,7 +159,7 @@ class LezaMiddleware:
             rid = parse_incoming_request_id(incoming, traceparent)
             if rid is not None:
                 return headers, rid
-        return headers, new_request_id()
+        return headers, new_request_id_bytes()
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
