@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -98,3 +104,145 @@ def balanced(stats: dict[str, Any]) -> bool:
         stats["enqueued"]
         == stats["written"] + stats["dropped"] + stats["pending"] + stats["spilled"]
     )
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+
+POSTGRES_ENV = "LEZA_TEST_POSTGRES_URL"
+POSTGRES_DB = "leza_test"
+
+
+def _postgres_bindir() -> Path | None:
+    """Where ``initdb`` and ``pg_ctl`` live: Debian's layout (newest first), else PATH."""
+
+    def version(bindir: Path) -> tuple[int, ...]:
+        return tuple(int(n) for n in re.findall(r"\d+", bindir.parent.name))
+
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=version, reverse=True)
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        candidates.append(Path(on_path).resolve().parent)
+    for bindir in candidates:
+        if all((bindir / tool).is_file() for tool in ("initdb", "pg_ctl", "createdb")):
+            return bindir
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL cluster in a temporary directory, on 127.0.0.1, trusting local users.
+
+    initdb refuses to run as root, so under root the server runs as the
+    ``postgres`` user (through ``runuser``) in a directory that user owns.
+    """
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.as_owner: list[str] = []
+        owner: tuple[int, int] | None = None
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                pg = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL")
+            owner = (pg.pw_uid, pg.pw_gid)
+            self.as_owner = ["runuser", "-u", "postgres", "--"]
+        # Not under pytest's basetemp, which only the user running the tests may enter.
+        self.root = Path(tempfile.mkdtemp(prefix="leza-test-pg-"))
+        if owner is not None:
+            os.chown(self.root, *owner)
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.port = 0
+        self.started = False
+
+    def _run(self, tool: str, *args: str, as_owner: bool = True) -> None:
+        cmd = [*(self.as_owner if as_owner else []), str(self.bindir / tool), *args]
+        proc = subprocess.run(
+            cmd, cwd=self.root, capture_output=True, text=True, timeout=120, check=False
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stdout}{proc.stderr}"
+                f"{self._log_tail()}"
+            )
+
+    def _log_tail(self) -> str:
+        try:
+            return "\nserver log:\n" + self.log.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def start(self) -> str:
+        """initdb, start, create the test database; the URL to it."""
+        self._run(
+            "initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+            "--locale=C", "--no-sync",
+        )  # fmt: skip
+        with (self.data / "postgresql.conf").open("a") as conf:
+            # Throwaway data: durability traded for speed; TCP on loopback only.
+            conf.write(
+                "\nlisten_addresses = '127.0.0.1'\n"
+                "unix_socket_directories = ''\n"
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+            )
+        for attempt in range(1, 6):  # the free port may be taken before the server binds it
+            self.port = _free_port()
+            try:
+                self._run(
+                    "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", f"-p {self.port}",
+                    "-w", "-t", "60", "start",
+                )  # fmt: skip
+                break
+            except RuntimeError:
+                if attempt == 5:
+                    raise
+        self.started = True
+        self._run(
+            "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", POSTGRES_DB,
+            as_owner=False,
+        )  # fmt: skip
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{POSTGRES_DB}"
+
+    def stop(self) -> None:
+        try:
+            if self.started:
+                self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+                self.started = False
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL (``postgresql+psycopg://…``) shared by the whole test session.
+
+    ``LEZA_TEST_POSTGRES_URL`` when set (CI starts its own server); else a
+    throwaway cluster started once from the local server binaries
+    (``/usr/lib/postgresql/*/bin`` or ``pg_ctl`` on PATH) and stopped at the end;
+    else the requesting test is skipped.
+    """
+    url = os.environ.get(POSTGRES_ENV)
+    if url:
+        yield url
+        return
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip(f"{POSTGRES_ENV} is not set and no PostgreSQL server binaries were found")
+    server = ThrowawayPostgres(bindir)
+    try:
+        try:
+            url = server.start()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            pytest.fail(f"could not start a throwaway PostgreSQL from {bindir}: {exc}")
+        yield url
+    finally:
+        server.stop()

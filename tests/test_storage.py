@@ -1,7 +1,8 @@
 """Storage backends: one contract suite over memory, JSONL, SQLite and PostgreSQL.
 
-PostgreSQL runs when ``LEZA_TEST_POSTGRES_URL`` is set (each test gets its own
-schema through ``search_path``); otherwise those cases are skipped.
+PostgreSQL runs on the ``postgres_url`` fixture (``LEZA_TEST_POSTGRES_URL``, else a
+throwaway local cluster; each test gets its own schema through ``search_path``);
+without either those cases are skipped.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from leza_middleware.storage.models import (
 )
 from leza_middleware.storage.sql import decode_chain, encode_chain
 
-PG_URL = os.environ.get("LEZA_TEST_POSTGRES_URL")
 T0 = 1_751_816_964_062_000  # 2025-07-06T15:49:24.062Z
 
 # ----------------------------------------------------------------------------- events
@@ -183,23 +183,20 @@ def ids(page: Page) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url() -> str:
-    if not PG_URL:
-        pytest.skip("LEZA_TEST_POSTGRES_URL is not set")
-    url = make_url(PG_URL)
+def pg_admin_url(postgres_url: str) -> str:
+    url = make_url(postgres_url)
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @pytest.fixture
-def postgres_storage(pg_admin_url: str) -> Iterator[SQLStorage]:
+def postgres_storage(postgres_url: str, pg_admin_url: str) -> Iterator[SQLStorage]:
     """A SQLStorage in a schema of its own (via search_path), dropped afterwards."""
     import psycopg
 
-    assert PG_URL is not None
     schema = f"leza_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    url = make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
     storage = SQLStorage(url)
     try:
         yield storage
