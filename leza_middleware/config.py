@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import LezaConfigError
 
@@ -34,17 +34,21 @@ DEFAULT_REDACT_QUERY_KEYS = frozenset(
 )  # fmt: skip
 
 
-def _positive_int(name: str, value: Any) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise LezaConfigError(f"{name} must be a whole number, got {value!r}") from None
-    if n <= 0 or isinstance(value, bool):
-        raise LezaConfigError(f"{name} must be a positive whole number, got {value!r}")
-    return n
+def _whole(name: str, given: Any, minimum: int) -> int:
+    value = given
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LezaConfigError(f"{name} must be a whole number, got {given!r}")
+    if value < minimum:
+        what = "a positive whole number" if minimum == 1 else f"a whole number >= {minimum}"
+        raise LezaConfigError(f"{name} must be {what}, got {given!r}")
+    return value
 
 
 def _positive_float(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise LezaConfigError(f"{name} must be a number of seconds, got {value!r}")
     try:
         x = float(value)
     except (TypeError, ValueError):
@@ -73,7 +77,7 @@ class Settings:
     storage: str | Storage = DEFAULT_STORAGE
     # None: the bundled default database when installed, else no geo (one warning).
     # False: geo disabled on purpose, no warning.
-    geoip_db: str | os.PathLike[str] | bool | None = None
+    geoip_db: str | os.PathLike[str] | Literal[False] | None = None
     trusted_proxies: tuple[str, ...] = ()
     performer: Callable[[Any], Any] | None = None
     secret_key: str | None = None
@@ -101,30 +105,35 @@ class Settings:
                 f"known: {', '.join(sorted(known))}"
             )
         raw: dict[str, Any] = {}
+        # How each value is named in error messages: the environment variable
+        # too when it came from there, so the user knows where to look.
+        label: dict[str, str] = {}
         for name in known:
             value = overrides.get(name)
+            label[name] = name
             if value is None and name != "performer":
-                value = env.get("LEZA_" + name.upper())
+                var = "LEZA_" + name.upper()
+                value = env.get(var)
+                label[name] = f"{name} (from ${var})"
             if value is not None:
                 raw[name] = value
-        return cls._validated(raw)
+        return cls._validated(raw, label)
 
     @classmethod
-    def _validated(cls, raw: dict[str, Any]) -> Settings:
+    def _validated(cls, raw: dict[str, Any], label: Mapping[str, str]) -> Settings:
         out: dict[str, Any] = {}
         for name in ("batch_size", "queue_size"):
             if name in raw:
-                out[name] = _positive_int(name, raw[name])
+                out[name] = _whole(label[name], raw[name], 1)
         if "max_retries" in raw:
-            n = raw["max_retries"]
-            out["max_retries"] = 0 if n in (0, "0") else _positive_int("max_retries", n)
+            out["max_retries"] = _whole(label["max_retries"], raw["max_retries"], 0)
         for name in ("flush_interval", "shutdown_timeout"):
             if name in raw:
-                out[name] = _positive_float(name, raw[name])
+                out[name] = _positive_float(label[name], raw[name])
         if "trusted_proxies" in raw:
-            out["trusted_proxies"] = _str_list("trusted_proxies", raw["trusted_proxies"])
+            out["trusted_proxies"] = _str_list(label["trusted_proxies"], raw["trusted_proxies"])
         if "redact_query_keys" in raw:
-            extra = _str_list("redact_query_keys", raw["redact_query_keys"])
+            extra = _str_list(label["redact_query_keys"], raw["redact_query_keys"])
             out["redact_query_keys"] = DEFAULT_REDACT_QUERY_KEYS | {
                 k.lower().replace("-", "").replace("_", "") for k in extra
             }
@@ -137,24 +146,58 @@ class Settings:
             out["performer"] = raw["performer"]
         if "geoip_db" in raw:
             g = raw["geoip_db"]
-            if isinstance(g, str) and g.strip().lower() in {"", "off", "false", "none", "0"}:
-                g = False
+            if isinstance(g, str):
+                word = g.strip().lower()
+                if word in {"", "off", "false", "none", "0", "no"}:
+                    g = False
+                elif word in {"on", "true", "1", "yes"}:
+                    raise LezaConfigError(
+                        f"{label['geoip_db']} is {g!r}: give the path of a .mmdb file, or "
+                        "'off' to disable geolocation (leave it unset for the default database)"
+                    )
+            if g is True:
+                raise LezaConfigError(
+                    f"{label['geoip_db']}=True is ambiguous: pass a file path, None (the "
+                    "default database) or False (no geolocation)"
+                )
             if not isinstance(g, (str, os.PathLike, bool)):
-                raise LezaConfigError(f"geoip_db must be a file path, None or False, got {g!r}")
+                raise LezaConfigError(
+                    f"{label['geoip_db']} must be a file path, None or False, got {g!r}"
+                )
             out["geoip_db"] = g
         if "secret_key" in raw:
             key = raw["secret_key"]
             if isinstance(key, bytes):
                 key = key.decode("utf-8", "surrogateescape")
             if not isinstance(key, str) or len(key) < 16:
-                raise LezaConfigError("secret_key must be a string of at least 16 characters")
+                raise LezaConfigError(
+                    f"{label['secret_key']} must be a string of at least 16 characters"
+                )
             out["secret_key"] = key
         for name in ("app_name", "spill_dir", "request_id_header"):
             if name in raw:
                 value = os.fspath(raw[name]) if name == "spill_dir" else raw[name]
                 if not isinstance(value, str) or not value.strip():
-                    raise LezaConfigError(f"{name} must be a non-empty string, got {raw[name]!r}")
+                    raise LezaConfigError(
+                        f"{label[name]} must be a non-empty string, got {raw[name]!r}"
+                    )
                 out[name] = value.strip().lower() if name == "request_id_header" else value.strip()
+        if "spill_dir" in out:
+            _check_spill_dir(label["spill_dir"], out["spill_dir"])
         if "storage" in raw:
             out["storage"] = raw["storage"]
         return cls(**out)
+
+
+def _check_spill_dir(name: str, path: str) -> None:
+    """The spill directory must be creatable; it is only created when needed."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise LezaConfigError(f"{name} {path!r}: {probe!r} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise LezaConfigError(f"{name} {path!r}: {probe!r} is not writable")

@@ -214,7 +214,8 @@ def format_table(events: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(storage: str | None = None, out: TextIO = sys.stdout) -> int:
+def run_demo(storage: str | None = None, out: TextIO | None = None) -> int:
+    out = sys.stdout if out is None else out  # looked up per call: capsys, redirect_stdout
     started = time.time()
     leza = Leza(storage=storage, trusted_proxies=("127.0.0.1", "::1"), app_name="leza-demo")
     if not leza.geo.enabled:

@@ -13,7 +13,6 @@ from .enrich.access import AccessEnricher
 from .enrich.clientip import ProxyTrust
 from .enrich.geo import GeoResolver
 from .enrich.useragent import UserAgentParser
-from .errors import LezaConfigError
 from .events import Event
 from .performer import Performer, coerce_performer
 from .query import Query
@@ -65,8 +64,6 @@ class Leza:
         self.storage: Storage = open_storage(settings.storage)
         self.proxies = ProxyTrust(settings.trusted_proxies)
         geo = settings.geoip_db
-        if geo is True:
-            raise LezaConfigError("geoip_db=True is ambiguous: pass a file path, None or False")
         self.geo = GeoResolver.disabled() if geo is False else GeoResolver.open(geo)
         self.user_agents = UserAgentParser()
         self.enricher = AccessEnricher(

@@ -411,7 +411,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., None]:
         ("flush_interval", "1s", ("flush_interval", "number of seconds", "'1s'")),
         ("shutdown_timeout", "-1", ("shutdown_timeout", "positive, finite")),
         ("secret_key", "too-short", ("secret_key", "at least 16 characters")),
-        ("app_name", "   ", ("app_name must be a non-empty string",)),
+        ("app_name", "   ", ("app_name (from $LEZA_APP_NAME) must be a non-empty string",)),
     ],
 )
 def test_bad_environment_values(
@@ -587,3 +587,49 @@ def test_default_geoip_uses_the_geolite2_package_when_installed(
     assert leza.geo.enabled
     assert "City" in leza.geo.database_type
     assert leza_warnings(caplog) == []
+
+
+def test_errors_from_environment_name_the_variable(build: Build, env: Callable[..., None]) -> None:
+    env(batch_size="0")
+    config_error(build, "$LEZA_BATCH_SIZE")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"batch_size": 1.5}, "batch_size must be a whole number, got 1.5"),
+        ({"queue_size": 2.9}, "queue_size must be a whole number, got 2.9"),
+        ({"batch_size": True}, "batch_size must be a whole number, got True"),
+        ({"flush_interval": True}, "flush_interval must be a number of seconds, got True"),
+        ({"max_retries": -1}, "max_retries must be a whole number >= 0, got -1"),
+    ],
+)
+def test_numbers_are_not_silently_coerced(
+    build: Build, quiet: dict[str, Any], kwargs: dict[str, Any], fragment: str
+) -> None:
+    config_error(build, fragment, **{**quiet, **kwargs})
+
+
+def test_max_retries_zero_is_allowed(build: Build, quiet: dict[str, Any]) -> None:
+    assert build(**{**quiet, "max_retries": 0}).settings.max_retries == 0
+
+
+def test_spill_dir_under_a_file_is_refused_at_configuration(
+    build: Build, quiet: dict[str, Any], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    config_error(
+        build,
+        "spill_dir",
+        "is a file, not a directory",
+        **{**quiet, "spill_dir": str(blocker / "spill")},
+    )
+
+
+@pytest.mark.parametrize("word", ["true", "on", "1", "yes"])
+def test_geoip_switch_words_are_not_paths(
+    build: Build, env: Callable[..., None], word: str
+) -> None:
+    env(geoip_db=word)
+    config_error(build, "$LEZA_GEOIP_DB", "give the path of a .mmdb file")

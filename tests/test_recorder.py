@@ -140,10 +140,12 @@ def test_queue_full_drops_counted_but_priority_events_spilled(
 def test_unwritable_spill_counts_drops(
     make_leza: Any, tmp_path: Path, flaky_storage: FlakyStorage
 ) -> None:
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("a file where the spill directory should be")
+    spill = tmp_path / "spill-later-broken"
     flaky_storage.down = True
-    leza = make_leza(storage=flaky_storage, spill_dir=str(blocker / "spill"), max_retries=0)
+    leza = make_leza(storage=flaky_storage, spill_dir=str(spill), max_retries=0)
+    # Valid when configured; then something puts a file where the directory
+    # should be (a real fault: the spill cannot be created).
+    spill.write_text("not a directory")
     for i in range(4):
         leza.recorder.offer(raw(i))
     assert leza.flush(5)
