@@ -37,7 +37,7 @@ from leza_middleware.events import AccessEvent, Device, Geo, ua_key
 from leza_middleware.performer import Organization, Performer
 from leza_middleware.storage import QueryFilter, SQLStorage
 from leza_middleware.storage.models import AccessRow, metadata
-from leza_middleware.storage.sql import KINDS, Refs
+from leza_middleware.storage.sql import KINDS
 
 UA_FILE = Path(__file__).resolve().parent.parent.parent / "shared/testdata/ua/uas_1000.json"
 ACTIONS = ["access"] * 85 + ["denied"] * 8 + ["login"] * 3 + ["logout"] * 2 + ["login_failed"] * 2
@@ -146,7 +146,7 @@ def make_events(n: int, seed: int = 1) -> list[AccessEvent]:
         perf = rng.choice(performers)
         chain = () if i % 3 else (f"{prefix_ip}.{rng.randint(1, 254)}", "10.0.0.2")
         events.append(
-            AccessEvent(
+            AccessEvent.build(
                 id=f"{ts:013x}{prefix}{i & 0xFFFFFF:06x}",
                 ts=ts,
                 action=action,
@@ -214,12 +214,9 @@ def bench_orm(path: str, events: list[AccessEvent], size: int) -> float:
     chunks = batches(events, size)
 
     def run() -> None:
-        refs = Refs()
         with Session(engine) as session:
             for chunk in chunks:
-                session.add_all(
-                    [AccessRow(**dict(zip(cols, spec.to_row(e, refs), strict=True))) for e in chunk]
-                )
+                session.add_all([AccessRow(**dict(zip(cols, e.row, strict=True))) for e in chunk])
                 session.commit()
 
     rate = len(events) / timed(run)
@@ -230,10 +227,8 @@ def bench_orm(path: str, events: list[AccessEvent], size: int) -> float:
 def bench_raw(path: str, storage: SQLStorage, events: list[AccessEvent], size: int) -> float:
     storage.setup()  # same schema and indexes
     storage.close()
-    spec = KINDS["access"]
-    refs = Refs()
-    rows = [spec.to_row(e, refs) for e in events]
-    sql = storage.insert_statement("access")  # the statement SQLStorage uses
+    rows = [e.row for e in events]
+    sql = storage.insert_statement("access")  # the one-row form of SQLStorage's statement
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")

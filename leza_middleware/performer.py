@@ -122,6 +122,22 @@ def _opt_text(value: object) -> str | None:
     return None if value is None else str(value)
 
 
+def _read(user: Any, attr: str) -> Any:
+    """An attribute (or zero-argument method) of a user object, None when absent.
+
+    User classes are the app's: a property may raise (Starlette's ``BaseUser``
+    raises NotImplementedError for ``identity`` unless overridden), and that
+    must cost the event its performer detail, not the event.
+    """
+    try:
+        value = getattr(user, attr, None)
+        if callable(value):
+            value = value()
+    except Exception:
+        return None
+    return None if value == "" else value
+
+
 def performer_from_user(user: Any) -> Performer | None:
     """A Performer from a framework's user object, or None when anonymous.
 
@@ -130,25 +146,21 @@ def performer_from_user(user: Any) -> Performer | None:
     ``email``) and Flask-Login users (``get_id()``), and plain objects with
     ``id`` / ``name`` / ``email`` attributes.
     """
-    if user is None or not getattr(user, "is_authenticated", False):
+    if user is None or not _read(user, "is_authenticated"):
         return None
-    ident = getattr(user, "identity", None)
-    if ident is None:
-        ident = getattr(user, "pk", None)
-    if ident is None:
-        ident = getattr(user, "id", None)
-    if ident is None and callable(getattr(user, "get_id", None)):
-        ident = user.get_id()
+    ident = None
+    for attr in ("identity", "pk", "id", "get_id"):
+        ident = _read(user, attr)
+        if ident is not None:
+            break
     name = ""
     for attr in ("get_full_name", "display_name", "get_username", "name", "username"):
-        value = getattr(user, attr, None)
-        if callable(value):
-            value = value()
-        if value:
+        value = _read(user, attr)
+        if value is not None:
             name = str(value)
             break
-    if ident is None or ident == "":
-        ident = name
-    if ident is None or ident == "":
+    if ident is None:
+        ident = name or None
+    if ident is None:
         return None
-    return Performer(id=str(ident), name=name, email=str(getattr(user, "email", "") or ""))
+    return Performer(id=str(ident), name=name, email=str(_read(user, "email") or ""))

@@ -359,3 +359,55 @@ async def test_repeated_forwarding_header_lines_are_walked_as_one_chain(make_lez
     assert event["ip"] == LONDON_IP
     assert event["proxy_chain"] == ["10.1.2.3"]
     assert event["device"]["type"] == "smartphone"
+
+
+@pytest.mark.anyio
+async def test_user_class_with_unimplemented_properties_still_records(make_leza: Any) -> None:
+    from starlette.authentication import BaseUser
+
+    class HalfUser(BaseUser):  # identity and display_name left unimplemented
+        @property
+        def is_authenticated(self) -> bool:
+            return True
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    async def with_user(scope: Any, receive: Any, send: Any) -> None:
+        scope["user"] = HalfUser()
+        await Starlette(routes=[Route("/", endpoint)])(scope, receive, send)
+
+    leza = make_leza()
+    await _get(LezaMiddleware(with_user, leza=leza), "/")
+    assert leza.flush(5)
+    [event] = leza.query.access()
+    assert event["status"] == 200
+    assert event["performer"] is None
+    assert leza.stats()["request_path_errors"] == 0
+
+
+@pytest.mark.anyio
+async def test_request_id_set_by_the_app_is_the_one_stored(make_leza: Any) -> None:
+    async def endpoint(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok", headers={"X-Request-ID": "app-chose-this"})
+
+    leza = make_leza()
+    app = LezaMiddleware(Starlette(routes=[Route("/", endpoint)]), leza=leza)
+    r = await _get(app, "/")
+    assert r.headers.get_list("x-request-id") == ["app-chose-this"]
+    assert leza.flush(5)
+    assert leza.query.access()[0]["request_id"] == "app-chose-this"
+
+
+@pytest.mark.anyio
+async def test_performer_text_is_cleaned_before_storage(make_leza: Any) -> None:
+    def who(request: Any) -> Performer:
+        return Performer(id="u1\r\nforged", name="Eve\x1b[31m", email="eve@example.com")
+
+    leza = make_leza(performer=who)
+    await _get(LezaMiddleware(starlette_app(), leza=leza), "/")
+    assert leza.flush(5)
+    performer = leza.query.access()[0]["performer"]
+    assert performer["id"] == "u1forged"
+    assert performer["name"] == "Eve[31m"
+    assert leza.query.access(performer_id="u1forged")

@@ -676,3 +676,16 @@ def test_open_storage_read_only_directory(tmp_path: Path) -> None:
 def test_open_storage_rejects_other_objects(bad: object) -> None:
     with pytest.raises(LezaConfigError, match=r"Storage instance|is a class"):
         open_storage(bad)  # type: ignore[arg-type]
+
+
+def test_relative_sqlite_path_is_described_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two apps using sqlite:///leza.db from different directories must not share
+    # a spill folder (keyed by describe()).
+    monkeypatch.chdir(tmp_path)
+    storage = SQLStorage("sqlite:///leza.db")
+    try:
+        assert str(tmp_path / "leza.db") in storage.describe()
+    finally:
+        storage.close()

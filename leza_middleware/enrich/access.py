@@ -17,6 +17,7 @@ event here is a µs the app's event loop waits. Two rules keep it small:
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import replace
 from http import HTTPStatus
 from itertools import repeat
 from operator import mul
@@ -97,6 +98,20 @@ def _memoisable(key: Any) -> bool:
 _has_control = CONTROL_CHARACTERS.search
 
 
+def _stored_performer(p: Performer) -> tuple[Performer, str, str]:
+    """The performer as stored (text fields cleaned and capped), its id and key."""
+    fields: dict[str, Any] = {}
+    for name in ("id", "name", "email", "picture_url", "organization_id",
+                 "organization_name", "role_name", "clientid"):  # fmt: skip
+        value = getattr(p, name)
+        cleaned = clean(value, MAX_REASON)
+        if cleaned != value:
+            fields[name] = cleaned
+    if fields:
+        p = replace(p, **fields)
+    return p, p.id, performer_key(p)
+
+
 def _text(value: bytes | str | None) -> str | None:
     return value.decode("latin-1") if type(value) is bytes else value  # type: ignore[return-value]
 
@@ -123,7 +138,7 @@ class AccessEnricher:
         self._short = _Memo(lambda v: clean(_text(v) or "", MAX_HOST))  # method, scheme, host
         self._routes = _Memo(lambda r: None if r is None else clean(str(r), MAX_PATH))
         self._queries = _Memo(lambda q: clean(redact_query(q, redact_keys), MAX_PATH))
-        self._performer_keys = _Memo(performer_key)
+        self._performers = _Memo(_stored_performer)
 
     # Memoised per distinct value; each returns what the batch's columns need.
 
@@ -184,11 +199,11 @@ class AccessEnricher:
                 d if r is None else clean(r, MAX_REASON)
                 for r, d in zip(reasons, derived_reasons, strict=True)
             ]
+        stored_performers: Sequence[Performer | None] = performers
         pids: Sequence[str | None] = repeat(None, n)  # type: ignore[assignment]
         pkeys: Sequence[str | None] = repeat(None, n)  # type: ignore[assignment]
         if any(performers):
-            pids = [None if p is None else p.id for p in performers]
-            pkeys = self._pkeys(performers)
+            stored_performers, pids, pkeys = self._performer_columns(performers)
 
         rows = zip(  # noqa: B905 - every column has n items; repeat()s are bounded
             new_event_ids(ts_us),
@@ -216,9 +231,12 @@ class AccessEnricher:
             repeat(None, n),  # machine id: set by the sessions layer
             repeat(None, n),  # session hash: set by the sessions layer
         )
-        return list(map(AccessEvent, rows, devices, geos, performers))
+        return list(map(AccessEvent, rows, devices, geos, stored_performers))
 
-    def _pkeys(self, performers: Sequence[Performer | None]) -> list[str | None]:
-        keys = self._performer_keys.column([p for p in performers if p is not None])
-        it = iter(keys)
-        return [None if p is None else next(it) for p in performers]
+    def _performer_columns(
+        self, performers: Sequence[Performer | None]
+    ) -> tuple[list[Performer | None], list[str | None], list[str | None]]:
+        known = iter(self._performers.column([p for p in performers if p is not None]))
+        triples = [(None, None, None) if p is None else next(known) for p in performers]
+        stored, pids, pkeys = (list(column) for column in zip(*triples, strict=True))
+        return stored, pids, pkeys

@@ -67,15 +67,16 @@ class LezaMiddleware:
         end = 0.0
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, end
+            nonlocal status, end, rid
             mtype = message["type"]
             if mtype == "http.response.start":
                 status = message["status"]
                 # A new list: never mutate the app's (it may be a reused Response's).
                 out = list(message.get("headers") or ())
                 name = rid_pair[0]
-                for key, _ in out:
+                for key, value in out:
                     if key == name:  # ASGI header names are lower-case
+                        rid = value  # the app set its own: store what the client sees
                         break
                 else:
                     out.append(rid_pair)

@@ -483,13 +483,18 @@ class SQLStorage(Storage):
         return sql
 
     def _insert_rows(self, cur: Any, kind: str, rows: list[tuple[Any, ...]]) -> None:
-        """Multi-row INSERTs: one statement per chunk instead of one per row.
+        """SQLite: multi-row INSERTs, one statement per chunk instead of one per row.
 
         The SQLite driver releases the GIL around every statement step; with
         ``executemany`` that is once per row, and a recorder thread that gives
         the GIL away per row then waits for it behind the app's event loop.
         Chunk sizes are powers of two so the statement cache stays small.
         """
+        if not self._sqlite:
+            # psycopg 3 pipelines executemany (one round trip for the batch):
+            # measured ~45k rows/s there against ~9k for multi-row VALUES.
+            cur.executemany(self.insert_statement(kind), rows)
+            return
         n = len(rows)
         i = 0
         while i < n:
@@ -501,7 +506,14 @@ class SQLStorage(Storage):
             i += size
 
     def describe_url(self) -> str:
-        return self.url.render_as_string(hide_password=True)
+        url = self.url
+        if self._sqlite and not self._in_memory and url.database:
+            db = url.database
+            if not db.startswith("file:") and not os.path.isabs(db):
+                # Absolute, so two apps using sqlite:///leza.db from different
+                # directories are told apart (this also keys the spill folder).
+                url = url.set(database=os.path.abspath(db))
+        return url.render_as_string(hide_password=True)
 
     def describe(self) -> str:
         return f"SQLStorage({self.describe_url()})"
