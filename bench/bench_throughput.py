@@ -172,7 +172,25 @@ def stop_server(proc: subprocess.Popen[bytes], count_file: Path) -> int:
     return int(count_file.read_text())
 
 
-def run_wrk(port: int, script: Path, seconds: float, connections: int, cpu: int) -> float:
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of ``pid``, by thread name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # the main thread is named after the program; others by their thread name
+        key = "app thread" if task.name == str(pid) else name
+        out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def run_wrk(
+    port: int, script: Path, seconds: float, connections: int, cpu: int
+) -> tuple[float, int]:
     pin = ["taskset", "-c", str(cpu)] if cpu >= 0 else []
     cmd = [
         *pin, "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s",
@@ -180,9 +198,10 @@ def run_wrk(port: int, script: Path, seconds: float, connections: int, cpu: int)
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not m or "Non-2xx" in out or "Socket errors" in out:
+    total = re.search(r"(\d+) requests in", out)
+    if not m or not total or "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk run not clean:\n{out}")
-    return float(m.group(1))
+    return float(m.group(1)), int(total.group(1))
 
 
 def stored_events(db: Path) -> int:
@@ -224,6 +243,8 @@ def main() -> int:
     print(f"# {placement}; {args.rounds} rounds x {args.duration}s, {args.connections} connections")
 
     results: dict[str, list[float]] = {"bare": [], "leza": []}
+    # µs of CPU per request, per thread of the server (leza-recorder is ours)
+    cpu_per_request: dict[str, dict[str, list[float]]] = {"bare": {}, "leza": {}}
     served_total = stored_total = 0
     for rnd in range(args.rounds):
         for variant in ("bare", "leza"):
@@ -231,9 +252,15 @@ def main() -> int:
             proc, port, count_file = start_server(work, variant, server_cpu, db)
             try:
                 run_wrk(port, script, args.warmup, args.connections, wrk_cpu)
-                rps = run_wrk(port, script, args.duration, args.connections, wrk_cpu)
+                before = thread_cpu(proc.pid)
+                rps, sent = run_wrk(port, script, args.duration, args.connections, wrk_cpu)
+                after = thread_cpu(proc.pid)
             finally:
                 served = stop_server(proc, count_file)
+            for name, seconds in after.items():
+                spent = (seconds - before.get(name, 0.0)) * 1e6 / sent
+                if spent >= 0.05:
+                    cpu_per_request[variant].setdefault(name, []).append(spent)
             results[variant].append(rps)
             line = f"round {rnd + 1} {variant:4s}: {rps:9.0f} req/s"
             if variant == "leza":
@@ -253,6 +280,11 @@ def main() -> int:
         f"ratio leza/bare: {leza / bare:.3f}  (per round: {', '.join(f'{r:.3f}' for r in ratios)})"
         "   budget >= 0.85, aim 0.90"
     )
+    for variant, threads in cpu_per_request.items():
+        parts = ", ".join(
+            f"{name} {statistics.median(v):.1f}" for name, v in sorted(threads.items())
+        )
+        print(f"server CPU µs per request, {variant}: {parts}")
     print(
         f"events stored / requests served (leza rounds): {stored_total} / {served_total}"
         f"  {'EXACT' if stored_total == served_total else 'MISMATCH'}"
