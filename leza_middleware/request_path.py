@@ -15,11 +15,12 @@ keeps the app's memory hot under load. Header values may be ``bytes``
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .events import PRIORITY_ACTIONS
 
-__all__ = ["RAW_FIELDS", "is_priority", "raw_access"]
+__all__ = ["RAW_FIELDS", "is_priority", "normalise_route", "raw_access"]
 
 #: Field order of a raw access record.
 RAW_FIELDS = (
@@ -32,7 +33,7 @@ RAW_FIELDS = (
     "query",  # raw query string (bytes or str)
     "peer",  # socket peer address (str) or None
     "scheme",
-    "route",  # route template, when the framework exposes one
+    "route",  # route template (normalise_route()), when the framework exposes one
     "user_agent",  # header values: bytes, str or None
     "x_forwarded_for",
     "forwarded",
@@ -43,6 +44,31 @@ RAW_FIELDS = (
     "reason",  # likewise; None: derive from status
 )
 ACTION = RAW_FIELDS.index("action")
+
+
+_PLACEHOLDER = re.compile(r"\{([^{}:]+):[^{}]*\}|<(?:[^<>:]+:)?([^<>]+)>")
+_route_cache: dict[str, str] = {}
+
+
+def normalise_route(template: str) -> str:
+    """One spelling of a route template for every framework.
+
+    ``/items/{item_id:int}`` (Starlette), ``/items/<int:item_id>`` (Flask) and
+    ``items/<int:item_id>`` (Django) are all stored as ``/items/{item_id}``, so
+    the same endpoint reads the same in the log whatever serves it. Memoised:
+    an app has few routes.
+    """
+    out = _route_cache.get(template)
+    if out is None:
+        if template.startswith("^") or "(?P<" in template:
+            out = template  # a regular expression (Django re_path): keep as written
+        else:
+            out = _PLACEHOLDER.sub(lambda m: "{" + (m.group(1) or m.group(2)) + "}", template)
+            if not out.startswith("/"):
+                out = "/" + out
+        if len(_route_cache) < 4096:
+            _route_cache[template] = out
+    return out
 
 
 def raw_access(**fields: Any) -> tuple[Any, ...]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..context import _current
 from ..ids import new_request_id_bytes, parse_incoming_request_id
 from ..performer import Performer, performer_from_user
+from ..request_path import normalise_route
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -299,7 +300,11 @@ _PICKED = (b"user-agent", b"x-forwarded-for", b"forwarded", b"host")
 
 
 def _route_template(scope: Scope, root_path: str) -> str | None:
-    """The matched route's template, which Starlette and FastAPI leave in the scope."""
+    """The matched route's template, which Starlette and FastAPI leave in the scope.
+
+    Normalised like every adapter's (see ``request_path.normalise_route``):
+    ``/items/{item_id:int}`` is stored as ``/items/{item_id}``.
+    """
     path = getattr(scope.get("route"), "path", None)
     if path is None:
         return None
@@ -307,5 +312,5 @@ def _route_template(scope: Scope, root_path: str) -> str | None:
     # what routing added to root_path.
     inner: str = scope.get("root_path", root_path)
     if inner != root_path and inner.startswith(root_path):
-        return inner[len(root_path) :] + path  # type: ignore[no-any-return]
-    return path  # type: ignore[no-any-return]
+        path = inner[len(root_path) :] + path
+    return normalise_route(path)
