@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from ..events import AccessEvent, Device, Geo, encode_chain, performer_key
 from ..ids import new_event_ids
 from ..performer import Performer
+from .cache import bounded_put
 from .clientip import ProxyTrust
 from .geo import GeoResolver
 from .text import CONTROL_CHARACTERS, clean, redact_query
@@ -81,9 +82,7 @@ class _Memo(dict[Any, Any]):
                     key = keys[i]
                     values[i] = value = fn(key)
                     if _memoisable(key):
-                        if len(self) >= _CACHE_SIZE:
-                            del self[next(iter(self))]  # oldest first, no per-hit upkeep
-                        self[key] = value
+                        bounded_put(self, key, value, _CACHE_SIZE)
         return values
 
 

@@ -39,9 +39,9 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import LezaConfigError
+from .cache import bounded_put
 
 __all__ = ["MAX_HOPS", "MAX_TOKEN", "ClientAddress", "ProxyTrust"]
 
@@ -103,16 +103,6 @@ def _parse_ip(token: str) -> str | None:
         if mapped is not None:
             return str(mapped)
     return str(addr)
-
-
-def _bounded_put(cache: dict[Any, Any], key: Any, value: Any, maxsize: int = _CACHE_SIZE) -> None:
-    """Insert, evicting the oldest insertions first when full (thread-tolerant)."""
-    while len(cache) >= maxsize:
-        try:
-            del cache[next(iter(cache))]
-        except (StopIteration, KeyError, RuntimeError):  # pragma: no cover - races
-            break
-    cache[key] = value
 
 
 # -- Forwarded (RFC 7239) ---------------------------------------------------------------
@@ -312,7 +302,7 @@ class ProxyTrust:
         ip = self._norm.get(token)
         if ip is None:
             ip = _parse_ip(token) or ""
-            _bounded_put(self._norm, token, ip)
+            bounded_put(self._norm, token, ip, _CACHE_SIZE)
         return ip or None
 
     def _trusted_ip(self, ip: str) -> bool:
@@ -324,7 +314,7 @@ class ProxyTrust:
         value = int(addr)
         nets = self._v4 if addr.version == 4 else self._v6
         trusted = any(value & mask == net for net, mask in nets)
-        _bounded_put(self._trust, ip, trusted)
+        bounded_put(self._trust, ip, trusted, _CACHE_SIZE)
         return trusted
 
     def is_trusted(self, ip: str) -> bool:
@@ -360,7 +350,7 @@ class ProxyTrust:
             else:
                 token = _sanitise(peer) if isinstance(peer, str) else ""
                 result = ClientAddress(token, False, token, (), False)
-            _bounded_put(self._peer, peer, result)
+            bounded_put(self._peer, peer, result, _CACHE_SIZE)
             return result
 
         if not isinstance(xff, str):
@@ -375,7 +365,7 @@ class ProxyTrust:
                 return hit
         result = self._walk(peer_ip, xff, fwd)
         if cacheable:
-            _bounded_put(self._resolved, key, result)
+            bounded_put(self._resolved, key, result, _CACHE_SIZE)
         return result
 
     def _walk(self, peer_ip: str, xff: str | None, fwd: str | None) -> ClientAddress:

@@ -34,6 +34,7 @@ import maxminddb
 
 from ..errors import LezaConfigError
 from ..events import Geo
+from .cache import bounded_put
 
 __all__ = ["GeoResolver"]
 
@@ -156,16 +157,6 @@ def _public(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     ):
         return None
     return addr
-
-
-def _bounded_put(cache: dict[Any, Any], key: Any, value: Any, maxsize: int) -> None:
-    """Insert, evicting the oldest insertions first when full (thread-tolerant)."""
-    while len(cache) >= maxsize:
-        try:
-            del cache[next(iter(cache))]
-        except (StopIteration, KeyError, RuntimeError):  # pragma: no cover - races
-            break
-    cache[key] = value
 
 
 def _probe(reader: maxminddb.Reader, ip_version: int) -> None:
@@ -380,7 +371,7 @@ class GeoResolver:
             self._misses += 1
             geo = self._resolve(ip) if isinstance(ip, str) else None
             if self._cache_size:
-                _bounded_put(self._cache, ip, geo, self._cache_size)
+                bounded_put(self._cache, ip, geo, self._cache_size)
             return geo
         except Exception:  # unhashable input and the like
             self._errors += 1
@@ -404,7 +395,7 @@ class GeoResolver:
                 with self._lock:
                     geo = self._networks.get(key)
                     if geo is None:
-                        _bounded_put(self._networks, key, built, self._net_cache_size)
+                        bounded_put(self._networks, key, built, self._net_cache_size)
                         geo = built
             return geo
         except Exception as exc:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from ua_parser import Domain
 
 from ..events import Device, ua_key
+from .cache import bounded_put
 from .text import clean
 
 if TYPE_CHECKING:
@@ -353,14 +354,7 @@ class UserAgentParser:
         except Exception:  # hostile input or a parser bug must not reach the recorder
             self._errors += 1
             return _empty(ua)
-        cache = self._cache
-        if len(cache) >= self._maxsize:
-            # Evict the oldest insertion (dicts keep order). No LRU bookkeeping
-            # on hits: they stay a single dict lookup.
-            # Another thread may evict at the same time: then there is nothing to do.
-            with contextlib.suppress(KeyError, StopIteration, RuntimeError):
-                del cache[next(iter(cache))]
-        cache[key] = device
+        bounded_put(self._cache, key, device, self._maxsize)
         return device
 
     def cache_info(self) -> dict[str, int]:

@@ -98,49 +98,75 @@ class LezaMiddleware:
             try:
                 if error is not None or not status:
                     status = status if status and error is None else 500
-                if type(headers) is dict:
-                    get = headers.get
-                    ua, xff, fwd, host = (
-                        get(b"user-agent"),
-                        get(b"x-forwarded-for"),
-                        get(b"forwarded"),
-                        get(b"host"),
-                    )
-                else:
-                    ua, xff, fwd, host = _pick_repeated(headers)
-                client = scope.get("client")
-                hook = self._performer_hook
-                if hook is None:
-                    # Starlette's AuthenticationMiddleware sets scope["user"]; read
-                    # after the app ran, so authentication inside the app counts.
-                    user = scope.get("user")
-                    performer = None if user is None else performer_from_user(user)
-                else:
-                    performer = self._hook_performer(scope)
                 self._offer(
-                    (  # a raw access record: see request_path.RAW_FIELDS
-                        ts,
-                        (end or perf_counter()) - start,
-                        status,
+                    self._record(
+                        scope,
+                        headers,
                         rid,
                         scope["method"],
                         path,
-                        scope.get("query_string", b""),
-                        client[0] if client else None,
-                        scope.get("scheme", "http"),
-                        _route_template(scope, root_path),
-                        ua,
-                        xff,
-                        fwd,
-                        host,
-                        performer,
+                        root_path,
+                        ts,
+                        (end or perf_counter()) - start,
+                        status,
                         error,
-                        None,
-                        None,
                     )
                 )
             except Exception:  # never let recording hurt the app
                 self.leza._count_request_path_error()
+
+    def _record(
+        self,
+        scope: Scope,
+        headers: Any,
+        rid: bytes,
+        method: str,
+        path: str,
+        root_path: str,
+        ts: float,
+        duration: float,
+        status: int,
+        error: str | None,
+    ) -> tuple[Any, ...]:
+        """The raw access record of a finished request (see request_path.RAW_FIELDS)."""
+        if type(headers) is dict:
+            get = headers.get
+            ua, xff, fwd, host = (
+                get(b"user-agent"),
+                get(b"x-forwarded-for"),
+                get(b"forwarded"),
+                get(b"host"),
+            )
+        else:
+            ua, xff, fwd, host = _pick_repeated(headers)
+        client = scope.get("client")
+        if self._performer_hook is None:
+            # Starlette's AuthenticationMiddleware sets scope["user"]; read after
+            # the app ran, so authentication inside the app counts too.
+            user = scope.get("user")
+            performer = None if user is None else performer_from_user(user)
+        else:
+            performer = self._hook_performer(scope)
+        return (
+            ts,
+            duration,
+            status,
+            rid,
+            method,
+            path,
+            scope.get("query_string", b""),
+            client[0] if client else None,
+            scope.get("scheme", "http"),
+            _route_template(scope, root_path),
+            ua,
+            xff,
+            fwd,
+            host,
+            performer,
+            error,
+            None,
+            None,
+        )
 
     def _headers_and_request_id(self, scope: Scope) -> tuple[Any, bytes]:
         """A header view for the record, and the request id."""
@@ -193,32 +219,18 @@ class LezaMiddleware:
                 return
             recorded = True
             try:
-                ua, xff, fwd, host = (
-                    _pick_repeated(headers)
-                    if type(headers) is not dict
-                    else [headers.get(n) for n in _PICKED]
-                )
-                client = scope.get("client")
                 self._offer(
-                    (
-                        ts,
-                        perf_counter() - start,
-                        status,
+                    self._record(
+                        scope,
+                        headers,
                         rid,
                         "WS",
                         path,
-                        scope.get("query_string", b""),
-                        client[0] if client else None,
-                        scope.get("scheme", "ws"),
-                        _route_template(scope, root_path),
-                        ua,
-                        xff,
-                        fwd,
-                        host,
-                        self._performer(scope),
+                        root_path,
+                        ts,
+                        perf_counter() - start,
+                        status,
                         error,
-                        None,
-                        None,
                     )
                 )
             except Exception:
@@ -263,12 +275,6 @@ class LezaMiddleware:
 
         await self.app(scope, receive, send_wrapper)
 
-    def _performer(self, scope: Scope) -> Performer | None:
-        if self._performer_hook is None:
-            user = scope.get("user")
-            return None if user is None else performer_from_user(user)
-        return self._hook_performer(scope)
-
     def _hook_performer(self, scope: Scope) -> Performer | None:
         from starlette.requests import HTTPConnection
 
@@ -294,9 +300,6 @@ def _pick_repeated(headers: list[tuple[bytes, bytes]]) -> tuple[Any, Any, Any, A
         elif name == b"host":
             host = value
     return ua, b",".join(xff) if xff else None, b",".join(fwd) if fwd else None, host
-
-
-_PICKED = (b"user-agent", b"x-forwarded-for", b"forwarded", b"host")
 
 
 def _route_template(scope: Scope, root_path: str) -> str | None:
