@@ -11,6 +11,7 @@ from .context import current_request_id
 from .errors import LezaConfigError, LezaError
 from .events import AccessEvent, Device, Geo
 from .integrations.asgi import LezaMiddleware
+from .integrations.wsgi import LezaWSGIMiddleware
 from .leza import Leza
 from .performer import Organization, Performer
 
@@ -22,6 +23,7 @@ __all__ = [
     "LezaConfigError",
     "LezaError",
     "LezaMiddleware",
+    "LezaWSGIMiddleware",
     "Organization",
     "Performer",
     "__version__",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .config import Settings
@@ -13,6 +13,7 @@ from .enrich.access import AccessEnricher
 from .enrich.clientip import ProxyTrust
 from .enrich.geo import GeoResolver
 from .enrich.useragent import UserAgentParser
+from .errors import LezaConfigError
 from .events import Event
 from .performer import Performer, coerce_performer
 from .query import Query
@@ -48,23 +49,44 @@ class Leza:
         app_name: str | None = None,
         **options: Any,
     ) -> None:
-        settings = Settings.resolve(
-            {
-                "storage": storage,
-                "geoip_db": geoip_db,
-                "trusted_proxies": trusted_proxies,
-                "performer": performer,
-                "secret_key": secret_key,
-                "app_name": app_name,
-                **options,
-            }
-        )
+        given = {
+            "storage": storage,
+            "geoip_db": geoip_db,
+            "trusted_proxies": trusted_proxies,
+            "performer": performer,
+            "secret_key": secret_key,
+            "app_name": app_name,
+            **options,
+        }
+        # Kept so init_app() can layer a Flask app's config under what the code
+        # said explicitly (see _reconfigure).
+        self._given = {name: value for name, value in given.items() if value is not None}
+        self._errors_lock = threading.Lock()
+        self._request_path_errors = 0
+        self._performer_hook_errors = 0
+        self._configure(Settings.resolve(self._given))
+
+    def _configure(self, settings: Settings) -> None:
+        """Build storage, enrichment and the recorder from validated settings.
+
+        What can still fail (storage URL, proxy list, GeoIP file) is built
+        before anything is assigned, so a rebuild that raises (init_app with a
+        bad app.config) leaves the Leza as it was.
+        """
+        storage = open_storage(settings.storage)
+        proxies = ProxyTrust(settings.trusted_proxies)
+        geo = settings.geoip_db
+        previous: Settings | None = getattr(self, "settings", None)
+        resolver: GeoResolver
+        if previous is not None and previous.geoip_db == geo:
+            resolver = self.geo  # a rebuild: keep the open database (and warn only once)
+        else:
+            resolver = GeoResolver.disabled() if geo is False else GeoResolver.open(geo)
         self.settings = settings
         self.performer_hook = settings.performer
-        self.storage: Storage = open_storage(settings.storage)
-        self.proxies = ProxyTrust(settings.trusted_proxies)
-        geo = settings.geoip_db
-        self.geo = GeoResolver.disabled() if geo is False else GeoResolver.open(geo)
+        self.storage: Storage = storage
+        self.proxies = proxies
+        self.geo: GeoResolver = resolver
         self.user_agents = UserAgentParser()
         self.enricher = AccessEnricher(
             user_agents=self.user_agents,
@@ -87,9 +109,6 @@ class Leza:
             shutdown_timeout=settings.shutdown_timeout,
         )
         self.query = Query(self.storage)
-        self._errors_lock = threading.Lock()
-        self._request_path_errors = 0
-        self._performer_hook_errors = 0
 
     # -- recorder ------------------------------------------------------------
 
@@ -137,6 +156,49 @@ class Leza:
         out["geo"] = self.geo.stats()
         out["user_agents"] = self.user_agents.cache_info()
         return out
+
+    # -- frameworks ----------------------------------------------------------
+
+    def init_app(self, app: Any) -> None:
+        """Flask: record every request of ``app`` — ``leza.init_app(app)``.
+
+        Wraps ``app.wsgi_app`` with :class:`~leza_middleware.LezaWSGIMiddleware`,
+        reads ``app.config["LEZA_*"]`` (under this Leza's explicit arguments,
+        over the environment) and takes the performer from Flask-Login or
+        ``flask.g.user``. See :func:`leza_middleware.integrations.flask.init_app`.
+        """
+        from .integrations.flask import init_app
+
+        init_app(self, app)
+
+    def _reconfigure(self, overrides: Mapping[str, Any], source: str) -> bool:
+        """Resolve the settings again with ``overrides`` beneath the explicit arguments.
+
+        For ``Leza(); leza.init_app(app)``, the Flask pattern: the Leza exists
+        (configured from the environment) before the app's config is known.
+        Precedence is constructor argument > ``overrides`` > ``LEZA_*``
+        environment > default. Rebuilding is only allowed while nothing has been
+        recorded, so one Leza's events never end up split across two storages.
+        Adapters built on this Leza before must not cache its internals (the
+        WSGI middleware re-reads them when ``settings`` changes).
+        Returns True when the settings changed and the internals were rebuilt.
+        """
+        settings = Settings.resolve({**overrides, **self._given})
+        if settings == self.settings:
+            return False
+        old = self.recorder
+        if old.stats()["enqueued"]:
+            raise LezaConfigError(
+                f"{source} configures this Leza differently from how it was built, but it "
+                "has already recorded events; configure it before it serves requests, or "
+                "build one Leza per app"
+            )
+        self._configure(settings)
+        if old.storage is not self.storage:
+            # The old recorder never started (nothing was enqueued): this only
+            # closes the storage it opened.
+            old.shutdown(timeout=0)
+        return True
 
     # -- used by adapters ----------------------------------------------------
 

@@ -428,3 +428,32 @@ def test_route_templates_read_the_same_in_every_framework(template: str, stored:
     from leza_middleware.request_path import normalise_route
 
     assert normalise_route(template) == stored
+
+
+@pytest.mark.anyio
+async def test_failure_after_the_response_started_keeps_the_sent_status(make_leza: Any) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        raise ValueError("broke mid-stream")
+
+    leza = make_leza()
+    with pytest.raises(ValueError, match="mid-stream"):
+        await _get(LezaMiddleware(app, leza=leza), "/stream")
+    assert leza.flush(5)
+    [event] = leza.query.access()
+    assert event["status"] == 200  # what the client got
+    assert event["outcome"] == "error"
+    assert event["reason"] == "Response interrupted after 200 OK (ValueError)"
+
+
+@pytest.mark.anyio
+async def test_malformed_request_id_from_the_app_is_not_stored(make_leza: Any) -> None:
+    async def endpoint(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok", headers={"X-Request-ID": "bad id with spaces"})
+
+    leza = make_leza()
+    r = await _get(LezaMiddleware(Starlette(routes=[Route("/", endpoint)]), leza=leza), "/")
+    assert r.headers["x-request-id"] == "bad id with spaces"  # the app's choice reaches the client
+    assert leza.flush(5)
+    assert re.fullmatch(r"[0-9a-f]{32}", leza.query.access()[0]["request_id"])

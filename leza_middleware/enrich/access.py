@@ -56,9 +56,13 @@ def _phrase(status: int) -> str:
 
 def derive_outcome(status: int, error: str | None = None) -> tuple[str, str, str]:
     """(action, outcome, reason) from the status, until a permission decision exists."""
-    if error is not None or status >= 500:
+    if status >= 500:
         detail = f" ({error})" if error else ""
         return "access", "error", f"Server error: {status} {_phrase(status)}{detail}"
+    if error is not None:
+        # The response had started when the app failed: the client got this
+        # status and a cut-off body.
+        return "access", "error", f"Response interrupted after {status} {_phrase(status)} ({error})"
     if status in (401, 403):
         return "denied", "denied", f"Access denied: {status} {_phrase(status)}"
     if status >= 400:

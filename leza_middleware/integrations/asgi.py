@@ -77,7 +77,10 @@ class LezaMiddleware:
                 name = rid_pair[0]
                 for key, value in out:
                     if key == name:  # ASGI header names are lower-case
-                        rid = value  # the app set its own: store what the client sees
+                        # The app set its own: store what the client sees, if it
+                        # is a well-formed id (else ours, not arbitrary text).
+                        if parse_incoming_request_id(value, None) is not None:
+                            rid = value
                         break
                 else:
                     out.append(rid_pair)
@@ -96,8 +99,8 @@ class LezaMiddleware:
         finally:
             _current.reset(token)
             try:
-                if error is not None or not status:
-                    status = status if status and error is None else 500
+                if not status:
+                    status = 500  # the app failed before responding: the server sends 500
                 self._offer(
                     self._record(
                         scope,

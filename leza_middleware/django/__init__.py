@@ -1,0 +1,20 @@
+"""Django integration.
+
+    # settings.py
+    INSTALLED_APPS += ["leza_middleware.django"]          # system checks (leza.E001-E004)
+    MIDDLEWARE = ["leza_middleware.django.LezaDjangoMiddleware", *MIDDLEWARE]
+    LEZA = {"storage": "sqlite:///leza.db", "trusted_proxies": ["10.0.0.0/8"]}
+
+``settings.LEZA`` takes the keyword arguments of :class:`~leza_middleware.Leza`
+(``performer`` may also be a dotted path) and is read on the first request;
+``LEZA_*`` environment variables fill what it leaves out. :func:`get_leza`
+returns the process-wide instance for the read side (``get_leza().query.access()``).
+
+Importing this package loads no Django models and reads no settings, so it is
+safe from settings modules and in any ``INSTALLED_APPS`` position.
+"""
+
+from .conf import get_leza
+from .middleware import LezaDjangoMiddleware
+
+__all__ = ["LezaDjangoMiddleware", "get_leza"]

@@ -1,0 +1,17 @@
+"""``INSTALLED_APPS += ["leza_middleware.django"]``: system checks for ``settings.LEZA``."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class LezaConfig(AppConfig):  # type: ignore[misc]  # Django ships no type hints
+    name = "leza_middleware.django"
+    label = "leza"
+    verbose_name = "Leza audit and traceability"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import checks  # registers the checks
+
+        checks.register_checks()

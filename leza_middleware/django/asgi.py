@@ -1,0 +1,81 @@
+"""Django's ASGI application with ASGI lifespan, so queued events are written at shutdown.
+
+Django's ASGI handler refuses the ``lifespan`` scope, and uvicorn ends a graceful
+SIGTERM shutdown by re-raising the signal with its default action, which kills
+the process before ``atexit`` hooks run: without lifespan, events recorded in the
+last ``flush_interval`` before a restart would be lost. In ``asgi.py``::
+
+    import os
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+
+    from leza_middleware.django.asgi import get_asgi_application
+    application = get_asgi_application()
+
+or wrap an application you already build (Channels' ``ProtocolTypeRouter``)::
+
+    application = LezaLifespan(ProtocolTypeRouter({...}))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+__all__ = ["LezaLifespan", "get_asgi_application"]
+
+log = logging.getLogger("leza_middleware")
+
+# Set once a server has run lifespan startup through LezaLifespan: the
+# middleware warns (once) when it serves ASGI requests without it.
+lifespan_seen = False
+
+
+def get_asgi_application() -> LezaLifespan:
+    """``django.core.asgi.get_asgi_application()`` wrapped in :class:`LezaLifespan`."""
+    from django.core.asgi import get_asgi_application as django_asgi_application
+
+    return LezaLifespan(django_asgi_application())
+
+
+class LezaLifespan:
+    """Answer ASGI ``lifespan`` for an app that does not; flush Leza at shutdown.
+
+    Other scopes go to the wrapped app untouched (no per-request cost). At
+    ``lifespan.shutdown`` every ``Leza`` built from ``settings.LEZA`` in this
+    process is flushed, each bounded by its ``shutdown_timeout``, off the
+    event loop.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        global lifespan_seen
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "lifespan.startup":
+                lifespan_seen = True
+                await send({"type": "lifespan.startup.complete"})
+            elif kind == "lifespan.shutdown":
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, flush_all)
+                except Exception:
+                    log.warning("leza: flush at lifespan shutdown failed", exc_info=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def flush_all() -> None:
+    """Flush every ``Leza`` the Django integration built in this process."""
+    from .conf import _instances
+
+    for _, leza in list(_instances.values()):
+        try:
+            leza.flush(leza.settings.shutdown_timeout)
+        except Exception:
+            log.warning("leza: flush at shutdown failed", exc_info=True)

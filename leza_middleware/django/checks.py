@@ -1,0 +1,179 @@
+"""System checks: ``manage.py check`` validates ``settings.LEZA`` without connecting anywhere.
+
+Each problem is reported with the library's own message (the one ``Leza(...)``
+would raise), through the same validators the ``Leza`` constructor uses:
+
+* ``leza.E001`` storage (``storage.open_storage``: URL, driver, SQLite directory);
+* ``leza.E002`` GeoIP database (``GeoResolver.open``: missing, unreadable, corrupt);
+* ``leza.E003`` trusted proxies (``ProxyTrust``: ``*``, ``0.0.0.0/0``, bad entries);
+* ``leza.E004`` anything else (``settings.LEZA`` itself, unknown keys, numbers,
+  the performer hook, ``LEZA_*`` environment variables);
+* ``leza.W001`` the app is installed but the middleware is not in ``MIDDLEWARE``.
+
+Every setting is checked on its own, so one run lists every bad value.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from typing import Any
+
+from django.core import checks
+
+from ..config import Settings
+from ..errors import LezaConfigError
+from .conf import _mapping, _raw_setting, import_performer
+
+__all__ = ["check_middleware", "check_settings", "register_checks"]
+
+STORAGE = "leza.E001"
+GEOIP = "leza.E002"
+PROXIES = "leza.E003"
+OTHER = "leza.E004"
+NO_MIDDLEWARE = "leza.W001"
+
+_IDS = {"storage": STORAGE, "geoip_db": GEOIP, "trusted_proxies": PROXIES}
+_HINTS = {
+    STORAGE: (
+        "Set settings.LEZA['storage'] (or $LEZA_STORAGE) to a storage URL such as "
+        "'sqlite:///leza.db' or 'postgresql+psycopg://USER:PASSWORD@HOST:5432/NAME'."
+    ),
+    GEOIP: (
+        "Set settings.LEZA['geoip_db'] (or $LEZA_GEOIP_DB) to a readable City or Country "
+        ".mmdb file, None for the default database, or False to turn geolocation off."
+    ),
+    PROXIES: (
+        "List the IPs or CIDR networks of your own reverse proxies in "
+        "settings.LEZA['trusted_proxies'] (or $LEZA_TRUSTED_PROXIES)."
+    ),
+    OTHER: (
+        "settings.LEZA and the LEZA_* environment variables take the keyword arguments "
+        "of leza_middleware.Leza(...); see docs/configuration.md."
+    ),
+}
+MIDDLEWARE_PATHS = (
+    "leza_middleware.django.LezaDjangoMiddleware",
+    "leza_middleware.django.middleware.LezaDjangoMiddleware",
+)
+
+
+def _error(exc: LezaConfigError, check_id: str) -> Any:
+    return checks.Error(str(exc), hint=_HINTS[check_id], obj="settings.LEZA", id=check_id)
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Validate ``settings.LEZA`` and the ``LEZA_*`` environment like ``Leza(...)`` would."""
+    try:
+        options = dict(_mapping(_raw_setting()))
+    except LezaConfigError as exc:
+        return [_error(exc, OTHER)]
+    errors: list[Any] = []
+    bad: set[str] = set()
+
+    performer = options.get("performer")
+    if isinstance(performer, str):
+        try:
+            options["performer"] = import_performer(performer)
+        except LezaConfigError as exc:
+            errors.append(_error(exc, OTHER))
+            bad.add("performer")
+
+    known = {f.name for f in fields(Settings)}
+    unknown = set(options) - known
+    if unknown:
+        try:
+            Settings.resolve({name: options[name] for name in unknown}, environ={})
+        except LezaConfigError as exc:
+            errors.append(_error(exc, OTHER))
+
+    # One setting at a time (its environment variable included), so every bad
+    # value is reported and each under the right id.
+    env = os.environ
+    for name in sorted(known - bad):
+        var = "LEZA_" + name.upper()
+        own_env = {var: env[var]} if var in env else {}
+        try:
+            Settings.resolve({name: options.get(name)}, own_env)
+        except LezaConfigError as exc:
+            errors.append(_error(exc, _IDS.get(name, OTHER)))
+            bad.add(name)
+
+    good = {k: v for k, v in options.items() if k in known and k not in bad}
+    good_env = {
+        var: value
+        for var, value in env.items()
+        if var.startswith("LEZA_") and var[5:].lower() in known - bad
+    }
+    try:
+        settings = Settings.resolve(good, good_env)
+    except LezaConfigError as exc:  # not expected: each value passed on its own
+        return [*errors, _error(exc, OTHER)]
+
+    if "storage" not in bad:
+        errors.extend(_check_storage(settings))
+    if "geoip_db" not in bad:
+        errors.extend(_check_geoip(settings))
+    if "trusted_proxies" not in bad:
+        errors.extend(_check_proxies(settings))
+    return errors
+
+
+def _check_storage(settings: Settings) -> list[Any]:
+    from ..storage import open_storage
+
+    try:
+        storage = open_storage(settings.storage)  # checks URL, driver, path; no connection
+    except LezaConfigError as exc:
+        return [_error(exc, STORAGE)]
+    if storage is not settings.storage:  # ours to release (an engine, no connection yet)
+        storage.close()
+    return []
+
+
+def _check_geoip(settings: Settings) -> list[Any]:
+    path = settings.geoip_db
+    if path is None or path is False:  # the optional default database, or off
+        return []
+    from ..enrich.geo import GeoResolver
+
+    try:
+        GeoResolver.open(path).close()
+    except LezaConfigError as exc:
+        return [_error(exc, GEOIP)]
+    return []
+
+
+def _check_proxies(settings: Settings) -> list[Any]:
+    from ..enrich.clientip import ProxyTrust
+
+    try:
+        ProxyTrust(settings.trusted_proxies)
+    except LezaConfigError as exc:
+        return [_error(exc, PROXIES)]
+    return []
+
+
+def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Warn when the app is installed but nothing records requests."""
+    from django.conf import settings
+
+    middleware = getattr(settings, "MIDDLEWARE", None) or ()
+    if any(path in MIDDLEWARE_PATHS for path in middleware):
+        return []
+    return [
+        checks.Warning(
+            "LezaDjangoMiddleware is not in MIDDLEWARE: no request is recorded.",
+            hint=(
+                "Add 'leza_middleware.django.LezaDjangoMiddleware' to MIDDLEWARE, preferably first."
+            ),
+            obj="settings.MIDDLEWARE",
+            id=NO_MIDDLEWARE,
+        )
+    ]
+
+
+def register_checks() -> None:
+    """Register the checks (``LezaConfig.ready()`` does; idempotent)."""
+    checks.register(check_settings)
+    checks.register(check_middleware)

@@ -1,0 +1,125 @@
+"""``settings.LEZA``, read lazily: one process-wide :class:`~leza_middleware.Leza` per value.
+
+Nothing here touches Django settings at import time, so importing
+``leza_middleware.django`` is safe anywhere (settings modules, ``INSTALLED_APPS``
+ordering). The first request (or the first :func:`get_leza` call) reads
+``settings.LEZA`` and builds the ``Leza`` once; ``LEZA_*`` environment
+variables still fill whatever the dict leaves out (``config.Settings.resolve``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LezaConfigError
+
+if TYPE_CHECKING:
+    from ..leza import Leza
+
+__all__ = ["get_leza", "leza_options"]
+
+# One Leza per settings.LEZA object (keyed by identity: a new dict, e.g. from
+# override_settings in tests, gets its own). The dict is kept referenced so its
+# id cannot be reused by another object.
+_instances: dict[int, tuple[object, Leza]] = {}
+_lock = threading.Lock()
+
+
+def _raw_setting() -> object:
+    from django.conf import settings
+
+    return getattr(settings, "LEZA", None)
+
+
+def get_leza() -> Leza:
+    """The process-wide :class:`~leza_middleware.Leza` configured by ``settings.LEZA``.
+
+    Built on first use (thread-safe, once per ``settings.LEZA`` value) and shared
+    by the middleware, your code and the read side::
+
+        from leza_middleware.django import get_leza
+        get_leza().query.access(limit=20)
+
+    Raises :class:`~leza_middleware.LezaConfigError` when the settings are invalid
+    (``manage.py check`` reports the same problems as ``leza.E00x`` errors).
+    """
+    raw = _raw_setting()
+    entry = _instances.get(id(raw))
+    if entry is not None and entry[0] is raw:
+        return entry[1]
+    with _lock:
+        entry = _instances.get(id(raw))
+        if entry is not None and entry[0] is raw:
+            return entry[1]
+        from ..leza import Leza
+
+        leza = Leza(**leza_options(raw))
+        _instances[id(raw)] = (raw, leza)
+        return leza
+
+
+def leza_options(raw: object = None) -> dict[str, Any]:
+    """``settings.LEZA`` as ``Leza(...)`` keyword arguments.
+
+    * ``performer`` may be a dotted path (``"myapp.identity.performer"``); it is imported.
+    * ``secret_key``, when neither ``LEZA["secret_key"]`` nor ``$LEZA_SECRET_KEY`` is
+      set, is derived from Django's ``SECRET_KEY`` (an HMAC, never the key itself),
+      so every worker of the site shares it without another secret to manage.
+    """
+    options = dict(_mapping(raw))
+    performer = options.get("performer")
+    if isinstance(performer, str):
+        options["performer"] = import_performer(performer)
+    if options.get("secret_key") is None and os.environ.get("LEZA_SECRET_KEY") is None:
+        derived = derived_secret_key()
+        if derived is not None:
+            options["secret_key"] = derived
+    return options
+
+
+def _mapping(raw: object) -> Mapping[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise LezaConfigError(
+            f"settings.LEZA must be a dict of Leza(...) keyword arguments, got {type(raw).__name__}"
+        )
+    bad = [key for key in raw if not isinstance(key, str)]
+    if bad:
+        raise LezaConfigError(f"settings.LEZA keys must be strings, got {bad[0]!r}")
+    return raw
+
+
+def import_performer(path: str) -> Callable[[Any], Any]:
+    """Import the ``performer`` hook named by a dotted path."""
+    from django.utils.module_loading import import_string
+
+    try:
+        hook = import_string(path)
+    except ImportError as exc:
+        raise LezaConfigError(f"performer {path!r} cannot be imported: {exc}") from None
+    if not callable(hook):
+        raise LezaConfigError(
+            f"performer {path!r} is a {type(hook).__name__}, not a "
+            "callable(request) -> Performer | dict | None"
+        )
+    return hook  # type: ignore[no-any-return]
+
+
+def derived_secret_key() -> str | None:
+    """A Leza key derived from ``settings.SECRET_KEY`` (None when that is unset)."""
+    from django.conf import settings
+
+    try:
+        secret = settings.SECRET_KEY
+    except Exception:  # unset or empty: Django raises ImproperlyConfigured
+        return None
+    if not secret:
+        return None
+    key = secret.encode("utf-8", "surrogateescape") if isinstance(secret, str) else bytes(secret)
+    return hmac.new(key, b"leza_middleware.django.secret_key", hashlib.sha256).hexdigest()

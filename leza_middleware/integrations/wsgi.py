@@ -1,0 +1,399 @@
+"""WSGI middleware: ``flask_app.wsgi_app = LezaWSGIMiddleware(flask_app.wsgi_app, leza=leza)``.
+
+The WSGI twin of the ASGI adapter (``integrations/asgi.py``). Per request it
+reuses or makes a request id, echoes it in the response, notes the status from
+``start_response``, keeps the request current (``context._current``) while the
+app runs *and* while its body is produced, and enqueues one raw access record
+(``request_path.RAW_FIELDS``) as soon as the last body chunk exists, whichever
+comes first of:
+
+* the app returned a body that is already complete: a list or tuple, or one the
+  framework vouches for (``leza.body_complete``, below) — its last chunk was
+  produced when the app returned, and recording then does not depend on
+  anyone reading it (Werkzeug's test client reads a body only when asked);
+* a streamed body (generator, file) ran out;
+* the app raised, during the call or while its body was produced;
+* the server closed the response early (the client went away).
+
+The app's ``close()`` is passed through exactly once however often the server
+calls it.
+
+What is recorded, and why it matches the ASGI adapter:
+
+* path: ``SCRIPT_NAME + PATH_INFO``, the path the client asked for. ASGI
+  servers put the mount prefix into ``scope["path"]`` too (uvicorn prefixes
+  ``--root-path``; Starlette's ``Mount`` leaves ``path`` whole), so an app
+  mounted under ``/api`` reads ``/api/...`` whichever protocol serves it. WSGI
+  hands the path over as latin-1-decoded bytes (PEP 3333); it is read back as
+  the UTF-8 text the client sent, as ASGI servers do.
+* route: app-relative in both (Flask's ``url_rule`` omits ``SCRIPT_NAME`` as
+  Starlette's route omits ``root_path``).
+* header values, query, status, durations: as the ASGI adapter (strings here,
+  bytes there; the enricher reads both).
+
+A framework integration running inside the app can leave what only it knows in
+the environ, read when the record is made (``integrations/flask.py`` does):
+
+* ``leza.route``: the matched route template, any spelling
+  ``normalise_route`` understands;
+* ``leza.performer``: a Performer (or None), resolved inside the framework's
+  request context; when the key is present the ``performer=`` hook is not
+  called again here;
+* ``leza.error``: the class name of an exception the framework turned into its
+  own error response (the middleware never sees it raised);
+* ``leza.body_complete``: true when the body the app returns is already fully
+  built in memory (not streamed), so the request can be recorded right away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from time import perf_counter, time
+from typing import TYPE_CHECKING, Any
+
+from ..context import _current
+from ..ids import new_request_id, parse_incoming_request_id
+from ..performer import Performer, coerce_performer
+from ..request_path import normalise_route
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from ..config import Settings
+    from ..leza import Leza
+
+__all__ = ["COMPLETE_KEY", "ERROR_KEY", "PERFORMER_KEY", "ROUTE_KEY", "LezaWSGIMiddleware"]
+
+ROUTE_KEY = "leza.route"
+PERFORMER_KEY = "leza.performer"
+ERROR_KEY = "leza.error"
+COMPLETE_KEY = "leza.body_complete"
+
+# What every request needs from the Leza's settings: (settings, environ key of
+# the incoming request-id header, response header name, its lower-case form,
+# the recorder's offer). One tuple, swapped in one assignment, so a thread
+# never sees half of an old configuration and half of a new one.
+_Conf = tuple["Settings", str, str, str, Callable[[Any], None]]
+
+
+class LezaWSGIMiddleware:
+    """Record every request of a WSGI app.
+
+    ``leza`` defaults to a :class:`~leza_middleware.Leza` configured from
+    ``LEZA_*`` environment variables, so ``LezaWSGIMiddleware(app)`` alone works.
+    """
+
+    def __init__(self, app: WSGIApplication, leza: Leza | None = None) -> None:
+        if leza is None:
+            from ..leza import Leza
+
+            leza = Leza()
+        self.app = app
+        self.leza = leza
+        self._refresh()
+
+    def _refresh(self) -> _Conf:
+        # Re-read on every configuration change: Leza.init_app may rebuild the
+        # Leza's internals (from app.config) after this middleware was made.
+        leza = self.leza
+        settings = leza.settings
+        name = settings.request_id_header  # lower-case
+        conf: _Conf = (
+            settings,
+            "HTTP_" + name.upper().replace("-", "_"),
+            _header_case(name),
+            name,
+            leza.recorder.offer,
+        )
+        self._conf = conf
+        return conf
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start = perf_counter()
+        ts = time()
+        conf = self._conf
+        if conf[0] is not self.leza.settings:
+            conf = self._refresh()
+        try:
+            rid = _request_id(environ, conf[1])
+        except Exception:  # malformed environ: serve the app, record nothing
+            self.leza._count_request_path_error()
+            return self.app(environ, start_response)
+        response = _Response(self.leza, conf, environ, start_response, rid, start, ts)
+        token = _current.set(response.ctx)
+        try:
+            result = self.app(environ, response.start_response)
+        except BaseException as exc:
+            response.fail(exc)
+            raise
+        finally:
+            _current.reset(token)
+        return response.wrap(result)
+
+
+class _Response:
+    """One request's state, its ``start_response`` and the body iterable handed to the server.
+
+    The server iterates this object and calls its ``close()``; both pass
+    through to the app's iterable with the request made current again, so
+    code running while the body is produced (streaming generators, ``close``
+    hooks) logs with the request's id.
+    """
+
+    __slots__ = (
+        "_app_close",
+        "_iterator",
+        "_result",
+        "_server_start",
+        "_server_write",
+        "closed",
+        "conf",
+        "ctx",
+        "end",
+        "environ",
+        "error",
+        "leza",
+        "recorded",
+        "rid",
+        "sent",
+        "start",
+        "status",
+        "ts",
+    )
+
+    def __init__(
+        self,
+        leza: Leza,
+        conf: _Conf,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        rid: str,
+        start: float,
+        ts: float,
+    ) -> None:
+        self.leza = leza
+        self.conf = conf
+        self.environ = environ
+        self._server_start = start_response
+        self._server_write: Callable[[bytes], object] | None = None
+        self.rid = rid
+        self.ctx = (rid, environ)
+        self.start = start
+        self.ts = ts
+        self.status = 0
+        self.end = 0.0
+        self.error: str | None = None
+        # A non-empty chunk (or write()) went out, and with it the status line:
+        # an exception after that cannot change the status the client got.
+        self.sent = False
+        self.recorded = False
+        self.closed = False
+        self._result: Iterable[bytes] = ()
+        self._iterator: Iterator[bytes] | None = None
+        self._app_close: Callable[[], object] | None = None
+
+    # -- what the app calls ---------------------------------------------------
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
+    ) -> Callable[[bytes], object]:
+        try:
+            self.status = int(status[:3])
+            lower = self.conf[3]
+            self.rid = self.ctx[0]  # (again: an error response replaces the first headers)
+            for name, value in headers:
+                if name.lower() == lower:
+                    # The app set its own: store what the client sees, if it is
+                    # a well-formed id (else ours, rather than arbitrary text).
+                    if parse_incoming_request_id(value.encode("latin-1"), None) is not None:
+                        self.rid = value
+                    break
+            else:
+                # A new list: never mutate the app's (it may be a shared constant).
+                headers = [*headers, (self.conf[2], self.ctx[0])]
+        except Exception:  # a malformed status or header list is the server's to reject
+            self.leza._count_request_path_error()
+        if exc_info is None:
+            self._server_write = self._server_start(status, headers)
+        else:
+            self._server_write = self._server_start(status, headers, exc_info)
+        return self.write
+
+    def write(self, data: bytes) -> object:
+        """The legacy ``write()`` callable: sends the status line with its first bytes."""
+        if data:
+            self.sent = True
+        assert self._server_write is not None  # PEP 3333: only after start_response
+        return self._server_write(data)
+
+    # -- what the server sees ---------------------------------------------------
+
+    def wrap(self, result: Iterable[bytes]) -> Iterable[bytes]:
+        """The iterable to hand the server in place of the app's ``result``."""
+        self._result = result
+        if type(result) is list or type(result) is tuple or self.environ.get(COMPLETE_KEY):
+            self.end = perf_counter()
+            self._record()
+        try:
+            self._app_close = getattr(result, "close", None)
+            file_wrapper = self.environ.get("wsgi.file_wrapper")
+            if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
+                # Hand the server its own file wrapper back, so it can still use
+                # sendfile(); a close() on the instance (as wsgiref and gunicorn
+                # set one themselves) tells us when the file has been sent.
+                setattr(result, "close", self.close)  # noqa: B010 - instance, not class
+                return result
+        except Exception:  # e.g. __slots__: iterate it through this wrapper instead
+            pass
+        return self
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        token = _current.set(self.ctx)
+        try:
+            iterator = self._iterator
+            if iterator is None:
+                iterator = self._iterator = iter(self._result)
+            chunk = next(iterator)
+        except StopIteration:
+            if not self.recorded:
+                self.end = perf_counter()
+                self._record()
+            raise
+        except BaseException as exc:
+            self.fail(exc)
+            raise
+        finally:
+            _current.reset(token)
+        if chunk:
+            self.sent = True
+        return chunk
+
+    def close(self) -> None:
+        """Close the app's iterable exactly once, then record if nothing did yet.
+
+        The server calls this after the last chunk, after an error, or when the
+        client went away early (PEP 3333).
+        """
+        if self.closed:
+            return
+        self.closed = True
+        close = self._app_close
+        if close is not None:
+            token = _current.set(self.ctx)
+            try:
+                close()
+            except BaseException as exc:
+                self.fail(exc)
+                raise
+            finally:
+                _current.reset(token)
+        if not self.recorded:
+            self.end = perf_counter()
+            self._record()
+
+    # -- recording ------------------------------------------------------------
+
+    def fail(self, exc: BaseException) -> None:
+        """The app raised: record it (once) as an error; the caller re-raises."""
+        if self.recorded:
+            return
+        self.error = type(exc).__name__
+        if not self.sent:
+            self.status = 500  # nothing went out: the server answers 500 itself
+        self.end = perf_counter()
+        self._record()
+
+    def _record(self) -> None:
+        self.recorded = True
+        try:
+            environ = self.environ
+            get = environ.get
+            error = self.error
+            if error is None:
+                error = get(ERROR_KEY)
+            route = get(ROUTE_KEY)
+            if PERFORMER_KEY in environ:
+                performer = _coerce(environ[PERFORMER_KEY])
+            elif self.leza.performer_hook is not None:
+                performer = self.leza._call_performer_hook(_native_request(environ))
+            else:
+                performer = None
+            path = get("SCRIPT_NAME", "") + get("PATH_INFO", "")
+            if not path.isascii():
+                path = _wsgi_text(path)
+            self.conf[4](
+                (  # a raw access record: see request_path.RAW_FIELDS
+                    self.ts,
+                    (self.end or perf_counter()) - self.start,
+                    self.status or 500,  # the app never started a response
+                    self.rid,
+                    get("REQUEST_METHOD", "GET"),
+                    path or "/",
+                    get("QUERY_STRING", ""),
+                    get("REMOTE_ADDR") or None,
+                    get("wsgi.url_scheme", "http"),
+                    None if route is None else normalise_route(route),
+                    get("HTTP_USER_AGENT"),
+                    get("HTTP_X_FORWARDED_FOR"),
+                    get("HTTP_FORWARDED"),
+                    get("HTTP_HOST"),
+                    performer,
+                    error,
+                    None,
+                    None,
+                )
+            )
+        except Exception:  # never let recording hurt the app
+            self.leza._count_request_path_error()
+
+
+def _request_id(environ: WSGIEnvironment, key: str) -> str:
+    """A valid incoming request id (header, else traceparent), else a fresh one."""
+    incoming = environ.get(key)
+    traceparent = environ.get("HTTP_TRACEPARENT")
+    if incoming is not None or traceparent is not None:
+        # WSGI header values are latin-1 text of the bytes received; anything
+        # outside latin-1 (a non-conforming server) becomes "?" and fails the check.
+        rid = parse_incoming_request_id(
+            None if incoming is None else incoming.encode("latin-1", "replace"),
+            None if traceparent is None else traceparent.encode("latin-1", "replace"),
+        )
+        if rid is not None:
+            return rid.decode("ascii")  # the accepted forms are ASCII only
+    return new_request_id()
+
+
+def _wsgi_text(value: str) -> str:
+    """Undo PEP 3333's latin-1 decoding: the bytes the client sent, read as UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a server that already handed over real text
+        return value
+
+
+def _header_case(name: str) -> str:
+    """``x-request-id`` -> ``X-Request-ID``: how the header is usually spelled."""
+    return "-".join("ID" if part == "id" else part.capitalize() for part in name.split("-"))
+
+
+def _coerce(value: Any) -> Performer | None:
+    """What an integration left in ``leza.performer`` (normally a Performer already)."""
+    if value is None or isinstance(value, Performer):
+        return value
+    try:
+        return coerce_performer(value)
+    except (TypeError, ValueError):  # the event matters more than its performer
+        return None
+
+
+def _native_request(environ: WSGIEnvironment) -> Any:
+    """What the ``performer=`` hook receives: a Werkzeug ``Request``, else the environ."""
+    try:
+        from werkzeug.wrappers import Request
+    except ImportError:  # plain WSGI without Werkzeug installed
+        return environ
+    return Request(environ)
