@@ -689,3 +689,33 @@ def test_relative_sqlite_path_is_described_absolute(
         assert str(tmp_path / "leza.db") in storage.describe()
     finally:
         storage.close()
+
+
+@pytest.mark.parametrize("round_", range(5))
+def test_concurrent_setup_on_a_fresh_database(tmp_path: Path, round_: int) -> None:
+    # Workers, the CLI and a dashboard may all create the schema at once.
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    storages = [SQLStorage(url) for _ in range(10)]
+    barrier = threading.Barrier(len(storages))
+    errors: list[BaseException] = []
+
+    def go(storage: SQLStorage) -> None:
+        barrier.wait()
+        try:
+            storage.setup()
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(s,)) for s in storages]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        with sqlite3.connect(tmp_path / "fresh.db") as con:
+            names = {r[0] for r in con.execute("select name from sqlite_master")}
+        assert {"leza_access", "leza_device", "leza_geo", "leza_performer"} <= names
+    finally:
+        for s in storages:
+            s.close()

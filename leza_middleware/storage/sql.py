@@ -24,6 +24,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -35,6 +36,7 @@ from sqlalchemy import Select, Table, and_, create_engine, delete, event, or_, s
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from ..errors import LezaConfigError
 from ..events import (
@@ -530,12 +532,24 @@ class SQLStorage(Storage):
             cur.close()
 
     def setup(self) -> None:
-        """Create the tables and indexes that do not exist yet."""
-        try:
-            metadata.create_all(self.engine, checkfirst=True)
-        except DBAPIError:
-            # Another process may have created them between check and create.
-            metadata.create_all(self.engine, checkfirst=True)
+        """Create the tables and indexes that do not exist yet.
+
+        Several processes (workers, the CLI, a dashboard) may do this at once on
+        a fresh database: ``IF NOT EXISTS`` makes each statement safe to repeat,
+        and a statement that still loses a race (PostgreSQL's catalog) is retried.
+        """
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    for table in metadata.sorted_tables:
+                        conn.execute(CreateTable(table, if_not_exists=True))
+                        for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
+                            conn.execute(CreateIndex(index, if_not_exists=True))
+                break
+            except DBAPIError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
         self._ready = True
 
     # -- write path
