@@ -128,3 +128,54 @@ def test_events_written_at_interpreter_exit_without_explicit_flush(tmp_path: Pat
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     assert count(db) == (25, 25)
+
+
+PLAIN_APP = textwrap.dedent(
+    """
+    from leza_middleware import LezaMiddleware
+
+    async def plain(scope, receive, send):
+        # A bare ASGI app that knows nothing of lifespan.
+        if scope["type"] != "http":
+            raise RuntimeError(f"unsupported scope {scope['type']}")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app = LezaMiddleware(plain)
+    """
+)
+
+
+@pytest.mark.slow
+def test_app_without_lifespan_support_still_flushes_at_sigterm(tmp_path: Path) -> None:
+    # uvicorn ends a graceful SIGTERM by re-raising the signal, so atexit never
+    # runs: the middleware answers lifespan itself to flush at shutdown.
+    (tmp_path / "plainapp.py").write_text(PLAIN_APP)
+    db = tmp_path / "plain.db"
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "plainapp:app", "--port", str(port),
+         "--log-level", "warning"],
+        env=env_for(tmp_path, db),
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"{base}/0", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        with httpx.Client(base_url=base) as client:
+            for i in range(1, 40):
+                assert client.get(f"/{i}").status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert count(db) == (40, 40)

@@ -260,23 +260,57 @@ class LezaMiddleware:
             record(403)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        leza = self.leza
+        received: list[str] = []
+        answered = False
+
+        async def receive_wrapper() -> Message:
+            message = await receive()
+            received.append(message["type"])
+            return message
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal answered
+            answered = True
             if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                # Write what is queued before the server exits; the flush blocks,
-                # so run it off the event loop, bounded by the shutdown timeout.
-                try:
-                    import anyio.to_thread
-
-                    await anyio.to_thread.run_sync(
-                        leza.flush, leza.settings.shutdown_timeout, abandon_on_cancel=True
-                    )
-                except Exception:
-                    log.warning("leza: flush at lifespan shutdown failed", exc_info=True)
+                await self._flush_for_shutdown()
             await send(message)
 
-        await self.app(scope, receive, send_wrapper)
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except Exception:
+            if answered:
+                raise
+            # The app does not speak the lifespan protocol (plain ASGI apps often
+            # raise on a scope type they don't know). Speak it for the app, so the
+            # queue is still written when the server shuts down: uvicorn re-raises
+            # SIGTERM after its shutdown, and atexit hooks never run.
+            log.debug("leza: the app has no lifespan support; answering it", exc_info=True)
+            await self._own_lifespan(receive, send, startup_seen="lifespan.startup" in received)
+
+    async def _own_lifespan(self, receive: Receive, send: Send, startup_seen: bool) -> None:
+        if startup_seen:
+            await send({"type": "lifespan.startup.complete"})
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self._flush_for_shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _flush_for_shutdown(self) -> None:
+        # Write what is queued before the server exits; the flush blocks, so run
+        # it off the event loop, bounded by the shutdown timeout.
+        leza = self.leza
+        try:
+            import anyio.to_thread
+
+            await anyio.to_thread.run_sync(
+                leza.flush, leza.settings.shutdown_timeout, abandon_on_cancel=True
+            )
+        except Exception:
+            log.warning("leza: flush at lifespan shutdown failed", exc_info=True)
 
     def _hook_performer(self, scope: Scope) -> Performer | None:
         from starlette.requests import HTTPConnection
