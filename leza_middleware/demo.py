@@ -170,7 +170,13 @@ def drive(port: int, visits: Sequence[Visit]) -> list[str]:
             headers = {"User-Agent": v.user_agent, "X-Forwarded-For": v.ip, "X-Request-ID": rid}
             if v.user:
                 headers["Authorization"] = f"Bearer demo-{v.user}"
-            client.request(v.method, v.path, headers=headers)
+            for attempt in (1, 2):  # a busy machine may reset one connection
+                try:
+                    client.request(v.method, v.path, headers=headers)
+                    break
+                except httpx.TransportError:
+                    if attempt == 2:
+                        raise
             ids.append(rid)
     return ids
 
