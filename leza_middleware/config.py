@@ -9,6 +9,7 @@ feed the same keys.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
@@ -90,6 +91,18 @@ class Settings:
     max_retries: int = 3
     redact_query_keys: frozenset[str] = field(default=DEFAULT_REDACT_QUERY_KEYS)
     request_id_header: str = "x-request-id"
+    # Machine identity and sessions (sessions/).
+    machine_cookie: str | None = "leza_mid"  # False / "" / "off": no machine cookie
+    machine_cookie_max_age: int = 2 * 365 * 86400
+    session_cookie: str = "leza_sid"
+    sessions: bool = True
+    idle_timeout: float = 30 * 60.0
+    absolute_timeout: float = 12 * 3600.0
+    session_seen_interval: float = 60.0
+    session_poll_interval: float = 2.0
+    enforce_session_timeouts: bool = False
+    logout_routes: tuple[str, ...] = ()
+    revoked_response: Callable[[Any], tuple[int, list[tuple[str, str]], bytes]] | None = None
 
     @classmethod
     def resolve(
@@ -111,7 +124,7 @@ class Settings:
         for name in known:
             value = overrides.get(name)
             label[name] = name
-            if value is None and name != "performer":
+            if value is None and name not in ("performer", "revoked_response"):
                 var = "LEZA_" + name.upper()
                 value = env.get(var)
                 label[name] = f"{name} (from ${var})"
@@ -182,11 +195,72 @@ class Settings:
                         f"{label[name]} must be a non-empty string, got {raw[name]!r}"
                     )
                 out[name] = value.strip().lower() if name == "request_id_header" else value.strip()
+        if "machine_cookie" in raw:
+            value = raw["machine_cookie"]
+            if value is False or (
+                isinstance(value, str) and value.strip().lower() in {"", "off", "false", "0", "no"}
+            ):
+                out["machine_cookie"] = None
+            elif isinstance(value, str) and _COOKIE_NAME.fullmatch(value.strip()):
+                out["machine_cookie"] = value.strip()
+            else:
+                raise LezaConfigError(
+                    f"{label['machine_cookie']} must be a cookie name or False, got {value!r}"
+                )
+        if "session_cookie" in raw:
+            value = raw["session_cookie"]
+            if not isinstance(value, str) or not _COOKIE_NAME.fullmatch(value.strip()):
+                raise LezaConfigError(
+                    f"{label['session_cookie']} must be a cookie name, got {value!r}"
+                )
+            out["session_cookie"] = value.strip()
+        if "machine_cookie_max_age" in raw:
+            out["machine_cookie_max_age"] = _whole(
+                label["machine_cookie_max_age"], raw["machine_cookie_max_age"], 1
+            )
+        for name in ("idle_timeout", "absolute_timeout", "session_seen_interval",
+                     "session_poll_interval"):  # fmt: skip
+            if name in raw:
+                out[name] = _positive_float(label[name], raw[name])
+        for name in ("sessions", "enforce_session_timeouts"):
+            if name in raw:
+                out[name] = _flag(label[name], raw[name])
+        if "logout_routes" in raw:
+            routes = _str_list(label["logout_routes"], raw["logout_routes"])
+            for route in routes:
+                method, _, path = route.rpartition(" ")
+                if not path.startswith("/") or (method and not method.isalpha()):
+                    raise LezaConfigError(
+                        f"{label['logout_routes']} entry {route!r} must look like "
+                        "'/logout' or 'POST /logout'"
+                    )
+            out["logout_routes"] = routes
+        if "revoked_response" in raw:
+            if not callable(raw["revoked_response"]):
+                raise LezaConfigError(
+                    "revoked_response must be a callable(request) -> (status, headers, body)"
+                )
+            out["revoked_response"] = raw["revoked_response"]
         if "spill_dir" in out:
             _check_spill_dir(label["spill_dir"], out["spill_dir"])
         if "storage" in raw:
             out["storage"] = raw["storage"]
         return cls(**out)
+
+
+_COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,64}")
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in {"1", "true", "yes", "on"}:
+            return True
+        if word in {"0", "false", "no", "off"}:
+            return False
+    raise LezaConfigError(f"{name} must be true or false, got {value!r}")
 
 
 def _check_spill_dir(name: str, path: str) -> None:

@@ -19,6 +19,8 @@ from .performer import Performer, coerce_performer
 from .query import Query
 from .recorder import Recorder
 from .request_path import is_priority
+from .sessions.cookies import CookieJar, Keyring
+from .sessions.registry import Sessions
 from .spill import Spill, default_spill_dir
 from .storage import Storage, open_storage
 
@@ -95,6 +97,20 @@ class Leza:
             redact_keys=settings.redact_query_keys,
             app_name=settings.app_name,
         )
+        self.keyring = Keyring(settings.secret_key)
+        if self.keyring.ephemeral and (settings.machine_cookie or settings.sessions):
+            log.warning(
+                "leza: no secret_key (or LEZA_SECRET_KEY): machine ids and session ids "
+                "are signed with a per-process key and will not match across worker "
+                "processes or restarts"
+            )
+        self.cookies = CookieJar(
+            self.keyring,
+            machine_cookie=settings.machine_cookie,
+            machine_max_age=settings.machine_cookie_max_age,
+            session_cookie=settings.session_cookie,
+        )
+        self.sessions = Sessions(self)
         spill_dir = settings.spill_dir or default_spill_dir(self.storage.describe())
         self.recorder = Recorder(
             self.storage,
@@ -102,6 +118,8 @@ class Leza:
             Spill(spill_dir),
             prepare_batch=self._prepare_batch,
             priority=self._priority,
+            derive=self.sessions.changes_for if settings.sessions else None,
+            tick=self.sessions.poll if settings.sessions else None,
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
             queue_size=settings.queue_size,
@@ -208,6 +226,21 @@ class Leza:
             first = self._request_path_errors == 1
         if first:
             log.warning("leza: could not record a request (counted in stats())", exc_info=True)
+
+    def _revoked_response(self, request: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+        """What a refused session gets: ``revoked_response(request)`` or a JSON 401."""
+        handler = self.settings.revoked_response
+        if handler is not None:
+            try:
+                status, headers, body = handler(request)
+                return int(status), list(headers), bytes(body)
+            except Exception:
+                log.warning("leza: revoked_response raised; sending the default 401", exc_info=True)
+        return (
+            401,
+            [("content-type", "application/json"), ("www-authenticate", 'Session realm="app"')],
+            b'{"detail":"Session revoked: sign in again"}',
+        )
 
     def _call_performer_hook(self, request: Any) -> Performer | None:
         hook = self.performer_hook

@@ -77,6 +77,16 @@ class Query:
         self._storage = storage
         self._ready = False
 
+    def _ensure_ready(self) -> None:
+        if not self._ready:
+            try:
+                self._storage.setup()
+            except Exception as exc:
+                raise LezaError(
+                    f"storage {self._storage.describe()} is not reachable: {exc}"
+                ) from exc
+            self._ready = True
+
     def page(
         self,
         kind: str,
@@ -98,14 +108,7 @@ class Query:
             limit=int(limit),
             cursor=parse_cursor(cursor),
         )
-        if not self._ready:
-            try:
-                self._storage.setup()
-            except Exception as exc:
-                raise LezaError(
-                    f"storage {self._storage.describe()} is not reachable: {exc}"
-                ) from exc
-            self._ready = True
+        self._ensure_ready()
         page = self._storage.query(kind, flt)
         return QueryPage([e.to_dict() for e in page.events], format_cursor(page.next_cursor))
 

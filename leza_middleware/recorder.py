@@ -72,6 +72,8 @@ class Recorder:
         *,
         prepare_batch: Callable[[list[Any]], list[Event]] | None = None,
         priority: Callable[[Any], bool] = lambda item: False,
+        derive: Callable[[list[Event]], list[Event]] | None = None,
+        tick: Callable[[], None] | None = None,
         batch_size: int = 512,
         flush_interval: float = 1.0,
         queue_size: int = 10_000,
@@ -83,6 +85,11 @@ class Recorder:
         self._prepare = prepare
         self._prepare_batch = prepare_batch
         self._priority = priority
+        # Events that follow from a written batch (session changes): written and
+        # spilled with it, but not counted: they were never enqueued.
+        self._derive = derive
+        # Periodic work on the recorder thread (session blocklist refresh).
+        self._tick = tick
         self.spill = spill
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -284,16 +291,19 @@ class Recorder:
                 log.debug("leza: could not prepare an event", exc_info=True)
         return out, len(items) - len(out)
 
-    def _settle_spill(self, events: list[Event], bad: int, *, held: int = 0) -> None:
+    def _settle_spill(
+        self, events: list[Event], bad: int, *, held: int = 0, derived: Sequence[Event] = ()
+    ) -> None:
         """Spill ``events`` (no lock held) and settle the books in one step.
 
         ``held`` is how many of them were counted in ``_held``; otherwise they
-        are the worker's in-flight batch.
+        are the worker's in-flight batch. ``derived`` events travel along
+        uncounted (they were never enqueued).
         """
         ok = True
         if events:
             try:
-                self.spill.append(events)
+                self.spill.append([*events, *derived])
             except Exception:
                 ok = False
                 log.warning("leza: spill file not writable; dropping %d events", len(events))
@@ -323,6 +333,8 @@ class Recorder:
                     self._process(self._take())
                 if self._down_since is not None or self.spill.has_files():
                     self._maybe_replay()
+                if self._tick is not None and self._down_since is None:
+                    self._tick()
             except Exception:  # a bug here must not kill the thread
                 log.exception("leza: recorder loop error")
             if self._stopping.is_set() and not self._queue:
@@ -346,19 +358,25 @@ class Recorder:
             self._inflight = events
             self._inflight_prepared = True
             self._add_drops("invalid", bad)
+        derived: list[Event] = []
+        if self._derive is not None and events:
+            try:
+                derived = self._derive(events)
+            except Exception:
+                log.warning("leza: deriving session changes failed", exc_info=True)
         for fn in _listeners:
             try:
-                fn(events)
+                fn(events + derived if derived else events)
             except Exception:
                 log.debug("leza: event listener failed", exc_info=True)
         if not events:
             return
         if self._down_since is not None and time.monotonic() < self._next_probe:
-            self._settle_spill(events, 0)
+            self._settle_spill(events, 0, derived=derived)
             return
         attempts = 1 if self._down_since is not None else self.max_retries + 1
         for attempt in range(attempts):
-            if self._write(events):
+            if self._write(events, derived):
                 self._mark_up()
                 return
             if attempt + 1 < attempts:
@@ -367,12 +385,12 @@ class Recorder:
                 if self._stopping.wait(self.retry_backoff * (2**attempt)):
                     break  # shutting down: spill now rather than sleep
         self._mark_down()
-        self._settle_spill(events, 0)
+        self._settle_spill(events, 0, derived=derived)
 
-    def _write(self, events: list[Event]) -> bool:
+    def _write(self, events: list[Event], derived: Sequence[Event] = ()) -> bool:
         try:
             self._ensure_setup()
-            self.storage.write(events)
+            self.storage.write([*events, *derived] if derived else events)
         except Exception as exc:
             with self._lock:
                 self.storage_errors += 1

@@ -42,6 +42,8 @@ RAW_FIELDS = (
     "error",  # exception class name when the app raised, else None
     "action",  # set by login/logout tracking or permissions; None: derive from status
     "reason",  # likewise; None: derive from status
+    "machine_id",  # the verified machine identifier (sessions/cookies.py), or None
+    "session_id",  # the session's public id (a keyed hash, never the raw key), or None
 )
 ACTION = RAW_FIELDS.index("action")
 
@@ -80,7 +82,7 @@ def raw_access(**fields: Any) -> tuple[Any, ...]:
         "duration": 0.0, "status": 200, "method": "GET", "path": "/", "query": b"",
         "peer": None, "scheme": "http", "route": None, "user_agent": None,
         "x_forwarded_for": None, "forwarded": None, "host": None, "performer": None,
-        "error": None, "action": None, "reason": None,
+        "error": None, "action": None, "reason": None, "machine_id": None, "session_id": None,
     }  # fmt: skip
     defaults.update(fields)
     return tuple(defaults[name] for name in RAW_FIELDS)

@@ -51,6 +51,7 @@ def make_leza(tmp_path: Path, city_db: Path) -> Iterator[Any]:
         kwargs.setdefault("geoip_db", str(city_db))
         kwargs.setdefault("spill_dir", str(tmp_path / f"spill-{len(made)}"))
         kwargs.setdefault("flush_interval", 0.05)
+        kwargs.setdefault("secret_key", "tests-secret-key-0123456789")
         leza = Leza(**kwargs)
         made.append(leza)
         return leza

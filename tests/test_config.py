@@ -45,7 +45,12 @@ def build() -> Iterator[Build]:
 @pytest.fixture
 def quiet(tmp_path: Path) -> dict[str, Any]:
     """Valid values for everything but the setting under test: no geo, no files."""
-    return {"storage": "memory://", "geoip_db": False, "spill_dir": str(tmp_path / "spill")}
+    return {
+        "storage": "memory://",
+        "geoip_db": False,
+        "spill_dir": str(tmp_path / "spill"),
+        "secret_key": "test-secret-0123456789abcdef",
+    }
 
 
 def config_error(build: Build, *fragments: str, **kwargs: Any) -> str:
@@ -372,7 +377,7 @@ def test_short_secret_key(build: Build, quiet: dict[str, Any], key: Any) -> None
 
 
 def test_secret_key_of_16_characters(build: Build, quiet: dict[str, Any]) -> None:
-    assert build(**quiet, secret_key="k" * 16).settings.secret_key == "k" * 16
+    assert build(**{**quiet, "secret_key": "k" * 16}).settings.secret_key == "k" * 16
 
 
 @pytest.mark.parametrize("name", ["app_name", "request_id_header"])
@@ -386,7 +391,12 @@ def test_empty_names(build: Build, quiet: dict[str, Any], name: str) -> None:
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., None]:
     """Set ``LEZA_<NAME>`` variables over quiet defaults (memory storage, geo off)."""
-    base = {"STORAGE": "memory://", "GEOIP_DB": "off", "SPILL_DIR": str(tmp_path / "spill")}
+    base = {
+        "STORAGE": "memory://",
+        "GEOIP_DB": "off",
+        "SPILL_DIR": str(tmp_path / "spill"),
+        "SECRET_KEY": "test-secret-0123456789abcdef",
+    }
 
     def setenv(**values: str) -> None:
         for name, value in {**base, **values}.items():

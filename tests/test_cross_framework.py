@@ -30,8 +30,9 @@ HEADERS = {
 }
 PATH = "/items/42/?color=red&token=s3cr3t"
 USER = {"id": 77, "name": "Carol Danvers", "email": "carol@example.com"}
-# What differs by nature between two requests.
-VOLATILE = ("_id", "timestamp", "duration_ms")
+# What differs by nature between two requests (each client is a new browser with
+# its own machine id and session).
+VOLATILE = ("_id", "timestamp", "duration_ms", "machine_identifier", "session_id_hash")
 
 
 def settings_for(tmp_path: Path, city_db: Path, name: str) -> dict[str, Any]:

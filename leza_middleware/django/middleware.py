@@ -226,6 +226,8 @@ class LezaDjangoMiddleware:
                 error,
                 None,
                 None,
+                None,  # machine id: not tracked by this adapter yet
+                None,  # session id: not tracked by this adapter yet
             )
             if response is not None and getattr(response, "streaming", False):
                 # Record when the server closes the response: after the last byte

@@ -168,6 +168,7 @@ class AccessEnricher:
         (
             ts_s, durations, statuses, request_ids, methods, paths, queries, peers, schemes,
             routes, uas, xffs, fwds, hosts, performers, errors, actions, reasons,
+            machine_ids, session_ids,
         ) = zip(*raws, strict=True)  # fmt: skip
         # (Columns of one batch always have the same length; strict=True only
         # guards the transposition above against a malformed record.)
@@ -231,8 +232,8 @@ class AccessEnricher:
             geo_keys,
             pids,
             pkeys,
-            repeat(None, n),  # machine id: set by the sessions layer
-            repeat(None, n),  # session hash: set by the sessions layer
+            machine_ids,
+            session_ids,
         )
         return list(map(AccessEvent, rows, devices, geos, stored_performers))
 

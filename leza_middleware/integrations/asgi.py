@@ -18,6 +18,7 @@ from ..context import _current
 from ..ids import new_request_id_bytes, parse_incoming_request_id
 from ..performer import Performer, performer_from_user
 from ..request_path import normalise_route
+from ..sessions.registry import LOGOUT_REASON, REQUEST_KEY, REVOKED_REASON
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -44,9 +45,15 @@ class LezaMiddleware:
             leza = Leza()
         self.app = app
         self.leza = leza
+        settings = leza.settings
         self._offer = leza.recorder.offer
-        self._rid_header = leza.settings.request_id_header.encode("latin-1")
+        self._rid_header = settings.request_id_header.encode("latin-1")
         self._performer_hook = leza.performer_hook
+        self._cookies = leza.cookies
+        self._sessions = leza.sessions
+        self._machine_ids = bool(settings.machine_cookie)
+        self._track_sessions = settings.sessions
+        self._logout_routes = frozenset(settings.logout_routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,18 +64,27 @@ class LezaMiddleware:
         ts = time()
         try:
             headers, rid = self._headers_and_request_id(scope)
+            mid, sid, _ = self._cookies.read(_cookie_header(headers))
         except Exception:  # malformed scope: serve the app, record nothing
             self.leza._count_request_path_error()
             await self.app(scope, receive, send)
             return
+        if sid is not None:
+            if sid in self._sessions.blocked:
+                await self._refuse(scope, receive, send, headers, rid, ts, start, mid, sid)
+                return
+            scope[REQUEST_KEY] = {"session_id": sid}  # for the session API in the app
         rid_pair = (self._rid_header, rid)
         path = scope["path"]
         root_path = scope.get("root_path", "")
+        logout = bool(self._logout_routes) and self._is_logout(scope["method"], path)
         status = 0
         end = 0.0
+        performer: Performer | None = None
+        resolved = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, end, rid
+            nonlocal status, end, rid, mid, sid, performer, resolved
             mtype = message["type"]
             if mtype == "http.response.start":
                 status = message["status"]
@@ -84,6 +100,15 @@ class LezaMiddleware:
                         break
                 else:
                     out.append(rid_pair)
+                # The performer is known now (authentication ran inside the app):
+                # a signed-in user without a session cookie starts a session.
+                performer = self._performer(scope)
+                resolved = True
+                if mid is None and self._machine_ids:
+                    mid, cookie = self._cookies.new_machine(scope.get("scheme") == "https")
+                    out.append((b"set-cookie", cookie))
+                if self._track_sessions:
+                    sid = self._session_cookie(scope, out, sid, performer, logout)
                 message["headers"] = out
             elif mtype == "http.response.body" and not message.get("more_body", False):
                 end = perf_counter()
@@ -101,6 +126,15 @@ class LezaMiddleware:
             try:
                 if not status:
                     status = 500  # the app failed before responding: the server sends 500
+                if not resolved:
+                    performer = self._performer(scope)
+                action = reason = None
+                state = scope.get(REQUEST_KEY)
+                if state is not None and "action" in state:
+                    action, reason = state["action"], state.get("reason")
+                    performer = state.get("performer") or performer
+                elif logout:
+                    action, reason = "logout", LOGOUT_REASON
                 self._offer(
                     self._record(
                         scope,
@@ -113,9 +147,89 @@ class LezaMiddleware:
                         (end or perf_counter()) - start,
                         status,
                         error,
+                        performer,
+                        action,
+                        reason,
+                        mid,
+                        sid,
                     )
                 )
             except Exception:  # never let recording hurt the app
+                self.leza._count_request_path_error()
+
+    def _session_cookie(
+        self,
+        scope: Scope,
+        out: list[tuple[bytes, bytes]],
+        sid: str | None,
+        performer: Performer | None,
+        logout: bool,
+    ) -> str | None:
+        """Issue, rotate or clear the session cookie; return the request's session id."""
+        state = scope.get(REQUEST_KEY)
+        if logout or (state is not None and state.get("end_session")):
+            if sid is not None:
+                out.append((b"set-cookie", self._cookies.clear_session()))
+            return sid  # the event carries it: the tracker ends that session
+        if state is not None and state.get("performer") is not None:
+            performer = state["performer"]
+        new = state is not None and state.get("new_session")
+        if performer is not None and (sid is None or new):
+            sid, cookie = self._cookies.new_session(scope.get("scheme") == "https")
+            out.append((b"set-cookie", cookie))
+            if state is not None:
+                state["session_id"] = sid
+        return sid
+
+    def _is_logout(self, method: str, path: str) -> bool:
+        routes = self._logout_routes
+        return path in routes or f"{method} {path}" in routes
+
+    async def _refuse(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: Any,
+        rid: bytes,
+        ts: float,
+        start: float,
+        mid: str | None,
+        sid: str,
+    ) -> None:
+        """Answer a request of a revoked (or logged-out) session without the app."""
+        try:
+            status, extra, body = self.leza._revoked_response(scope)
+            out = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra]
+            out += [
+                (self._rid_header, rid),
+                (b"set-cookie", self._cookies.clear_session()),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await send({"type": "http.response.start", "status": status, "headers": out})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            try:
+                self._offer(
+                    self._record(
+                        scope,
+                        headers,
+                        rid,
+                        scope["method"],
+                        scope["path"],
+                        scope.get("root_path", ""),
+                        ts,
+                        perf_counter() - start,
+                        status,
+                        None,
+                        None,
+                        "denied",
+                        REVOKED_REASON,
+                        mid,
+                        sid,
+                    )
+                )
+            except Exception:
                 self.leza._count_request_path_error()
 
     def _record(
@@ -130,6 +244,11 @@ class LezaMiddleware:
         duration: float,
         status: int,
         error: str | None,
+        performer: Performer | None,
+        action: str | None = None,
+        reason: str | None = None,
+        machine_id: str | None = None,
+        session_id: str | None = None,
     ) -> tuple[Any, ...]:
         """The raw access record of a finished request (see request_path.RAW_FIELDS)."""
         if type(headers) is dict:
@@ -143,13 +262,6 @@ class LezaMiddleware:
         else:
             ua, xff, fwd, host = _pick_repeated(headers)
         client = scope.get("client")
-        if self._performer_hook is None:
-            # Starlette's AuthenticationMiddleware sets scope["user"]; read after
-            # the app ran, so authentication inside the app counts too.
-            user = scope.get("user")
-            performer = None if user is None else performer_from_user(user)
-        else:
-            performer = self._hook_performer(scope)
         return (
             ts,
             duration,
@@ -167,9 +279,19 @@ class LezaMiddleware:
             host,
             performer,
             error,
-            None,
-            None,
+            action,
+            reason,
+            machine_id,
+            session_id,
         )
+
+    def _performer(self, scope: Scope) -> Performer | None:
+        if self._performer_hook is None:
+            # Starlette's AuthenticationMiddleware sets scope["user"]; read after
+            # authentication ran inside the app, so it counts.
+            user = scope.get("user")
+            return None if user is None else performer_from_user(user)
+        return self._hook_performer(scope)
 
     def _headers_and_request_id(self, scope: Scope) -> tuple[Any, bytes]:
         """A header view for the record, and the request id."""
@@ -234,6 +356,7 @@ class LezaMiddleware:
                         perf_counter() - start,
                         status,
                         error,
+                        self._performer(scope),
                     )
                 )
             except Exception:
@@ -316,6 +439,14 @@ class LezaMiddleware:
         from starlette.requests import HTTPConnection
 
         return self.leza._call_performer_hook(HTTPConnection(scope))
+
+
+def _cookie_header(headers: Any) -> bytes | None:
+    if type(headers) is dict:
+        return headers.get(b"cookie")
+    # Repeated Cookie lines (HTTP/2 may split them) mean one "; "-joined header.
+    values = [v for k, v in headers if k == b"cookie"]
+    return b"; ".join(values) if values else None
 
 
 def _pick_repeated(headers: list[tuple[bytes, bytes]]) -> tuple[Any, Any, Any, Any]:

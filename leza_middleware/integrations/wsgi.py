@@ -345,6 +345,8 @@ class _Response:
                     error,
                     None,
                     None,
+                    None,  # machine id: not tracked by this adapter yet
+                    None,  # session id: not tracked by this adapter yet
                 )
             )
         except Exception:  # never let recording hurt the app

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import heapq
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from ..events import Event
+from ..events import Event, SessionEvent, SessionRecord
 
-__all__ = ["Page", "QueryFilter", "Storage"]
+__all__ = ["Page", "QueryFilter", "Storage", "fold_session", "select_sessions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,10 @@ class QueryFilter:
     # Keyset cursor: the (ts, id) of the last row of the previous page; the next
     # page holds rows strictly older than it. Never an OFFSET.
     cursor: tuple[int, str] | None = None
+    # Sessions only ("session" kind: ts is the session start).
+    session_id: str | None = None
+    active: bool | None = None  # True: not ended; False: ended
+    ended_since: int | None = None  # ended at or after this time (µs)
 
     def __post_init__(self) -> None:
         if self.limit < 1:
@@ -31,7 +37,9 @@ class QueryFilter:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    events: list[Event]
+    # Events, or for the "session" kind SessionRecord objects (both have
+    # ``id``, ``ts`` and ``to_dict()``).
+    events: list[Any]
     # (ts, id) of the last event when more rows may follow, else None.
     next_cursor: tuple[int, str] | None
 
@@ -51,6 +59,8 @@ class Storage(abc.ABC):
     * :meth:`write` raises on failure; the recorder retries with backoff and
       spills to a local file when storage stays down.
     * :meth:`query` returns newest first (by ``ts``, then ``id``).
+    * ``SessionEvent`` changes are folded into one :class:`SessionRecord` per
+      session (:func:`fold_session`); ``query("session", …)`` returns records.
     """
 
     #: True when several processes can write to it at once (SQL backends).
@@ -80,3 +90,37 @@ class Storage(abc.ABC):
     def describe(self) -> str:
         """A short, secret-free description for logs and the CLI."""
         return type(self).__name__
+
+
+def fold_session(records: dict[str, SessionRecord], change: SessionEvent) -> SessionRecord:
+    """Fold one session change into ``records`` (by session id); return the record."""
+    record = records.get(change.session_id)
+    if record is None:
+        record = records[change.session_id] = SessionRecord.started_by(change)
+    else:
+        record.apply(change)
+    return record
+
+
+def select_sessions(records: Iterable[SessionRecord], flt: QueryFilter) -> Page:
+    """The session query semantics every backend shares: newest start first."""
+
+    def keep(r: SessionRecord) -> bool:
+        return (
+            (flt.session_id is None or r.id == flt.session_id)
+            and (flt.active is None or r.active == flt.active)
+            and (
+                flt.ended_since is None
+                or (r.ended_at is not None and r.ended_at >= flt.ended_since)
+            )
+            and (flt.performer_id is None or r.performer_id == flt.performer_id)
+            and (flt.since is None or r.session_start >= flt.since)
+            and (flt.until is None or r.session_start <= flt.until)
+            and (flt.cursor is None or (r.session_start, r.id) < flt.cursor)
+        )
+
+    top = heapq.nlargest(flt.limit + 1, filter(keep, records), key=lambda r: (r.ts, r.id))
+    if len(top) <= flt.limit:
+        return Page(top, None)
+    del top[flt.limit :]
+    return Page(top, (top[-1].ts, top[-1].id))

@@ -20,8 +20,8 @@ from collections.abc import Iterator, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import LezaConfigError
-from ..events import Event, event_from_dict
-from .base import Page, QueryFilter, Storage
+from ..events import Event, SessionEvent, SessionRecord, event_from_dict
+from .base import Page, QueryFilter, Storage, fold_session, select_sessions
 from .memory import select_page
 
 __all__ = ["JSONLStorage"]
@@ -165,6 +165,13 @@ class JSONLStorage(Storage):
     def query(self, kind: str, flt: QueryFilter) -> Page:
         self.path(kind)  # validates the kind
         with self._lock:  # no half-appended last line
+            if kind == "session":
+                # The file holds session changes; fold them into records (O(n)).
+                records: dict[str, SessionRecord] = {}
+                for change in self._unique(kind):
+                    if isinstance(change, SessionEvent):
+                        fold_session(records, change)
+                return select_sessions(records.values(), flt)
             return select_page(self._unique(kind), flt)
 
     def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import heapq
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
-from ..events import Event
-from .base import Page, QueryFilter, Storage
+from ..events import Event, SessionEvent, SessionRecord
+from .base import Page, QueryFilter, Storage, fold_session, select_sessions
 
 __all__ = ["MemoryStorage", "select_page"]
 
@@ -61,11 +62,15 @@ class MemoryStorage(Storage):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kinds: dict[str, dict[str, Event]] = {}
+        self._sessions: dict[str, SessionRecord] = {}
 
     def write(self, events: Sequence[Event]) -> None:
         with self._lock:
             kinds = self._kinds
             for e in events:
+                if isinstance(e, SessionEvent):
+                    fold_session(self._sessions, e)
+                    continue
                 by_id = kinds.get(e.kind)
                 if by_id is None:
                     by_id = kinds[e.kind] = {}
@@ -74,6 +79,10 @@ class MemoryStorage(Storage):
 
     def query(self, kind: str, flt: QueryFilter) -> Page:
         with self._lock:
+            if kind == "session":
+                return select_sessions(
+                    [replace(r) for r in self._sessions.values()], flt
+                )  # copies: callers may keep them
             snapshot = list(self._kinds.get(kind, {}).values())
         return select_page(snapshot, flt)
 
@@ -95,6 +104,7 @@ class MemoryStorage(Storage):
     def clear(self) -> None:
         with self._lock:
             self._kinds.clear()
+            self._sessions.clear()
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()

@@ -30,11 +30,13 @@ __all__ = [
     "GeoRow",
     "LezaModel",
     "PerformerRow",
+    "SessionRow",
     "access_table",
     "device_table",
     "geo_table",
     "metadata",
     "performer_table",
+    "session_table",
 ]
 
 _registry = registry()
@@ -143,6 +145,31 @@ class AccessRow(LezaModel, table=True):
     session_hash: str | None = None
 
 
+class SessionRow(LezaModel, table=True):
+    """One user session, folded from its changes (see ``events.SessionEvent``)."""
+
+    __tablename__ = "leza_session"
+    __table_args__: Any = (
+        Index("ix_leza_session_start_id", "session_start", "id"),
+        Index("ix_leza_session_performer_start", "performer_id", "session_start"),
+        # revocation polling: "what ended since my last look"
+        Index("ix_leza_session_ended_at", "ended_at"),
+    )
+
+    id: str = Field(primary_key=True)  # keyed hash of the session key, never the key
+    app: str
+    session_start: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last_seen: int = Field(sa_column=Column(BigInteger, nullable=False))
+    ended_at: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    end_reason: str | None = None
+    ip: str = ""
+    machine_id: str | None = None
+    performer_id: str | None = None
+    performer_key: str | None = None  # -> leza_performer.key
+    device_key: str | None = None  # -> leza_device.key
+    geo_key: str | None = None  # -> leza_geo.key
+
+
 def _table(model: type[SQLModel]) -> Table:
     table = model.__table__  # type: ignore[attr-defined]
     assert isinstance(table, Table)
@@ -153,3 +180,4 @@ access_table = _table(AccessRow)
 device_table = _table(DeviceRow)
 geo_table = _table(GeoRow)
 performer_table = _table(PerformerRow)
+session_table = _table(SessionRow)

@@ -45,13 +45,22 @@ from ..events import (
     Device,
     Event,
     Geo,
+    SessionEvent,
+    SessionRecord,
     decode_chain,
     encode_chain,
     performer_key,
 )
 from ..performer import Performer
 from .base import Page, QueryFilter, Storage
-from .models import access_table, device_table, geo_table, metadata, performer_table
+from .models import (
+    access_table,
+    device_table,
+    geo_table,
+    metadata,
+    performer_table,
+    session_table,
+)
 
 __all__ = [
     "KINDS",
@@ -393,6 +402,120 @@ KINDS: dict[str, KindSpec] = {
 }
 
 
+# --------------------------------------------------------------------------- sessions
+
+_SESSION_COLS = (
+    "id",
+    "app",
+    "session_start",
+    "last_seen",
+    "ended_at",
+    "end_reason",
+    "ip",
+    "machine_id",
+    "performer_id",
+    "performer_key",
+    "device_key",
+    "geo_key",
+)
+if set(_SESSION_COLS) != set(session_table.c.keys()):  # pragma: no cover - drift
+    raise RuntimeError("leza_session columns do not match the row codec")
+# How a change merges into the stored session (the SQL twin of SessionRecord.apply):
+# the earliest start, the latest sighting, the first end, the first known facts.
+_SESSION_MERGE = {
+    "session_start": "{least}(leza_session.session_start, excluded.session_start)",
+    "last_seen": "{greatest}(leza_session.last_seen, excluded.last_seen)",
+    "ended_at": "COALESCE(leza_session.ended_at, excluded.ended_at)",
+    "end_reason": "COALESCE(leza_session.end_reason, excluded.end_reason)",
+    "ip": "COALESCE(NULLIF(leza_session.ip, ''), excluded.ip)",
+    **{
+        col: f"COALESCE(leza_session.{col}, excluded.{col})"
+        for col in ("machine_id", "performer_id", "performer_key", "device_key", "geo_key")
+    },
+}
+
+
+def _session_rows(
+    changes: Sequence[SessionEvent], refs: Refs, known: KnownKeys
+) -> list[tuple[Any, ...]]:
+    rows = []
+    for c in changes:
+        d, g, p = c.device, c.geo, c.performer
+        pkey = None if p is None else performer_key(p)
+        if d is not None and d.key not in known.devices:
+            refs.devices[d.key] = d
+        if g is not None and g.key not in known.geos:
+            refs.geos[g.key] = g
+        if p is not None and pkey is not None and pkey not in known.performers:
+            refs.performers[pkey] = p
+        ended = c.ts if c.action == "session_end" else None
+        rows.append(
+            (
+                c.session_id,
+                c.app,
+                c.ts,
+                c.ts,
+                ended,
+                c.end_reason if ended is not None else None,
+                c.ip,
+                c.machine_id,
+                None if p is None else p.id,
+                pkey,
+                None if d is None else d.key,
+                None if g is None else g.key,
+            )
+        )
+    return rows
+
+
+_N_SESSION = len(_SESSION_COLS)
+
+
+def _session_from_row(r: Sequence[Any], cache: dict[Any, Any]) -> SessionRecord:
+    fields_ = dict(zip(_SESSION_COLS, r[:_N_SESSION], strict=True))
+    device = geo = performer = None
+    if r[_N_SESSION] is not None:
+        device = Device(*r[_N_SESSION : _N_SESSION + _N_DEVICE])
+    g0 = _N_SESSION + _N_DEVICE
+    if r[g0] is not None:
+        geo = Geo(*r[g0 : g0 + len(_GEO_FIELDS)])
+    pjson = r[g0 + len(_GEO_FIELDS)]
+    if pjson is not None:
+        performer = cache.get(pjson)
+        if performer is None:
+            performer = cache[pjson] = Performer.from_dict(json.loads(pjson))
+    return SessionRecord(
+        id=fields_["id"],
+        app=fields_["app"],
+        session_start=fields_["session_start"],
+        last_seen=fields_["last_seen"],
+        ip=fields_["ip"] or "",
+        machine_id=fields_["machine_id"],
+        performer=performer,
+        device=device,
+        geo=geo,
+        ended_at=fields_["ended_at"],
+        end_reason=fields_["end_reason"],
+    )
+
+
+@functools.cache
+def _session_select() -> Select[Any]:
+    s, d, g, p = session_table, device_table, geo_table, performer_table
+    return (
+        select(
+            *(s.c[n] for n in _SESSION_COLS),
+            *(d.c[n] for n in _DEVICE_FIELDS),
+            *(g.c[n] for n in _GEO_FIELDS),
+            p.c.json,
+        )
+        .select_from(s)
+        .outerjoin(d, d.c.key == s.c.device_key)
+        .outerjoin(g, g.c.key == s.c.geo_key)
+        .outerjoin(p, p.c.key == s.c.performer_key)
+    )
+
+
 # --------------------------------------------------------------------------- storage
 
 
@@ -444,6 +567,7 @@ class SQLStorage(Storage):
         self._insert_geo = self._insert_sql(geo_table, _GEO_FIELDS)
         self._insert_performer = self._insert_sql(performer_table, _PERFORMER_COLS)
         self._insert_kind: dict[tuple[str, int], str] = {}
+        self._upsert_session = self._session_upsert_sql()
         # Rows per INSERT: within every driver's parameter limit (SQLite >= 3.32:
         # 32766, older 999; PostgreSQL 65535) for the widest table.
         widest = max(len(spec.columns) for spec in KINDS.values())
@@ -468,6 +592,23 @@ class SQLStorage(Storage):
             f"{self._head} {quote.format_table(table)} "
             f"({', '.join(quote.quote(c) for c in columns)}) "
             f"VALUES ({', '.join([self._mark] * len(columns))}){self._tail.format(pk=pk)}"
+        )
+
+    def _session_upsert_sql(self) -> str:
+        quote = self.engine.dialect.identifier_preparer
+        backend = self.url.get_backend_name()
+        least, greatest = ("min", "max") if backend == "sqlite" else ("LEAST", "GREATEST")
+        cols = ", ".join(quote.quote(c) for c in _SESSION_COLS)
+        marks = ", ".join([self._mark] * len(_SESSION_COLS))
+        sets = ", ".join(
+            f"{quote.quote(col)} = {expr.format(least=least, greatest=greatest)}"
+            for col, expr in _SESSION_MERGE.items()
+        )
+        if backend in ("mysql", "mariadb"):  # pragma: no cover - not in the test matrix
+            raise LezaConfigError("sessions need SQLite or PostgreSQL storage")
+        return (
+            f"INSERT INTO {quote.format_table(session_table)} ({cols}) VALUES ({marks}) "
+            f"ON CONFLICT ({quote.quote('id')}) DO UPDATE SET {sets}"
         )
 
     def insert_statement(self, kind: str, rows: int = 1) -> str:
@@ -560,8 +701,12 @@ class SQLStorage(Storage):
         if not self._ready:
             self.setup()
         groups: dict[str, list[Event]] = {}
+        changes: list[SessionEvent] = []
         for e in events:
             kind = e.kind
+            if kind == "session":
+                changes.append(e)  # type: ignore[arg-type]
+                continue
             group = groups.get(kind)
             if group is None:
                 if kind not in KINDS:
@@ -574,6 +719,7 @@ class SQLStorage(Storage):
             batches = [
                 (kind, KINDS[kind].to_rows(group, refs, known)) for kind, group in groups.items()
             ]
+            session_rows = _session_rows(changes, refs, known) if changes else []
             raw = self._raw
             try:
                 if raw is None:
@@ -584,6 +730,10 @@ class SQLStorage(Storage):
                         self._write_refs(cur, refs)
                     for kind, rows in batches:
                         self._insert_rows(cur, kind, rows)
+                    if session_rows:
+                        # One statement per change, in order: several changes of
+                        # one session in a batch each merge into the row.
+                        cur.executemany(self._upsert_session, session_rows)
                 finally:
                     cur.close()
                 raw.commit()
@@ -623,6 +773,8 @@ class SQLStorage(Storage):
     # -- read side
 
     def query(self, kind: str, flt: QueryFilter) -> Page:
+        if kind == "session":
+            return self._query_sessions(flt)
         spec = KINDS.get(kind)
         if spec is None:
             raise ValueError(f"SQLStorage has no table for event kind {kind!r}")
@@ -656,6 +808,43 @@ class SQLStorage(Storage):
         events = [spec.from_row(r, cache) for r in rows[: flt.limit]]
         last = events[-1] if more else None
         return Page(events, None if last is None else (last.ts, last.id))
+
+    def _query_sessions(self, flt: QueryFilter) -> Page:
+        if not self._ready:
+            self.setup()
+        t = session_table
+        start, id_ = t.c.session_start, t.c.id
+        conds: list[Any] = []
+        if flt.session_id is not None:
+            conds.append(id_ == flt.session_id)
+        if flt.active is not None:
+            conds.append(t.c.ended_at.is_(None) if flt.active else t.c.ended_at.is_not(None))
+        if flt.ended_since is not None:
+            conds.append(t.c.ended_at >= flt.ended_since)
+        if flt.performer_id is not None:
+            conds.append(t.c.performer_id == flt.performer_id)
+        if flt.since is not None:
+            conds.append(start >= flt.since)
+        if flt.until is not None:
+            conds.append(start <= flt.until)
+        if flt.cursor is not None:
+            cts, cid = flt.cursor
+            conds.append(start <= cts)
+            conds.append(or_(start < cts, and_(start == cts, id_ < cid)))
+        stmt = (
+            _session_select().where(*conds).order_by(start.desc(), id_.desc()).limit(flt.limit + 1)
+        )
+        if self._read_lock is not None:
+            with self._read_lock, self.engine.connect() as conn:
+                rows = conn.execute(stmt).all()
+        else:
+            with self.engine.connect() as conn:
+                rows = conn.execute(stmt).all()
+        cache: dict[Any, Any] = {}
+        records = [_session_from_row(r, cache) for r in rows[: flt.limit]]
+        more = len(rows) > flt.limit
+        last = records[-1] if more else None
+        return Page(records, None if last is None else (last.ts, last.id))
 
     def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
         """Delete events older than ``before`` in transactions of ``batch_size`` rows.

@@ -1,0 +1,144 @@
+"""The two cookies of the request path: the machine identifier and the session.
+
+* ``leza_mid`` — a long-lived machine identifier, signed with ``secret_key``
+  (HMAC-SHA256, domain-separated) so a forged or edited value is recognised,
+  ignored and replaced, never trusted.
+* ``leza_sid`` — set when a signed-in user is first seen without one: the key
+  of that user's session in this browser. Only a keyed hash of it is stored
+  (the session's public ``_id``); the raw value never leaves the browser.
+
+Reading both costs one dict lookup per distinct ``Cookie`` header (a browser
+sends the same header request after request); minting a machine id is a
+counter and one HMAC, no OS randomness per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import itertools
+import logging
+import os
+from collections.abc import Iterator
+
+from ..enrich.cache import bounded_put
+
+__all__ = ["CookieJar", "Keyring"]
+
+log = logging.getLogger("leza_middleware")
+
+_MEMO_SIZE = 8192
+_MAX_HEADER = 8192  # longer Cookie headers are parsed, not memoised
+
+
+def _b64(raw: bytes) -> bytes:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+
+class Keyring:
+    """Keyed hashes with ``secret_key``, one domain per use."""
+
+    def __init__(self, secret: str | None) -> None:
+        self.ephemeral = secret is None
+        if secret is None:
+            # Works in one process until it exits; machine ids and session ids
+            # then do not survive restarts, nor match across workers.
+            self._key = os.urandom(32)
+        else:
+            self._key = hashlib.sha256(b"leza-middleware secret\0" + secret.encode()).digest()
+
+    def mac(self, domain: bytes, value: bytes, size: int = 16) -> bytes:
+        return hmac.digest(self._key, domain + b"\0" + value, "sha256")[:size]
+
+    def session_id(self, session_key: bytes) -> str:
+        """The public id of a session: a keyed hash of its key (never the key)."""
+        return self.mac(b"session", session_key).hex()
+
+
+class CookieJar:
+    def __init__(
+        self,
+        keyring: Keyring,
+        *,
+        machine_cookie: str | None = "leza_mid",
+        machine_max_age: int = 2 * 365 * 86400,
+        session_cookie: str = "leza_sid",
+    ) -> None:
+        self.keyring = keyring
+        self.machine_cookie = machine_cookie
+        self.session_cookie = session_cookie
+        self._mid_name = (machine_cookie or "").encode("latin-1")
+        self._sid_name = session_cookie.encode("latin-1")
+        self._machine_tail = f"; Max-Age={machine_max_age}; Path=/; HttpOnly; SameSite=Lax".encode()
+        self._memo: dict[bytes, tuple[str | None, str | None, bool]] = {}
+        self.rejected = 0  # machine-id cookies that failed their signature
+        self._reseed()
+
+    def _reseed(self) -> None:
+        # 64 random bits per process + a counter: unique without urandom per id.
+        self._prefix = os.urandom(8)
+        self._counter: Iterator[int] = itertools.count()
+
+    def after_fork(self) -> None:
+        self._reseed()
+
+    # -- reading (request path) ---------------------------------------------
+
+    def read(self, header: bytes | None) -> tuple[str | None, str | None, bool]:
+        """(machine id, session id, machine cookie was forged) from a Cookie header."""
+        if not header:
+            return None, None, False
+        found = self._memo.get(header)
+        if found is None:
+            found = self._parse(header)
+            if len(header) <= _MAX_HEADER:
+                bounded_put(self._memo, header, found, _MEMO_SIZE)
+        return found
+
+    def _parse(self, header: bytes) -> tuple[str | None, str | None, bool]:
+        mid = sid = None
+        forged = False
+        for part in header.split(b";"):
+            name, sep, value = part.strip().partition(b"=")
+            if not sep:
+                continue
+            if name == self._mid_name and self.machine_cookie:
+                mid = self._verify_machine(value.strip(b'"'))
+                if mid is None:
+                    forged = True
+                    self.rejected += 1
+            elif name == self._sid_name and 16 <= len(value) <= 128:
+                sid = self.keyring.session_id(value)
+        return mid, sid, forged
+
+    def _verify_machine(self, value: bytes) -> str | None:
+        ident, dot, sig = value.rpartition(b".")
+        if not dot or not ident or len(ident) > 64:
+            return None
+        expected = _b64(self.keyring.mac(b"machine", ident))
+        if not hmac.compare_digest(expected, sig):
+            return None
+        try:
+            return ident.decode("ascii")
+        except UnicodeDecodeError:  # pragma: no cover - a valid MAC over non-ASCII
+            return None
+
+    # -- minting (request path, first visit) ---------------------------------
+
+    def new_machine(self, secure: bool) -> tuple[str, bytes]:
+        """A fresh machine id and the Set-Cookie value that stores it."""
+        ident = _b64(self._prefix + next(self._counter).to_bytes(8, "big"))
+        value = ident + b"." + _b64(self.keyring.mac(b"machine", ident))
+        cookie = self._mid_name + b"=" + value + self._machine_tail
+        return ident.decode("ascii"), cookie + b"; Secure" if secure else cookie
+
+    def new_session(self, secure: bool) -> tuple[str, bytes]:
+        """A fresh session key: (its public id, the Set-Cookie value)."""
+        key = _b64(os.urandom(18))  # a credential: real randomness
+        cookie = self._sid_name + b"=" + key + b"; Path=/; HttpOnly; SameSite=Lax"
+        return self.keyring.session_id(key), cookie + b"; Secure" if secure else cookie
+
+    def clear_session(self) -> bytes:
+        """The Set-Cookie value that removes the session cookie (after logout)."""
+        return self._sid_name + b"=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax"

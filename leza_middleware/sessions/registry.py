@@ -1,0 +1,317 @@
+"""User sessions: ``leza.sessions``.
+
+A session is one signed-in user in one browser, from the first request that
+carries their identity until logout, a timeout or revocation. Three parts:
+
+* the **tracker** (recorder thread) turns access events into session changes:
+  a start the first time this process sees a session, a ``last_seen`` at most
+  every ``session_seen_interval`` seconds, an end on logout. Storage folds the
+  changes of every process into one record per session;
+* the **blocklist** (request path) is an in-memory set of ended sessions whose
+  next request is refused — revoked and logged-out ones, and timed-out ones
+  when ``enforce_session_timeouts`` is on. The recorder thread refreshes it
+  from storage every ``session_poll_interval`` seconds, so a revocation in one
+  process reaches every other within that bound, with no storage query per
+  request;
+* the **API**: ``active()``, ``find()``, ``get()``, ``revoke()``, ``revoke_all()``, and
+  ``login()`` / ``logout()`` / ``login_failed()`` for code that signs users in.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..context import current_native
+from ..events import AccessEvent, Event, SessionEvent, SessionRecord
+from ..ids import new_event_id
+from ..performer import Performer, coerce_performer
+from ..storage.base import QueryFilter
+
+if TYPE_CHECKING:
+    from ..leza import Leza
+
+__all__ = ["LOGIN_REASON", "LOGOUT_REASON", "REVOKED_REASON", "Sessions"]
+
+log = logging.getLogger("leza_middleware")
+
+LOGOUT_REASON = "User has the permission to logout"
+LOGIN_REASON = "User logged in"
+REVOKED_REASON = "session revoked"
+#: Where an adapter finds what the session API asked of the running request.
+REQUEST_KEY = "leza.session"
+
+_BLOCK_REASONS = frozenset({"revoked", "logout"})
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Sessions:
+    def __init__(self, leza: Leza) -> None:
+        self._leza = leza
+        s = leza.settings
+        self.idle_timeout = s.idle_timeout
+        self.absolute_timeout = s.absolute_timeout
+        self.seen_interval_us = int(s.session_seen_interval * 1_000_000)
+        self.poll_interval = s.session_poll_interval
+        self.enforce_timeouts = s.enforce_session_timeouts
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        #: Session ids whose requests are refused (checked on the request path).
+        self.blocked: set[str] = set()
+        self._seen: dict[str, int] = {}  # session id -> last time this process wrote it
+        self._polled_at = 0.0
+        self._poll_since = 0  # µs: ended sessions already loaded up to here
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._reset()
+
+    # -- read API --------------------------------------------------------------
+
+    def active(self, performer_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Sessions that have not ended, newest first (as DESIGN.md's session record)."""
+        flt = QueryFilter(active=True, performer_id=performer_id, limit=limit)
+        return [r.to_dict() for r in self._records(flt)]
+
+    def find(
+        self, performer_id: str | None = None, active: bool | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Sessions, active and ended, newest first."""
+        flt = QueryFilter(active=active, performer_id=performer_id, limit=limit)
+        return [r.to_dict() for r in self._records(flt)]
+
+    def get(self, session_id: str) -> dict[str, Any] | None:
+        records = self._records(QueryFilter(session_id=session_id, limit=1))
+        return records[0].to_dict() if records else None
+
+    def _records(self, flt: QueryFilter) -> list[SessionRecord]:
+        self._leza.query._ensure_ready()
+        records: list[SessionRecord] = self._leza.storage.query("session", flt).events
+        return records
+
+    # -- revocation ------------------------------------------------------------
+
+    def revoke(self, session_id: str) -> bool:
+        """End a session now; its next request in any process gets 401.
+
+        ``session_id`` is the session's public ``_id`` (from :meth:`active`).
+        Returns False when no such active session exists. The end is written
+        to storage before this returns; other processes pick it up within
+        ``session_poll_interval`` seconds.
+        """
+        record = self._records(QueryFilter(session_id=session_id, limit=1))
+        if not record or not record[0].active:
+            return False
+        self._end([session_id], "revoked")
+        return True
+
+    def revoke_all(self, performer_id: str, except_current: bool = False) -> int:
+        """Revoke every active session of one user; return how many.
+
+        With ``except_current=True`` (inside a request) the session making the
+        request is kept — "sign out everywhere else".
+        """
+        keep = self.current_id() if except_current else None
+        ids = [
+            r.id
+            for r in self._records(
+                QueryFilter(active=True, performer_id=performer_id, limit=10_000)
+            )
+            if r.id != keep
+        ]
+        if ids:
+            self._end(ids, "revoked")
+        return len(ids)
+
+    def _end(self, session_ids: Sequence[str], reason: str) -> None:
+        now = _now_us()
+        changes: list[Event] = [
+            SessionEvent(
+                id=new_event_id(now),
+                ts=now,
+                action="session_end",
+                session_id=sid,
+                app=self._leza.settings.app_name,
+                end_reason=reason,
+            )
+            for sid in session_ids
+        ]
+        self._leza.query._ensure_ready()
+        self._leza.storage.write(changes)  # synchronously: revocation must be durable
+        if reason in _BLOCK_REASONS or self.enforce_timeouts:
+            with self._lock:
+                self.blocked.update(session_ids)
+
+    # -- the running request (login / logout) ------------------------------------
+
+    def _mark(self, **changes: Any) -> bool:
+        native = current_native()
+        if native is None:
+            return False
+        state = _request_state(native)
+        if state is None:
+            return False
+        state.update(changes)
+        return True
+
+    def current_id(self) -> str | None:
+        """The session id of the running request, if it has one."""
+        native = current_native()
+        state = None if native is None else _request_state(native)
+        return None if state is None else state.get("session_id")
+
+    def login(self, performer: Performer | dict[str, Any] | None = None) -> None:
+        """Record the running request as a login (action ``login``) by ``performer``.
+
+        Frameworks' own login signals call this; call it yourself where your
+        code signs a user in. A new session starts for the browser.
+        """
+        self._mark(
+            action="login",
+            reason=LOGIN_REASON,
+            performer=coerce_performer(performer),
+            new_session=True,
+        )
+
+    def logout(self, reason: str = LOGOUT_REASON) -> None:
+        """Record the running request as a logout; its session ends."""
+        self._mark(action="logout", reason=reason, end_session=True)
+
+    def login_failed(self, reason: str = "Login failed", username: str | None = None) -> None:
+        """Record the running request as a failed login attempt."""
+        detail = f"{reason} for {username!r}" if username else reason
+        self._mark(action="login_failed", reason=detail)
+
+    # -- the tracker (recorder thread) ------------------------------------------
+
+    def changes_for(self, events: Sequence[Event]) -> list[Event]:
+        """Session changes implied by a batch of access events."""
+        out: list[Event] = []
+        seen = self._seen
+        interval = self.seen_interval_us
+        for e in events:
+            if type(e) is not AccessEvent:
+                continue
+            sid = e.row[23]  # session_hash
+            if sid is None:
+                continue
+            ts = e.row[1]
+            action = e.row[2]
+            last = seen.get(sid)
+            if last is None and e.performer is not None and action != "logout":
+                seen[sid] = ts
+                out.append(
+                    SessionEvent(
+                        id=new_event_id(ts),
+                        ts=ts,
+                        action="session_start",
+                        session_id=sid,
+                        app=e.row[17],
+                        performer=e.performer,
+                        device=e.device,
+                        geo=e.geo,
+                        ip=e.row[11],
+                        machine_id=e.row[22],
+                    )
+                )
+            elif last is not None and ts - last >= interval:
+                seen[sid] = ts
+                out.append(
+                    SessionEvent(
+                        id=new_event_id(ts),
+                        ts=ts,
+                        action="session_seen",
+                        session_id=sid,
+                        app=e.row[17],
+                    )
+                )
+            if action == "logout":
+                seen.pop(sid, None)
+                out.append(
+                    SessionEvent(
+                        id=new_event_id(ts + 1),
+                        ts=ts,
+                        action="session_end",
+                        session_id=sid,
+                        app=e.row[17],
+                        end_reason="logout",
+                    )
+                )
+                with self._lock:
+                    self.blocked.add(sid)
+        if len(seen) > 100_000:  # bounded: forgetting only means one extra start row
+            seen.clear()
+        return out
+
+    def poll(self, force: bool = False) -> None:
+        """Refresh the blocklist from storage and end timed-out sessions.
+
+        Called by the recorder thread every ``session_poll_interval`` seconds.
+        """
+        now = time.monotonic()
+        if not force and now - self._polled_at < self.poll_interval:
+            return
+        self._polled_at = now
+        storage = self._leza.storage
+        self._expire()
+        horizon = _now_us() - int(self.absolute_timeout * 1_000_000) - 60_000_000
+        since = max(self._poll_since, horizon)
+        # Ended sessions are only ever added, so "ended since my last look"
+        # (with a margin for clocks of other hosts) is all that changes.
+        page = storage.query("session", QueryFilter(active=False, ended_since=since, limit=10_000))
+        latest = since
+        fresh = []
+        for r in page.events:
+            if r.end_reason in _BLOCK_REASONS or self.enforce_timeouts:
+                fresh.append(r.id)
+            latest = max(latest, r.ended_at or latest)
+        if fresh:
+            with self._lock:
+                self.blocked.update(fresh)
+        self._poll_since = max(since, latest - 30_000_000)
+
+    def _expire(self) -> None:
+        now = _now_us()
+        idle_before = now - int(self.idle_timeout * 1_000_000)
+        started_before = now - int(self.absolute_timeout * 1_000_000)
+        stale = [
+            (r.id, "absolute_timeout" if r.session_start < started_before else "idle_timeout")
+            for r in self._leza.storage.query(
+                "session", QueryFilter(active=True, limit=10_000)
+            ).events
+            if r.session_start < started_before or r.last_seen < idle_before
+        ]
+        for reason in ("absolute_timeout", "idle_timeout"):
+            ids = [sid for sid, why in stale if why == reason]
+            if ids:
+                self._end(ids, reason)
+                for sid in ids:
+                    self._seen.pop(sid, None)
+
+
+def _request_state(native: Any) -> dict[str, Any] | None:
+    """The per-request dict the session API writes into (ASGI scope, environ, request)."""
+    if isinstance(native, dict):  # ASGI scope or WSGI environ
+        state = native.get(REQUEST_KEY)
+        if state is None:
+            state = native[REQUEST_KEY] = {}
+        return state
+    try:
+        state = getattr(native, "_leza_session", None)
+        if state is None:
+            state = {}
+            native._leza_session = state
+        return state
+    except Exception:
+        return None
+
+
+SessionHook = Callable[[Any], str | None]
