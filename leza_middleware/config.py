@@ -103,6 +103,9 @@ class Settings:
     enforce_session_timeouts: bool = False
     logout_routes: tuple[str, ...] = ()
     revoked_response: Callable[[Any], tuple[int, list[tuple[str, str]], bytes]] | None = None
+    # Endpoint permissions (permissions.py): {permission: ["GET /path/*", ...]}.
+    permissions: tuple[Any, ...] = ()  # compiled rules
+    has_permission: Callable[[Any, Any, str], bool] | None = None
 
     @classmethod
     def resolve(
@@ -124,7 +127,7 @@ class Settings:
         for name in known:
             value = overrides.get(name)
             label[name] = name
-            if value is None and name not in ("performer", "revoked_response"):
+            if value is None and name not in _NOT_FROM_ENV:
                 var = "LEZA_" + name.upper()
                 value = env.get(var)
                 label[name] = f"{name} (from ${var})"
@@ -235,6 +238,16 @@ class Settings:
                         "'/logout' or 'POST /logout'"
                     )
             out["logout_routes"] = routes
+        if "permissions" in raw:
+            from .permissions import parse_rules
+
+            out["permissions"] = parse_rules(raw["permissions"])
+        if "has_permission" in raw:
+            if not callable(raw["has_permission"]):
+                raise LezaConfigError(
+                    "has_permission must be a callable(performer, request, permission) -> bool"
+                )
+            out["has_permission"] = raw["has_permission"]
         if "revoked_response" in raw:
             if not callable(raw["revoked_response"]):
                 raise LezaConfigError(
@@ -248,6 +261,8 @@ class Settings:
         return cls(**out)
 
 
+# Settings that are code, not text: no LEZA_* variable.
+_NOT_FROM_ENV = frozenset({"performer", "revoked_response", "permissions", "has_permission"})
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,64}")
 
 

@@ -16,6 +16,7 @@ from .enrich.useragent import UserAgentParser
 from .errors import LezaConfigError
 from .events import Event
 from .performer import Performer, coerce_performer
+from .permissions import Permissions
 from .query import Query
 from .recorder import Recorder
 from .request_path import is_priority
@@ -111,6 +112,9 @@ class Leza:
             session_cookie=settings.session_cookie,
         )
         self.sessions = Sessions(self)
+        self.permissions = Permissions(
+            settings.permissions, settings.app_name, settings.has_permission
+        )
         spill_dir = settings.spill_dir or default_spill_dir(self.storage.describe())
         self.recorder = Recorder(
             self.storage,

@@ -50,6 +50,9 @@ class Performer:
     organization_unit_name: str | None = None
     organization_unit_labels: tuple[str, ...] | None = None
     organizations: tuple[Organization, ...] = field(default=())
+    # What the performer may do, for endpoint permissions (permissions.py). Not
+    # part of the stored record: authorization data, not identity.
+    permissions: frozenset[str] = field(default=frozenset(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +99,7 @@ class Performer:
             organizations=tuple(
                 o if isinstance(o, Organization) else Organization.from_dict(o) for o in orgs
             ),
+            permissions=frozenset(_text(p) for p in (data.get("permissions") or ())),
         )
 
 

@@ -10,6 +10,7 @@ and dict lookups over helpers and objects.
 
 from __future__ import annotations
 
+import json
 import logging
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ class LezaMiddleware:
         self._machine_ids = bool(settings.machine_cookie)
         self._track_sessions = settings.sessions
         self._logout_routes = frozenset(settings.logout_routes)
+        self._permissions = leza.permissions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,11 +73,29 @@ class LezaMiddleware:
             return
         if sid is not None:
             if sid in self._sessions.blocked:
-                await self._refuse(scope, receive, send, headers, rid, ts, start, mid, sid)
+                await self._answer(
+                    scope, send, headers, rid, ts, start, mid, sid,
+                    self.leza._revoked_response(scope), None, REVOKED_REASON, True,
+                )  # fmt: skip
                 return
             scope[REQUEST_KEY] = {"session_id": sid}  # for the session API in the app
-        rid_pair = (self._rid_header, rid)
         path = scope["path"]
+        granted: str | None = None  # the reason of an allowed permission check
+        if self._permissions:
+            needed = self._permissions.required(scope["method"], path)
+            if needed is not None:
+                who = self._performer(scope)
+                decision = self._permissions.decide(needed, who, scope)
+                if not decision.allowed:
+                    body = json.dumps({"detail": decision.reason}).encode()
+                    response = (decision.status, [("content-type", "application/json")], body)
+                    await self._answer(
+                        scope, send, headers, rid, ts, start, mid, sid,
+                        response, who, decision.reason, False,
+                    )  # fmt: skip
+                    return
+                granted = decision.reason
+        rid_pair = (self._rid_header, rid)
         root_path = scope.get("root_path", "")
         logout = bool(self._logout_routes) and self._is_logout(scope["method"], path)
         status = 0
@@ -135,6 +155,8 @@ class LezaMiddleware:
                     performer = state.get("performer") or performer
                 elif logout:
                     action, reason = "logout", LOGOUT_REASON
+                elif granted is not None and status < 400:
+                    reason = granted
                 self._offer(
                     self._record(
                         scope,
@@ -185,27 +207,28 @@ class LezaMiddleware:
         routes = self._logout_routes
         return path in routes or f"{method} {path}" in routes
 
-    async def _refuse(
+    async def _answer(
         self,
         scope: Scope,
-        receive: Receive,
         send: Send,
         headers: Any,
         rid: bytes,
         ts: float,
         start: float,
         mid: str | None,
-        sid: str,
+        sid: str | None,
+        response: tuple[int, list[tuple[str, str]], bytes],
+        performer: Performer | None,
+        reason: str,
+        end_session_cookie: bool,
     ) -> None:
-        """Answer a request of a revoked (or logged-out) session without the app."""
+        """Answer a request without the app (a revoked session, a missing permission)."""
+        status, extra, body = response
         try:
-            status, extra, body = self.leza._revoked_response(scope)
             out = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra]
-            out += [
-                (self._rid_header, rid),
-                (b"set-cookie", self._cookies.clear_session()),
-                (b"content-length", str(len(body)).encode()),
-            ]
+            out += [(self._rid_header, rid), (b"content-length", str(len(body)).encode())]
+            if end_session_cookie:  # so the browser can sign in afresh
+                out.append((b"set-cookie", self._cookies.clear_session()))
             await send({"type": "http.response.start", "status": status, "headers": out})
             await send({"type": "http.response.body", "body": body})
         finally:
@@ -222,9 +245,9 @@ class LezaMiddleware:
                         perf_counter() - start,
                         status,
                         None,
-                        None,
+                        performer,
                         "denied",
-                        REVOKED_REASON,
+                        reason,
                         mid,
                         sid,
                     )

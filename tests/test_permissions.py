@@ -1,0 +1,134 @@
+"""Endpoint permissions: decided before the app runs, with the product's reasons."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from leza_middleware import LezaConfigError, LezaMiddleware, Performer
+from leza_middleware.permissions import parse_rules
+
+USERS = {
+    "ops": Performer(
+        id="u-ops", name="Ops", permissions=frozenset({"Live Tracking Page Permission"})
+    ),
+    "guest": Performer(id="u-guest", name="Guest"),
+}
+RULES = {
+    "Live Tracking Page Permission": ["GET /tracking", "GET /tracking/*"],
+    "Admin Permission": ["/admin/*"],
+}
+
+
+def who(request: Any) -> Performer | None:
+    return USERS.get(request.headers.get("x-user", ""))
+
+
+def app_with(leza: Any) -> tuple[Starlette, list[str]]:
+    ran: list[str] = []
+
+    async def page(request: Request) -> PlainTextResponse:
+        ran.append(request.url.path)
+        return PlainTextResponse("ok")
+
+    app = Starlette(
+        routes=[Route("/tracking", page), Route("/tracking/{vehicle}", page),
+                Route("/admin/{page}", page, methods=["GET", "POST"]), Route("/public", page)]
+    )  # fmt: skip
+    return LezaMiddleware(app, leza=leza), ran  # type: ignore[return-value]
+
+
+def events(leza: Any) -> list[dict[str, Any]]:
+    assert leza.flush(5)
+    return list(reversed(leza.query.access()))
+
+
+def test_allowed_denied_and_unauthenticated(make_leza: Any) -> None:
+    leza = make_leza(permissions=RULES, performer=who, app_name="Insight App")
+    app, ran = app_with(leza)
+    with TestClient(app) as client:
+        assert client.get("/tracking/42", headers={"x-user": "ops"}).status_code == 200
+        denied = client.get("/tracking", headers={"x-user": "guest"})
+        anonymous = client.post("/admin/users")
+        assert client.get("/public").status_code == 200
+    assert denied.status_code == 403
+    assert anonymous.status_code == 401
+    assert ran == ["/tracking/42", "/public"]  # refused requests never reached the app
+    ok, lacks, unauth, public = events(leza)
+    assert ok["action"] == "access"
+    assert ok["reason"] == (
+        "User has the permission Live Tracking Page Permission to access this resource "
+        "of this application Insight App"
+    )
+    assert lacks["action"] == "denied"
+    assert lacks["status"] == 403
+    assert lacks["reason"] == (
+        "User lacks the permission Live Tracking Page Permission to access this resource "
+        "of this application Insight App"
+    )
+    assert lacks["performer"]["id"] == "u-guest"
+    assert denied.json() == {"detail": lacks["reason"]}
+    assert unauth["status"] == 401
+    assert unauth["reason"].startswith(
+        "Authentication required for the permission Admin Permission"
+    )
+    assert public["reason"] == "Request completed: 200 OK"  # unprotected: derived from status
+
+
+def test_has_permission_hook_decides(make_leza: Any) -> None:
+    asked: list[tuple[str, str]] = []
+
+    def has_permission(performer: Performer, request: Any, permission: str) -> bool:
+        asked.append((performer.id, permission))
+        return performer.id == "u-guest"
+
+    leza = make_leza(permissions=RULES, performer=who, has_permission=has_permission)
+    app, _ = app_with(leza)
+    with TestClient(app) as client:
+        assert client.get("/tracking", headers={"x-user": "guest"}).status_code == 200
+        assert client.get("/tracking", headers={"x-user": "ops"}).status_code == 403
+    assert asked == [
+        ("u-guest", "Live Tracking Page Permission"),
+        ("u-ops", "Live Tracking Page Permission"),
+    ]
+
+
+def test_permissions_are_not_stored_with_the_performer(make_leza: Any) -> None:
+    leza = make_leza(permissions=RULES, performer=who)
+    app, _ = app_with(leza)
+    with TestClient(app) as client:
+        client.get("/tracking", headers={"x-user": "ops"})
+    assert "permissions" not in events(leza)[0]["performer"]
+
+
+@pytest.mark.parametrize(
+    ("rules", "fragment"),
+    [
+        ({"P": ["tracking"]}, "must look like"),
+        ({"P": ["G3T /x"]}, "must look like"),
+        ({"": ["/x"]}, "non-empty strings"),
+        ({"P": [42]}, "is not a string"),
+        (["/x"], "must map a permission name"),
+    ],
+)
+def test_bad_rules_are_configuration_errors(rules: Any, fragment: str) -> None:
+    with pytest.raises(LezaConfigError, match=fragment):
+        parse_rules(rules)
+
+
+def test_patterns_match_method_and_path() -> None:
+    from leza_middleware.permissions import Permissions
+
+    perms = Permissions(parse_rules(RULES), "app")
+    assert perms.required("GET", "/tracking") == "Live Tracking Page Permission"
+    assert perms.required("GET", "/tracking/7/history") == "Live Tracking Page Permission"
+    assert perms.required("POST", "/tracking") is None
+    assert perms.required("DELETE", "/admin/x") == "Admin Permission"
+    assert perms.required("GET", "/trackingx") is None
+    assert perms.required("GET", "/public") is None
