@@ -111,6 +111,7 @@ class Leza:
             machine_max_age=settings.machine_cookie_max_age,
             session_cookie=settings.session_cookie,
         )
+        self.cookies.refill()  # machine ids ready before the first request
         self.sessions = Sessions(self)
         self.permissions = Permissions(
             settings.permissions, settings.app_name, settings.has_permission
@@ -123,7 +124,8 @@ class Leza:
             prepare_batch=self._prepare_batch,
             priority=self._priority,
             derive=self.sessions.changes_for if settings.sessions else None,
-            tick=self.sessions.poll if settings.sessions else None,
+            tick=self._tick,
+            on_fork=(self.sessions.after_fork, self.cookies.after_fork),
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
             queue_size=settings.queue_size,
@@ -140,6 +142,12 @@ class Leza:
         if isinstance(item, Event):
             return item
         raise TypeError(f"cannot record {type(item).__name__}")
+
+    def _tick(self) -> None:
+        """Periodic work on the recorder thread."""
+        self.cookies.refill()
+        if self.settings.sessions:
+            self.sessions.poll()
 
     def _prepare_batch(self, items: list[Any]) -> list[Event]:
         """Prepare a whole batch; raw access records are enriched column-wise."""

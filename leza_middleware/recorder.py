@@ -74,6 +74,7 @@ class Recorder:
         priority: Callable[[Any], bool] = lambda item: False,
         derive: Callable[[list[Event]], list[Event]] | None = None,
         tick: Callable[[], None] | None = None,
+        on_fork: Sequence[Callable[[], None]] = (),
         batch_size: int = 512,
         flush_interval: float = 1.0,
         queue_size: int = 10_000,
@@ -90,6 +91,8 @@ class Recorder:
         self._derive = derive
         # Periodic work on the recorder thread (session blocklist refresh).
         self._tick = tick
+        # Per-process state of the owner to reset in a forked child.
+        self._on_fork = tuple(on_fork)
         self.spill = spill
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -250,6 +253,8 @@ class Recorder:
         self._reset_state()
         self.storage.after_fork()
         self.spill.after_fork()
+        for fn in self._on_fork:
+            fn()
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -493,3 +493,22 @@ def _up(base: str) -> bool:
     except httpx.TransportError:
         return False
     return True
+
+
+def test_machine_ids_from_the_pool_and_minted_inline_all_verify() -> None:
+    from leza_middleware.sessions import CookieJar, Keyring
+
+    jar = CookieJar(Keyring("a-secret-of-some-length"))
+    jar.refill()
+    pooled = [jar.new_machine(False) for _ in range(300)]  # more than the first pool
+    ids = {ident for ident, _ in pooled}
+    assert len(ids) == 300
+    for ident, cookie in pooled:
+        value = cookie.split(b";")[0]
+        assert jar.read(value)[0] == ident
+    # another key does not accept them (a forged MAC)
+    other = CookieJar(Keyring("another-secret-entirely"))
+    assert other.read(pooled[0][1].split(b";")[0]) == (None, None, True)
+    # a forked child starts from a fresh prefix and an empty pool: no shared ids
+    jar.after_fork()
+    assert jar.new_machine(False)[0] not in ids

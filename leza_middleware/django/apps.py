@@ -1,4 +1,4 @@
-"""``INSTALLED_APPS += ["leza_middleware.django"]``: system checks for ``settings.LEZA``."""
+"""``INSTALLED_APPS += ["leza_middleware.django"]``: system checks, auth signals."""
 
 from __future__ import annotations
 
@@ -13,5 +13,7 @@ class LezaConfig(AppConfig):  # type: ignore[misc]  # Django ships no type hints
 
     def ready(self) -> None:
         from . import checks  # registers the checks
+        from .signals import connect_signals
 
         checks.register_checks()
+        connect_signals()  # login / logout / login_failed as ACCESS actions

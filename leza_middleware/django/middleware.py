@@ -10,6 +10,22 @@ Streaming and file responses are recorded when Django closes them, i.e. after
 the last byte went out (or the client went away). Nothing here does I/O except
 what resolving the performer may need (see :meth:`LezaDjangoMiddleware._user`);
 nothing here raises into the app.
+
+Machine identifier and sessions (see docs/django.md, "Sessions"):
+
+* the signed ``leza_mid`` cookie is read from the ``Cookie`` header (one memoised
+  dict lookup) and set with ``response.set_cookie()`` when missing or forged;
+* a session is Django's own: its id is a keyed hash of the session key, read
+  from the session cookie *before* the view (so a logout, which flushes the
+  session, still names the session it ended) and from the cookie the response
+  sets *after* it (so ``login()``'s ``cycle_key()`` is followed). The raw key is
+  never stored;
+* a request of a revoked (or logged-out) session is refused before the view, by
+  a lookup in ``leza.sessions.blocked``, an in-memory set the recorder thread
+  refreshes: no storage query per request;
+* ``user_logged_in`` / ``user_logged_out`` / ``user_login_failed`` (``signals.py``)
+  and ``LEZA["logout_routes"]`` turn a request into a ``login``, ``logout`` or
+  ``login_failed`` event.
 """
 
 from __future__ import annotations
@@ -26,9 +42,11 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.utils.functional import SimpleLazyObject, empty
 
 from ..context import _current
+from ..enrich.cache import bounded_put
 from ..ids import new_request_id, parse_incoming_request_id
 from ..performer import Performer, performer_from_user
 from ..request_path import normalise_route
+from ..sessions.registry import LOGOUT_REASON, REVOKED_REASON
 from .conf import get_leza
 
 if TYPE_CHECKING:
@@ -40,6 +58,11 @@ log = logging.getLogger("leza_middleware")
 
 # Where process_exception leaves the class name of a view's exception.
 _ERROR_ATTR = "_leza_error"
+# Where leza.sessions.login() / logout() / login_failed() leave what they ask of
+# the running request when it is not a dict (sessions/registry.py, REQUEST_KEY).
+_STATE_ATTR = "_leza_session"
+_SID_MEMO_SIZE = 8192
+_REFUSED_BODY = b'{"detail":"Session revoked: sign in again"}'
 
 
 class LezaDjangoMiddleware:
@@ -76,8 +99,11 @@ class LezaDjangoMiddleware:
             try:
                 from django.conf import settings
 
+                from .signals import connect_signals
+
                 leza = get_leza()
-                header = leza.settings.request_id_header
+                s = leza.settings
+                header = s.request_id_header
                 self._meta_rid = "HTTP_" + header.upper().replace("-", "_")
                 self._rid_header = _display_header(header)
                 self._offer = leza.recorder.offer
@@ -85,6 +111,17 @@ class LezaDjangoMiddleware:
                 self._call_hook = leza._call_performer_hook
                 self._count_error = leza._count_request_path_error
                 self._session_cookie = settings.SESSION_COOKIE_NAME
+                self._cookies = leza.cookies
+                self._keyring = leza.keyring
+                self._sessions = leza.sessions  # .blocked is replaced after a fork: read it per use
+                self._machine_cookie = s.machine_cookie or ""
+                self._machine_max_age = s.machine_cookie_max_age
+                self._track_sessions = s.sessions
+                self._logout_routes = frozenset(s.logout_routes)
+                self._sids: dict[str, str] = {}  # session key -> its public id (memo)
+                # Also done by LezaConfig.ready(); here too for projects that list
+                # only the middleware, not the app (idempotent: dispatch_uid).
+                connect_signals()
             except Exception as exc:
                 # The host app keeps serving; `manage.py check` reports the
                 # same problem (leza.E00x) before a deployment gets here.
@@ -113,20 +150,29 @@ class LezaDjangoMiddleware:
         start = perf_counter()
         ts = time()
         try:
-            rid = self._request_id(request.META)
+            rid, mid, key, sid = self._enter(request)
         except Exception:  # a malformed request: serve it, record nothing
             leza._count_request_path_error()
             return self.get_response(request)
+        if sid is not None and sid in self._sessions.blocked:
+            response = self._refusal(request, rid)
+            with contextlib.suppress(Exception):
+                self._session_store(key).delete()
+            self._refused(request, response, rid, ts, start, mid, sid)
+            return response
         token = _current.set((rid, request))
         try:
             response = self.get_response(request)
         except BaseException as exc:  # Django turns Exceptions into responses; not these
-            self._record(request, None, rid, ts, start, perf_counter(), None, type(exc).__name__)
+            self._record(
+                request, None, rid, ts, start, perf_counter(), None, type(exc).__name__, mid, sid
+            )
             raise
         finally:
             _current.reset(token)
         end = perf_counter()
-        self._record(request, response, rid, ts, start, end, self._performer(request), None)
+        performer = self._performer(request)
+        self._record(request, response, rid, ts, start, end, performer, None, mid, sid)
         return response
 
     async def __acall__(self, request: Any) -> Any:
@@ -138,27 +184,63 @@ class LezaDjangoMiddleware:
         start = perf_counter()
         ts = time()
         try:
-            rid = self._request_id(request.META)
+            rid, mid, key, sid = self._enter(request)
         except Exception:
             leza._count_request_path_error()
             return await self.get_response(request)
+        if sid is not None and sid in self._sessions.blocked:
+            response = self._refusal(request, rid)
+            with contextlib.suppress(Exception):
+                await _adelete(self._session_store(key))
+            self._refused(request, response, rid, ts, start, mid, sid)
+            return response
         token = _current.set((rid, request))
         try:
             response = await self.get_response(request)
         except BaseException as exc:  # e.g. CancelledError when the client went away
-            self._record(request, None, rid, ts, start, perf_counter(), None, type(exc).__name__)
+            self._record(
+                request, None, rid, ts, start, perf_counter(), None, type(exc).__name__, mid, sid
+            )
             raise
         finally:
             _current.reset(token)
         end = perf_counter()
         performer = await self._aperformer(request)
-        self._record(request, response, rid, ts, start, end, performer, None)
+        self._record(request, response, rid, ts, start, end, performer, None, mid, sid)
         return response
 
     def process_exception(self, request: Any, exception: BaseException) -> None:
         """Note the view's exception class; Django then renders its 500 (or 403/404)."""
         with contextlib.suppress(Exception):
             request.__dict__[_ERROR_ATTR] = type(exception).__name__
+
+    def _enter(self, request: Any) -> tuple[str, str | None, str | None, str | None]:
+        """Request id, machine id, session key and session id, before the view.
+
+        The session key is the value of Django's session cookie as the browser
+        sent it: the session a logout in this request ends, and the one a
+        revocation refuses. Its id is memoised (one HMAC per distinct key).
+        """
+        meta = request.META
+        rid = self._request_id(meta)
+        header = meta.get("HTTP_COOKIE")
+        if not header:
+            return rid, None, None, None
+        mid = sid = None
+        if self._machine_cookie:
+            # META values are latin-1 decoded header bytes (WSGI and ASGI alike).
+            mid = self._cookies.read(header.encode("latin-1", "replace"))[0]
+        key = request.COOKIES.get(self._session_cookie) if self._track_sessions else None
+        if key:
+            sid = self._sids.get(key) or self._session_id(key)
+            # For leza.sessions.current_id() / revoke_all(except_current=True).
+            request.__dict__[_STATE_ATTR] = {"session_id": sid}
+        return rid, mid, key or None, sid
+
+    def _session_id(self, key: str) -> str:
+        sid = self._keyring.session_id(key.encode("latin-1", "replace"))
+        bounded_put(self._sids, key, sid, _SID_MEMO_SIZE)
+        return sid
 
     def _request_id(self, meta: Any) -> str:
         incoming = meta.get(self._meta_rid)
@@ -173,6 +255,8 @@ class LezaDjangoMiddleware:
                 return rid.decode("latin-1")
         return new_request_id()
 
+    # -- after the view --------------------------------------------------------
+
     def _record(
         self,
         request: Any,
@@ -183,13 +267,18 @@ class LezaDjangoMiddleware:
         end: float,
         performer: Performer | None,
         error: str | None,
+        mid: str | None = None,
+        sid: str | None = None,
     ) -> None:
-        """Echo the request id and enqueue the raw access record; never raises.
+        """Echo the request id, set the machine cookie, enqueue the raw record; never raises.
 
         The duration runs from ``start`` to ``end`` (the response was returned);
         a streaming response is recorded when it is closed, timed until then.
+        ``sid`` is the session id the request came with; the record carries the
+        session the request ends up in (see :meth:`_outcome`).
         """
         try:
+            action, reason, performer, sid = self._outcome(request, response, performer, sid)
             if response is None:
                 status = 500
             else:
@@ -204,30 +293,10 @@ class LezaDjangoMiddleware:
                     # Only a 5xx is the exception's doing: PermissionDenied (403),
                     # Http404 and SuspiciousOperation (400) are ordinary outcomes.
                     error = request.__dict__.get(_ERROR_ATTR)
-            meta = request.META
-            match = request.resolver_match
-            route = None if match is None else match.route
-            record = (  # a raw access record: see request_path.RAW_FIELDS
-                ts,
-                end - start,
-                status,
-                rid,
-                request.method,
-                request.path_info,
-                meta.get("QUERY_STRING", ""),
-                meta.get("REMOTE_ADDR") or None,
-                request.scheme,
-                None if route is None else normalise_route(route),
-                meta.get("HTTP_USER_AGENT"),
-                meta.get("HTTP_X_FORWARDED_FOR"),
-                meta.get("HTTP_FORWARDED"),
-                meta.get("HTTP_HOST"),
-                performer,
-                error,
-                None,
-                None,
-                None,  # machine id: not tracked by this adapter yet
-                None,  # session id: not tracked by this adapter yet
+                if mid is None and self._machine_cookie:
+                    mid = self._set_machine_cookie(request, response)
+            record = self._raw(
+                request, ts, end - start, status, rid, performer, error, action, reason, mid, sid
             )
             if response is not None and getattr(response, "streaming", False):
                 # Record when the server closes the response: after the last byte
@@ -242,6 +311,185 @@ class LezaDjangoMiddleware:
                     return
             self._offer(record)
         except Exception:  # never let recording hurt the app
+            self._count_error()
+
+    def _outcome(
+        self, request: Any, response: Any, performer: Performer | None, sid: str | None
+    ) -> tuple[str | None, str | None, Performer | None, str | None]:
+        """(action, reason, performer, session id) of a finished request.
+
+        * ``leza.sessions.login()`` / ``logout()`` / ``login_failed()`` (called by
+          the auth signals or the app) name the action; else a logout route does;
+          else the enricher derives it from the status (``None``).
+        * A logout carries the session the request came with: Django flushed it
+          in the view, and the tracker ends the session the event names.
+        * Otherwise a signed-in request carries the session the browser holds
+          after this response: the key the response sets (``login()`` rotates it
+          with ``cycle_key()``), else the one it came with. Anonymous requests
+          carry none.
+        """
+        action = reason = None
+        ended = False
+        state = request.__dict__.get(_STATE_ATTR)
+        if state is not None and "action" in state:
+            action, reason = state["action"], state.get("reason")
+            performer = state.get("performer") or performer
+            ended = bool(state.get("end_session"))
+        elif self._logout_routes and self._is_logout(request):
+            action, reason, ended = "logout", LOGOUT_REASON, True
+        if ended or not self._track_sessions:
+            return action, reason, performer, sid
+        if performer is None:
+            return action, reason, None, None
+        if response is not None:
+            morsel = response.cookies.get(self._session_cookie)
+            if morsel is not None:
+                key = morsel.value
+                if not key:  # the response deletes the session cookie
+                    return action, reason, performer, None
+                sid = self._sids.get(key) or self._session_id(key)
+        return action, reason, performer, sid
+
+    def _is_logout(self, request: Any) -> bool:
+        routes = self._logout_routes
+        method = request.method
+        path = request.path_info
+        if path in routes or f"{method} {path}" in routes:
+            return True
+        full = request.path  # with the SCRIPT_NAME prefix
+        return full != path and (full in routes or f"{method} {full}" in routes)
+
+    def _set_machine_cookie(self, request: Any, response: Any) -> str | None:
+        """Give a browser without a (valid) machine cookie a new one; return its id."""
+        name = self._machine_cookie
+        if name in response.cookies:  # the app set one itself: leave it alone
+            return None
+        secure = request.scheme == "https"
+        mid, header = self._cookies.new_machine(secure)
+        # The jar's Set-Cookie value is "name=value; attributes"; set the value
+        # through Django so its cookie handling (and other middleware) sees it.
+        value = header.split(b";", 1)[0].partition(b"=")[2].decode("ascii")
+        response.set_cookie(
+            name,
+            value,
+            max_age=self._machine_max_age,
+            path="/",
+            secure=secure,
+            httponly=True,
+            samesite="Lax",
+        )
+        return mid
+
+    def _raw(
+        self,
+        request: Any,
+        ts: float,
+        duration: float,
+        status: int,
+        rid: str,
+        performer: Performer | None,
+        error: str | None,
+        action: str | None,
+        reason: str | None,
+        mid: str | None,
+        sid: str | None,
+    ) -> tuple[Any, ...]:
+        """A raw access record: see request_path.RAW_FIELDS."""
+        meta = request.META
+        match = request.resolver_match
+        route = None if match is None else match.route
+        return (
+            ts,
+            duration,
+            status,
+            rid,
+            request.method,
+            request.path_info,
+            meta.get("QUERY_STRING", ""),
+            meta.get("REMOTE_ADDR") or None,
+            request.scheme,
+            None if route is None else normalise_route(route),
+            meta.get("HTTP_USER_AGENT"),
+            meta.get("HTTP_X_FORWARDED_FOR"),
+            meta.get("HTTP_FORWARDED"),
+            meta.get("HTTP_HOST"),
+            performer,
+            error,
+            action,
+            reason,
+            mid,
+            sid,
+        )
+
+    # -- revoked sessions --------------------------------------------------------
+
+    def _refusal(self, request: Any, rid: str) -> Any:
+        """The response to a request of a revoked or logged-out session (no view runs).
+
+        ``revoked_response(request)`` (or the default JSON 401) with the request
+        id, deleting Django's session cookie so the browser can sign in again.
+        Never raises: a response Django cannot send (a header with a newline)
+        becomes a plain 401.
+        """
+        from django.conf import settings
+        from django.http import HttpResponse
+
+        try:
+            assert self.leza is not None
+            status, headers, body = self.leza._revoked_response(request)
+            response = HttpResponse(body, status=status)
+            for name, value in headers:
+                response[name] = value
+        except Exception:
+            self._count_error()
+            response = HttpResponse(_REFUSED_BODY, status=401, content_type="application/json")
+        try:
+            response[self._rid_header] = rid
+            response.delete_cookie(
+                self._session_cookie,
+                path=settings.SESSION_COOKIE_PATH,
+                domain=settings.SESSION_COOKIE_DOMAIN,
+                samesite=settings.SESSION_COOKIE_SAMESITE,
+            )
+        except Exception:
+            self._count_error()
+        return response
+
+    def _session_store(self, key: str | None) -> Any:
+        """Django's session store for ``key`` (to delete a refused session server-side)."""
+        from importlib import import_module
+
+        from django.conf import settings
+
+        return import_module(settings.SESSION_ENGINE).SessionStore(key)
+
+    def _refused(
+        self,
+        request: Any,
+        response: Any,
+        rid: str,
+        ts: float,
+        start: float,
+        mid: str | None,
+        sid: str,
+    ) -> None:
+        try:
+            self._offer(
+                self._raw(
+                    request,
+                    ts,
+                    perf_counter() - start,
+                    response.status_code,
+                    rid,
+                    None,
+                    None,
+                    "denied",
+                    REVOKED_REASON,
+                    mid,
+                    sid,
+                )
+            )
+        except Exception:
             self._count_error()
 
     # -- performer -------------------------------------------------------------
@@ -364,6 +612,14 @@ def _display_header(name: str) -> str:
     if name == "x-request-id":
         return "X-Request-ID"
     return "-".join(part.capitalize() for part in name.split("-"))
+
+
+async def _adelete(store: Any) -> None:
+    adelete = getattr(store, "adelete", None)
+    if adelete is not None:  # Django >= 5.0
+        await adelete()
+    else:
+        await sync_to_async(store.delete)()
 
 
 def _unwrap(user: Any) -> Any:

@@ -66,7 +66,8 @@ class LezaMiddleware:
         ts = time()
         try:
             headers, rid = self._headers_and_request_id(scope)
-            mid, sid, _ = self._cookies.read(_cookie_header(headers))
+            cookie = headers.get(b"cookie") if type(headers) is dict else _cookie_header(headers)
+            mid, sid, _ = self._cookies.read(cookie) if cookie else (None, None, False)
         except Exception:  # malformed scope: serve the app, record nothing
             self.leza._count_request_path_error()
             await self.app(scope, receive, send)
@@ -122,12 +123,18 @@ class LezaMiddleware:
                     out.append(rid_pair)
                 # The performer is known now (authentication ran inside the app):
                 # a signed-in user without a session cookie starts a session.
-                performer = self._performer(scope)
+                if self._performer_hook is None:
+                    user = scope.get("user")
+                    performer = None if user is None else performer_from_user(user)
+                else:
+                    performer = self._hook_performer(scope)
                 resolved = True
                 if mid is None and self._machine_ids:
-                    mid, cookie = self._cookies.new_machine(scope.get("scheme") == "https")
-                    out.append((b"set-cookie", cookie))
-                if self._track_sessions:
+                    mid, set_mid = self._cookies.new_machine(scope.get("scheme") == "https")
+                    out.append((b"set-cookie", set_mid))
+                if self._track_sessions and (
+                    performer is not None or logout or REQUEST_KEY in scope
+                ):
                     sid = self._session_cookie(scope, out, sid, performer, logout)
                 message["headers"] = out
             elif mtype == "http.response.body" and not message.get("more_body", False):

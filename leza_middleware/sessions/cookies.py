@@ -8,8 +8,10 @@
   (the session's public ``_id``); the raw value never leaves the browser.
 
 Reading both costs one dict lookup per distinct ``Cookie`` header (a browser
-sends the same header request after request); minting a machine id is a
-counter and one HMAC, no OS randomness per request.
+sends the same header request after request). Machine ids are a per-process
+random prefix plus a counter, MACed with keyed BLAKE2b; the recorder thread
+keeps a pool of them minted ahead, so a first visit costs the request a deque
+pop rather than a MAC.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hmac
 import itertools
 import logging
 import os
+from collections import deque
 from collections.abc import Iterator
 
 from ..enrich.cache import bounded_put
@@ -51,6 +54,10 @@ class Keyring:
     def mac(self, domain: bytes, value: bytes, size: int = 16) -> bytes:
         return hmac.digest(self._key, domain + b"\0" + value, "sha256")[:size]
 
+    def subkey(self, domain: bytes) -> bytes:
+        """A key for one use only (keyed BLAKE2b takes up to 64 bytes)."""
+        return hmac.digest(self._key, b"subkey\0" + domain, "sha256")
+
     def session_id(self, session_key: bytes) -> str:
         """The public id of a session: a keyed hash of its key (never the key)."""
         return self.mac(b"session", session_key).hex()
@@ -72,16 +79,19 @@ class CookieJar:
         self._sid_name = session_cookie.encode("latin-1")
         self._machine_tail = f"; Max-Age={machine_max_age}; Path=/; HttpOnly; SameSite=Lax".encode()
         self._memo: dict[bytes, tuple[str | None, str | None, bool]] = {}
+        self._machine_key = keyring.subkey(b"machine")
         self.rejected = 0  # machine-id cookies that failed their signature
         self._reseed()
 
     def _reseed(self) -> None:
         # 64 random bits per process + a counter: unique without urandom per id.
-        self._prefix = os.urandom(8)
+        self._prefix = os.urandom(8).hex().encode()
         self._counter: Iterator[int] = itertools.count()
+        self._pool: deque[tuple[str, bytes]] = deque()
+        self._taken = 0  # ids asked for since the last refill
 
     def after_fork(self) -> None:
-        self._reseed()
+        self._reseed()  # a child must not hand out its parent's pooled ids
 
     # -- reading (request path) ---------------------------------------------
 
@@ -112,12 +122,14 @@ class CookieJar:
                 sid = self.keyring.session_id(value)
         return mid, sid, forged
 
+    def _machine_mac(self, ident: bytes) -> bytes:
+        return hashlib.blake2b(ident, key=self._machine_key, digest_size=12).hexdigest().encode()
+
     def _verify_machine(self, value: bytes) -> str | None:
         ident, dot, sig = value.rpartition(b".")
         if not dot or not ident or len(ident) > 64:
             return None
-        expected = _b64(self.keyring.mac(b"machine", ident))
-        if not hmac.compare_digest(expected, sig):
+        if not hmac.compare_digest(self._machine_mac(ident), sig):
             return None
         try:
             return ident.decode("ascii")
@@ -126,12 +138,29 @@ class CookieJar:
 
     # -- minting (request path, first visit) ---------------------------------
 
+    def _mint(self) -> tuple[str, bytes]:
+        ident = b"%s%012x" % (self._prefix, next(self._counter))
+        cookie = self._mid_name + b"=" + ident + b"." + self._machine_mac(ident)
+        return ident.decode("ascii"), cookie + self._machine_tail
+
     def new_machine(self, secure: bool) -> tuple[str, bytes]:
         """A fresh machine id and the Set-Cookie value that stores it."""
-        ident = _b64(self._prefix + next(self._counter).to_bytes(8, "big"))
-        value = ident + b"." + _b64(self.keyring.mac(b"machine", ident))
-        cookie = self._mid_name + b"=" + value + self._machine_tail
-        return ident.decode("ascii"), cookie + b"; Secure" if secure else cookie
+        self._taken += 1  # demand, whether the pool could serve it or not
+        try:
+            ident, cookie = self._pool.popleft()
+        except IndexError:
+            ident, cookie = self._mint()
+        return ident, cookie + b"; Secure" if secure else cookie
+
+    def refill(self) -> None:
+        """Mint machine ids ahead (recorder thread), as many as were just used."""
+        if not self.machine_cookie:
+            return
+        want = min(max(256, 2 * self._taken), 50_000)
+        self._taken = 0
+        pool = self._pool
+        while len(pool) < want:
+            pool.append(self._mint())
 
     def new_session(self, secure: bool) -> tuple[str, bytes]:
         """A fresh session key: (its public id, the Set-Cookie value)."""
