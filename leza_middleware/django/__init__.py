@@ -8,7 +8,12 @@
 ``settings.LEZA`` takes the keyword arguments of :class:`~leza_middleware.Leza`
 (``performer`` may also be a dotted path) and is read on the first request;
 ``LEZA_*`` environment variables fill what it leaves out. :func:`get_leza`
-returns the process-wide instance for the read side (``get_leza().query.access()``).
+returns the process-wide instance for the read side (``get_leza().query.access()``,
+``get_leza().sessions.revoke(session_id)``).
+
+Sessions are Django's own (a keyed hash of the session key); ``login()``,
+``logout()`` and failed ``authenticate()`` calls are recorded from Django's auth
+signals (``signals.py``); see docs/django.md.
 
 Importing this package loads no Django models and reads no settings, so it is
 safe from settings modules and in any ``INSTALLED_APPS`` position.

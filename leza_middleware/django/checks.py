@@ -7,7 +7,7 @@ would raise), through the same validators the ``Leza`` constructor uses:
 * ``leza.E002`` GeoIP database (``GeoResolver.open``: missing, unreadable, corrupt);
 * ``leza.E003`` trusted proxies (``ProxyTrust``: ``*``, ``0.0.0.0/0``, bad entries);
 * ``leza.E004`` anything else (``settings.LEZA`` itself, unknown keys, numbers,
-  the performer hook, ``LEZA_*`` environment variables);
+  the performer and revoked_response hooks, ``LEZA_*`` environment variables);
 * ``leza.W001`` the app is installed but the middleware is not in ``MIDDLEWARE``.
 
 Every setting is checked on its own, so one run lists every bad value.
@@ -23,7 +23,7 @@ from django.core import checks
 
 from ..config import Settings
 from ..errors import LezaConfigError
-from .conf import _mapping, _raw_setting, import_performer
+from .conf import HOOKS, _mapping, _raw_setting, import_hook
 
 __all__ = ["check_middleware", "check_settings", "register_checks"]
 
@@ -71,13 +71,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     errors: list[Any] = []
     bad: set[str] = set()
 
-    performer = options.get("performer")
-    if isinstance(performer, str):
-        try:
-            options["performer"] = import_performer(performer)
-        except LezaConfigError as exc:
-            errors.append(_error(exc, OTHER))
-            bad.add("performer")
+    for name in HOOKS:  # dotted paths: importable, and callable
+        if isinstance(options.get(name), str):
+            try:
+                options[name] = import_hook(name, options[name])
+            except LezaConfigError as exc:
+                errors.append(_error(exc, OTHER))
+                bad.add(name)
 
     known = {f.name for f in fields(Settings)}
     unknown = set(options) - known

@@ -66,15 +66,16 @@ def get_leza() -> Leza:
 def leza_options(raw: object = None) -> dict[str, Any]:
     """``settings.LEZA`` as ``Leza(...)`` keyword arguments.
 
-    * ``performer`` may be a dotted path (``"myapp.identity.performer"``); it is imported.
+    * ``performer`` and ``revoked_response`` may be dotted paths
+      (``"myapp.identity.performer"``); they are imported.
     * ``secret_key``, when neither ``LEZA["secret_key"]`` nor ``$LEZA_SECRET_KEY`` is
       set, is derived from Django's ``SECRET_KEY`` (an HMAC, never the key itself),
       so every worker of the site shares it without another secret to manage.
     """
     options = dict(_mapping(raw))
-    performer = options.get("performer")
-    if isinstance(performer, str):
-        options["performer"] = import_performer(performer)
+    for name in HOOKS:
+        if isinstance(options.get(name), str):
+            options[name] = import_hook(name, options[name])
     if options.get("secret_key") is None and os.environ.get("LEZA_SECRET_KEY") is None:
         derived = derived_secret_key()
         if derived is not None:
@@ -95,18 +96,24 @@ def _mapping(raw: object) -> Mapping[str, Any]:
     return raw
 
 
-def import_performer(path: str) -> Callable[[Any], Any]:
-    """Import the ``performer`` hook named by a dotted path."""
+#: Settings that take a callable, or its dotted path; what the callable returns.
+HOOKS = {
+    "performer": "Performer | dict | None",
+    "revoked_response": "(status, headers, body)",
+}
+
+
+def import_hook(name: str, path: str) -> Callable[[Any], Any]:
+    """Import the hook setting ``name`` (one of :data:`HOOKS`) named by a dotted path."""
     from django.utils.module_loading import import_string
 
     try:
         hook = import_string(path)
     except ImportError as exc:
-        raise LezaConfigError(f"performer {path!r} cannot be imported: {exc}") from None
+        raise LezaConfigError(f"{name} {path!r} cannot be imported: {exc}") from None
     if not callable(hook):
         raise LezaConfigError(
-            f"performer {path!r} is a {type(hook).__name__}, not a "
-            "callable(request) -> Performer | dict | None"
+            f"{name} {path!r} is a {type(hook).__name__}, not a callable(request) -> {HOOKS[name]}"
         )
     return hook  # type: ignore[no-any-return]
 

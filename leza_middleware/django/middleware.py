@@ -362,22 +362,24 @@ class LezaDjangoMiddleware:
     def _set_machine_cookie(self, request: Any, response: Any) -> str | None:
         """Give a browser without a (valid) machine cookie a new one; return its id."""
         name = self._machine_cookie
-        if name in response.cookies:  # the app set one itself: leave it alone
+        cookies = response.cookies
+        if name in cookies:  # the app set one itself: leave it alone
             return None
         secure = request.scheme == "https"
         mid, header = self._cookies.new_machine(secure)
-        # The jar's Set-Cookie value is "name=value; attributes"; set the value
-        # through Django so its cookie handling (and other middleware) sees it.
-        value = header.split(b";", 1)[0].partition(b"=")[2].decode("ascii")
-        response.set_cookie(
-            name,
-            value,
-            max_age=self._machine_max_age,
-            path="/",
-            secure=secure,
-            httponly=True,
-            samesite="Lax",
-        )
+        # The jar's Set-Cookie value is "name=value; attributes". The cookie goes
+        # into response.cookies, where Django's handlers, the test client and
+        # other middleware expect it, with the jar's attributes: set on the
+        # Morsel directly, which costs ~3 us less than set_cookie() (it formats
+        # an Expires date too) for clients that never keep cookies.
+        cookies[name] = header.split(b";", 1)[0].partition(b"=")[2].decode("ascii")
+        morsel = cookies[name]
+        morsel["max-age"] = self._machine_max_age
+        morsel["path"] = "/"
+        morsel["httponly"] = True
+        morsel["samesite"] = "Lax"
+        if secure:
+            morsel["secure"] = True
         return mid
 
     def _raw(

@@ -32,4 +32,6 @@ DATABASES = {
         "NAME": "file:leza_django_tests?mode=memory&cache=shared",
     }
 }
+# Fast password hashing: the tests log users in with real passwords.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LEZA = {"geoip_db": False, "app_name": "djangoproject"}

@@ -15,5 +15,13 @@ urlpatterns = [
     path("own-request-id/", views.own_request_id),
     path("request-id/", views.request_id),
     path("api/v1/", include("djangoproject.api_urls")),
+    path("login/", views.login_view),
+    path("logout/", views.logout_view),
+    path("signout/", views.signout),
+    path("login-norequest/", views.login_without_request),
+    path("signout-others/", views.signout_others),
+    path("alogin/", views.async_login),
+    path("alogout/", views.async_logout),
+    path("ame/", views.async_me),
     re_path(r"^archive/(?P<year>[0-9]{4})/$", views.archive),
 ]

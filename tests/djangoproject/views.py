@@ -5,6 +5,7 @@ import io
 import threading
 from typing import Any
 
+from django.contrib.auth import aauthenticate, alogin, alogout, authenticate, login, logout
 from django.core.exceptions import PermissionDenied
 from django.http import (
     FileResponse,
@@ -80,3 +81,67 @@ def thing(request: HttpRequest, **kwargs: Any) -> JsonResponse:
 
 def archive(request: HttpRequest, year: str) -> HttpResponse:
     return HttpResponse(year)
+
+
+# -- sign-in (tests/test_sessions_django.py) -----------------------------------------
+
+
+def login_view(request: HttpRequest) -> HttpResponse:
+    """A login form's POST: ``authenticate()`` then ``login()``, as Django apps do."""
+    user = authenticate(
+        request, username=request.POST.get("username"), password=request.POST.get("password")
+    )
+    if user is None:
+        return HttpResponse("wrong username or password", status=200)  # the form again
+    login(request, user)
+    return HttpResponse(f"hello {user.get_username()}")
+
+
+def logout_view(request: HttpRequest) -> HttpResponse:
+    logout(request)
+    return HttpResponse("bye")
+
+
+def login_without_request(request: HttpRequest) -> HttpResponse:
+    """``authenticate()`` without ``request=``: the signal's ``request`` is None."""
+    authenticate(username=request.POST.get("username"), password="not-the-password")
+    return HttpResponse("no")
+
+
+def signout_others(request: HttpRequest) -> JsonResponse:
+    """ "Sign out everywhere else": every session of this user but the current one."""
+    from leza_middleware.django import get_leza
+
+    revoked = get_leza().sessions.revoke_all(str(request.user.pk), except_current=True)
+    return JsonResponse({"revoked": revoked})
+
+
+def signout(request: HttpRequest) -> HttpResponse:
+    """A logout the app does its own way (no ``django.contrib.auth.logout``)."""
+    return HttpResponse("signed out")
+
+
+async def async_login(request: HttpRequest) -> HttpResponse:
+    user = await aauthenticate(
+        request, username=request.POST.get("username"), password=request.POST.get("password")
+    )
+    if user is None:
+        return HttpResponse("wrong username or password", status=200)
+    await alogin(request, user)
+    return HttpResponse(f"hello {user.get_username()}")
+
+
+async def async_logout(request: HttpRequest) -> HttpResponse:
+    await alogout(request)
+    return HttpResponse("bye")
+
+
+async def async_me(request: HttpRequest) -> JsonResponse:
+    user = await request.auser()
+    return JsonResponse({"user": user.get_username()})
+
+
+def revoked_page(request: HttpRequest) -> tuple[int, list[tuple[str, str]], bytes]:
+    """``LEZA["revoked_response"]``: what a revoked session gets instead of the view."""
+    assert isinstance(request, HttpRequest)
+    return 401, [("content-type", "text/plain"), ("x-why", "revoked")], b"please sign in again"

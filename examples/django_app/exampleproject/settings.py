@@ -18,8 +18,12 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "leza_middleware.django.LezaDjangoMiddleware",  # the one line: first, to see everything
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
 ]
+# Django sessions kept in a signed cookie, so the example needs no database. Leza
+# keys each user session by a keyed hash of Django's session key.
+SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
 
 # The keyword arguments of leza_middleware.Leza(...); LEZA_* environment
 # variables fill in whatever is left out.
@@ -30,4 +34,7 @@ LEZA = {
     # dotted path. Without it, request.user (django.contrib.auth) is used.
     "performer": "exampleproject.identity.performer",
     "trusted_proxies": [],  # add your reverse proxies' addresses here
+    # Requests to these routes are recorded as action "logout" and end the session
+    # (with django.contrib.auth, logout() does this by itself).
+    "logout_routes": ["/logout/"],
 }

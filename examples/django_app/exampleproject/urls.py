@@ -8,4 +8,8 @@ urlpatterns = [
     path("admin-only/", views.admin_only),
     path("boom/", views.boom),
     path("events/", views.events),
+    path("login/", views.login),
+    path("logout/", views.logout),
+    path("sessions/", views.sessions),
+    path("sessions/<str:session_id>/revoke/", views.revoke),
 ]
