@@ -100,6 +100,7 @@ class Settings:
     absolute_timeout: float = 12 * 3600.0
     session_seen_interval: float = 60.0
     session_poll_interval: float = 2.0
+    revocation_memory: float = 30 * 86400.0  # how long revoked/logged-out ids stay refused
     enforce_session_timeouts: bool = False
     logout_routes: tuple[str, ...] = ()
     revoked_response: Callable[[Any], tuple[int, list[tuple[str, str]], bytes]] | None = None
@@ -222,7 +223,7 @@ class Settings:
                 label["machine_cookie_max_age"], raw["machine_cookie_max_age"], 1
             )
         for name in ("idle_timeout", "absolute_timeout", "session_seen_interval",
-                     "session_poll_interval"):  # fmt: skip
+                     "session_poll_interval", "revocation_memory"):  # fmt: skip
             if name in raw:
                 out[name] = _positive_float(label[name], raw[name])
         for name in ("sessions", "enforce_session_timeouts"):

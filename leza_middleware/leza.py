@@ -99,12 +99,11 @@ class Leza:
             app_name=settings.app_name,
         )
         self.keyring = Keyring(settings.secret_key)
-        if self.keyring.ephemeral and (settings.machine_cookie or settings.sessions):
-            log.warning(
-                "leza: no secret_key (or LEZA_SECRET_KEY): machine ids and session ids "
-                "are signed with a per-process key and will not match across worker "
-                "processes or restarts"
-            )
+        # Warned about once the app serves requests with it (see _tick), not
+        # here: init_app() may still bring the key from the app's config.
+        self._warn_ephemeral_key = self.keyring.ephemeral and bool(
+            settings.machine_cookie or settings.sessions
+        )
         self.cookies = CookieJar(
             self.keyring,
             machine_cookie=settings.machine_cookie,
@@ -145,6 +144,13 @@ class Leza:
 
     def _tick(self) -> None:
         """Periodic work on the recorder thread."""
+        if self._warn_ephemeral_key:
+            self._warn_ephemeral_key = False
+            log.warning(
+                "leza: no secret_key (or LEZA_SECRET_KEY): machine ids and session ids "
+                "are signed with a per-process key and will not match across worker "
+                "processes or restarts"
+            )
         self.cookies.refill()
         if self.settings.sessions:
             self.sessions.poll()

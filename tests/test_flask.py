@@ -295,9 +295,11 @@ def test_flask_login_user(make_leza: Any) -> None:
         ("42", "User 42", "42@ex.com"),
         ("42", "User 42", "42@ex.com"),
         ("42", "", ""),
-        None,
+        ("42", "User 42", "42@ex.com"),  # who left, from Flask-Login's signal
         None,
     ]
+    actions = [e["action"] for e in reversed(events_of(leza))]
+    assert actions == ["denied", "login", "access", "access", "logout", "access"]
 
 
 def test_init_app_reads_app_config(
@@ -432,5 +434,25 @@ def test_example_app(tmp_path: Path, city_db: Path, monkeypatch: pytest.MonkeyPa
         assert recent[2]["performer"]["name"] == "Alice"
         assert recent[1]["action"] == "denied"
         assert recent[0]["app"] == "flask-example"
+        # a browser session: login, a request, the session list, logout
+        client = app.test_client()  # a new browser
+        active = {s["_id"] for s in client.get("/leza/sessions").json}  # the header's users
+        assert client.post("/login/alice").status_code == 302
+        assert client.get("/items/7").status_code == 200
+        [session] = [s for s in client.get("/leza/sessions").json if s["_id"] not in active]
+        assert session["performer"]["name"] == "Alice"
+        assert session["machine_identifier"]
+        assert client.get("/logout").status_code == 302
+        assert client.post("/login/mallory").status_code == 401
+        assert {s["_id"] for s in client.get("/leza/sessions").json} == active
+        actions = [(e["endpoint"], e["action"]) for e in client.get("/leza/recent").json]
+        assert actions[:5] == [
+            ("/leza/sessions", "access"),
+            ("/login/mallory", "login_failed"),
+            ("/logout", "logout"),
+            ("/leza/sessions", "access"),
+            ("/items/7", "access"),
+        ]
+        assert actions[5] == ("/login/alice", "login")
     finally:
         module.leza.shutdown(2)

@@ -292,6 +292,7 @@ def test_failed_login_is_recorded(leza: Leza, browser: Callable[..., TestClient]
     assert event["action"] == "login_failed"
     assert event["reason"] == "Wrong password for 'mallory'"
     assert event["status"] == 401
+    assert event["outcome"] == "failure"
 
 
 def test_custom_revoked_response(make_leza: Any) -> None:
@@ -330,11 +331,18 @@ def test_idle_and_absolute_timeouts_with_a_controllable_clock(
 ) -> None:
     import leza_middleware.sessions.registry as registry
 
-    leza = make_leza(idle_timeout=60, absolute_timeout=3600, enforce_session_timeouts=True)
+    # The test polls itself (the recorder thread must not poll with the shifted clock).
+    leza = make_leza(
+        idle_timeout=60,
+        absolute_timeout=3600,
+        enforce_session_timeouts=True,
+        session_poll_interval=3600,
+    )
     with TestClient(make_app(leza)) as idle, TestClient(make_app(leza)) as busy:
         idle.post("/login/ida")
         busy.post("/login/bea")
         leza.flush(5)
+        leza.sessions.poll(force=True)  # now: the recorder thread won't poll for an hour
         real_now = registry._now_us
         offset = [0]
         monkeypatch.setattr(registry, "_now_us", lambda: real_now() + offset[0])
@@ -363,15 +371,23 @@ def test_idle_and_absolute_timeouts_with_a_controllable_clock(
 def test_timeouts_not_enforced_by_default(make_leza: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import leza_middleware.sessions.registry as registry
 
-    leza = make_leza(idle_timeout=60)
+    leza = make_leza(idle_timeout=60, session_poll_interval=3600)
     with TestClient(make_app(leza)) as client:
         client.post("/login/ida")
         leza.flush(5)
+        leza.sessions.poll(force=True)  # now: the recorder thread won't poll for an hour
+        [first] = leza.sessions.active()
         real_now = registry._now_us
         monkeypatch.setattr(registry, "_now_us", lambda: real_now() + 61_000_000)
         leza.sessions.poll(force=True)
         assert leza.sessions.active() == []
         assert client.get("/items/1").status_code == 200  # recorded as ended, not refused
+        monkeypatch.setattr(registry, "_now_us", real_now)
+        leza.flush(5)
+        # the user kept working: a new session, not the ended one revived
+        [second] = leza.sessions.active()
+        assert second["_id"] != first["_id"]
+        assert leza.sessions.get(first["_id"])["end_reason"] == "idle_timeout"  # type: ignore[index]
 
 
 # --------------------------------------------------------------------------- other processes

@@ -549,3 +549,223 @@ def test_wsgi_input_untouched(make_leza: Any) -> None:
         **{"wsgi.input": io.BytesIO(b"hello")},
     )
     assert served.chunks == [b"hello"]
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class Browser:
+    """A cookie jar over ``serve``: sends what the middleware set, forgets what it cleared."""
+
+    def __init__(self, app: Any, **extra: Any) -> None:
+        self.app = app
+        self.extra = extra
+        self.cookies: dict[str, str] = {}
+
+    def get(self, path: str = "/", **extra: Any) -> Served:
+        if self.cookies:
+            extra.setdefault("HTTP_COOKIE", "; ".join(f"{k}={v}" for k, v in self.cookies.items()))
+        served = serve(self.app, path, **{**self.extra, **extra})
+        for header in served.header("Set-Cookie"):
+            assert isinstance(header, str)  # PEP 3333: native strings
+            pair, _, attributes = header.partition(";")
+            name, _, value = pair.partition("=")
+            if "Max-Age=0" in attributes:
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = value
+        return served
+
+
+def set_cookie_names(served: Served) -> list[str]:
+    return [h.partition("=")[0] for h in served.header("Set-Cookie")]
+
+
+def signed_in_app(leza: Any) -> Callable[..., list[bytes]]:
+    """A plain WSGI app: ``/login`` signs in through the session API, ``/logout`` is a route."""
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        if environ["PATH_INFO"] == "/login":
+            leza.sessions.login(Performer(id="u-1", name="Una"))
+        elif environ["PATH_INFO"] == "/bad-login":
+            leza.sessions.login_failed(username="eve")
+            start_response("401 Unauthorized", [])
+            return [b"no"]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    return app
+
+
+def header_user(request: Any) -> Performer | None:
+    name = request.headers.get("X-User")
+    return Performer(id=name) if name else None
+
+
+def test_machine_cookie_issued_once_secure_on_https_and_forgeries_replaced(
+    make_leza: Any,
+) -> None:
+    leza = make_leza()
+    browser = Browser(LezaWSGIMiddleware(hello, leza=leza))
+    first = browser.get("/1")
+    [issued] = first.header("Set-Cookie")
+    assert issued.startswith("leza_mid=")
+    assert "; HttpOnly" in issued
+    assert "; SameSite=Lax" in issued
+    assert "Secure" not in issued
+    assert browser.get("/2").header("Set-Cookie") == []
+    secure = serve(LezaWSGIMiddleware(hello, leza=leza), "/3", **{"wsgi.url_scheme": "https"})
+    assert "; Secure" in secure.header("Set-Cookie")[0]
+    ident, _, sig = browser.cookies["leza_mid"].partition(".")
+    browser.cookies["leza_mid"] = f"{ident}x.{sig}"
+    assert set_cookie_names(browser.get("/4")) == ["leza_mid"]
+    assert leza.cookies.rejected == 1
+    by_path = {e["endpoint"]: e["machine_identifier"] for e in access(leza)}
+    assert by_path["/1"] == by_path["/2"] == ident
+    assert by_path["/4"] not in (None, ident, f"{ident}x")
+    assert by_path["/3"] not in (None, ident)
+
+
+def test_session_cookie_for_a_signed_in_user_and_logout_route(make_leza: Any) -> None:
+    leza = make_leza(performer=header_user, logout_routes=["GET /logout"])
+    browser = Browser(LezaWSGIMiddleware(hello, leza=leza), HTTP_USER_AGENT=CHROME_WIN)
+    browser.get("/anonymous")
+    assert "leza_sid" not in browser.cookies
+    signed_in = browser.get("/a", HTTP_X_USER="ann")
+    [sid_cookie] = [h for h in signed_in.header("Set-Cookie") if h.startswith("leza_sid=")]
+    assert "; HttpOnly" in sid_cookie
+    assert "; SameSite=Lax" in sid_cookie
+    browser.get("/b", HTTP_X_USER="ann")
+    logout = browser.get("/logout", HTTP_X_USER="ann")
+    assert any(h.startswith("leza_sid=; Max-Age=0") for h in logout.header("Set-Cookie"))
+    assert "leza_sid" not in browser.cookies
+    events = list(reversed(access(leza)))
+    assert [e["action"] for e in events] == ["access", "access", "access", "logout"]
+    assert events[3]["reason"] == "User has the permission to logout"
+    assert events[0]["session_id_hash"] is None
+    sid = events[1]["session_id_hash"]
+    assert sid is not None
+    assert events[2]["session_id_hash"] == events[3]["session_id_hash"] == sid
+    [record] = leza.sessions.find(performer_id="ann")
+    assert (record["_id"], record["end_reason"]) == (sid, "logout")
+    assert record["browser"]["name"] == "Chrome"
+    assert record["machine_identifier"] == events[1]["machine_identifier"] is not None
+
+
+def test_logout_route_matched_with_or_without_the_mount_prefix(make_leza: Any) -> None:
+    leza = make_leza(logout_routes=["POST /signout", "/bye"])
+    app = LezaWSGIMiddleware(hello, leza=leza)
+    serve(app, "/signout", REQUEST_METHOD="POST", SCRIPT_NAME="/app")
+    serve(app, "/signout", REQUEST_METHOD="GET")
+    serve(app, "/bye", SCRIPT_NAME="/app")
+    actions = {(e["endpoint_type"], e["endpoint"]): e["action"] for e in access(leza)}
+    assert actions == {
+        ("POST", "/app/signout"): "logout",
+        ("GET", "/signout"): "access",
+        ("GET", "/app/bye"): "logout",
+    }
+
+
+def test_session_api_login_and_failed_login_in_a_plain_wsgi_app(make_leza: Any) -> None:
+    leza = make_leza()
+    browser = Browser(LezaWSGIMiddleware(signed_in_app(leza), leza=leza))
+    assert "leza_sid" in set_cookie_names(browser.get("/login"))
+    first = browser.cookies["leza_sid"]
+    browser.get("/page")
+    browser.get("/login")  # signing in again rotates the session cookie
+    assert browser.cookies["leza_sid"] != first
+    browser.get("/bad-login")
+    events = list(reversed(access(leza)))
+    assert [e["action"] for e in events] == ["login", "access", "login", "login_failed"]
+    assert events[0]["performer"]["name"] == "Una"
+    assert events[0]["session_id_hash"] == events[1]["session_id_hash"]
+    assert events[2]["session_id_hash"] not in (None, events[0]["session_id_hash"])
+    assert events[3]["reason"] == "Login failed for 'eve'"
+    assert len(leza.sessions.active(performer_id="u-1")) == 2
+
+
+def test_revoked_session_refused_without_the_app(make_leza: Any) -> None:
+    leza = make_leza(performer=header_user)
+    calls: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        calls.append(environ["PATH_INFO"])
+        return hello(environ, start_response)
+
+    browser = Browser(LezaWSGIMiddleware(app, leza=leza))
+    browser.get("/in", HTTP_X_USER="ann")
+    assert leza.flush(5)
+    [record] = leza.sessions.active()
+    assert leza.sessions.revoke(record["_id"])
+    refused = browser.get("/after", HTTP_X_USER="ann", HTTP_X_REQUEST_ID="refused-1")
+    assert calls == ["/in"]  # the app never saw it
+    assert refused.status == "401 Unauthorized"
+    assert b"".join(refused.chunks) == b'{"detail":"Session revoked: sign in again"}'
+    assert refused.header("Content-Type") == ["application/json"]
+    assert refused.header("Content-Length") == [str(len(b"".join(refused.chunks)))]
+    assert refused.header("X-Request-ID") == ["refused-1"]
+    assert "leza_sid" not in browser.cookies  # cleared: the browser can sign in again
+    denied = access(leza)[0]
+    assert (denied["action"], denied["reason"], denied["status"]) == (
+        "denied",
+        "session revoked",
+        401,
+    )
+    assert denied["session_id_hash"] == record["_id"]
+    assert denied["request_id"] == "refused-1"
+    assert denied["endpoint"] == "/after"
+    browser.get("/again", HTTP_X_USER="ann")  # a new session
+    assert calls == ["/in", "/again"]
+
+
+def test_custom_revoked_response_gets_a_werkzeug_request(make_leza: Any) -> None:
+    from werkzeug.wrappers import Request
+
+    seen: list[Any] = []
+
+    def teapot(request: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+        seen.append(request)
+        return 418, [("Content-Type", "text/plain"), ("Content-Length", "999")], b"no tea"
+
+    leza = make_leza(performer=header_user, revoked_response=teapot)
+    browser = Browser(LezaWSGIMiddleware(hello, leza=leza))
+    browser.get("/in", HTTP_X_USER="ann")
+    assert leza.flush(5)
+    leza.sessions.revoke(leza.sessions.active()[0]["_id"])
+    refused = browser.get("/x")
+    assert refused.status == "418 I'm a Teapot"
+    assert refused.header("Content-Length") == ["6"]  # the handler's wrong one dropped
+    assert refused.chunks == [b"no tea"]
+    [request] = seen
+    assert isinstance(request, Request)
+    assert request.path == "/x"
+
+
+def test_cookies_survive_an_error_response_replacing_the_first(make_leza: Any) -> None:
+    leza = make_leza(performer=header_user)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        try:
+            raise RuntimeError("late failure")
+        except RuntimeError:
+            import sys
+
+            start_response("500 Internal Server Error", [], sys.exc_info())
+        return [b"sorry"]
+
+    served = serve(LezaWSGIMiddleware(app, leza=leza), HTTP_X_USER="ann")
+    assert served.status.startswith("500")
+    assert sorted(set_cookie_names(served)) == ["leza_mid", "leza_sid"]
+    [event] = access(leza)
+    assert event["machine_identifier"] is not None
+    assert event["session_id_hash"] is not None
+
+
+def test_sessions_and_machine_cookie_off(make_leza: Any) -> None:
+    leza = make_leza(performer=header_user, sessions=False, machine_cookie=False)
+    served = serve(LezaWSGIMiddleware(hello, leza=leza), HTTP_X_USER="ann")
+    assert served.header("Set-Cookie") == []
+    [event] = access(leza)
+    assert event["performer"]["id"] == "ann"
+    assert (event["machine_identifier"], event["session_id_hash"]) == (None, None)

@@ -46,7 +46,7 @@ from ..enrich.cache import bounded_put
 from ..ids import new_request_id, parse_incoming_request_id
 from ..performer import Performer, performer_from_user
 from ..request_path import normalise_route
-from ..sessions.registry import LOGOUT_REASON, REVOKED_REASON
+from ..sessions.registry import LOGOUT_REASON, REQUEST_ATTR, REVOKED_REASON
 from .conf import get_leza
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ log = logging.getLogger("leza_middleware")
 _ERROR_ATTR = "_leza_error"
 # Where leza.sessions.login() / logout() / login_failed() leave what they ask of
 # the running request when it is not a dict (sessions/registry.py, REQUEST_KEY).
-_STATE_ATTR = "_leza_session"
+_STATE_ATTR = REQUEST_ATTR
 _SID_MEMO_SIZE = 8192
 _REFUSED_BODY = b'{"detail":"Session revoked: sign in again"}'
 
@@ -366,13 +366,12 @@ class LezaDjangoMiddleware:
         if name in cookies:  # the app set one itself: leave it alone
             return None
         secure = request.scheme == "https"
-        mid, header = self._cookies.new_machine(secure)
-        # The jar's Set-Cookie value is "name=value; attributes". The cookie goes
-        # into response.cookies, where Django's handlers, the test client and
-        # other middleware expect it, with the jar's attributes: set on the
-        # Morsel directly, which costs ~3 us less than set_cookie() (it formats
-        # an Expires date too) for clients that never keep cookies.
-        cookies[name] = header.split(b";", 1)[0].partition(b"=")[2].decode("ascii")
+        mid, value = self._cookies.new_machine_value()
+        # The cookie goes into response.cookies, where Django's handlers, the
+        # test client and other middleware expect it, with the jar's attributes:
+        # set on the Morsel directly, which costs ~3 us less than set_cookie()
+        # (it formats an Expires date too) for clients that never keep cookies.
+        cookies[name] = value
         morsel = cookies[name]
         morsel["max-age"] = self._machine_max_age
         morsel["path"] = "/"

@@ -69,11 +69,8 @@ def on_logout(sender: Any, request: Any = None, user: Any = None, **kwargs: Any)
         from .conf import get_leza
 
         leza = get_leza()
-        leza.sessions.logout()
         performer = _performer(leza, native if request is None else request, user)
-        state = getattr(native, "_leza_session", None)
-        if performer is not None and isinstance(state, dict):
-            state["performer"] = performer
+        leza.sessions.logout(performer=performer)
     except Exception:
         log.warning("leza: recording a logout failed", exc_info=True)
 

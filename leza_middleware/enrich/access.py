@@ -99,6 +99,7 @@ def _memoisable(key: Any) -> bool:
 
 
 _has_control = CONTROL_CHARACTERS.search
+_OUTCOME_OF_ACTION = {"login_failed": "failure", "denied": "denied"}
 
 
 def _stored_performer(p: Performer) -> tuple[Performer, str, str]:
@@ -199,6 +200,12 @@ class AccessEnricher:
             final_actions = [
                 d if a is None else a for a, d in zip(actions, derived_actions, strict=True)
             ]
+            # A failed login or a denial is not a success, whatever the status
+            # (a login form answers 200 with its error).
+            outcomes = tuple(
+                _OUTCOME_OF_ACTION.get(a, o) if a is not None else o
+                for a, o in zip(actions, outcomes, strict=True)
+            )
             final_reasons = [
                 d if r is None else clean(r, MAX_REASON)
                 for r, d in zip(reasons, derived_reasons, strict=True)

@@ -203,7 +203,7 @@ class LezaMiddleware:
         if state is not None and state.get("performer") is not None:
             performer = state["performer"]
         new = state is not None and state.get("new_session")
-        if performer is not None and (sid is None or new):
+        if performer is not None and (sid is None or new or sid in self._sessions.timed_out):
             sid, cookie = self._cookies.new_session(scope.get("scheme") == "https")
             out.append((b"set-cookie", cookie))
             if state is not None:
@@ -232,7 +232,11 @@ class LezaMiddleware:
         """Answer a request without the app (a revoked session, a missing permission)."""
         status, extra, body = response
         try:
-            out = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra]
+            out = [
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in extra
+                if k.lower() != "content-length"  # ours below matches the body
+            ]
             out += [(self._rid_header, rid), (b"content-length", str(len(body)).encode())]
             if end_session_cookie:  # so the browser can sign in afresh
                 out.append((b"set-cookie", self._cookies.clear_session()))

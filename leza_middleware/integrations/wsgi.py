@@ -42,12 +42,36 @@ the environ, read when the record is made (``integrations/flask.py`` does):
 * ``leza.error``: the class name of an exception the framework turned into its
   own error response (the middleware never sees it raised);
 * ``leza.body_complete``: true when the body the app returns is already fully
-  built in memory (not streamed), so the request can be recorded right away.
+  built in memory (not streamed), so the request can be recorded right away;
+* ``leza.wsgi.request`` (read, not written): this middleware's state of the
+  running request. ``settle(performer)`` decides the request's cookies before
+  the response starts — for a framework that must know the session id while it
+  can still write its own session (Flask binds it into ``flask.session``) —
+  and ``adopt(session_id)`` names the session of a request whose browser lost
+  (or never had) the session cookie.
+
+Machine identifier and sessions (``sessions/``), as the ASGI adapter:
+
+* the ``Cookie`` header is read once per request (``CookieJar.read``, memoised
+  per distinct header): a verified machine id, the session cookie's public id;
+* a request of a blocked (revoked or logged-out) session is answered here,
+  without calling the app: ``revoked_response`` (a JSON 401 by default), the
+  session cookie cleared, recorded as action ``denied`` with the reason
+  "session revoked". A framework integration may add headers to that answer
+  (``refusal_headers``: Flask clears its own session and remember-me cookies);
+* when the response starts, the performer is known (authentication ran inside
+  the app): a browser seen for the first time gets a machine id cookie; a
+  signed-in user without a session cookie — or one the app just signed in
+  (``leza.sessions.login()``) — gets a fresh session cookie; a logout (a
+  ``logout_routes`` entry, or ``leza.sessions.logout()``) clears it;
+* ``environ["leza.session"]`` is the state the session API (login, logout,
+  login_failed, current_id) reads and writes while the app runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +79,7 @@ from ..context import _current
 from ..ids import new_request_id, parse_incoming_request_id
 from ..performer import Performer, coerce_performer
 from ..request_path import normalise_route
+from ..sessions.registry import LOGOUT_REASON, REQUEST_KEY, REVOKED_REASON
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -62,19 +87,61 @@ if TYPE_CHECKING:
 
     from ..config import Settings
     from ..leza import Leza
+    from ..sessions.cookies import CookieJar
+    from ..sessions.registry import Sessions
 
-__all__ = ["COMPLETE_KEY", "ERROR_KEY", "PERFORMER_KEY", "ROUTE_KEY", "LezaWSGIMiddleware"]
+__all__ = [
+    "COMPLETE_KEY",
+    "ERROR_KEY",
+    "PERFORMER_KEY",
+    "REQUEST_STATE_KEY",
+    "ROUTE_KEY",
+    "LezaWSGIMiddleware",
+]
 
 ROUTE_KEY = "leza.route"
 PERFORMER_KEY = "leza.performer"
 ERROR_KEY = "leza.error"
 COMPLETE_KEY = "leza.body_complete"
+#: This middleware's per-request object, for framework integrations (see above).
+REQUEST_STATE_KEY = "leza.wsgi.request"
 
-# What every request needs from the Leza's settings: (settings, environ key of
-# the incoming request-id header, response header name, its lower-case form,
-# the recorder's offer). One tuple, swapped in one assignment, so a thread
-# never sees half of an old configuration and half of a new one.
-_Conf = tuple["Settings", str, str, str, Callable[[Any], None]]
+RefusalHeaders = Callable[["WSGIEnvironment"], list[tuple[str, str]]]
+
+
+class _Conf:
+    """What every request needs from the Leza's settings.
+
+    One immutable object, swapped in one assignment, so a thread never sees
+    half of an old configuration and half of a new one.
+    """
+
+    __slots__ = (
+        "cookies",
+        "logout_routes",
+        "machine_ids",
+        "offer",
+        "rid_key",
+        "rid_lower",
+        "rid_name",
+        "sessions",
+        "settings",
+        "track_sessions",
+    )
+
+    def __init__(self, leza: Leza) -> None:
+        settings = leza.settings
+        name = settings.request_id_header  # lower-case
+        self.settings: Settings = settings
+        self.rid_key = "HTTP_" + name.upper().replace("-", "_")  # environ key of the request's
+        self.rid_name = _header_case(name)  # response header name
+        self.rid_lower = name
+        self.offer: Callable[[Any], None] = leza.recorder.offer
+        self.cookies: CookieJar = leza.cookies
+        self.sessions: Sessions = leza.sessions  # .blocked is replaced after a fork: read per use
+        self.machine_ids = bool(settings.machine_cookie)
+        self.track_sessions = settings.sessions
+        self.logout_routes = frozenset(settings.logout_routes)
 
 
 class LezaWSGIMiddleware:
@@ -83,6 +150,10 @@ class LezaWSGIMiddleware:
     ``leza`` defaults to a :class:`~leza_middleware.Leza` configured from
     ``LEZA_*`` environment variables, so ``LezaWSGIMiddleware(app)`` alone works.
     """
+
+    #: Extra headers for the answer to a revoked session's request, given the
+    #: environ (set by framework integrations; Flask clears its own cookies).
+    refusal_headers: RefusalHeaders | None = None
 
     def __init__(self, app: WSGIApplication, leza: Leza | None = None) -> None:
         if leza is None:
@@ -96,16 +167,7 @@ class LezaWSGIMiddleware:
     def _refresh(self) -> _Conf:
         # Re-read on every configuration change: Leza.init_app may rebuild the
         # Leza's internals (from app.config) after this middleware was made.
-        leza = self.leza
-        settings = leza.settings
-        name = settings.request_id_header  # lower-case
-        conf: _Conf = (
-            settings,
-            "HTTP_" + name.upper().replace("-", "_"),
-            _header_case(name),
-            name,
-            leza.recorder.offer,
-        )
+        conf = _Conf(self.leza)
         self._conf = conf
         return conf
 
@@ -113,14 +175,29 @@ class LezaWSGIMiddleware:
         start = perf_counter()
         ts = time()
         conf = self._conf
-        if conf[0] is not self.leza.settings:
+        if conf.settings is not self.leza.settings:
             conf = self._refresh()
         try:
-            rid = _request_id(environ, conf[1])
+            rid = _request_id(environ, conf.rid_key)
+            header = environ.get("HTTP_COOKIE")
+            if header:
+                # PEP 3333: latin-1 text of the bytes received (a non-conforming
+                # server's other characters become "?" and fail the signature).
+                mid, sid, _ = conf.cookies.read(header.encode("latin-1", "replace"))
+            else:
+                mid = sid = None
+            logout = bool(conf.logout_routes) and _is_logout(conf.logout_routes, environ)
         except Exception:  # malformed environ: serve the app, record nothing
             self.leza._count_request_path_error()
             return self.app(environ, start_response)
-        response = _Response(self.leza, conf, environ, start_response, rid, start, ts)
+        if sid is not None:
+            if sid in conf.sessions.blocked:
+                return self._refuse(conf, environ, start_response, rid, ts, start, mid, sid)
+            environ[REQUEST_KEY] = {"session_id": sid}  # for the session API in the app
+        response = _Response(
+            self.leza, conf, environ, start_response, rid, start, ts, mid, sid, logout
+        )
+        environ[REQUEST_STATE_KEY] = response
         token = _current.set(response.ctx)
         try:
             result = self.app(environ, response.start_response)
@@ -130,6 +207,44 @@ class LezaWSGIMiddleware:
         finally:
             _current.reset(token)
         return response.wrap(result)
+
+    def _refuse(
+        self,
+        conf: _Conf,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        rid: str,
+        ts: float,
+        start: float,
+        mid: str | None,
+        sid: str,
+    ) -> Iterable[bytes]:
+        """Answer a request of a revoked (or logged-out) session without the app."""
+        status, extra, body = self.leza._revoked_response(_native_request(environ))
+        try:
+            headers = [(k, v) for k, v in extra if k.lower() != "content-length"]
+            headers += [
+                (conf.rid_name, rid),
+                ("Content-Length", str(len(body))),
+                # so the browser can sign in afresh
+                ("Set-Cookie", conf.cookies.clear_session().decode("latin-1")),
+            ]
+            more = self.refusal_headers
+            if more is not None:
+                try:
+                    headers += more(environ)
+                except Exception:
+                    self.leza._count_request_path_error()
+            start_response(_status_line(status), headers)
+        finally:
+            try:
+                conf.offer(
+                    _raw(environ, ts, perf_counter() - start, status, rid, None, None, None,
+                         "denied", REVOKED_REASON, mid, sid)
+                )  # fmt: skip
+            except Exception:  # never let recording hurt the app
+                self.leza._count_request_path_error()
+        return [body]
 
 
 class _Response:
@@ -149,14 +264,21 @@ class _Response:
         "_server_write",
         "closed",
         "conf",
+        "cookie_sid",
         "ctx",
         "end",
         "environ",
         "error",
         "leza",
+        "logout",
+        "mid",
+        "performer",
         "recorded",
         "rid",
         "sent",
+        "set_cookies",
+        "settled",
+        "sid",
         "start",
         "status",
         "ts",
@@ -171,6 +293,9 @@ class _Response:
         rid: str,
         start: float,
         ts: float,
+        mid: str | None = None,
+        sid: str | None = None,
+        logout: bool = False,
     ) -> None:
         self.leza = leza
         self.conf = conf
@@ -192,6 +317,98 @@ class _Response:
         self._result: Iterable[bytes] = ()
         self._iterator: Iterator[bytes] | None = None
         self._app_close: Callable[[], object] | None = None
+        self.mid = mid  # the verified machine id (or the one issued now)
+        self.cookie_sid = sid  # the session the session cookie names
+        self.sid = sid  # the request's session, once settled
+        self.logout = logout  # a logout route
+        self.performer: Performer | None = None
+        self.settled = False
+        self.set_cookies: list[tuple[str, str]] = []
+
+    # -- sessions (also called by framework integrations) ------------------------
+
+    @property
+    def ending(self) -> bool:
+        """The request ends its session: a logout, or a revoked session refused."""
+        if self.logout:
+            return True
+        state = self.environ.get(REQUEST_KEY)
+        return state is not None and bool(state.get("end_session") or state.get("revoked"))
+
+    def adopt(self, session_id: str) -> str:
+        """Make ``session_id`` the request's session (no cookie is issued for it)."""
+        state = self.environ.get(REQUEST_KEY)
+        if state is None:
+            state = self.environ[REQUEST_KEY] = {}
+        state["session_id"] = session_id
+        if self.settled:
+            self.sid = session_id
+        return session_id
+
+    def settle(self, performer: Performer | None) -> str | None:
+        """Decide the response's cookies now that the performer is known (once).
+
+        Returns the request's session id: the one it came with, or the one a
+        sign-in (or a signed-in user's first request) gets now.
+        """
+        if self.settled:
+            return self.sid
+        self.settled = True
+        self.performer = performer
+        try:
+            conf = self.conf
+            environ = self.environ
+            state = environ.get(REQUEST_KEY)
+            secure = environ.get("wsgi.url_scheme") == "https"
+            out = self.set_cookies
+            sid = self.cookie_sid if state is None else state.get("session_id", self.cookie_sid)
+            if state is not None and state.get("revoked"):
+                # refused inside the app (integrations/flask.py): only clear
+                if self.cookie_sid is not None:
+                    out.append(("Set-Cookie", conf.cookies.clear_session().decode("latin-1")))
+            else:
+                if self.mid is None and conf.machine_ids:
+                    self.mid, cookie = conf.cookies.new_machine(secure)
+                    out.append(("Set-Cookie", cookie.decode("latin-1")))
+                if conf.track_sessions:
+                    sid = self._session_cookie(state, sid, performer, secure)
+            self.sid = sid
+        except Exception:  # never let recording hurt the app
+            self.leza._count_request_path_error()
+        return self.sid
+
+    def _session_cookie(
+        self,
+        state: dict[str, Any] | None,
+        sid: str | None,
+        performer: Performer | None,
+        secure: bool,
+    ) -> str | None:
+        """Issue, rotate or clear the session cookie; return the request's session id."""
+        cookies = self.conf.cookies
+        if self.logout or (state is not None and state.get("end_session")):
+            if self.cookie_sid is not None:
+                self.set_cookies.append(("Set-Cookie", cookies.clear_session().decode("latin-1")))
+            return sid  # the event carries it: the tracker ends that session
+        if state is not None and state.get("performer") is not None:
+            performer = state["performer"]
+        new = state is not None and state.get("new_session")
+        # A session that timed out (not enforced) is not revived: a new one starts.
+        if performer is not None and (sid is None or new or sid in self.conf.sessions.timed_out):
+            sid, cookie = cookies.new_session(secure)
+            self.set_cookies.append(("Set-Cookie", cookie.decode("latin-1")))
+            if state is None:
+                state = self.environ[REQUEST_KEY] = {}
+            state["session_id"] = sid
+        return sid
+
+    def _resolve_performer(self) -> Performer | None:
+        environ = self.environ
+        if PERFORMER_KEY in environ:
+            return _coerce(environ[PERFORMER_KEY])
+        if self.leza.performer_hook is not None:
+            return self.leza._call_performer_hook(_native_request(environ))
+        return None
 
     # -- what the app calls ---------------------------------------------------
 
@@ -200,7 +417,7 @@ class _Response:
     ) -> Callable[[bytes], object]:
         try:
             self.status = int(status[:3])
-            lower = self.conf[3]
+            lower = self.conf.rid_lower
             self.rid = self.ctx[0]  # (again: an error response replaces the first headers)
             for name, value in headers:
                 if name.lower() == lower:
@@ -211,7 +428,13 @@ class _Response:
                     break
             else:
                 # A new list: never mutate the app's (it may be a shared constant).
-                headers = [*headers, (self.conf[2], self.ctx[0])]
+                headers = [*headers, (self.conf.rid_name, self.ctx[0])]
+            # The performer is known now (authentication ran inside the app):
+            # cookies for a new browser, a new session, a logout.
+            if not self.settled:
+                self.settle(self._resolve_performer())
+            if self.set_cookies:
+                headers = [*headers, *self.set_cookies]
         except Exception:  # a malformed status or header list is the server's to reject
             self.leza._count_request_path_error()
         if exc_info is None:
@@ -311,46 +534,118 @@ class _Response:
         self.recorded = True
         try:
             environ = self.environ
+            environ.pop(REQUEST_STATE_KEY, None)  # environ <-> self: not a cycle to keep
             get = environ.get
             error = self.error
             if error is None:
                 error = get(ERROR_KEY)
-            route = get(ROUTE_KEY)
             if PERFORMER_KEY in environ:
                 performer = _coerce(environ[PERFORMER_KEY])
+            elif self.settled:
+                performer = self.performer
             elif self.leza.performer_hook is not None:
                 performer = self.leza._call_performer_hook(_native_request(environ))
             else:
                 performer = None
-            path = get("SCRIPT_NAME", "") + get("PATH_INFO", "")
-            if not path.isascii():
-                path = _wsgi_text(path)
-            self.conf[4](
-                (  # a raw access record: see request_path.RAW_FIELDS
+            state = get(REQUEST_KEY)
+            if self.settled:
+                sid = self.sid
+            else:  # the app failed before its response started
+                sid = self.cookie_sid if state is None else state.get("session_id")
+            action = reason = None
+            if state is not None and "action" in state:
+                action, reason = state["action"], state.get("reason")
+                performer = state.get("performer") or performer
+            elif self.logout:
+                action, reason = "logout", LOGOUT_REASON
+            self.conf.offer(
+                _raw(
+                    environ,
                     self.ts,
                     (self.end or perf_counter()) - self.start,
                     self.status or 500,  # the app never started a response
                     self.rid,
-                    get("REQUEST_METHOD", "GET"),
-                    path or "/",
-                    get("QUERY_STRING", ""),
-                    get("REMOTE_ADDR") or None,
-                    get("wsgi.url_scheme", "http"),
-                    None if route is None else normalise_route(route),
-                    get("HTTP_USER_AGENT"),
-                    get("HTTP_X_FORWARDED_FOR"),
-                    get("HTTP_FORWARDED"),
-                    get("HTTP_HOST"),
+                    get(ROUTE_KEY),
                     performer,
                     error,
-                    None,
-                    None,
-                    None,  # machine id: not tracked by this adapter yet
-                    None,  # session id: not tracked by this adapter yet
+                    action,
+                    reason,
+                    self.mid,
+                    sid,
                 )
             )
         except Exception:  # never let recording hurt the app
             self.leza._count_request_path_error()
+
+
+def _raw(
+    environ: WSGIEnvironment,
+    ts: float,
+    duration: float,
+    status: int,
+    rid: str,
+    route: str | None,
+    performer: Performer | None,
+    error: str | None,
+    action: str | None,
+    reason: str | None,
+    machine_id: str | None,
+    session_id: str | None,
+) -> tuple[Any, ...]:
+    """A raw access record: see request_path.RAW_FIELDS."""
+    get = environ.get
+    path = get("SCRIPT_NAME", "") + get("PATH_INFO", "")
+    if not path.isascii():
+        path = _wsgi_text(path)
+    return (
+        ts,
+        duration,
+        status,
+        rid,
+        get("REQUEST_METHOD", "GET"),
+        path or "/",
+        get("QUERY_STRING", ""),
+        get("REMOTE_ADDR") or None,
+        get("wsgi.url_scheme", "http"),
+        None if route is None else normalise_route(route),
+        get("HTTP_USER_AGENT"),
+        get("HTTP_X_FORWARDED_FOR"),
+        get("HTTP_FORWARDED"),
+        get("HTTP_HOST"),
+        performer,
+        error,
+        action,
+        reason,
+        machine_id,
+        session_id,
+    )
+
+
+def _is_logout(routes: frozenset[str], environ: WSGIEnvironment) -> bool:
+    """A ``logout_routes`` entry (``/logout`` or ``GET /logout``) names this request.
+
+    Matched against the path the client asked for (``SCRIPT_NAME + PATH_INFO``,
+    as the ASGI adapter's ``scope["path"]``) and the app-relative ``PATH_INFO``,
+    so an entry works whether or not the app is mounted under a prefix.
+    """
+    method = environ.get("REQUEST_METHOD", "GET")
+    inner = environ.get("PATH_INFO", "") or "/"
+    if not inner.isascii():
+        inner = _wsgi_text(inner)
+    outer = environ.get("SCRIPT_NAME", "")
+    if outer and not outer.isascii():
+        outer = _wsgi_text(outer)
+    for path in (inner, outer + inner) if outer else (inner,):
+        if path in routes or f"{method} {path}" in routes:
+            return True
+    return False
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Unknown"
 
 
 def _request_id(environ: WSGIEnvironment, key: str) -> str:

@@ -77,6 +77,7 @@ class CookieJar:
         self.session_cookie = session_cookie
         self._mid_name = (machine_cookie or "").encode("latin-1")
         self._sid_name = session_cookie.encode("latin-1")
+        self.machine_max_age = machine_max_age
         self._machine_tail = f"; Max-Age={machine_max_age}; Path=/; HttpOnly; SameSite=Lax".encode()
         self._memo: dict[bytes, tuple[str | None, str | None, bool]] = {}
         self._machine_key = keyring.subkey(b"machine")
@@ -151,6 +152,12 @@ class CookieJar:
         except IndexError:
             ident, cookie = self._mint()
         return ident, cookie + b"; Secure" if secure else cookie
+
+    def new_machine_value(self) -> tuple[str, str]:
+        """A fresh machine id and the bare cookie value, for frameworks that set
+        cookies themselves (attributes: :attr:`machine_max_age`, HttpOnly, Lax)."""
+        ident, cookie = self.new_machine(False)
+        return ident, cookie.split(b";", 1)[0].partition(b"=")[2].decode("ascii")
 
     def refill(self) -> None:
         """Mint machine ids ahead (recorder thread), as many as were just used."""

@@ -41,8 +41,10 @@ log = logging.getLogger("leza_middleware")
 LOGOUT_REASON = "User has the permission to logout"
 LOGIN_REASON = "User logged in"
 REVOKED_REASON = "session revoked"
-#: Where an adapter finds what the session API asked of the running request.
+#: Where an adapter finds what the session API asked of the running request:
+#: this key of an ASGI scope or WSGI environ, or this attribute of a request object.
 REQUEST_KEY = "leza.session"
+REQUEST_ATTR = "_leza_session"
 
 _BLOCK_REASONS = frozenset({"revoked", "logout"})
 
@@ -60,12 +62,16 @@ class Sessions:
         self.seen_interval_us = int(s.session_seen_interval * 1_000_000)
         self.poll_interval = s.session_poll_interval
         self.enforce_timeouts = s.enforce_session_timeouts
+        self.revocation_memory = max(s.revocation_memory, s.absolute_timeout + 60)
         self._lock = threading.Lock()
         self._reset()
 
     def _reset(self) -> None:
         #: Session ids whose requests are refused (checked on the request path).
         self.blocked: set[str] = set()
+        #: Sessions that timed out without enforcement: a signed-in request that
+        #: still carries one starts a new session instead of reviving it.
+        self.timed_out: set[str] = set()
         self._seen: dict[str, int] = {}  # session id -> last time this process wrote it
         self._polled_at = 0.0
         self._poll_since = 0  # µs: ended sessions already loaded up to here
@@ -146,9 +152,11 @@ class Sessions:
         ]
         self._leza.query._ensure_ready()
         self._leza.storage.write(changes)  # synchronously: revocation must be durable
-        if reason in _BLOCK_REASONS or self.enforce_timeouts:
-            with self._lock:
+        with self._lock:
+            if reason in _BLOCK_REASONS or self.enforce_timeouts:
                 self.blocked.update(session_ids)
+            else:
+                self.timed_out.update(session_ids)
 
     # -- the running request (login / logout) ------------------------------------
 
@@ -181,9 +189,18 @@ class Sessions:
             new_session=True,
         )
 
-    def logout(self, reason: str = LOGOUT_REASON) -> None:
-        """Record the running request as a logout; its session ends."""
-        self._mark(action="logout", reason=reason, end_session=True)
+    def logout(
+        self, reason: str = LOGOUT_REASON, performer: Performer | dict[str, Any] | None = None
+    ) -> None:
+        """Record the running request as a logout; its session ends.
+
+        ``performer``: who logged out, when the request no longer knows (the
+        framework has already signed them out).
+        """
+        changes: dict[str, Any] = {"action": "logout", "reason": reason, "end_session": True}
+        if performer is not None:
+            changes["performer"] = coerce_performer(performer)
+        self._mark(**changes)
 
     def login_failed(self, reason: str = "Login failed", username: str | None = None) -> None:
         """Record the running request as a failed login attempt."""
@@ -262,20 +279,27 @@ class Sessions:
         self._polled_at = now
         storage = self._leza.storage
         self._expire()
-        horizon = _now_us() - int(self.absolute_timeout * 1_000_000) - 60_000_000
+        # How far back ended sessions are loaded (at start, then incrementally):
+        # a revoked session key must stay refused as long as a browser may
+        # still hold it.
+        horizon = _now_us() - int(self.revocation_memory * 1_000_000)
         since = max(self._poll_since, horizon)
         # Ended sessions are only ever added, so "ended since my last look"
         # (with a margin for clocks of other hosts) is all that changes.
         page = storage.query("session", QueryFilter(active=False, ended_since=since, limit=10_000))
         latest = since
         fresh = []
+        stale = []
         for r in page.events:
             if r.end_reason in _BLOCK_REASONS or self.enforce_timeouts:
                 fresh.append(r.id)
+            else:
+                stale.append(r.id)
             latest = max(latest, r.ended_at or latest)
-        if fresh:
+        if fresh or stale:
             with self._lock:
                 self.blocked.update(fresh)
+                self.timed_out.update(stale)
         self._poll_since = max(since, latest - 30_000_000)
 
     def _expire(self) -> None:
@@ -305,10 +329,10 @@ def _request_state(native: Any) -> dict[str, Any] | None:
             state = native[REQUEST_KEY] = {}
         return state
     try:
-        state = getattr(native, "_leza_session", None)
+        state = getattr(native, REQUEST_ATTR, None)
         if state is None:
             state = {}
-            native._leza_session = state
+            setattr(native, REQUEST_ATTR, state)
         return state
     except Exception:
         return None
