@@ -132,3 +132,4 @@ def test_patterns_match_method_and_path() -> None:
     assert perms.required("DELETE", "/admin/x") == "Admin Permission"
     assert perms.required("GET", "/trackingx") is None
     assert perms.required("GET", "/public") is None
+    assert perms.required("HEAD", "/tracking") == "Live Tracking Page Permission"  # GET's view

@@ -66,8 +66,8 @@ def get_leza() -> Leza:
 def leza_options(raw: object = None) -> dict[str, Any]:
     """``settings.LEZA`` as ``Leza(...)`` keyword arguments.
 
-    * ``performer`` and ``revoked_response`` may be dotted paths
-      (``"myapp.identity.performer"``); they are imported.
+    * ``performer``, ``revoked_response`` and ``has_permission`` may be dotted
+      paths (``"myapp.identity.performer"``); they are imported.
     * ``secret_key``, when neither ``LEZA["secret_key"]`` nor ``$LEZA_SECRET_KEY`` is
       set, is derived from Django's ``SECRET_KEY`` (an HMAC, never the key itself),
       so every worker of the site shares it without another secret to manage.
@@ -96,14 +96,15 @@ def _mapping(raw: object) -> Mapping[str, Any]:
     return raw
 
 
-#: Settings that take a callable, or its dotted path; what the callable returns.
+#: Settings that take a callable, or its dotted path; what the callable looks like.
 HOOKS = {
-    "performer": "Performer | dict | None",
-    "revoked_response": "(status, headers, body)",
+    "performer": "callable(request) -> Performer | dict | None",
+    "revoked_response": "callable(request) -> (status, headers, body)",
+    "has_permission": "callable(performer, request, permission) -> bool",
 }
 
 
-def import_hook(name: str, path: str) -> Callable[[Any], Any]:
+def import_hook(name: str, path: str) -> Callable[..., Any]:
     """Import the hook setting ``name`` (one of :data:`HOOKS`) named by a dotted path."""
     from django.utils.module_loading import import_string
 
@@ -112,9 +113,7 @@ def import_hook(name: str, path: str) -> Callable[[Any], Any]:
     except ImportError as exc:
         raise LezaConfigError(f"{name} {path!r} cannot be imported: {exc}") from None
     if not callable(hook):
-        raise LezaConfigError(
-            f"{name} {path!r} is a {type(hook).__name__}, not a callable(request) -> {HOOKS[name]}"
-        )
+        raise LezaConfigError(f"{name} {path!r} is a {type(hook).__name__}, not a {HOOKS[name]}")
     return hook  # type: ignore[no-any-return]
 
 

@@ -26,6 +26,29 @@ Machine identifier and sessions (see docs/django.md, "Sessions"):
 * ``user_logged_in`` / ``user_logged_out`` / ``user_login_failed`` (``signals.py``)
   and ``LEZA["logout_routes"]`` turn a request into a ``login``, ``logout`` or
   ``login_failed`` event.
+
+Endpoint permissions (``LEZA["permissions"]``, see ``permissions.py``) are
+decided in ``process_view``: after every middleware's request phase (so
+``AuthenticationMiddleware`` has set ``request.user``), before the view.
+
+* The endpoint is ``request.method`` with ``request.path_info`` or
+  ``request.path`` (with the ``SCRIPT_NAME`` prefix), matched as
+  ``logout_routes`` are; ``HEAD`` needs what ``GET`` would unless a rule
+  names ``HEAD``. A URL that resolves to no view is never decided (404).
+* The performer: the ``performer=`` hook, else ``request.user`` (loaded now if
+  nothing loaded it yet: the decision needs it).
+* Whether they hold the permission: the ``has_permission`` hook when
+  configured; else the performer's ``permissions`` when the hook gave it some;
+  else ``request.user.has_perm(permission)`` — Django's permissions, named
+  ``"app_label.codename"``, granted to the user or a group (``ahas_perm`` in
+  async mode, so the ORM is only used through ``await``; a ``has_permission``
+  hook runs in a thread there, as synchronous code must).
+* A refusal is a JSON response (``{"detail": reason}``, the decision's status,
+  401 or 403) returned from ``process_view``: the view does not run, the
+  response goes back through the middleware stack as any response, and its
+  event is action ``denied`` with the reason. An allowed request's event
+  (status below 400) carries "User has the permission <P> to access this
+  resource of this application <app>".
 """
 
 from __future__ import annotations
@@ -44,7 +67,9 @@ from django.utils.functional import SimpleLazyObject, empty
 from ..context import _current
 from ..enrich.cache import bounded_put
 from ..ids import new_request_id, parse_incoming_request_id
+from ..integrations.wsgi import endpoint_permission
 from ..performer import Performer, performer_from_user
+from ..permissions import Decision, Permissions
 from ..request_path import normalise_route
 from ..sessions.registry import LOGOUT_REASON, REQUEST_ATTR, REVOKED_REASON
 from .conf import get_leza
@@ -61,6 +86,8 @@ _ERROR_ATTR = "_leza_error"
 # Where leza.sessions.login() / logout() / login_failed() leave what they ask of
 # the running request when it is not a dict (sessions/registry.py, REQUEST_KEY).
 _STATE_ATTR = REQUEST_ATTR
+# Where process_view leaves the reason of the endpoint permission that allowed a request.
+_GRANTED_ATTR = "_leza_permission"
 _SID_MEMO_SIZE = 8192
 _REFUSED_BODY = b'{"detail":"Session revoked: sign in again"}'
 
@@ -83,7 +110,12 @@ class LezaDjangoMiddleware:
         if self.async_mode:
             # Django sees a coroutine function and calls us without adapting.
             markcoroutinefunction(self)
+            # The same for process_view: a synchronous one would cost every
+            # request a hop to a thread (Django adapts it with sync_to_async).
+            self.process_view = self._aprocess_view  # type: ignore[method-assign]
         self.leza: Leza | None = None
+        # Endpoint permissions, decided the Django way (None: no rules).
+        self._permissions: Permissions | None = None
         self._disabled = False
         self._setup_lock = threading.Lock()
 
@@ -119,6 +151,15 @@ class LezaDjangoMiddleware:
                 self._track_sessions = s.sessions
                 self._logout_routes = frozenset(s.logout_routes)
                 self._sids: dict[str, str] = {}  # session key -> its public id (memo)
+                perms = leza.permissions
+                self._permission_hook = perms.has_permission
+                if perms:
+                    self._permissions = Permissions(
+                        perms.rules, perms.app_name, perms.has_permission or _django_has_perm
+                    )
+                    # The decision's texts, when ahas_perm already answered (async).
+                    self._holds = Permissions((), perms.app_name, _yes)
+                    self._lacks = Permissions((), perms.app_name, _no)
                 # Also done by LezaConfig.ready(); here too for projects that list
                 # only the middleware, not the app (idempotent: dispatch_uid).
                 connect_signals()
@@ -213,6 +254,68 @@ class LezaDjangoMiddleware:
         """Note the view's exception class; Django then renders its 500 (or 403/404)."""
         with contextlib.suppress(Exception):
             request.__dict__[_ERROR_ATTR] = type(exception).__name__
+
+    # -- endpoint permissions (before the view) ---------------------------------
+
+    def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> Any:
+        """Decide a protected endpoint: None lets the view run, else the refusal."""
+        permissions = self._permissions
+        if permissions is None:
+            return None
+        needed = endpoint_permission(permissions, request.method, _paths(request))
+        if needed is None:
+            return None
+        try:
+            who = self._deciding_performer(request, getattr(request, "user", None))
+            decision = permissions.decide(needed, who, request)
+        except Exception as exc:  # e.g. has_permission raised: Django answers 500
+            request.__dict__[_ERROR_ATTR] = type(exc).__name__
+            raise
+        return self._permission_outcome(request, decision)
+
+    async def _aprocess_view(
+        self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any
+    ) -> Any:
+        """:meth:`process_view` in async mode (the ORM only through await)."""
+        permissions = self._permissions
+        if permissions is None:
+            return None
+        needed = endpoint_permission(permissions, request.method, _paths(request))
+        if needed is None:
+            return None
+        try:
+            user = await _aload_user(request)
+            who = self._deciding_performer(request, user)
+            if who is None or (self._permission_hook is None and who.permissions):
+                decision = permissions.decide(needed, who, request)  # no I/O
+            elif self._permission_hook is not None:
+                # The app's synchronous hook may query the database.
+                decision = await sync_to_async(permissions.decide)(needed, who, request)
+            else:
+                granted = await _ahas_perm(user, needed)
+                decision = (self._holds if granted else self._lacks).decide(needed, who, request)
+        except Exception as exc:
+            request.__dict__[_ERROR_ATTR] = type(exc).__name__
+            raise
+        return self._permission_outcome(request, decision)
+
+    def _deciding_performer(self, request: Any, user: Any) -> Performer | None:
+        """Who asks: the performer hook's answer, else ``request.user`` (loaded)."""
+        if self._hook is not None:
+            return self._call_hook(request)
+        return None if user is None else performer_from_user(user)
+
+    def _permission_outcome(self, request: Any, decision: Decision) -> Any:
+        """Note an allowed request's reason (None: the view runs); else the refusal."""
+        if decision.allowed:
+            request.__dict__[_GRANTED_ATTR] = decision.reason
+            return None
+        from django.http import JsonResponse
+
+        state = request.__dict__.setdefault(_STATE_ATTR, {})
+        state["action"] = "denied"
+        state["reason"] = decision.reason
+        return JsonResponse({"detail": decision.reason}, status=decision.status)
 
     def _enter(self, request: Any) -> tuple[str, str | None, str | None, str | None]:
         """Request id, machine id, session key and session id, before the view.
@@ -337,6 +440,8 @@ class LezaDjangoMiddleware:
             ended = bool(state.get("end_session"))
         elif self._logout_routes and self._is_logout(request):
             action, reason, ended = "logout", LOGOUT_REASON, True
+        elif response is not None and response.status_code < 400:
+            reason = request.__dict__.get(_GRANTED_ATTR)  # an endpoint permission's
         if ended or not self._track_sessions:
             return action, reason, performer, sid
         if performer is None:
@@ -621,6 +726,59 @@ async def _adelete(store: Any) -> None:
         await adelete()
     else:
         await sync_to_async(store.delete)()
+
+
+def _paths(request: Any) -> tuple[str, ...]:
+    """The app-relative path, then the one with the ``SCRIPT_NAME`` prefix (if any)."""
+    path = request.path_info
+    full = request.path
+    return (path,) if full == path else (path, full)
+
+
+def _django_has_perm(performer: Performer, request: Any, permission: str) -> bool:
+    """Django's default ``has_permission``: the hook's ``permissions``, else ``has_perm``."""
+    if performer.permissions:
+        return permission in performer.permissions
+    has_perm = getattr(getattr(request, "user", None), "has_perm", None)
+    return has_perm is not None and bool(has_perm(permission))
+
+
+async def _ahas_perm(user: Any, permission: str) -> bool:
+    """``user.has_perm(permission)`` in async mode."""
+    ahas_perm = getattr(user, "ahas_perm", None)
+    if ahas_perm is not None:  # Django >= 5.2
+        return bool(await ahas_perm(permission))
+    has_perm = getattr(user, "has_perm", None)
+    return has_perm is not None and bool(await sync_to_async(has_perm)(permission))
+
+
+async def _aload_user(request: Any) -> Any:
+    """``request.user``, loaded through await (Django's lazy object otherwise queries).
+
+    The loaded user replaces the lazy object, so the performer hook, the
+    ``has_permission`` hook and the view can read it without a synchronous
+    query on the event loop.
+    """
+    user: Any = getattr(request, "user", None)
+    if type(user) is SimpleLazyObject and user._wrapped is empty:
+        d = request.__dict__
+        if "_cached_user" in d:
+            user = d["_cached_user"]
+        elif "_acached_user" in d:
+            user = d["_acached_user"]
+        else:
+            auser: Callable[[], Awaitable[Any]] | None = d.get("auser")
+            user = await auser() if auser is not None else await sync_to_async(_unwrap)(user)
+        request.user = user
+    return user
+
+
+def _yes(performer: Performer, request: Any, permission: str) -> bool:
+    return True
+
+
+def _no(performer: Performer, request: Any, permission: str) -> bool:
+    return False
 
 
 def _unwrap(user: Any) -> Any:

@@ -31,6 +31,9 @@ What ``init_app`` does:
   the environ what only Flask knows: the route template (``request.url_rule``),
   an unhandled exception's class, and the performer when the ``after_request``
   hook did not run (an exception Flask re-raises);
+* endpoint permissions (``Leza(permissions=...)``), decided after the app's
+  ``before_request`` hooks, before the view (below); the middleware leaves
+  the decision to Flask (``permissions_in_app``), so it is taken once;
 * Flask-Login, when installed: its ``user_logged_in`` signal records the
   request as a ``login`` (a new session for the browser) and
   ``user_logged_out`` as a ``logout`` (the session ends; the event names the
@@ -52,6 +55,35 @@ The performer, first that applies:
    signed in unless it has an ``is_authenticated`` that says otherwise;
 4. with Flask-Login set up but its user not loaded: the user id its session
    holds, as ``Performer(id=...)``.
+
+Endpoint permissions
+--------------------
+
+A protected endpoint (``REQUEST_METHOD`` with ``PATH_INFO`` or ``SCRIPT_NAME +
+PATH_INFO``, matched as the WSGI middleware matches it) is decided once Flask's
+``preprocess_request`` has run every ``before_request`` hook — the app's and
+its blueprints', whenever they were registered — and returned nothing, so a
+user the app loads there (``g.user``) is known; the view has not run. A hook
+that answers itself (a redirect to the login page, a revoked session) leaves
+nothing to decide. The performer:
+
+1. the ``performer=`` hook, called with ``flask.request``;
+2. Flask-Login's ``current_user``, loaded now if the request did not load it
+   yet (its user loader, request loader or remember-me cookie), when it is
+   authenticated;
+3. ``flask.g.user`` when set (as above).
+
+What it may do: the ``has_permission`` hook when configured, else the
+performer's ``permissions`` — the hook's, or the ``permissions`` attribute
+(a mapping's ``"permissions"`` key) of the Flask-Login user or ``g.user``: a
+collection of permission names, or one name.
+
+A refusal is Flask's response to the request (the app's ``after_request``
+hooks and session handling run as for any response): the decision's status
+(401 or 403) with a JSON body ``{"detail": reason}``, recorded as action
+``denied`` with that reason; a refused request to a logout route does not end
+the session. An allowed request's event (status below 400) carries the
+permission's reason.
 
 Sessions and Flask's signed-cookie session
 ------------------------------------------
@@ -96,9 +128,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import fields
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -118,9 +151,11 @@ from .wsgi import (
     COMPLETE_KEY,
     ERROR_KEY,
     PERFORMER_KEY,
+    PERMISSION_KEY,
     REQUEST_STATE_KEY,
     ROUTE_KEY,
     LezaWSGIMiddleware,
+    required_permission,
 )
 
 if TYPE_CHECKING:
@@ -158,6 +193,7 @@ def init_app(leza: Leza, app: flask.Flask) -> None:
         middleware = LezaWSGIMiddleware(middleware, leza=leza)
         app.wsgi_app = middleware  # type: ignore[method-assign]
     middleware.refusal_headers = _refusal_headers(app)
+    middleware.permissions_in_app = True  # decided in preprocess_request (below)
     app.extensions["leza"] = leza
     # An attribute Flask's type does not declare; a subclass with __slots__ or a
     # read-only property keeps only app.extensions["leza"].
@@ -174,6 +210,7 @@ def init_app(leza: Leza, app: flask.Flask) -> None:
     app.after_request(after)
     _move_first(app.after_request_funcs[None], after)
     app.teardown_request(_teardown(leza))
+    _decide_after_before_request(leza, app)
     _connect_flask_login(leza, app)
 
 
@@ -302,6 +339,55 @@ def _bind(pending: _Response, sid: str | None, performer: Performer | None) -> N
         flask.session[SESSION_BINDING_KEY] = sid
 
 
+def _decide_after_before_request(leza: Leza, app: flask.Flask) -> None:
+    """Decide endpoint permissions when every ``before_request`` hook has run.
+
+    Flask runs ``before_request`` hooks in registration order, app-wide before
+    blueprints', and an app usually registers its user-loading hook after
+    ``init_app``; a hook of ours could not be sure to come last. So the
+    decision follows ``app.preprocess_request`` (what runs all of them, on
+    this app object only): when it returned nothing, the view is next.
+    """
+    preprocess = app.preprocess_request
+
+    def preprocess_request() -> Any:
+        rv = preprocess()
+        if rv is None and leza.permissions:
+            rv = _decide(leza)
+        return rv
+
+    app.preprocess_request = preprocess_request  # type: ignore[method-assign]
+
+
+def _decide(leza: Leza) -> flask.Response | None:
+    """The answer to a request its endpoint's permission refuses, else None."""
+    request = flask.request
+    environ = request.environ
+    permissions = leza.permissions
+    needed = required_permission(permissions, environ)
+    if needed is None:
+        return None
+    # Not guarded: a decision that cannot be taken (a has_permission hook that
+    # raised) fails the request, as Flask fails it for any error before the view.
+    who = _deciding_performer(leza)
+    decision = permissions.decide(needed, who, request)
+    if decision.allowed:
+        environ[PERMISSION_KEY] = decision.reason
+        return None
+    state = environ.get(REQUEST_KEY)
+    if state is None:
+        state = environ[REQUEST_KEY] = {}
+    state.update(action="denied", reason=decision.reason)
+    pending: _Response | None = environ.get(REQUEST_STATE_KEY)
+    if pending is not None:
+        pending.logout = False  # a refused logout route ends nothing
+    return flask.current_app.response_class(
+        json.dumps({"detail": decision.reason}),
+        status=decision.status,
+        mimetype="application/json",
+    )
+
+
 def _teardown(leza: Leza) -> Callable[[BaseException | None], None]:
     def leza_teardown(exc: BaseException | None) -> None:
         try:
@@ -416,6 +502,47 @@ def _performer(leza: Leza) -> Performer | None:
         if user_id is not None and user_id != "":
             return Performer(id=str(user_id))
     return None
+
+
+def _deciding_performer(leza: Leza) -> Performer | None:
+    """Who asks for a protected endpoint, with what they may do (see above).
+
+    Unlike :func:`_performer` (for the log), Flask-Login's user is loaded if
+    the request has not loaded it yet: the decision needs it, and the view of a
+    protected endpoint would load it anyway.
+    """
+    if leza.performer_hook is not None:
+        return leza._call_performer_hook(flask.request)
+    if getattr(flask.current_app, "login_manager", None) is not None:
+        flask_login = importlib.import_module("flask_login")
+        user = flask_login.current_user._get_current_object()
+        performer = performer_from_user(user)
+        if performer is not None:
+            return _with_permissions(performer, user)
+    user = flask.g.get("user")
+    if user is None:
+        return None
+    performer = _from_g_user(user)
+    return None if performer is None else _with_permissions(performer, user)
+
+
+def _with_permissions(performer: Performer, user: Any) -> Performer:
+    """``performer`` with the ``permissions`` its user object (or mapping) lists."""
+    if performer.permissions:
+        return performer
+    try:
+        if isinstance(user, Mapping) or hasattr(user, "keys"):  # dict, sqlite3.Row
+            names = user["permissions"] if "permissions" in user.keys() else None  # noqa: SIM118
+        else:
+            names = getattr(user, "permissions", None)
+    except Exception:  # a property that raised: no permissions
+        return performer
+    if isinstance(names, str):
+        names = (names,)
+    elif not isinstance(names, Collection) or isinstance(names, Mapping | bytes):
+        return performer
+    granted = frozenset(name for name in names if isinstance(name, str))
+    return replace(performer, permissions=granted) if granted else performer
 
 
 def _from_g_user(user: Any) -> Performer | None:

@@ -43,6 +43,11 @@ the environ, read when the record is made (``integrations/flask.py`` does):
   own error response (the middleware never sees it raised);
 * ``leza.body_complete``: true when the body the app returns is already fully
   built in memory (not streamed), so the request can be recorded right away;
+* ``leza.permission``: the reason of an endpoint permission the framework
+  granted (``Permissions.decide``), for the event of an allowed request (the
+  integration answers refusals itself, recording them as ``denied`` through
+  ``leza.session``); with it the integration sets ``permissions_in_app`` on
+  this middleware, which then leaves the decision to it;
 * ``leza.wsgi.request`` (read, not written): this middleware's state of the
   running request. ``settle(performer)`` decides the request's cookies before
   the response starts — for a framework that must know the session id while it
@@ -66,10 +71,32 @@ Machine identifier and sessions (``sessions/``), as the ASGI adapter:
   ``logout_routes`` entry, or ``leza.sessions.logout()``) clears it;
 * ``environ["leza.session"]`` is the state the session API (login, logout,
   login_failed, current_id) reads and writes while the app runs.
+
+Endpoint permissions (``Leza(permissions=...)``, ``permissions.py``), decided
+before the app is called, as the ASGI adapter does:
+
+* the endpoint is ``REQUEST_METHOD`` with ``PATH_INFO`` or ``SCRIPT_NAME +
+  PATH_INFO``, matched like ``logout_routes`` (so a rule works whether or not
+  the app is mounted under a prefix); a ``HEAD`` request needs what ``GET``
+  would, unless a rule names ``HEAD`` itself (WSGI frameworks serve ``HEAD``
+  with the ``GET`` view);
+* the performer must be known before the app runs, so it comes from the
+  ``performer=`` hook (called with a Werkzeug ``Request``), or from
+  ``environ["leza.performer"]`` set by a WSGI layer outside this one. Without
+  either, a protected endpoint answers 401: the middleware fails closed;
+* a refusal is answered here, without the app: the decision's status (401 or
+  403), a JSON body ``{"detail": reason}``, the request id header; recorded as
+  action ``denied`` with that reason. An allowed request's event (status below
+  400) carries "User has the permission <P> to access this resource of this
+  application <app>";
+* inside a Flask app set up with ``leza.init_app`` the decision is Flask's
+  (``integrations/flask.py``: after the app's ``before_request`` hooks loaded
+  its user), and this middleware takes none (``permissions_in_app``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from time import perf_counter, time
@@ -87,6 +114,7 @@ if TYPE_CHECKING:
 
     from ..config import Settings
     from ..leza import Leza
+    from ..permissions import Permissions
     from ..sessions.cookies import CookieJar
     from ..sessions.registry import Sessions
 
@@ -94,6 +122,7 @@ __all__ = [
     "COMPLETE_KEY",
     "ERROR_KEY",
     "PERFORMER_KEY",
+    "PERMISSION_KEY",
     "REQUEST_STATE_KEY",
     "ROUTE_KEY",
     "LezaWSGIMiddleware",
@@ -103,6 +132,8 @@ ROUTE_KEY = "leza.route"
 PERFORMER_KEY = "leza.performer"
 ERROR_KEY = "leza.error"
 COMPLETE_KEY = "leza.body_complete"
+#: The reason of the endpoint permission that allowed the request.
+PERMISSION_KEY = "leza.permission"
 #: This middleware's per-request object, for framework integrations (see above).
 REQUEST_STATE_KEY = "leza.wsgi.request"
 
@@ -121,6 +152,7 @@ class _Conf:
         "logout_routes",
         "machine_ids",
         "offer",
+        "permissions",
         "rid_key",
         "rid_lower",
         "rid_name",
@@ -142,6 +174,8 @@ class _Conf:
         self.machine_ids = bool(settings.machine_cookie)
         self.track_sessions = settings.sessions
         self.logout_routes = frozenset(settings.logout_routes)
+        # None without rules: one identity test per request (rebuilt with the settings)
+        self.permissions: Permissions | None = leza.permissions or None
 
 
 class LezaWSGIMiddleware:
@@ -154,6 +188,9 @@ class LezaWSGIMiddleware:
     #: Extra headers for the answer to a revoked session's request, given the
     #: environ (set by framework integrations; Flask clears its own cookies).
     refusal_headers: RefusalHeaders | None = None
+    #: A framework integration inside the app decides endpoint permissions (set
+    #: by ``leza.init_app`` for Flask), so this middleware takes no decision.
+    permissions_in_app: bool = False
 
     def __init__(self, app: WSGIApplication, leza: Leza | None = None) -> None:
         if leza is None:
@@ -177,6 +214,12 @@ class LezaWSGIMiddleware:
         conf = self._conf
         if conf.settings is not self.leza.settings:
             conf = self._refresh()
+        # Outside the try below: a request that cannot be matched is not served.
+        needed = (
+            required_permission(conf.permissions, environ)
+            if conf.permissions is not None and not self.permissions_in_app
+            else None
+        )
         try:
             rid = _request_id(environ, conf.rid_key)
             header = environ.get("HTTP_COOKIE")
@@ -189,11 +232,18 @@ class LezaWSGIMiddleware:
             logout = bool(conf.logout_routes) and _is_logout(conf.logout_routes, environ)
         except Exception:  # malformed environ: serve the app, record nothing
             self.leza._count_request_path_error()
-            return self.app(environ, start_response)
+            if needed is None:
+                return self.app(environ, start_response)
+            # ... but never a protected endpoint undecided
+            rid, mid, sid, logout = new_request_id(), None, None, False
         if sid is not None:
             if sid in conf.sessions.blocked:
                 return self._refuse(conf, environ, start_response, rid, ts, start, mid, sid)
             environ[REQUEST_KEY] = {"session_id": sid}  # for the session API in the app
+        if needed is not None:
+            refused = self._decide(conf, needed, environ, start_response, rid, ts, start, mid, sid)
+            if refused is not None:
+                return refused
         response = _Response(
             self.leza, conf, environ, start_response, rid, start, ts, mid, sid, logout
         )
@@ -208,6 +258,53 @@ class LezaWSGIMiddleware:
             _current.reset(token)
         return response.wrap(result)
 
+    def _decide(
+        self,
+        conf: _Conf,
+        permission: str,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        rid: str,
+        ts: float,
+        start: float,
+        mid: str | None,
+        sid: str | None,
+    ) -> Iterable[bytes] | None:
+        """Decide a protected endpoint before the app; the refusal's body, or None.
+
+        An allowed request goes on to the app with the decision's reason in
+        ``environ[PERMISSION_KEY]``. When the decision itself fails (a
+        ``has_permission`` hook raised) the app is not called: the request is
+        recorded as a 500 and the exception goes to the server.
+        """
+        who: Performer | None = None
+        try:
+            request = _native_request(environ)
+            if PERFORMER_KEY in environ:  # set by a WSGI layer outside this one
+                who = _coerce(environ[PERFORMER_KEY])
+            else:
+                who = self.leza._call_performer_hook(request)
+            assert conf.permissions is not None
+            decision = conf.permissions.decide(permission, who, request)
+        except BaseException as exc:
+            try:
+                conf.offer(
+                    _raw(environ, ts, perf_counter() - start, 500, rid, None, who,
+                         type(exc).__name__, None, None, mid, sid)
+                )  # fmt: skip
+            except Exception:  # never let recording hurt the app
+                self.leza._count_request_path_error()
+            raise
+        if decision.allowed:
+            environ[PERMISSION_KEY] = decision.reason
+            return None
+        body = json.dumps({"detail": decision.reason}).encode()
+        headers = [("Content-Type", "application/json")]
+        return self._answer(
+            conf, environ, start_response, rid, ts, start, mid, sid,
+            (decision.status, headers, body), who, decision.reason,
+        )  # fmt: skip
+
     def _refuse(
         self,
         conf: _Conf,
@@ -221,26 +318,45 @@ class LezaWSGIMiddleware:
     ) -> Iterable[bytes]:
         """Answer a request of a revoked (or logged-out) session without the app."""
         status, extra, body = self.leza._revoked_response(_native_request(environ))
+        headers = list(extra)  # (_answer drops a Content-Length of its own)
         try:
-            headers = [(k, v) for k, v in extra if k.lower() != "content-length"]
-            headers += [
-                (conf.rid_name, rid),
-                ("Content-Length", str(len(body))),
-                # so the browser can sign in afresh
-                ("Set-Cookie", conf.cookies.clear_session().decode("latin-1")),
-            ]
+            # so the browser can sign in afresh
+            headers.append(("Set-Cookie", conf.cookies.clear_session().decode("latin-1")))
             more = self.refusal_headers
             if more is not None:
-                try:
-                    headers += more(environ)
-                except Exception:
-                    self.leza._count_request_path_error()
+                headers += more(environ)
+        except Exception:
+            self.leza._count_request_path_error()
+        return self._answer(
+            conf, environ, start_response, rid, ts, start, mid, sid,
+            (status, headers, body), None, REVOKED_REASON,
+        )  # fmt: skip
+
+    def _answer(
+        self,
+        conf: _Conf,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        rid: str,
+        ts: float,
+        start: float,
+        mid: str | None,
+        sid: str | None,
+        response: tuple[int, list[tuple[str, str]], bytes],
+        performer: Performer | None,
+        reason: str,
+    ) -> Iterable[bytes]:
+        """Answer without the app (a revoked session, a missing permission): ``denied``."""
+        status, headers, body = response
+        try:
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers += [(conf.rid_name, rid), ("Content-Length", str(len(body)))]
             start_response(_status_line(status), headers)
         finally:
             try:
                 conf.offer(
-                    _raw(environ, ts, perf_counter() - start, status, rid, None, None, None,
-                         "denied", REVOKED_REASON, mid, sid)
+                    _raw(environ, ts, perf_counter() - start, status, rid, None, performer,
+                         None, "denied", reason, mid, sid)
                 )  # fmt: skip
             except Exception:  # never let recording hurt the app
                 self.leza._count_request_path_error()
@@ -558,6 +674,8 @@ class _Response:
                 performer = state.get("performer") or performer
             elif self.logout:
                 action, reason = "logout", LOGOUT_REASON
+            elif PERMISSION_KEY in environ and (self.status or 500) < 400:
+                reason = environ[PERMISSION_KEY]
             self.conf.offer(
                 _raw(
                     environ,
@@ -621,24 +739,62 @@ def _raw(
     )
 
 
-def _is_logout(routes: frozenset[str], environ: WSGIEnvironment) -> bool:
-    """A ``logout_routes`` entry (``/logout`` or ``GET /logout``) names this request.
+def _paths(environ: WSGIEnvironment) -> tuple[str, ...]:
+    """The request's path, app-relative (``PATH_INFO``), then with its mount prefix.
 
-    Matched against the path the client asked for (``SCRIPT_NAME + PATH_INFO``,
-    as the ASGI adapter's ``scope["path"]``) and the app-relative ``PATH_INFO``,
-    so an entry works whether or not the app is mounted under a prefix.
+    The prefixed form (``SCRIPT_NAME + PATH_INFO``) is what the client asked
+    for, as the ASGI adapter's ``scope["path"]``; it is left out when the app
+    is not mounted under a prefix. Both are read back as the UTF-8 text the
+    client sent (PEP 3333 hands over latin-1).
     """
-    method = environ.get("REQUEST_METHOD", "GET")
     inner = environ.get("PATH_INFO", "") or "/"
     if not inner.isascii():
         inner = _wsgi_text(inner)
     outer = environ.get("SCRIPT_NAME", "")
-    if outer and not outer.isascii():
+    if not outer:
+        return (inner,)
+    if not outer.isascii():
         outer = _wsgi_text(outer)
-    for path in (inner, outer + inner) if outer else (inner,):
-        if path in routes or f"{method} {path}" in routes:
-            return True
-    return False
+    return inner, outer + inner
+
+
+def _is_logout(routes: frozenset[str], environ: WSGIEnvironment) -> bool:
+    """A ``logout_routes`` entry (``/logout`` or ``GET /logout``) names this request.
+
+    Matched against the app-relative path and the path the client asked for
+    (:func:`_paths`), so an entry works whether or not the app is mounted
+    under a prefix.
+    """
+    method = environ.get("REQUEST_METHOD", "GET")
+    return any(path in routes or f"{method} {path}" in routes for path in _paths(environ))
+
+
+def required_permission(permissions: Permissions, environ: WSGIEnvironment) -> str | None:
+    """The permission a WSGI request's endpoint needs, or None.
+
+    Matched like ``logout_routes``: the app-relative path first, then the path
+    with its mount prefix (:func:`_paths`). See :func:`endpoint_permission`.
+    """
+    return endpoint_permission(permissions, environ.get("REQUEST_METHOD", "GET"), _paths(environ))
+
+
+def endpoint_permission(
+    permissions: Permissions, method: str, paths: tuple[str, ...]
+) -> str | None:
+    """The permission the first of ``paths`` that is protected needs, or None.
+
+    A ``HEAD`` request needs what a ``GET`` of the same path would, unless a
+    rule names ``HEAD`` itself: Werkzeug, Flask and Django answer ``HEAD``
+    with the ``GET`` view, so a ``GET`` rule must not be side-stepped by it.
+    """
+    required = permissions.required
+    for path in paths:
+        needed = required(method, path)
+        if needed is None and method == "HEAD":
+            needed = required("GET", path)
+        if needed is not None:
+            return needed
+    return None
 
 
 def _status_line(status: int) -> str:

@@ -15,3 +15,8 @@ def from_user(request: Any) -> dict[str, str] | None:
     if not user.is_authenticated:
         return None
     return {"id": f"user-{user.pk}", "name": user.get_username(), "role_name": "hooked"}
+
+
+def can_view_reports(performer: Any, request: Any, permission: str) -> bool:
+    """A ``has_permission`` hook by dotted path: only users named in the header."""
+    return bool(request.headers.get("X-Allowed") == performer.name)

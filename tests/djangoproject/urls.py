@@ -23,5 +23,7 @@ urlpatterns = [
     path("alogin/", views.async_login),
     path("alogout/", views.async_logout),
     path("ame/", views.async_me),
+    path("reports/<int:n>/", views.report),
+    path("areports/<int:n>/", views.async_report),
     re_path(r"^archive/(?P<year>[0-9]{4})/$", views.archive),
 ]

@@ -19,6 +19,8 @@ from leza_middleware import current_request_id
 
 # What the async view saw, for the test to compare with its own loop and task.
 seen: dict[str, Any] = {}
+# Paths of the views behind endpoint permissions that ran (tests/test_permissions_django.py).
+ran: list[str] = []
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -145,3 +147,16 @@ def revoked_page(request: HttpRequest) -> tuple[int, list[tuple[str, str]], byte
     """``LEZA["revoked_response"]``: what a revoked session gets instead of the view."""
     assert isinstance(request, HttpRequest)
     return 401, [("content-type", "text/plain"), ("x-why", "revoked")], b"please sign in again"
+
+
+# -- endpoint permissions (tests/test_permissions_django.py) -------------------------
+
+
+def report(request: HttpRequest, n: int) -> HttpResponse:
+    ran.append(request.path)
+    return HttpResponse(f"report {n}")
+
+
+async def async_report(request: HttpRequest, n: int) -> HttpResponse:
+    ran.append(request.path)
+    return HttpResponse(f"report {n}")
