@@ -196,6 +196,10 @@ class LezaMiddleware:
     ) -> str | None:
         """Issue, rotate or clear the session cookie; return the request's session id."""
         state = scope.get(REQUEST_KEY)
+        if state is not None and state.get("bound"):
+            # The framework's own session carries it (integrations/starlette.py).
+            bound: str | None = state.get("session_id")
+            return bound
         if logout or (state is not None and state.get("end_session")):
             if sid is not None:
                 out.append((b"set-cookie", self._cookies.clear_session()))
