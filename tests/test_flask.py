@@ -421,6 +421,7 @@ def test_example_app(tmp_path: Path, city_db: Path, monkeypatch: pytest.MonkeyPa
     )
     try:
         client = app.test_client()
+        client.environ_base["HTTP_ACCEPT"] = "text/html"  # a browser: it gets a machine id
         assert client.get("/items/42", headers={"X-Demo-User": "alice"}).status_code == 200
         assert client.get("/admin").status_code == 403
         assert client.get("/admin", headers={"X-Demo-User": "root"}).status_code == 200
@@ -436,6 +437,7 @@ def test_example_app(tmp_path: Path, city_db: Path, monkeypatch: pytest.MonkeyPa
         assert recent[0]["app"] == "flask-example"
         # a browser session: login, a request, the session list, logout
         client = app.test_client()  # a new browser
+        client.environ_base["HTTP_ACCEPT"] = "text/html"
         active = {s["_id"] for s in client.get("/leza/sessions").json}  # the header's users
         assert client.post("/login/alice").status_code == 302
         assert client.get("/items/7").status_code == 200

@@ -34,6 +34,8 @@ CHROME = (
     "(KHTML, like Gecko) Chrome/91.0.4472.124 Safari/537.36"
 )
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
+# What a browser asks for when it opens a page (API clients ask for JSON or */*).
+PAGE = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 # DESIGN.md's session record, plus what a session list needs besides.
 SEED_KEYS = {
     "_id", "browser", "os", "device", "bot", "ip", "geoLocationInfoOfIp",
@@ -95,7 +97,7 @@ def browser(leza: Leza) -> Iterator[Callable[..., TestClient]]:
 
     def open_browser(ip: str = FRANKFURT_IP, ua: str = CHROME, **kwargs: Any) -> TestClient:
         client = TestClient(app, client=("127.0.0.1", 50000), **kwargs)
-        client.headers.update({"user-agent": ua, "x-forwarded-for": ip})
+        client.headers.update({"user-agent": ua, "x-forwarded-for": ip, "accept": PAGE})
         clients.append(client)
         return client
 
@@ -138,6 +140,14 @@ def test_machine_cookie_issued_on_first_visit_then_reused(
     assert events[0]["machine_identifier"] not in cookie.split(";")[0].split(".")[1]
 
 
+def test_api_clients_get_no_machine_cookie(leza: Leza, browser: Callable[..., TestClient]) -> None:
+    # No cookies kept, no page asked for: a new machine id per call would be noise.
+    api = browser()
+    api.headers["accept"] = "application/json"
+    assert "leza_mid" not in set_cookies(api.get("/items/1"))
+    assert access_events(leza)[0]["machine_identifier"] is None
+
+
 def test_forged_machine_cookie_is_ignored_replaced_and_counted(
     leza: Leza, browser: Callable[..., TestClient]
 ) -> None:
@@ -159,10 +169,10 @@ def test_machine_cookie_secure_over_https_and_can_be_disabled(
     make_leza: Any, tmp_path: Path
 ) -> None:
     with TestClient(make_app(make_leza()), base_url="https://testserver") as client:
-        assert "Secure" in set_cookies(client.get("/items/1"))["leza_mid"]
+        assert "Secure" in set_cookies(client.get("/items/1", headers={"accept": PAGE}))["leza_mid"]
     off = make_leza(machine_cookie=False, storage=f"sqlite:///{tmp_path / 'off.db'}")
     with TestClient(make_app(off)) as client:
-        assert "leza_mid" not in set_cookies(client.get("/items/1"))
+        assert "leza_mid" not in set_cookies(client.get("/items/1", headers={"accept": PAGE}))
     assert access_events(off)[0]["machine_identifier"] is None
 
 

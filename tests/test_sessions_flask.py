@@ -131,9 +131,13 @@ def browser(leza: Leza) -> Callable[..., FlaskClient]:
     return open_browser
 
 
+PAGE = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
 def client_for(app: Flask, ip: str = FRANKFURT_IP, ua: str = CHROME) -> FlaskClient:
     client = app.test_client()
-    client.environ_base.update(HTTP_USER_AGENT=ua, HTTP_X_FORWARDED_FOR=ip)
+    # a browser opening pages: it gets a machine id (API clients don't)
+    client.environ_base.update(HTTP_USER_AGENT=ua, HTTP_X_FORWARDED_FOR=ip, HTTP_ACCEPT=PAGE)
     return client
 
 
@@ -545,7 +549,8 @@ def test_responses_not_touching_the_session_are_not_changed(leza: Leza) -> None:
         return "added"
 
     client = app.test_client()
-    client.get("/")
+    client.environ_base["HTTP_ACCEPT"] = PAGE
+    client.get("/")  # a browser's first visit: it gets its machine id
     response = client.get("/")
     assert "Vary" not in response.headers
     assert set_cookies(response) == {}
@@ -665,7 +670,7 @@ def test_explicit_login_and_logout_calls(make_leza: Any) -> None:
 def test_sessions_disabled(make_leza: Any) -> None:
     leza = make_leza(sessions=False)
     client = login_app(leza).test_client()
-    login = client.post("/login/alice")
+    login = client.post("/login/alice", headers={"Accept": PAGE})
     assert "leza_sid" not in set_cookies(login)
     assert "leza_mid" in set_cookies(login)
     assert SESSION_BINDING_KEY not in flask_session(client)

@@ -559,7 +559,11 @@ class Browser:
 
     def __init__(self, app: Any, **extra: Any) -> None:
         self.app = app
-        self.extra = extra
+        # a browser opening pages: it gets a machine id (API clients don't)
+        self.extra = {
+            "HTTP_ACCEPT": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+            **extra,
+        }
         self.cookies: dict[str, str] = {}
 
     def get(self, path: str = "/", **extra: Any) -> Served:
@@ -614,7 +618,10 @@ def test_machine_cookie_issued_once_secure_on_https_and_forgeries_replaced(
     assert "; SameSite=Lax" in issued
     assert "Secure" not in issued
     assert browser.get("/2").header("Set-Cookie") == []
-    secure = serve(LezaWSGIMiddleware(hello, leza=leza), "/3", **{"wsgi.url_scheme": "https"})
+    secure = serve(
+        LezaWSGIMiddleware(hello, leza=leza), "/3", HTTP_ACCEPT="text/html",
+        **{"wsgi.url_scheme": "https"},
+    )  # fmt: skip
     assert "; Secure" in secure.header("Set-Cookie")[0]
     ident, _, sig = browser.cookies["leza_mid"].partition(".")
     browser.cookies["leza_mid"] = f"{ident}x.{sig}"
@@ -754,7 +761,7 @@ def test_cookies_survive_an_error_response_replacing_the_first(make_leza: Any) -
             start_response("500 Internal Server Error", [], sys.exc_info())
         return [b"sorry"]
 
-    served = serve(LezaWSGIMiddleware(app, leza=leza), HTTP_X_USER="ann")
+    served = serve(LezaWSGIMiddleware(app, leza=leza), HTTP_X_USER="ann", HTTP_ACCEPT="text/html")
     assert served.status.startswith("500")
     assert sorted(set_cookie_names(served)) == ["leza_mid", "leza_sid"]
     [event] = access(leza)

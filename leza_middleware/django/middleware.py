@@ -67,7 +67,7 @@ from django.utils.functional import SimpleLazyObject, empty
 from ..context import _current
 from ..enrich.cache import bounded_put
 from ..ids import new_request_id, parse_incoming_request_id
-from ..integrations.wsgi import endpoint_permission
+from ..integrations.wsgi import endpoint_permission, is_browser
 from ..performer import Performer, performer_from_user
 from ..permissions import Decision, Permissions
 from ..request_path import normalise_route
@@ -396,7 +396,7 @@ class LezaDjangoMiddleware:
                     # Only a 5xx is the exception's doing: PermissionDenied (403),
                     # Http404 and SuspiciousOperation (400) are ordinary outcomes.
                     error = request.__dict__.get(_ERROR_ATTR)
-                if mid is None and self._machine_cookie:
+                if mid is None and self._machine_cookie and is_browser(request.META):
                     mid = self._set_machine_cookie(request, response)
             record = self._raw(
                 request, ts, end - start, status, rid, performer, error, action, reason, mid, sid

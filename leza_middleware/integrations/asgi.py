@@ -68,6 +68,9 @@ class LezaMiddleware:
             headers, rid = self._headers_and_request_id(scope)
             cookie = headers.get(b"cookie") if type(headers) is dict else _cookie_header(headers)
             mid, sid, _ = self._cookies.read(cookie) if cookie else (None, None, False)
+            # A browser (it keeps cookies, or asks for a page) gets a machine id;
+            # API clients and load generators are not handed a new one per call.
+            browser = cookie is not None or _accepts_html(headers)
         except Exception:  # malformed scope: serve the app, record nothing
             self.leza._count_request_path_error()
             await self.app(scope, receive, send)
@@ -129,7 +132,7 @@ class LezaMiddleware:
                 else:
                     performer = self._hook_performer(scope)
                 resolved = True
-                if mid is None and self._machine_ids:
+                if mid is None and browser and self._machine_ids:
                     mid, set_mid = self._cookies.new_machine(scope.get("scheme") == "https")
                     out.append((b"set-cookie", set_mid))
                 if self._track_sessions and (
@@ -477,6 +480,13 @@ class LezaMiddleware:
         from starlette.requests import HTTPConnection
 
         return self.leza._call_performer_hook(HTTPConnection(scope))
+
+
+def _accepts_html(headers: Any) -> bool:
+    if type(headers) is dict:
+        accept = headers.get(b"accept")
+        return accept is not None and b"text/html" in accept
+    return any(k == b"accept" and b"text/html" in v for k, v in headers)
 
 
 def _cookie_header(headers: Any) -> bytes | None:

@@ -483,7 +483,7 @@ class _Response:
                 if self.cookie_sid is not None:
                     out.append(("Set-Cookie", conf.cookies.clear_session().decode("latin-1")))
             else:
-                if self.mid is None and conf.machine_ids:
+                if self.mid is None and conf.machine_ids and is_browser(environ):
                     self.mid, cookie = conf.cookies.new_machine(secure)
                     out.append(("Set-Cookie", cookie.decode("latin-1")))
                 if conf.track_sessions:
@@ -802,6 +802,15 @@ def _status_line(status: int) -> str:
         return f"{status} {HTTPStatus(status).phrase}"
     except ValueError:
         return f"{status} Unknown"
+
+
+def is_browser(meta: Any) -> bool:
+    """Keeps cookies, or asks for a page: a browser, which gets a machine id.
+
+    API clients and load generators send neither, and are not handed a new
+    machine id per call. ``meta``: a WSGI environ or Django's ``request.META``.
+    """
+    return "HTTP_COOKIE" in meta or "text/html" in meta.get("HTTP_ACCEPT", "")
 
 
 def _request_id(environ: WSGIEnvironment, key: str) -> str:
