@@ -146,6 +146,7 @@ def start_server(
         LEZA_STORAGE=f"sqlite:///{db}",
         LEZA_GEOIP_DB=geoip_db(),
         LEZA_SPILL_DIR=str(work / "spill"),
+        LEZA_SECRET_KEY="bench-secret-key-0123456789",
         PYTHONPATH=str(work),
     )
     pin = ["taskset", "-c", str(cpu)] if cpu >= 0 else []

@@ -331,45 +331,62 @@ def _access_rows(events: Sequence[Any], refs: Refs, known: KnownKeys) -> list[tu
 
 _N_ACCESS = len(_ACCESS_COLS)
 _N_DEVICE = len(_DEVICE_FIELDS)
-_GEO_AT = _N_ACCESS + _N_DEVICE
-_PERF_AT = _GEO_AT + len(_GEO_FIELDS)
 
 
-@functools.cache
-def _access_select() -> Select[Any]:
-    a, d, g, p = access_table, device_table, geo_table, performer_table
+def _select_with_refs(table: Table, columns: Sequence[str]) -> Select[Any]:
+    """SELECT ``columns`` of ``table`` with its device, geo and performer joined in.
+
+    Row layout: the table's columns, then the device's, the geo's, and the
+    performer's JSON (see :func:`_refs_from_row`).
+    """
+    d, g, p = device_table, geo_table, performer_table
     return (
         select(
-            *(a.c[n] for n in _ACCESS_COLS),
+            *(table.c[n] for n in columns),
             *(d.c[n] for n in _DEVICE_FIELDS),
             *(g.c[n] for n in _GEO_FIELDS),
             p.c.json,
         )
-        .select_from(a)
-        .outerjoin(d, d.c.key == a.c.device_key)
-        .outerjoin(g, g.c.key == a.c.geo_key)
-        .outerjoin(p, p.c.key == a.c.performer_key)
+        .select_from(table)
+        .outerjoin(d, d.c.key == table.c.device_key)
+        .outerjoin(g, g.c.key == table.c.geo_key)
+        .outerjoin(p, p.c.key == table.c.performer_key)
     )
 
 
-def _access_from_row(r: Sequence[Any], cache: dict[Any, Any]) -> AccessEvent:
-    # ``cache`` (one per query) shares the device, geo and performer objects of a page.
+def _refs_from_row(
+    r: Sequence[Any], at: int, cache: dict[Any, Any]
+) -> tuple[Device | None, Geo | None, Performer | None]:
+    """The device, geo and performer of a :func:`_select_with_refs` row whose own
+    columns end at ``at``. ``cache`` (one per query) shares them across a page."""
     device = geo = performer = None
-    dkey = r[_N_ACCESS]
+    geo_at = at + _N_DEVICE
+    perf_at = geo_at + len(_GEO_FIELDS)
+    dkey = r[at]
     if dkey is not None:
         device = cache.get(("d", dkey))
         if device is None:
-            device = cache["d", dkey] = Device(*r[_N_ACCESS:_GEO_AT])
-    gkey = r[_GEO_AT]
+            device = cache["d", dkey] = Device(*r[at:geo_at])
+    gkey = r[geo_at]
     if gkey is not None:
         geo = cache.get(("g", gkey))
         if geo is None:
-            geo = cache["g", gkey] = Geo(*r[_GEO_AT:_PERF_AT])
-    pjson = r[_PERF_AT]
+            geo = cache["g", gkey] = Geo(*r[geo_at:perf_at])
+    pjson = r[perf_at]
     if pjson is not None:
         performer = cache.get(pjson)
         if performer is None:
             performer = cache[pjson] = Performer.from_dict(json.loads(pjson))
+    return device, geo, performer
+
+
+@functools.cache
+def _access_select() -> Select[Any]:
+    return _select_with_refs(access_table, _ACCESS_COLS)
+
+
+def _access_from_row(r: Sequence[Any], cache: dict[Any, Any]) -> AccessEvent:
+    device, geo, performer = _refs_from_row(r, _N_ACCESS, cache)
     row = tuple(r[:_N_ACCESS])
     if type(row[12]) is not bool:  # SQLite hands booleans back as 0/1
         row = (*row[:12], bool(row[12]), *row[13:])
@@ -472,48 +489,26 @@ _N_SESSION = len(_SESSION_COLS)
 
 
 def _session_from_row(r: Sequence[Any], cache: dict[Any, Any]) -> SessionRecord:
-    fields_ = dict(zip(_SESSION_COLS, r[:_N_SESSION], strict=True))
-    device = geo = performer = None
-    if r[_N_SESSION] is not None:
-        device = Device(*r[_N_SESSION : _N_SESSION + _N_DEVICE])
-    g0 = _N_SESSION + _N_DEVICE
-    if r[g0] is not None:
-        geo = Geo(*r[g0 : g0 + len(_GEO_FIELDS)])
-    pjson = r[g0 + len(_GEO_FIELDS)]
-    if pjson is not None:
-        performer = cache.get(pjson)
-        if performer is None:
-            performer = cache[pjson] = Performer.from_dict(json.loads(pjson))
+    f = dict(zip(_SESSION_COLS, r[:_N_SESSION], strict=True))
+    device, geo, performer = _refs_from_row(r, _N_SESSION, cache)
     return SessionRecord(
-        id=fields_["id"],
-        app=fields_["app"],
-        session_start=fields_["session_start"],
-        last_seen=fields_["last_seen"],
-        ip=fields_["ip"] or "",
-        machine_id=fields_["machine_id"],
+        id=f["id"],
+        app=f["app"],
+        session_start=f["session_start"],
+        last_seen=f["last_seen"],
+        ip=f["ip"] or "",
+        machine_id=f["machine_id"],
         performer=performer,
         device=device,
         geo=geo,
-        ended_at=fields_["ended_at"],
-        end_reason=fields_["end_reason"],
+        ended_at=f["ended_at"],
+        end_reason=f["end_reason"],
     )
 
 
 @functools.cache
 def _session_select() -> Select[Any]:
-    s, d, g, p = session_table, device_table, geo_table, performer_table
-    return (
-        select(
-            *(s.c[n] for n in _SESSION_COLS),
-            *(d.c[n] for n in _DEVICE_FIELDS),
-            *(g.c[n] for n in _GEO_FIELDS),
-            p.c.json,
-        )
-        .select_from(s)
-        .outerjoin(d, d.c.key == s.c.device_key)
-        .outerjoin(g, g.c.key == s.c.geo_key)
-        .outerjoin(p, p.c.key == s.c.performer_key)
-    )
+    return _select_with_refs(session_table, _SESSION_COLS)
 
 
 # --------------------------------------------------------------------------- storage
