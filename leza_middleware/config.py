@@ -104,6 +104,8 @@ class Settings:
     enforce_session_timeouts: bool = False
     logout_routes: tuple[str, ...] = ()
     revoked_response: Callable[[Any], tuple[int, list[tuple[str, str]], bytes]] | None = None
+    # Audit: field names whose values are masked (on top of audit/diff.py's defaults).
+    audit_mask: tuple[str, ...] = ()
     # Endpoint permissions (permissions.py): {permission: ["GET /path/*", ...]}.
     permissions: tuple[Any, ...] = ()  # compiled rules
     has_permission: Callable[[Any, Any, str], bool] | None = None
@@ -239,6 +241,8 @@ class Settings:
                         "'/logout' or 'POST /logout'"
                     )
             out["logout_routes"] = routes
+        if "audit_mask" in raw:
+            out["audit_mask"] = _str_list(label["audit_mask"], raw["audit_mask"])
         if "permissions" in raw:
             from .permissions import parse_rules
 

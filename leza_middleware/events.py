@@ -25,6 +25,7 @@ __all__ = [
     "ACCESS_FIELDS",
     "PRIORITY_ACTIONS",
     "AccessEvent",
+    "AuditEvent",
     "Device",
     "Event",
     "Geo",
@@ -642,7 +643,166 @@ class SessionRecord:
         return out
 
 
-EVENT_TYPES: dict[str, type[Event]] = {"access": AccessEvent, "session": SessionEvent}
+class AuditEvent(Event):
+    """Who changed what: one change of one entity, a link of a tamper-evident chain.
+
+    ``chain``/``seq``/``prev_hash``/``hash`` are set by the recorder thread of
+    the process that writes it (``audit/chain.py``): each process writes its own
+    chain, numbered from 1, each row keyed-hashing the previous row's hash and
+    its own canonical content.
+    """
+
+    __slots__ = (
+        "action",
+        "actor",
+        "after",
+        "app",
+        "before",
+        "chain",
+        "client_ip",
+        "diff",
+        "entity_id",
+        "entity_type",
+        "hash",
+        "id",
+        "prev_hash",
+        "reason",
+        "request_id",
+        "seq",
+        "ts",
+    )
+    kind: ClassVar[str] = "audit"
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        ts: int,
+        action: str,
+        entity_type: str,
+        entity_id: str,
+        actor: Performer | None = None,
+        before: Mapping[str, Any] | None = None,
+        after: Mapping[str, Any] | None = None,
+        diff: Mapping[str, Any] | None = None,
+        reason: str | None = None,
+        request_id: str | None = None,
+        client_ip: str | None = None,
+        app: str = "app",
+        chain: str = "",
+        seq: int = 0,
+        prev_hash: str = "",
+        hash: str = "",
+    ) -> None:
+        self.id = id
+        self.ts = ts
+        self.action = action
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.actor = actor
+        self.before = None if before is None else dict(before)
+        self.after = None if after is None else dict(after)
+        self.diff = {} if diff is None else dict(diff)
+        self.reason = reason
+        self.request_id = request_id
+        self.client_ip = client_ip
+        self.app = app
+        self.chain = chain
+        self.seq = seq
+        self.prev_hash = prev_hash
+        self.hash = hash
+
+    @property
+    def priority(self) -> bool:
+        return True  # an audit row is never dropped for lack of memory: a gap breaks the chain
+
+    @property
+    def actor_id(self) -> str | None:
+        return None if self.actor is None else self.actor.id
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AuditEvent):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"AuditEvent({self.action} {self.entity_type}:{self.entity_id} #{self.seq})"
+
+    def content(self) -> dict[str, Any]:
+        """What the chain hash covers: everything but the hash itself."""
+        return {
+            "id": self.id,
+            "ts": self.ts,
+            "app": self.app,
+            "chain": self.chain,
+            "seq": self.seq,
+            "action": self.action,
+            "entity_type": self.entity_type,
+            "entity_id": self.entity_id,
+            "actor": None if self.actor is None else self.actor.to_dict(),
+            "before": self.before,
+            "after": self.after,
+            "diff": self.diff,
+            "reason": self.reason,
+            "request_id": self.request_id,
+            "client_ip": self.client_ip,
+            "prev_hash": self.prev_hash,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "_id": self.id,
+            "kind": "audit",
+            "timestamp": iso_from_us(self.ts),
+            "action": self.action,
+            "entity_type": self.entity_type,
+            "entity_id": self.entity_id,
+            "actor": None if self.actor is None else self.actor.to_dict(),
+            "performer": None if self.actor is None else self.actor.to_dict(),
+            "before": self.before,
+            "after": self.after,
+            "diff": self.diff,
+            "reason": self.reason,
+            "request_id": self.request_id,
+            "ip": self.client_ip,
+            "app": self.app,
+            "chain": self.chain,
+            "seq": self.seq,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuditEvent:
+        actor = data.get("actor")
+        return cls(
+            id=data["_id"],
+            ts=us_from_iso(data["timestamp"]),
+            action=data["action"],
+            entity_type=data["entity_type"],
+            entity_id=data["entity_id"],
+            actor=Performer.from_dict(actor) if actor else None,
+            before=data.get("before"),
+            after=data.get("after"),
+            diff=data.get("diff"),
+            reason=data.get("reason"),
+            request_id=data.get("request_id"),
+            client_ip=data.get("ip"),
+            app=data.get("app", "app"),
+            chain=data.get("chain", ""),
+            seq=int(data.get("seq") or 0),
+            prev_hash=data.get("prev_hash", ""),
+            hash=data.get("hash", ""),
+        )
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    "access": AccessEvent,
+    "audit": AuditEvent,
+    "session": SessionEvent,
+}
 
 
 def event_from_dict(data: Mapping[str, Any]) -> Event:

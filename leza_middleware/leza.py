@@ -8,13 +8,14 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .audit.api import Audit
 from .config import Settings
 from .enrich.access import AccessEnricher
 from .enrich.clientip import ProxyTrust
 from .enrich.geo import GeoResolver
 from .enrich.useragent import UserAgentParser
 from .errors import LezaConfigError
-from .events import Event
+from .events import AuditEvent, Event
 from .performer import Performer, coerce_performer
 from .permissions import Permissions
 from .query import Query
@@ -112,6 +113,7 @@ class Leza:
         )
         self.cookies.refill()  # machine ids ready before the first request
         self.sessions = Sessions(self)
+        self.audit = Audit(self)
         self.permissions = Permissions(
             settings.permissions, settings.app_name, settings.has_permission
         )
@@ -124,7 +126,7 @@ class Leza:
             priority=self._priority,
             derive=self.sessions.changes_for if settings.sessions else None,
             tick=self._tick,
-            on_fork=(self.sessions.after_fork, self.cookies.after_fork),
+            on_fork=(self.sessions.after_fork, self.cookies.after_fork, self.audit.after_fork),
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
             queue_size=settings.queue_size,
@@ -138,6 +140,9 @@ class Leza:
     def _prepare(self, item: Any) -> Event:
         if type(item) is tuple:  # a raw access record from an adapter
             return self.enricher(item)
+        if isinstance(item, AuditEvent):
+            self.audit.link([item])  # chained in the order it is written
+            return item
         if isinstance(item, Event):
             return item
         raise TypeError(f"cannot record {type(item).__name__}")
@@ -160,6 +165,7 @@ class Leza:
         raws = [item for item in items if type(item) is tuple]
         if len(raws) == len(items):
             return list(self.enricher.batch(items)) if items else []
+        # Audit rows are chained here, on the recorder thread, in queue order.
         enriched = iter(self.enricher.batch(raws) if raws else ())
         return [next(enriched) if type(item) is tuple else self._prepare(item) for item in items]
 

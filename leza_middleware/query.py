@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
@@ -87,6 +87,26 @@ class Query:
                 ) from exc
             self._ready = True
 
+    @staticmethod
+    def _filter(
+        since: TimeLike,
+        until: TimeLike,
+        action: str | None,
+        performer_id: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> QueryFilter:
+        if not 1 <= int(limit) <= MAX_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+        return QueryFilter(
+            since=to_us(since),
+            until=to_us(until, end=True),
+            action=action or None,
+            performer_id=performer_id or None,
+            limit=int(limit),
+            cursor=parse_cursor(cursor),
+        )
+
     def page(
         self,
         kind: str,
@@ -98,19 +118,32 @@ class Query:
         limit: int = 100,
         cursor: str | None = None,
     ) -> QueryPage:
-        if not 1 <= int(limit) <= MAX_LIMIT:
-            raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
-        flt = QueryFilter(
-            since=to_us(since),
-            until=to_us(until, end=True),
-            action=action or None,
-            performer_id=performer_id or None,
-            limit=int(limit),
-            cursor=parse_cursor(cursor),
-        )
+        flt = self._filter(since, until, action, performer_id, limit, cursor)
         self._ensure_ready()
         page = self._storage.query(kind, flt)
         return QueryPage([e.to_dict() for e in page.events], format_cursor(page.next_cursor))
+
+    def audit(
+        self,
+        since: TimeLike = None,
+        until: TimeLike = None,
+        action: str | None = None,
+        actor_id: str | None = None,
+        entity_type: str | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        performer_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Audit records across every entity type, newest first."""
+        flt = self._filter(since, until, action, actor_id or performer_id, limit, cursor)
+        self._ensure_ready()
+        flt = replace(
+            flt,
+            entity_type=entity_type or None,
+            entity_id=None if entity_id is None else str(entity_id),
+        )
+        return [e.to_dict() for e in self._storage.query("audit", flt).events]
 
     def access(
         self,

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import abc
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..events import Event, SessionEvent, SessionRecord
+from ..events import AuditEvent, Event, SessionEvent, SessionRecord
 
-__all__ = ["Page", "QueryFilter", "Storage", "fold_session", "select_sessions"]
+__all__ = [
+    "Page",
+    "QueryFilter",
+    "Storage",
+    "audit_matches",
+    "checkpoints_of",
+    "fold_session",
+    "select_sessions",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +33,9 @@ class QueryFilter:
     # Keyset cursor: the (ts, id) of the last row of the previous page; the next
     # page holds rows strictly older than it. Never an OFFSET.
     cursor: tuple[int, str] | None = None
+    # Audit only.
+    entity_type: str | None = None
+    entity_id: str | None = None
     # Sessions only ("session" kind: ts is the session start).
     session_id: str | None = None
     active: bool | None = None  # True: not ended; False: ended
@@ -77,6 +88,14 @@ class Storage(abc.ABC):
     def query(self, kind: str, flt: QueryFilter) -> Page:
         """Events of one kind matching ``flt``, newest first."""
 
+    def iter_audit(self) -> Iterator[AuditEvent]:
+        """Every audit row, ordered by chain, then seq (for verification)."""
+        raise NotImplementedError(f"{type(self).__name__} does not store audit rows")
+
+    def audit_checkpoints(self) -> list[dict[str, Any]]:
+        """``{"chain", "seq", "hash", "ts"}`` of the last row written to each chain."""
+        raise NotImplementedError(f"{type(self).__name__} does not store audit rows")
+
     def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
         """Delete events of ``kind`` older than ``before`` (µs); return how many."""
         raise NotImplementedError(f"{type(self).__name__} does not support purge")
@@ -124,3 +143,20 @@ def select_sessions(records: Iterable[SessionRecord], flt: QueryFilter) -> Page:
         return Page(top, None)
     del top[flt.limit :]
     return Page(top, (top[-1].ts, top[-1].id))
+
+
+def checkpoints_of(events: Iterable[Event]) -> dict[str, dict[str, Any]]:
+    """The highest link of each chain among ``events`` (audit rows)."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if isinstance(e, AuditEvent) and e.chain:
+            cp = out.get(e.chain)
+            if cp is None or e.seq > cp["seq"]:
+                out[e.chain] = {"chain": e.chain, "seq": e.seq, "hash": e.hash, "ts": e.ts}
+    return out
+
+
+def audit_matches(e: AuditEvent, flt: QueryFilter) -> bool:
+    return (flt.entity_type is None or e.entity_type == flt.entity_type) and (
+        flt.entity_id is None or e.entity_id == flt.entity_id
+    )

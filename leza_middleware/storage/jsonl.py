@@ -17,11 +17,20 @@ import re
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import LezaConfigError
-from ..events import Event, SessionEvent, SessionRecord, event_from_dict
-from .base import Page, QueryFilter, Storage, fold_session, select_sessions
+from ..events import AuditEvent, Event, SessionEvent, SessionRecord, event_from_dict
+from .base import (
+    Page,
+    QueryFilter,
+    Storage,
+    audit_matches,
+    checkpoints_of,
+    fold_session,
+    select_sessions,
+)
 from .memory import select_page
 
 __all__ = ["JSONLStorage"]
@@ -107,6 +116,9 @@ class JSONLStorage(Storage):
                 groups.setdefault(e.kind, []).append(e)
             for kind, group in groups.items():
                 self._append(kind, group)
+            marks = checkpoints_of(events)
+            if marks:
+                self._save_checkpoints(marks)
 
     def _append(self, kind: str, group: list[Event]) -> None:
         path = self.path(kind)
@@ -165,6 +177,11 @@ class JSONLStorage(Storage):
     def query(self, kind: str, flt: QueryFilter) -> Page:
         self.path(kind)  # validates the kind
         with self._lock:  # no half-appended last line
+            if kind == "audit" and (flt.entity_type is not None or flt.entity_id is not None):
+                return select_page(
+                    (e for e in self._unique(kind) if audit_matches(e, flt)),  # type: ignore[arg-type]
+                    flt,
+                )
             if kind == "session":
                 # The file holds session changes; fold them into records (O(n)).
                 records: dict[str, SessionRecord] = {}
@@ -173,6 +190,33 @@ class JSONLStorage(Storage):
                         fold_session(records, change)
                 return select_sessions(records.values(), flt)
             return select_page(self._unique(kind), flt)
+
+    def iter_audit(self) -> Iterator[AuditEvent]:
+        with self._lock:
+            rows = [e for e in self._unique("audit") if isinstance(e, AuditEvent)]
+        return iter(sorted(rows, key=lambda e: (e.chain, e.seq)))
+
+    def audit_checkpoints(self) -> list[dict[str, Any]]:
+        try:
+            with open(self._checkpoint_path(), encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return []
+        return [dict(cp) for cp in data.values()]
+
+    def _checkpoint_path(self) -> str:
+        return os.path.join(self.directory, "audit_checkpoints.json")
+
+    def _save_checkpoints(self, marks: dict[str, dict[str, Any]]) -> None:
+        """Merge and rewrite the checkpoint file atomically (caller holds the lock)."""
+        known = {cp["chain"]: cp for cp in self.audit_checkpoints()}
+        for chain, cp in marks.items():
+            if cp["seq"] > known.get(chain, {"seq": 0})["seq"]:
+                known[chain] = cp
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".checkpoints.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(known, f)
+        os.replace(tmp, self._checkpoint_path())
 
     def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
         """Drop events older than ``before`` by rewriting the file (``batch_size`` is

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
+from typing import Any
 
-from ..events import Event, SessionEvent, SessionRecord
-from .base import Page, QueryFilter, Storage, fold_session, select_sessions
+from ..events import AuditEvent, Event, SessionEvent, SessionRecord
+from .base import (
+    Page,
+    QueryFilter,
+    Storage,
+    audit_matches,
+    checkpoints_of,
+    fold_session,
+    select_sessions,
+)
 
 __all__ = ["MemoryStorage", "select_page"]
 
@@ -63,6 +72,7 @@ class MemoryStorage(Storage):
         self._lock = threading.Lock()
         self._kinds: dict[str, dict[str, Event]] = {}
         self._sessions: dict[str, SessionRecord] = {}
+        self._checkpoints: dict[str, dict[str, Any]] = {}
 
     def write(self, events: Sequence[Event]) -> None:
         with self._lock:
@@ -76,6 +86,9 @@ class MemoryStorage(Storage):
                     by_id = kinds[e.kind] = {}
                 if e.id not in by_id:
                     by_id[e.id] = e
+            for chain, cp in checkpoints_of(events).items():
+                if cp["seq"] > self._checkpoints.get(chain, {"seq": 0})["seq"]:
+                    self._checkpoints[chain] = cp
 
     def query(self, kind: str, flt: QueryFilter) -> Page:
         with self._lock:
@@ -84,7 +97,18 @@ class MemoryStorage(Storage):
                     [replace(r) for r in self._sessions.values()], flt
                 )  # copies: callers may keep them
             snapshot = list(self._kinds.get(kind, {}).values())
+        if kind == "audit" and (flt.entity_type is not None or flt.entity_id is not None):
+            snapshot = [e for e in snapshot if audit_matches(e, flt)]  # type: ignore[arg-type]
         return select_page(snapshot, flt)
+
+    def iter_audit(self) -> Iterator[AuditEvent]:
+        with self._lock:
+            rows = [e for e in self._kinds.get("audit", {}).values() if isinstance(e, AuditEvent)]
+        return iter(sorted(rows, key=lambda e: (e.chain, e.seq)))
+
+    def audit_checkpoints(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(cp) for cp in self._checkpoints.values()]
 
     def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
         with self._lock:
@@ -105,6 +129,7 @@ class MemoryStorage(Storage):
         with self._lock:
             self._kinds.clear()
             self._sessions.clear()
+            self._checkpoints.clear()
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()

@@ -26,12 +26,16 @@ from sqlmodel import Field, SQLModel
 
 __all__ = [
     "AccessRow",
+    "AuditCheckpointRow",
+    "AuditRow",
     "DeviceRow",
     "GeoRow",
     "LezaModel",
     "PerformerRow",
     "SessionRow",
     "access_table",
+    "audit_checkpoint_table",
+    "audit_table",
     "device_table",
     "geo_table",
     "metadata",
@@ -170,6 +174,48 @@ class SessionRow(LezaModel, table=True):
     geo_key: str | None = None  # -> leza_geo.key
 
 
+class AuditRow(LezaModel, table=True):
+    """One audit record: a link of its writer's tamper-evident chain."""
+
+    __tablename__ = "leza_audit"
+    __table_args__: Any = (
+        Index("ix_leza_audit_ts_id", "ts", "id"),
+        Index("ix_leza_audit_entity", "entity_type", "entity_id", "ts"),
+        Index("ix_leza_audit_actor_ts", "actor_id", "ts"),
+        Index("ix_leza_audit_chain_seq", "chain", "seq", unique=True),
+    )
+
+    id: str = Field(primary_key=True)
+    ts: int = Field(sa_column=Column(BigInteger, nullable=False))
+    app: str
+    chain: str
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    action: str
+    entity_type: str
+    entity_id: str
+    actor_id: str | None = None
+    actor_json: str | None = Field(default=None, sa_column=Column("actor", Text, nullable=True))
+    before_json: str | None = Field(default=None, sa_column=Column("before", Text, nullable=True))
+    after_json: str | None = Field(default=None, sa_column=Column("after", Text, nullable=True))
+    diff_json: str = Field(sa_column=Column("diff", Text, nullable=False))
+    reason: str | None = Field(default=None, sa_type=Text)
+    request_id: str | None = None
+    client_ip: str | None = None
+    prev_hash: str
+    hash: str
+
+
+class AuditCheckpointRow(LezaModel, table=True):
+    """The last link written to each chain (truncation is measured against it)."""
+
+    __tablename__ = "leza_audit_checkpoint"
+
+    chain: str = Field(primary_key=True)
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    hash: str
+    ts: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 def _table(model: type[SQLModel]) -> Table:
     table = model.__table__  # type: ignore[attr-defined]
     assert isinstance(table, Table)
@@ -181,3 +227,5 @@ device_table = _table(DeviceRow)
 geo_table = _table(GeoRow)
 performer_table = _table(PerformerRow)
 session_table = _table(SessionRow)
+audit_table = _table(AuditRow)
+audit_checkpoint_table = _table(AuditCheckpointRow)

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from itertools import chain
 from operator import attrgetter, itemgetter
@@ -42,6 +42,7 @@ from ..errors import LezaConfigError
 from ..events import (
     ACCESS_FIELDS,
     AccessEvent,
+    AuditEvent,
     Device,
     Event,
     Geo,
@@ -52,9 +53,11 @@ from ..events import (
     performer_key,
 )
 from ..performer import Performer
-from .base import Page, QueryFilter, Storage
+from .base import Page, QueryFilter, Storage, checkpoints_of
 from .models import (
     access_table,
+    audit_checkpoint_table,
+    audit_table,
     device_table,
     geo_table,
     metadata,
@@ -511,6 +514,54 @@ def _session_select() -> Select[Any]:
     return _select_with_refs(session_table, _SESSION_COLS)
 
 
+# --------------------------------------------------------------------------- audit
+
+_AUDIT_COLS = (
+    "id", "ts", "app", "chain", "seq", "action", "entity_type", "entity_id", "actor_id",
+    "actor", "before", "after", "diff", "reason", "request_id", "client_ip", "prev_hash", "hash",
+)  # fmt: skip
+if set(_AUDIT_COLS) != set(audit_table.c.keys()):  # pragma: no cover - drift
+    raise RuntimeError("leza_audit columns do not match the row codec")
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _audit_row(e: AuditEvent) -> tuple[Any, ...]:
+    actor = e.actor
+    return (
+        e.id, e.ts, e.app, e.chain, e.seq, e.action, e.entity_type, e.entity_id,
+        None if actor is None else actor.id, None if actor is None else actor.to_json(),
+        _dump(e.before), _dump(e.after), _dump(e.diff) or "{}", e.reason, e.request_id,
+        e.client_ip, e.prev_hash, e.hash,
+    )  # fmt: skip
+
+
+def _audit_from_row(r: Sequence[Any]) -> AuditEvent:
+    f = dict(zip(_AUDIT_COLS, r, strict=True))
+    actor = f["actor"]
+    return AuditEvent(
+        id=f["id"],
+        ts=f["ts"],
+        app=f["app"],
+        chain=f["chain"],
+        seq=f["seq"],
+        action=f["action"],
+        entity_type=f["entity_type"],
+        entity_id=f["entity_id"],
+        actor=None if actor is None else Performer.from_dict(json.loads(actor)),
+        before=None if f["before"] is None else json.loads(f["before"]),
+        after=None if f["after"] is None else json.loads(f["after"]),
+        diff=json.loads(f["diff"]),
+        reason=f["reason"],
+        request_id=f["request_id"],
+        client_ip=f["client_ip"],
+        prev_hash=f["prev_hash"],
+        hash=f["hash"],
+    )
+
+
 # --------------------------------------------------------------------------- storage
 
 
@@ -563,6 +614,8 @@ class SQLStorage(Storage):
         self._insert_performer = self._insert_sql(performer_table, _PERFORMER_COLS)
         self._insert_kind: dict[tuple[str, int], str] = {}
         self._upsert_session = self._session_upsert_sql()
+        self._insert_audit = self._insert_sql(audit_table, _AUDIT_COLS)
+        self._upsert_checkpoint = self._checkpoint_upsert_sql()
         # Rows per INSERT: within every driver's parameter limit (SQLite >= 3.32:
         # 32766, older 999; PostgreSQL 65535) for the widest table.
         widest = max(len(spec.columns) for spec in KINDS.values())
@@ -604,6 +657,20 @@ class SQLStorage(Storage):
         return (
             f"INSERT INTO {quote.format_table(session_table)} ({cols}) VALUES ({marks}) "
             f"ON CONFLICT ({quote.quote('id')}) DO UPDATE SET {sets}"
+        )
+
+    def _checkpoint_upsert_sql(self) -> str:
+        quote = self.engine.dialect.identifier_preparer
+        cols = ("chain", "seq", "hash", "ts")
+        table = quote.format_table(audit_checkpoint_table)
+        return (
+            f"INSERT INTO {table} ({', '.join(quote.quote(c) for c in cols)}) "
+            f"VALUES ({', '.join([self._mark] * len(cols))}) "
+            f"ON CONFLICT ({quote.quote('chain')}) DO UPDATE SET "
+            f"{quote.quote('seq')} = excluded.{quote.quote('seq')}, "
+            f"{quote.quote('hash')} = excluded.{quote.quote('hash')}, "
+            f"{quote.quote('ts')} = excluded.{quote.quote('ts')} "
+            f"WHERE excluded.{quote.quote('seq')} > {table}.{quote.quote('seq')}"
         )
 
     def insert_statement(self, kind: str, rows: int = 1) -> str:
@@ -697,10 +764,14 @@ class SQLStorage(Storage):
             self.setup()
         groups: dict[str, list[Event]] = {}
         changes: list[SessionEvent] = []
+        audits: list[AuditEvent] = []
         for e in events:
             kind = e.kind
             if kind == "session":
                 changes.append(e)  # type: ignore[arg-type]
+                continue
+            if kind == "audit":
+                audits.append(e)  # type: ignore[arg-type]
                 continue
             group = groups.get(kind)
             if group is None:
@@ -729,6 +800,15 @@ class SQLStorage(Storage):
                         # One statement per change, in order: several changes of
                         # one session in a batch each merge into the row.
                         cur.executemany(self._upsert_session, session_rows)
+                    if audits:
+                        # The rows and their chains' checkpoints in one transaction:
+                        # a checkpoint never runs ahead of the rows it vouches for.
+                        cur.executemany(self._insert_audit, [_audit_row(e) for e in audits])
+                        cur.executemany(
+                            self._upsert_checkpoint,
+                            [(c["chain"], c["seq"], c["hash"], c["ts"])
+                             for c in checkpoints_of(audits).values()],
+                        )  # fmt: skip
                 finally:
                     cur.close()
                 raw.commit()
@@ -770,6 +850,8 @@ class SQLStorage(Storage):
     def query(self, kind: str, flt: QueryFilter) -> Page:
         if kind == "session":
             return self._query_sessions(flt)
+        if kind == "audit":
+            return self._query_audit(flt)
         spec = KINDS.get(kind)
         if spec is None:
             raise ValueError(f"SQLStorage has no table for event kind {kind!r}")
@@ -803,6 +885,71 @@ class SQLStorage(Storage):
         events = [spec.from_row(r, cache) for r in rows[: flt.limit]]
         last = events[-1] if more else None
         return Page(events, None if last is None else (last.ts, last.id))
+
+    def _read(self, stmt: Any) -> list[Any]:
+        if self._read_lock is not None:
+            with self._read_lock, self.engine.connect() as conn:
+                return list(conn.execute(stmt).all())
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt).all())
+
+    def _query_audit(self, flt: QueryFilter) -> Page:
+        if not self._ready:
+            self.setup()
+        t = audit_table
+        ts, id_ = t.c.ts, t.c.id
+        conds: list[Any] = []
+        if flt.entity_type is not None:
+            conds.append(t.c.entity_type == flt.entity_type)
+        if flt.entity_id is not None:
+            conds.append(t.c.entity_id == flt.entity_id)
+        if flt.performer_id is not None:
+            conds.append(t.c.actor_id == flt.performer_id)
+        if flt.action is not None:
+            conds.append(t.c.action == flt.action)
+        if flt.since is not None:
+            conds.append(ts >= flt.since)
+        if flt.until is not None:
+            conds.append(ts <= flt.until)
+        if flt.cursor is not None:
+            cts, cid = flt.cursor
+            conds.append(ts <= cts)
+            conds.append(or_(ts < cts, and_(ts == cts, id_ < cid)))
+        stmt = (
+            select(*(t.c[n] for n in _AUDIT_COLS))
+            .where(*conds)
+            .order_by(ts.desc(), id_.desc())
+            .limit(flt.limit + 1)
+        )
+        rows = self._read(stmt)
+        events = [_audit_from_row(r) for r in rows[: flt.limit]]
+        last = events[-1] if len(rows) > flt.limit else None
+        return Page(events, None if last is None else (last.ts, last.id))
+
+    def iter_audit(self) -> Iterator[AuditEvent]:
+        """Every audit row by chain and seq, read in keyset pages (constant memory)."""
+        if not self._ready:
+            self.setup()
+        t = audit_table
+        after: tuple[str, int] | None = None
+        while True:
+            stmt = select(*(t.c[n] for n in _AUDIT_COLS)).order_by(t.c.chain, t.c.seq).limit(2000)
+            if after is not None:
+                chain, seq = after
+                stmt = stmt.where(or_(t.c.chain > chain, and_(t.c.chain == chain, t.c.seq > seq)))
+            rows = self._read(stmt)
+            for r in rows:
+                yield _audit_from_row(r)
+            if len(rows) < 2000:
+                return
+            after = (rows[-1][3], rows[-1][4])
+
+    def audit_checkpoints(self) -> list[dict[str, Any]]:
+        if not self._ready:
+            self.setup()
+        t = audit_checkpoint_table
+        rows = self._read(select(t.c.chain, t.c.seq, t.c.hash, t.c.ts).order_by(t.c.chain))
+        return [{"chain": c, "seq": q, "hash": h, "ts": ts} for c, q, h, ts in rows]
 
     def _query_sessions(self, flt: QueryFilter) -> Page:
         if not self._ready:

@@ -1,0 +1,196 @@
+"""``leza.audit``: record who changed what, read an entity's history, verify the chain."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..context import current_native, current_request_id
+from ..events import AuditEvent
+from ..ids import new_event_id
+from ..performer import Performer, coerce_performer, performer_from_user
+from ..storage.base import QueryFilter
+from .chain import Chain
+from .diff import DEFAULT_MASKED, diff, mask
+from .verify import VerifyResult, verify_chains
+
+if TYPE_CHECKING:
+    from ..leza import Leza
+
+__all__ = ["Audit"]
+
+log = logging.getLogger("leza_middleware")
+
+
+class Audit:
+    def __init__(self, leza: Leza) -> None:
+        self._leza = leza
+        self.key = leza.keyring.subkey(b"audit")
+        self.chain = Chain(self.key)
+        extra = {k.lower().replace("-", "").replace("_", "") for k in leza.settings.audit_mask}
+        self.masked = DEFAULT_MASKED | frozenset(extra)
+
+    def after_fork(self) -> None:
+        self.chain.after_fork()
+
+    # -- writing ------------------------------------------------------------------
+
+    def record(
+        self,
+        *,
+        action: str,
+        entity_type: str,
+        entity_id: Any,
+        before: Mapping[str, Any] | None = None,
+        after: Mapping[str, Any] | None = None,
+        actor: Performer | Mapping[str, Any] | None = None,
+        reason: str | None = None,
+        diff_: Mapping[str, Any] | None = None,
+    ) -> AuditEvent:
+        """Record one change of one entity; returns the (queued) event.
+
+        ``actor`` defaults to the performer of the running request; the request
+        id and client IP are taken from it too. ``before``/``after`` are the
+        entity's states (either may be None: a create, a delete); sensitive
+        fields are masked and the field-level diff is computed from them.
+        ``diff_`` adds changes no state shows (many-to-many links, bulk updates).
+        """
+        if not action or not entity_type:
+            raise ValueError("an audit record needs an action and an entity_type")
+        who = coerce_performer(actor) if actor is not None else self.current_performer()
+        masked_before = mask(before, self.masked)
+        masked_after = mask(after, self.masked)
+        changes = diff(masked_before, masked_after)
+        if diff_:
+            changes.update({str(k): v for k, v in diff_.items()})
+        now = time.time_ns() // 1000
+        event = AuditEvent(
+            id=new_event_id(now),
+            ts=now,
+            action=str(action),
+            entity_type=str(entity_type),
+            entity_id=str(entity_id),
+            actor=who,
+            before=masked_before,
+            after=masked_after,
+            diff=changes,
+            reason=reason,
+            request_id=current_request_id(),
+            client_ip=self.current_client_ip(),
+            app=self._leza.settings.app_name,
+        )
+        self._leza.record(event)
+        return event
+
+    def watch(self, target: Any, models: Iterable[Any] | None = None) -> Any:
+        """Record every ORM change made through a SQLAlchemy / SQLModel session,
+        session factory or engine (``audit/sqlalchemy.py``)."""
+        from .sqlalchemy import watch
+
+        return watch(self, target, models)
+
+    def link(self, events: Iterable[AuditEvent]) -> None:
+        """Chain audit events in the order they are written (recorder thread)."""
+        self.chain.link(list(events))
+
+    # -- reading ------------------------------------------------------------------
+
+    def history(
+        self, entity_type: str, entity_id: Any, limit: int = 10_000
+    ) -> list[dict[str, Any]]:
+        """Every change of one entity, oldest first."""
+        flt = QueryFilter(entity_type=str(entity_type), entity_id=str(entity_id), limit=limit)
+        self._leza.query._ensure_ready()
+        page = self._leza.storage.query("audit", flt)
+        return [e.to_dict() for e in reversed(page.events)]
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """The last (seq, hash) of every chain: keep a copy elsewhere to prove no tail
+        was cut later (pass it back to :meth:`verify`)."""
+        self._leza.query._ensure_ready()
+        return self._leza.storage.audit_checkpoints()
+
+    def verify(self, checkpoints: Iterable[Mapping[str, Any]] | None = None) -> VerifyResult:
+        """Check every chain; truthy when intact, else ``.reason`` names the first break."""
+        storage = self._leza.storage
+        self._leza.query._ensure_ready()
+        stored = storage.audit_checkpoints()
+        marks = list(stored) + list(checkpoints or ())
+        return verify_chains(storage.iter_audit(), marks, self.key)
+
+    # -- the running request -------------------------------------------------------
+
+    def current_performer(self) -> Performer | None:
+        """Who is making the running request (None outside one, or anonymous)."""
+        native = current_native()
+        if native is None:
+            return None
+        leza = self._leza
+        try:
+            if isinstance(native, dict):
+                if native.get("type") in ("http", "websocket"):  # an ASGI scope
+                    state = native.get("leza.session") or {}
+                    if state.get("performer") is not None:
+                        return state["performer"]  # type: ignore[no-any-return]
+                    if leza.performer_hook is not None:
+                        from starlette.requests import HTTPConnection
+
+                        return leza._call_performer_hook(HTTPConnection(native))
+                    user = native.get("user")
+                    return None if user is None else performer_from_user(user)
+                found = native.get("leza.performer")  # a WSGI environ (Flask sets it)
+                if found is not None:
+                    return coerce_performer(found)
+                if leza.performer_hook is not None:
+                    return leza._call_performer_hook(native)
+                return _flask_performer()
+            if leza.performer_hook is not None:
+                return leza._call_performer_hook(native)
+            return performer_from_user(getattr(native, "user", None))  # Django
+        except Exception:
+            log.debug("leza: no performer for an audit record", exc_info=True)
+            return None
+
+    def current_client_ip(self) -> str | None:
+        native = current_native()
+        if native is None:
+            return None
+        try:
+            if isinstance(native, dict) and native.get("type") in ("http", "websocket"):
+                headers = dict(native.get("headers") or ())
+                client = native.get("client")
+                peer = client[0] if client else None
+                xff, fwd = headers.get(b"x-forwarded-for"), headers.get(b"forwarded")
+                xff = None if xff is None else xff.decode("latin-1")
+                fwd = None if fwd is None else fwd.decode("latin-1")
+            else:
+                meta = native if isinstance(native, dict) else native.META
+                peer = meta.get("REMOTE_ADDR")
+                xff, fwd = meta.get("HTTP_X_FORWARDED_FOR"), meta.get("HTTP_FORWARDED")
+            return self._leza.proxies.resolve(peer, xff, fwd).client_ip or None
+        except Exception:
+            return None
+
+
+def _flask_performer() -> Performer | None:
+    try:
+        from flask import g, has_request_context
+    except ImportError:
+        return None
+    if not has_request_context():
+        return None
+    user = getattr(g, "user", None)
+    if user is None:
+        try:
+            from flask_login import current_user  # type: ignore[import-untyped]
+
+            user = current_user
+        except ImportError:
+            return None
+    return (
+        coerce_performer(user)
+        if isinstance(user, (Performer, Mapping))
+        else performer_from_user(user)
+    )

@@ -1,0 +1,58 @@
+"""Field-level diffs and masking of sensitive fields."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["DEFAULT_MASKED", "FILTERED", "diff", "mask"]
+
+FILTERED = "[Filtered]"
+#: Field names (case-insensitive, "-" and "_" ignored) whose values are never stored.
+DEFAULT_MASKED = frozenset(
+    {"password", "passwordhash", "secret", "token", "apikey", "accesstoken", "refreshtoken",
+     "privatekey", "otp", "pin", "ssn", "creditcard", "cvv"}
+)  # fmt: skip
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def masked(name: str, keys: frozenset[str]) -> bool:
+    n = _norm(name)
+    return n in keys or any(n.endswith(k) for k in ("password", "secret", "token", "apikey"))
+
+
+def mask(state: Mapping[str, Any] | None, keys: frozenset[str]) -> dict[str, Any] | None:
+    """A JSON-ready copy of ``state`` with sensitive values replaced."""
+    if state is None:
+        return None
+    return {k: FILTERED if masked(str(k), keys) else _plain(v) for k, v in state.items()}
+
+
+def diff(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """``{field: {"before": old, "after": new}}`` for every field that changed."""
+    old = before or {}
+    new = after or {}
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(set(old) | set(new), key=str):
+        a, b = old.get(name), new.get(name)
+        if a != b:
+            out[str(name)] = {"before": a, "after": b}
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly: containers kept, sets sorted, everything else as str."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted((_plain(v) for v in value), key=str)
+    if isinstance(value, Iterable) and not isinstance(value, (bytes, bytearray)):
+        return [_plain(v) for v in value]
+    return str(value)

@@ -1,0 +1,129 @@
+"""Check the audit chains: every row intact, in order, none missing, no tail cut."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..events import AuditEvent
+from .chain import row_hash
+
+__all__ = ["VerifyResult", "verify_chains"]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Truthy when every chain is intact; else ``reason`` names the first broken link."""
+
+    ok: bool
+    reason: str
+    chains: int = 0
+    rows: int = 0
+    chain: str | None = None  # where it broke
+    seq: int | None = None
+    problem: str | None = None  # "edited", "deleted", "reordered", "truncated"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def _broken(problem: str, chain: str, seq: int, why: str, chains: int, rows: int) -> VerifyResult:
+    return VerifyResult(False, f"chain {chain} row {seq}: {why}", chains, rows, chain, seq, problem)
+
+
+def verify_chains(
+    rows: Iterable[AuditEvent],
+    checkpoints: Iterable[Mapping[str, Any]],
+    key: bytes,
+) -> VerifyResult:
+    """Verify ``rows`` (ordered by chain, then seq) against ``checkpoints``.
+
+    A checkpoint is ``{"chain", "seq", "hash"}``: the last link its writer
+    stored. Checkpoints exported earlier and kept elsewhere can be passed too;
+    then a tail cut together with the stored checkpoint is found as well.
+    """
+    marks: dict[str, tuple[int, str]] = {}
+    for cp in checkpoints:
+        chain, seq, digest = str(cp["chain"]), int(cp["seq"]), str(cp["hash"])
+        if seq > marks.get(chain, (0, ""))[0]:
+            marks[chain] = (seq, digest)
+    last: dict[str, tuple[int, str]] = {}
+    chains = rows_seen = 0
+    current: str | None = None
+    expected_seq = 1
+    prev = ""
+    for e in rows:
+        rows_seen += 1
+        if e.chain != current:
+            if current is not None:
+                last[current] = (expected_seq - 1, prev)
+            current, expected_seq, prev = e.chain, 1, ""
+            chains += 1
+        if e.seq != expected_seq:
+            if e.seq > expected_seq:
+                return _broken(
+                    "deleted",
+                    e.chain,
+                    expected_seq,
+                    f"missing (the chain jumps to row {e.seq}): a row was deleted",
+                    chains,
+                    rows_seen,
+                )
+            return _broken(
+                "reordered",
+                e.chain,
+                e.seq,
+                f"out of order (expected row {expected_seq})",
+                chains,
+                rows_seen,
+            )
+        if not hmac.compare_digest(row_hash(key, e), e.hash):
+            return _broken(
+                "edited",
+                e.chain,
+                e.seq,
+                "its content does not match its hash: the row was edited",
+                chains,
+                rows_seen,
+            )
+        if e.prev_hash != prev:
+            return _broken(
+                "reordered",
+                e.chain,
+                e.seq,
+                "it does not follow the row before it: rows were moved or replaced",
+                chains,
+                rows_seen,
+            )
+        mark = marks.get(e.chain)
+        if mark is not None and mark[0] == e.seq and not hmac.compare_digest(mark[1], e.hash):
+            return _broken(
+                "edited",
+                e.chain,
+                e.seq,
+                "it differs from the checkpoint taken when it was written",
+                chains,
+                rows_seen,
+            )
+        prev = e.hash
+        expected_seq += 1
+    if current is not None:
+        last[current] = (expected_seq - 1, prev)
+    for chain, (seq, _hash) in marks.items():
+        have_seq = last.get(chain, (0, ""))[0]
+        if have_seq < seq:
+            return _broken(
+                "truncated",
+                chain,
+                have_seq + 1,
+                f"missing: the checkpoint says the chain reached row {seq}, "
+                f"the log ends at row {have_seq} (the tail was cut)",
+                chains,
+                rows_seen,
+            )
+    return VerifyResult(
+        True, f"OK: {rows_seen} rows in {chains} chains verified", chains, rows_seen
+    )
