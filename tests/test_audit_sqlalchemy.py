@@ -155,9 +155,15 @@ def test_bulk_update_and_delete_statements(world: tuple[Leza, Any, TestClient]) 
     assert statement["rows"] == 1
     assert "dispatcher" in statement["criteria"]
     assert statement["values"] == {"name": "ops"}
+    assert statement["ids"] == ["1"]  # read just before the statement ran
+    # ... so the bulk change is part of that role's own history, in order
+    assert history(leza, "role", 1)[-1]["action"] == "bulk_update"
+    assert all(e["action"] != "bulk_update" for e in history(leza, "role", 2))
     [gone] = history(leza, "permission", "*")
     assert gone["action"] == "bulk_delete"
     assert gone["diff"]["statement"]["rows"] == 1
+    assert gone["diff"]["statement"]["ids"] == ["3"]
+    assert history(leza, "permission", 3)[-1]["action"] == "bulk_delete"
 
 
 def test_delete_keeps_the_last_state_and_unwatched_models_are_silent(
@@ -192,7 +198,9 @@ def test_engine_level_bulk_statements(make_leza: Any, tmp_path: Path) -> None:
         "criteria": "(all rows)",
         "rows": 2,
         "values": {"text": "x"},
+        "ids": ["1", "2"],
     }
+    assert [e["action"] for e in leza.audit.history("note", 2)] == ["bulk_update"]
     engine.dispose()
 
 

@@ -13,7 +13,7 @@ from ..ids import new_event_id
 from ..performer import Performer, coerce_performer, performer_from_user
 from ..storage.base import QueryFilter
 from .chain import Chain
-from .diff import DEFAULT_MASKED, diff, mask
+from .diff import DEFAULT_MASKED, diff, mask, mask_diff, plain
 from .verify import VerifyResult, verify_chains
 
 if TYPE_CHECKING:
@@ -62,7 +62,9 @@ class Audit:
         who = coerce_performer(actor) if actor is not None else self.current_performer()
         masked_before = mask(before, self.masked)
         masked_after = mask(after, self.masked)
-        changes = diff(masked_before, masked_after)
+        # Diffed on the real values, then masked: a changed password must show
+        # as changed even though both sides are stored as "[Filtered]".
+        changes = mask_diff(diff(plain(before), plain(after)), self.masked)
         if diff_:
             changes.update({str(k): v for k, v in diff_.items()})
         now = time.time_ns() // 1000
@@ -100,11 +102,21 @@ class Audit:
     def history(
         self, entity_type: str, entity_id: Any, limit: int = 10_000
     ) -> list[dict[str, Any]]:
-        """Every change of one entity, oldest first."""
-        flt = QueryFilter(entity_type=str(entity_type), entity_id=str(entity_id), limit=limit)
+        """Every change of one entity, oldest first.
+
+        Bulk statements are recorded once under entity id ``"*"``; those whose
+        ``statement.ids`` names this entity are part of its history too.
+        """
+        key = str(entity_id)
         self._leza.query._ensure_ready()
-        page = self._leza.storage.query("audit", flt)
-        return [e.to_dict() for e in reversed(page.events)]
+        storage = self._leza.storage
+        own = storage.query("audit", QueryFilter(entity_type=str(entity_type), entity_id=key,
+                                                 limit=limit)).events  # fmt: skip
+        bulk = storage.query("audit", QueryFilter(entity_type=str(entity_type), entity_id="*",
+                                                  limit=limit)).events  # fmt: skip
+        touched = [e for e in bulk if key in _statement_ids(e)]
+        events = sorted([*own, *touched], key=lambda e: (e.ts, e.id))
+        return [e.to_dict() for e in events[-limit:]]
 
     def checkpoints(self) -> list[dict[str, Any]]:
         """The last (seq, hash) of every chain: keep a copy elsewhere to prove no tail
@@ -194,3 +206,9 @@ def _flask_performer() -> Performer | None:
         if isinstance(user, (Performer, Mapping))
         else performer_from_user(user)
     )
+
+
+def _statement_ids(event: AuditEvent) -> list[str]:
+    statement = (event.diff or {}).get("statement")
+    ids = statement.get("ids") if isinstance(statement, Mapping) else None
+    return [str(i) for i in ids] if isinstance(ids, list) else []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["DEFAULT_MASKED", "FILTERED", "diff", "mask"]
+__all__ = ["DEFAULT_MASKED", "FILTERED", "diff", "mask", "mask_diff", "plain"]
 
 FILTERED = "[Filtered]"
 #: Field names (case-insensitive, "-" and "_" ignored) whose values are never stored.
@@ -29,6 +29,21 @@ def mask(state: Mapping[str, Any] | None, keys: frozenset[str]) -> dict[str, Any
     if state is None:
         return None
     return {k: FILTERED if masked(str(k), keys) else _plain(v) for k, v in state.items()}
+
+
+def plain(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A JSON-ready copy of ``state``, nothing masked (only ever diffed, never stored)."""
+    if state is None:
+        return None
+    return {str(k): _plain(v) for k, v in state.items()}
+
+
+def mask_diff(changes: dict[str, dict[str, Any]], keys: frozenset[str]) -> dict[str, Any]:
+    """``changes`` with the values of sensitive fields replaced; the field stays listed."""
+    return {
+        name: dict.fromkeys(change, FILTERED) if masked(name, keys) else change
+        for name, change in changes.items()
+    }
 
 
 def diff(

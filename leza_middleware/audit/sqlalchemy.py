@@ -22,11 +22,12 @@ The entity type is the table name; the id is the primary key (joined with
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, event, inspect
+from sqlalchemy import Table, event, inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Delete, Update
@@ -35,6 +36,8 @@ from .diff import FILTERED, masked
 
 if TYPE_CHECKING:
     from .api import Audit
+
+log = logging.getLogger("leza_middleware.audit")
 
 __all__ = ["Watch", "watch"]
 
@@ -65,11 +68,18 @@ def watch(audit: Audit, target: Any, models: Iterable[Any] | None = None) -> Wat
 
     if isinstance(target, Engine):
 
+        def before_execute(conn: Any, clause: Any, multiparams: Any, params: Any,
+                           options: Any) -> None:  # fmt: skip
+            if isinstance(clause, (Update, Delete)) and wanted(clause.table):
+                conn.info[_BULK_IDS] = _matched_ids(conn.execute, clause)
+
         def after_execute(conn: Any, clause: Any, multiparams: Any, params: Any,
                           options: Any, result: Any) -> None:  # fmt: skip
             if isinstance(clause, (Update, Delete)) and wanted(clause.table):
-                _record_bulk(audit, clause, result.rowcount)
+                ids = conn.info.pop(_BULK_IDS, None)
+                _record_bulk(audit, clause, result.rowcount, ids)
 
+        listen(target, "before_execute", before_execute)
         listen(target, "after_execute", after_execute)
         return handle
 
@@ -95,8 +105,9 @@ def watch(audit: Audit, target: Any, models: Iterable[Any] | None = None) -> Wat
         statement = state.statement
         if not (state.is_update or state.is_delete) or not wanted(statement.table):
             return None
+        ids = _matched_ids(state.session.execute, statement)
         result = state.invoke_statement()
-        _record_bulk(audit, statement, result.rowcount)
+        _record_bulk(audit, statement, result.rowcount, ids)
         return result
 
     listen(target, "after_flush", after_flush)
@@ -229,7 +240,28 @@ def _ids(objects: Iterable[Any]) -> list[str]:
     return out
 
 
-def _record_bulk(audit: Audit, statement: Any, rowcount: int) -> None:
+#: Bulk statements name at most this many matched rows (the count is always exact).
+MAX_BULK_IDS = 1000
+_BULK_IDS = "leza_bulk_ids"
+
+
+def _matched_ids(execute: Any, statement: Any) -> list[str] | None:
+    """The primary keys a bulk statement is about to touch, read just before it
+    runs, so each entity's history can show the bulk change; None if unknown."""
+    try:
+        keys = list(statement.table.primary_key.columns)
+        if not keys:
+            return None
+        query = select(*keys).limit(MAX_BULK_IDS)
+        if statement.whereclause is not None:
+            query = query.where(statement.whereclause)
+        return [":".join(str(part) for part in row) for row in execute(query)]
+    except Exception:  # a statement select() cannot mirror: record the count only
+        log.debug("leza: could not list the rows of a bulk statement", exc_info=True)
+        return None
+
+
+def _record_bulk(audit: Audit, statement: Any, rowcount: int, ids: list[str] | None) -> None:
     table = statement.table
     criteria = statement.whereclause
     try:
@@ -245,6 +277,8 @@ def _record_bulk(audit: Audit, statement: Any, rowcount: int) -> None:
     change: dict[str, Any] = {"criteria": text or "(all rows)", "rows": rowcount}
     if values:
         change["values"] = values
+    if ids is not None:
+        change["ids"] = ids
     audit.record(
         action="bulk_update" if isinstance(statement, Update) else "bulk_delete",
         entity_type=table.name,
