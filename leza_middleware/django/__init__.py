@@ -11,6 +11,11 @@
 returns the process-wide instance for the read side (``get_leza().query.access()``,
 ``get_leza().sessions.revoke(session_id)``).
 
+Model changes are audited per model, named in ``LEZA["audit_models"]`` or
+decorated with :func:`audited` (``audit.py``): creates, updates, deletes,
+many-to-many changes from either side and ``QuerySet.update()``, attributed to
+``request.user``.
+
 Sessions are Django's own (a keyed hash of the session key); ``login()``,
 ``logout()`` and failed ``authenticate()`` calls are recorded from Django's auth
 signals (``signals.py``); see docs/django.md.
@@ -19,7 +24,8 @@ Importing this package loads no Django models and reads no settings, so it is
 safe from settings modules and in any ``INSTALLED_APPS`` position.
 """
 
+from .audit import audited
 from .conf import get_leza
 from .middleware import LezaDjangoMiddleware
 
-__all__ = ["LezaDjangoMiddleware", "get_leza"]
+__all__ = ["LezaDjangoMiddleware", "audited", "get_leza"]

@@ -8,6 +8,8 @@ would raise), through the same validators the ``Leza`` constructor uses:
 * ``leza.E003`` trusted proxies (``ProxyTrust``: ``*``, ``0.0.0.0/0``, bad entries);
 * ``leza.E004`` anything else (``settings.LEZA`` itself, unknown keys, numbers,
   the performer and revoked_response hooks, ``LEZA_*`` environment variables);
+* ``leza.E005`` ``audit_models``: its shape, models that do not exist, excluded
+  names that are no field of the model;
 * ``leza.W001`` the app is installed but the middleware is not in ``MIDDLEWARE``.
 
 Every setting is checked on its own, so one run lists every bad value.
@@ -23,14 +25,15 @@ from django.core import checks
 
 from ..config import Settings
 from ..errors import LezaConfigError
-from .conf import HOOKS, _mapping, _raw_setting, import_hook
+from .conf import DJANGO_ONLY, HOOKS, _mapping, _raw_setting, import_hook
 
-__all__ = ["check_middleware", "check_settings", "register_checks"]
+__all__ = ["check_audit_models", "check_middleware", "check_settings", "register_checks"]
 
 STORAGE = "leza.E001"
 GEOIP = "leza.E002"
 PROXIES = "leza.E003"
 OTHER = "leza.E004"
+AUDIT_MODELS = "leza.E005"
 NO_MIDDLEWARE = "leza.W001"
 
 _IDS = {"storage": STORAGE, "geoip_db": GEOIP, "trusted_proxies": PROXIES}
@@ -51,6 +54,10 @@ _HINTS = {
         "settings.LEZA and the LEZA_* environment variables take the keyword arguments "
         "of leza_middleware.Leza(...); see docs/configuration.md."
     ),
+    AUDIT_MODELS: (
+        "settings.LEZA['audit_models'] lists model labels ('auth.Group') or maps them to "
+        "{'exclude': [field names]}; see docs/django.md."
+    ),
 }
 MIDDLEWARE_PATHS = (
     "leza_middleware.django.LezaDjangoMiddleware",
@@ -65,7 +72,7 @@ def _error(exc: LezaConfigError, check_id: str) -> Any:
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """Validate ``settings.LEZA`` and the ``LEZA_*`` environment like ``Leza(...)`` would."""
     try:
-        options = dict(_mapping(_raw_setting()))
+        options = {k: v for k, v in _mapping(_raw_setting()).items() if k not in DJANGO_ONLY}
     except LezaConfigError as exc:
         return [_error(exc, OTHER)]
     errors: list[Any] = []
@@ -173,7 +180,52 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     ]
 
 
+def check_audit_models(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """``LEZA["audit_models"]``: labels of installed models, excluded names of their fields."""
+    from django.apps import apps
+
+    from .audit import parse_audit_models
+
+    try:
+        raw = _mapping(_raw_setting())
+    except LezaConfigError:
+        return []  # check_settings reports it (leza.E004)
+    try:
+        specs = parse_audit_models(raw.get("audit_models"))
+    except LezaConfigError as exc:
+        return [_error(exc, AUDIT_MODELS)]
+    models = {m._meta.label_lower: m for m in apps.get_models()}
+    errors: list[Any] = []
+    for label, excluded in specs.items():
+        model = models.get(label)
+        if model is None:
+            errors.append(
+                _error(LezaConfigError(f"audit_models: no installed model {label!r}"), AUDIT_MODELS)
+            )
+            continue
+        known = _field_names(model)
+        for name in sorted(excluded - known):
+            message = f"audit_models[{label!r}]: {model._meta.label} has no field {name!r}"
+            errors.append(_error(LezaConfigError(message), AUDIT_MODELS))
+    return errors
+
+
+def _field_names(model: Any) -> set[str]:
+    """What ``exclude`` may name: fields, their columns' attnames, many-to-many sides."""
+    from .audit import _relations, _side_key
+
+    names: set[str] = set()
+    for f in model._meta.concrete_fields:
+        names.update((f.name, f.attname))
+    for field, declaring in _relations(model._meta.concrete_model):
+        key = _side_key(field, declaring)
+        if key is not None:
+            names.add(key)
+    return names
+
+
 def register_checks() -> None:
     """Register the checks (``LezaConfig.ready()`` does; idempotent)."""
     checks.register(check_settings)
     checks.register(check_middleware)
+    checks.register(check_audit_models)

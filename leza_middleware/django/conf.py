@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from ..leza import Leza
 
 __all__ = ["get_leza", "leza_options"]
+
+log = logging.getLogger("leza_middleware")
 
 # One Leza per settings.LEZA object (keyed by identity: a new dict, e.g. from
 # override_settings in tests, gets its own). The dict is kept referenced so its
@@ -60,11 +63,31 @@ def get_leza() -> Leza:
 
         leza = Leza(**leza_options(raw))
         _instances[id(raw)] = (raw, leza)
+        _warn_unconnected_audit(raw)
         return leza
+
+
+def _warn_unconnected_audit(raw: object) -> None:
+    """``audit_models`` is connected by ``LezaConfig.ready()``: say so when it cannot be."""
+    if not isinstance(raw, Mapping) or not raw.get("audit_models"):
+        return
+    from django.apps import apps
+
+    try:
+        installed = apps.is_installed("leza_middleware.django")
+    except Exception:  # the app registry is not ready yet: LezaConfig.ready() will tell
+        return
+    if not installed:
+        log.warning(
+            "leza: settings.LEZA['audit_models'] is set but 'leza_middleware.django' is not "
+            "in INSTALLED_APPS, so no model change is audited"
+        )
 
 
 def leza_options(raw: object = None) -> dict[str, Any]:
     """``settings.LEZA`` as ``Leza(...)`` keyword arguments.
+
+    * ``audit_models`` (:data:`DJANGO_ONLY`) is left out: ``audit.py`` reads it.
 
     * ``performer``, ``revoked_response`` and ``has_permission`` may be dotted
       paths (``"myapp.identity.performer"``); they are imported.
@@ -72,7 +95,7 @@ def leza_options(raw: object = None) -> dict[str, Any]:
       set, is derived from Django's ``SECRET_KEY`` (an HMAC, never the key itself),
       so every worker of the site shares it without another secret to manage.
     """
-    options = dict(_mapping(raw))
+    options = {k: v for k, v in _mapping(raw).items() if k not in DJANGO_ONLY}
     for name in HOOKS:
         if isinstance(options.get(name), str):
             options[name] = import_hook(name, options[name])
@@ -95,6 +118,9 @@ def _mapping(raw: object) -> Mapping[str, Any]:
         raise LezaConfigError(f"settings.LEZA keys must be strings, got {bad[0]!r}")
     return raw
 
+
+#: ``settings.LEZA`` keys the Django integration reads itself (not ``Leza(...)`` arguments).
+DJANGO_ONLY = frozenset({"audit_models"})
 
 #: Settings that take a callable, or its dotted path; what the callable looks like.
 HOOKS = {

@@ -17,6 +17,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "leza_middleware.django",
+    "djangoproject",  # models.py: audited test models (tests/test_audit_django.py)
 ]
 MIDDLEWARE = [
     "leza_middleware.django.LezaDjangoMiddleware",

@@ -26,4 +26,12 @@ urlpatterns = [
     path("reports/<int:n>/", views.report),
     path("areports/<int:n>/", views.async_report),
     re_path(r"^archive/(?P<year>[0-9]{4})/$", views.archive),
+    path("roles/<int:pk>/permissions/", views.role_permissions),
+    path("roles/<int:pk>/apermissions/", views.arole_permissions),
+    path("roles/<int:pk>/rename/", views.role_rename),
+    path("roles/<int:pk>/delete/", views.role_delete),
+    path("permissions/<str:codename>/grant/", views.permission_grant),
+    path("membership/", views.membership),
+    path("users/deactivate/", views.deactivate),
+    path("users/sign-up/", views.sign_up),
 ]

@@ -160,3 +160,95 @@ def report(request: HttpRequest, n: int) -> HttpResponse:
 async def async_report(request: HttpRequest, n: int) -> HttpResponse:
     ran.append(request.path)
     return HttpResponse(f"report {n}")
+
+
+# -- model audit (tests/test_audit_django.py) ----------------------------------------
+
+
+def _codenames(request: HttpRequest, key: str) -> list[str]:
+    return request.POST.getlist(key)
+
+
+def role_permissions(request: HttpRequest, pk: int) -> JsonResponse:
+    """A role's permissions, changed from the role's side: ``group.permissions``."""
+    from django.contrib.auth.models import Group, Permission
+
+    group = Group.objects.get(pk=pk)
+    removed = Permission.objects.filter(codename__in=_codenames(request, "remove"))
+    added = Permission.objects.filter(codename__in=_codenames(request, "add"))
+    if removed:
+        group.permissions.remove(*removed)
+    if added:
+        group.permissions.add(*added)
+    if request.POST.get("clear"):
+        group.permissions.clear()
+    return JsonResponse(
+        {"permissions": sorted(group.permissions.values_list("codename", flat=True))}
+    )
+
+
+async def arole_permissions(request: HttpRequest, pk: int) -> JsonResponse:
+    """The same, in an async view (the ORM's ``aadd``)."""
+    from django.contrib.auth.models import Group, Permission
+
+    group = await Group.objects.aget(pk=pk)
+    added = [p async for p in Permission.objects.filter(codename__in=_codenames(request, "add"))]
+    await group.permissions.aadd(*added)
+    return JsonResponse({"added": len(added)})
+
+
+def role_rename(request: HttpRequest, pk: int) -> JsonResponse:
+    from django.contrib.auth.models import Group
+
+    group = Group.objects.get(pk=pk)
+    group.name = request.POST["name"]
+    group.save()
+    return JsonResponse({"name": group.name})
+
+
+def role_delete(request: HttpRequest, pk: int) -> JsonResponse:
+    from django.contrib.auth.models import Group
+
+    Group.objects.get(pk=pk).delete()
+    return JsonResponse({"deleted": pk})
+
+
+def permission_grant(request: HttpRequest, codename: str) -> JsonResponse:
+    """A role's permissions, changed from the permission's side: ``perm.group_set``."""
+    from django.contrib.auth.models import Group, Permission
+
+    permission = Permission.objects.get(codename=codename)
+    permission.group_set.add(Group.objects.get(pk=request.POST["group"]))
+    return JsonResponse({"ok": True})
+
+
+def membership(request: HttpRequest) -> JsonResponse:
+    """``user.groups.add(g)`` or ``g.user_set.add(u)`` (``side``), or ``remove``."""
+    from django.contrib.auth.models import Group, User
+
+    user = User.objects.get(pk=request.POST["user"])
+    group = Group.objects.get(pk=request.POST["group"])
+    verb = request.POST.get("verb", "add")
+    if request.POST["side"] == "user":
+        getattr(user.groups, verb)(group)
+    else:
+        getattr(group.user_set, verb)(user)
+    return JsonResponse({"ok": True})
+
+
+def deactivate(request: HttpRequest) -> JsonResponse:
+    """A bulk ``QuerySet.update()``: no signal, one ``bulk_update`` record."""
+    from django.contrib.auth.models import User
+
+    rows = User.objects.filter(username__startswith=request.POST["prefix"]).update(is_active=False)
+    return JsonResponse({"rows": rows})
+
+
+def sign_up(request: HttpRequest) -> JsonResponse:
+    """A user created with a password, which then changes it."""
+    from django.contrib.auth.models import User
+
+    user = User.objects.create_user(request.POST["username"], password=request.POST["password"])
+    user.set_password(request.POST["new_password"])
+    user.save()
+    return JsonResponse({"id": user.pk})
