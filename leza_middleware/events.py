@@ -23,17 +23,23 @@ from .performer import Performer
 
 __all__ = [
     "ACCESS_FIELDS",
+    "CHECK_STATES",
     "PRIORITY_ACTIONS",
+    "SEVERITIES",
     "AccessEvent",
+    "AdvisoryEvent",
     "AuditEvent",
+    "CheckEvent",
     "Device",
     "Event",
     "Geo",
+    "LogEvent",
     "SessionEvent",
     "SessionRecord",
     "decode_chain",
     "encode_chain",
     "iso_from_us",
+    "log_action",
     "performer_key",
     "us_from_iso",
 ]
@@ -798,9 +804,315 @@ class AuditEvent(Event):
         )
 
 
+class _SlotEvent(Event):
+    """An event whose fields are its ``__slots__``, compared field by field."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        names: tuple[str, ...] = type(self).__slots__
+        return all(getattr(self, n) == getattr(other, n) for n in names)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+#: ``logging`` level numbers to the action a LOG row is filtered by.
+LOG_ACTIONS = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
+
+
+def log_action(level: int) -> str:
+    """The action of a log record: its level name, lower case (custom levels round down)."""
+    for number in (50, 40, 30, 20, 10):
+        if level >= number:
+            return LOG_ACTIONS[number]
+    return "debug"
+
+
+class LogEvent(_SlotEvent):
+    """One record of the app's own ``logging``, tagged with the request it was written in."""
+
+    __slots__ = (
+        "action",
+        "app",
+        "exception",
+        "id",
+        "level",
+        "logger",
+        "message",
+        "origin",
+        "performer_id",
+        "request_id",
+        "route",
+        "ts",
+    )
+    kind: ClassVar[str] = "log"
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        ts: int,
+        level: int,
+        logger: str,
+        message: str,
+        exception: str | None = None,
+        request_id: str | None = None,
+        performer_id: str | None = None,
+        route: str | None = None,
+        origin: str = "",
+        app: str = "app",
+    ) -> None:
+        self.id = id
+        self.ts = ts
+        self.level = level
+        self.action = log_action(level)
+        self.logger = logger
+        self.message = message
+        self.exception = exception
+        self.request_id = request_id
+        self.performer_id = performer_id
+        self.route = route
+        self.origin = origin  # "module.py:42 in func"
+        self.app = app
+
+    @property
+    def priority(self) -> bool:
+        return False  # a flood of log records must never grow the spill file
+
+    def __repr__(self) -> str:
+        return f"LogEvent({self.action} {self.logger}: {self.message[:40]!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "_id": self.id,
+            "kind": "log",
+            "timestamp": iso_from_us(self.ts),
+            "action": self.action,
+            "level": self.level,
+            "logger": self.logger,
+            "message": self.message,
+            "exception": self.exception,
+            "request_id": self.request_id,
+            "performer_id": self.performer_id,
+            "route": self.route,
+            "origin": self.origin,
+            "app": self.app,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LogEvent:
+        return cls(
+            id=data["_id"],
+            ts=us_from_iso(data["timestamp"]),
+            level=int(data["level"]),
+            logger=data.get("logger", ""),
+            message=data.get("message", ""),
+            exception=data.get("exception"),
+            request_id=data.get("request_id"),
+            performer_id=data.get("performer_id"),
+            route=data.get("route"),
+            origin=data.get("origin", ""),
+            app=data.get("app", "app"),
+        )
+
+
+#: Advisory severities, least to most urgent.
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+
+
+class AdvisoryEvent(_SlotEvent):
+    """A finding of an advisory rule: what happened, to whom, and the evidence.
+
+    ``action`` is the rule's name (``new_machine``, ``impossible_travel``, …);
+    ``evidence`` holds the ids of the events it was drawn from.
+    """
+
+    __slots__ = (
+        "action",
+        "app",
+        "details",
+        "evidence",
+        "id",
+        "ip",
+        "message",
+        "performer_id",
+        "severity",
+        "ts",
+    )
+    kind: ClassVar[str] = "advisory"
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        ts: int,
+        rule: str,
+        severity: str,
+        message: str,
+        evidence: Sequence[str] = (),
+        performer_id: str | None = None,
+        ip: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        app: str = "app",
+    ) -> None:
+        if severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
+        self.id = id
+        self.ts = ts
+        self.action = rule
+        self.severity = severity
+        self.message = message
+        self.evidence = tuple(evidence)
+        self.performer_id = performer_id
+        self.ip = ip
+        self.details = {} if details is None else dict(details)
+        self.app = app
+
+    @property
+    def rule(self) -> str:
+        return self.action
+
+    @property
+    def priority(self) -> bool:
+        return True  # findings are few and are what an operator acts on
+
+    def __repr__(self) -> str:
+        return f"AdvisoryEvent({self.action} {self.severity}: {self.message[:40]!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "_id": self.id,
+            "kind": "advisory",
+            "timestamp": iso_from_us(self.ts),
+            "action": self.action,
+            "rule": self.action,
+            "severity": self.severity,
+            "message": self.message,
+            "evidence": list(self.evidence),
+            "performer_id": self.performer_id,
+            "ip": self.ip,
+            "details": self.details,
+            "app": self.app,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AdvisoryEvent:
+        return cls(
+            id=data["_id"],
+            ts=us_from_iso(data["timestamp"]),
+            rule=data.get("rule") or data["action"],
+            severity=data.get("severity", "info"),
+            message=data.get("message", ""),
+            evidence=data.get("evidence") or (),
+            performer_id=data.get("performer_id"),
+            ip=data.get("ip"),
+            details=data.get("details"),
+            app=data.get("app", "app"),
+        )
+
+
+#: Availability states: ``unknown`` until a check has held a result ``retries`` times.
+CHECK_STATES = ("unknown", "up", "down")
+
+
+class CheckEvent(_SlotEvent):
+    """One probe of an availability check and the check's state after it.
+
+    ``action`` is ``"probe"``, or ``"state_change"`` when this probe moved the
+    state (``previous`` → ``state``); uptime is computed over the states.
+    """
+
+    __slots__ = (
+        "action",
+        "app",
+        "check",
+        "error",
+        "id",
+        "latency_ms",
+        "ok",
+        "previous",
+        "state",
+        "ts",
+    )
+    kind: ClassVar[str] = "check"
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        ts: int,
+        check: str,
+        ok: bool,
+        state: str,
+        previous: str,
+        latency_ms: float | None = None,
+        error: str | None = None,
+        app: str = "app",
+    ) -> None:
+        if state not in CHECK_STATES or previous not in CHECK_STATES:
+            raise ValueError(f"check states are {', '.join(CHECK_STATES)}")
+        self.id = id
+        self.ts = ts
+        self.check = check
+        self.ok = bool(ok)
+        self.state = state
+        self.previous = previous
+        self.action = "state_change" if state != previous else "probe"
+        self.latency_ms = latency_ms
+        self.error = error
+        self.app = app
+
+    @property
+    def priority(self) -> bool:
+        return self.action == "state_change"
+
+    @property
+    def performer_id(self) -> str:
+        """A check's subject is the check: the ``performer`` filter of queries
+        selects one check's probes by its name."""
+        return self.check
+
+    def __repr__(self) -> str:
+        return f"CheckEvent({self.check} {self.previous}->{self.state} ok={self.ok})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "_id": self.id,
+            "kind": "check",
+            "timestamp": iso_from_us(self.ts),
+            "action": self.action,
+            "check": self.check,
+            "ok": self.ok,
+            "state": self.state,
+            "previous": self.previous,
+            "latency_ms": self.latency_ms,
+            "error": self.error,
+            "app": self.app,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CheckEvent:
+        return cls(
+            id=data["_id"],
+            ts=us_from_iso(data["timestamp"]),
+            check=data["check"],
+            ok=bool(data["ok"]),
+            state=data["state"],
+            previous=data.get("previous", "unknown"),
+            latency_ms=data.get("latency_ms"),
+            error=data.get("error"),
+            app=data.get("app", "app"),
+        )
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     "access": AccessEvent,
+    "advisory": AdvisoryEvent,
     "audit": AuditEvent,
+    "check": CheckEvent,
+    "log": LogEvent,
     "session": SessionEvent,
 }
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..context import current_native, current_request_id
+from ..errors import LezaError
 from ..events import AuditEvent
 from ..ids import new_event_id
 from ..performer import Performer, coerce_performer, performer_from_user
 from ..storage.base import QueryFilter
 from .chain import Chain
 from .diff import DEFAULT_MASKED, diff, mask, mask_diff, plain
+from .purge import plan_purge
 from .verify import VerifyResult, verify_chains
 
 if TYPE_CHECKING:
@@ -130,7 +132,37 @@ class Audit:
         self._leza.query._ensure_ready()
         stored = storage.audit_checkpoints()
         marks = list(stored) + list(checkpoints or ())
-        return verify_chains(storage.iter_audit(), marks, self.key)
+        return verify_chains(storage.iter_audit(), marks, self.key, storage.audit_purge_marks())
+
+    def purge_batches(self, before: int, batch_size: int = 10_000) -> Iterator[int]:
+        """Delete audit rows older than ``before`` (µs) chain by chain, leaving signed
+        purge markers so :meth:`verify` still passes (``audit/purge.py``).
+
+        Yields the count of each deleted batch. Raises :class:`LezaError` without a
+        configured secret key (the markers are signed with it) and when the log
+        does not verify now: purging would erase the evidence.
+        """
+        if self._leza.keyring.ephemeral:
+            raise LezaError(
+                "purging audit rows needs the secret key the app writes with "
+                "(secret_key / LEZA_SECRET_KEY): the purge markers are signed with it"
+            )
+        result = self.verify()
+        if not result:
+            raise LezaError(
+                f"the audit log does not verify ({result.reason}); purging now would erase "
+                "the evidence: investigate with `leza verify` first"
+            )
+        storage = self._leza.storage
+        marks = plan_purge(
+            storage.iter_audit(),
+            storage.audit_purge_marks(),
+            before,
+            self.key,
+            time.time_ns() // 1000,
+        )
+        if marks:
+            yield from storage.purge_audit_chains(marks, batch_size)
 
     # -- the running request -------------------------------------------------------
 

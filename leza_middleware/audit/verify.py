@@ -9,6 +9,7 @@ from typing import Any
 
 from ..events import AuditEvent
 from .chain import row_hash
+from .purge import mark_is_valid
 
 __all__ = ["VerifyResult", "verify_chains"]
 
@@ -38,29 +39,54 @@ def verify_chains(
     rows: Iterable[AuditEvent],
     checkpoints: Iterable[Mapping[str, Any]],
     key: bytes,
+    purged: Iterable[Mapping[str, Any]] = (),
 ) -> VerifyResult:
     """Verify ``rows`` (ordered by chain, then seq) against ``checkpoints``.
 
     A checkpoint is ``{"chain", "seq", "hash"}``: the last link its writer
     stored. Checkpoints exported earlier and kept elsewhere can be passed too;
     then a tail cut together with the stored checkpoint is found as well.
+
+    ``purged`` are the signed purge markers (``purge.py``): a chain with one
+    starts after the marker's row; rows up to it (left by an interrupted
+    purge) are skipped. A marker not signed with ``key`` breaks the chain.
     """
     marks: dict[str, tuple[int, str]] = {}
     for cp in checkpoints:
         chain, seq, digest = str(cp["chain"]), int(cp["seq"]), str(cp["hash"])
         if seq > marks.get(chain, (0, ""))[0]:
             marks[chain] = (seq, digest)
-    last: dict[str, tuple[int, str]] = {}
+    starts: dict[str, tuple[int, str]] = {}
+    for m in purged:
+        chain = str(m["chain"])
+        if not mark_is_valid(key, m):
+            return _broken(
+                "deleted",
+                chain,
+                int(m["seq"]),
+                "its purge marker is not signed with this key: the head of the chain was "
+                "cut by hand, or the key is wrong",
+                0,
+                0,
+            )
+        if int(m["seq"]) > starts.get(chain, (0, ""))[0]:
+            starts[chain] = (int(m["seq"]), str(m["hash"]))
+    # A chain purged whole still ends where its marker says.
+    last: dict[str, tuple[int, str]] = dict(starts)
     chains = rows_seen = 0
     current: str | None = None
     expected_seq = 1
     prev = ""
     for e in rows:
+        start = starts.get(e.chain)
+        if start is not None and e.seq <= start[0]:
+            continue  # purged by its marker; an interrupted purge left it behind
         rows_seen += 1
         if e.chain != current:
             if current is not None:
                 last[current] = (expected_seq - 1, prev)
-            current, expected_seq, prev = e.chain, 1, ""
+            start_seq, prev = start or (0, "")
+            current, expected_seq = e.chain, start_seq + 1
             chains += 1
         if e.seq != expected_seq:
             if e.seq > expected_seq:
@@ -124,6 +150,8 @@ def verify_chains(
                 chains,
                 rows_seen,
             )
-    return VerifyResult(
-        True, f"OK: {rows_seen} rows in {chains} chains verified", chains, rows_seen
-    )
+    reason = f"OK: {rows_seen} rows in {chains} chains verified"
+    if starts:
+        gone = sum(seq for seq, _ in starts.values())
+        reason += f" ({gone} older rows of {len(starts)} chains purged, signed purge markers)"
+    return VerifyResult(True, reason, chains, rows_seen)

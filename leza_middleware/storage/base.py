@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import heapq
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..events import AuditEvent, Event, SessionEvent, SessionRecord
@@ -16,6 +16,7 @@ __all__ = [
     "Storage",
     "audit_matches",
     "checkpoints_of",
+    "count_by_query",
     "fold_session",
     "select_sessions",
 ]
@@ -88,6 +89,19 @@ class Storage(abc.ABC):
     def query(self, kind: str, flt: QueryFilter) -> Page:
         """Events of one kind matching ``flt``, newest first."""
 
+    def stores(self, kind: str) -> bool:
+        """Whether this backend has a place for events of ``kind`` (default: any)."""
+        return True
+
+    def count(self, kind: str, flt: QueryFilter, cap: int | None = None) -> int | None:
+        """How many events of ``kind`` match ``flt`` (cursor and limit ignored).
+
+        May stop counting past ``cap`` (then any number above ``cap`` means
+        "more than ``cap``"). None when the backend cannot count cheaply; the
+        dashboard then shows no count. The default is None.
+        """
+        return None
+
     def iter_audit(self) -> Iterator[AuditEvent]:
         """Every audit row, ordered by chain, then seq (for verification)."""
         raise NotImplementedError(f"{type(self).__name__} does not store audit rows")
@@ -97,8 +111,55 @@ class Storage(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} does not store audit rows")
 
     def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
-        """Delete events of ``kind`` older than ``before`` (µs); return how many."""
+        """Delete events of ``kind`` older than ``before`` (µs); return how many.
+
+        For the ``"session"`` kind: sessions that ended before ``before``
+        (active sessions are never purged). Audit rows are purged per chain
+        with :meth:`purge_audit_chains`, never by time alone.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not support purge")
+
+    def purge_batches(self, kind: str, before: int, batch_size: int = 10_000) -> Iterator[int]:
+        """:meth:`purge`, yielding the count of each batch as it commits (progress).
+
+        The default runs :meth:`purge` in one go; batched backends override it.
+        """
+        yield self.purge(kind, before, batch_size)
+
+    def read_after(self, kind: str, after: tuple[int, str] | None, limit: int = 1000) -> list[Any]:
+        """Up to ``limit`` events of ``kind`` after ``after`` by ``(ts, id)``, oldest first.
+
+        The read of ``leza tail -f``. This default pages through :meth:`query`
+        from the newest row down to ``after`` (memory grows with the rows
+        newer than ``after``); SQL answers it with one indexed query.
+        """
+        since = None if after is None else after[0]
+        newer: list[Any] = []
+        cursor: tuple[int, str] | None = None
+        while True:
+            page = self.query(kind, QueryFilter(since=since, limit=1000, cursor=cursor))
+            newer.extend(e for e in page.events if after is None or (e.ts, e.id) > after)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        newer.sort(key=lambda e: (e.ts, e.id))
+        return newer[:limit]
+
+    def audit_purge_marks(self) -> list[dict[str, Any]]:
+        """Signed purge markers, one per chain whose first rows were purged
+        (``{"chain", "seq", "hash", "ts", "purged_at", "sig"}``; see ``audit/purge.py``)."""
+        return []
+
+    def purge_audit_chains(
+        self, marks: Sequence[dict[str, Any]], batch_size: int = 10_000
+    ) -> Iterator[int]:
+        """Store ``marks``, then delete each chain's rows up to its mark's ``seq``.
+
+        The marks are committed before any row goes, so an interrupted purge
+        leaves rows the verifier skips, never a chain it reports as cut.
+        Yields the count of each batch deleted.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support purging audit rows")
 
     def after_fork(self) -> None:  # noqa: B027 - optional hook
         """Drop connections inherited from the parent process (called in the child)."""
@@ -143,6 +204,13 @@ def select_sessions(records: Iterable[SessionRecord], flt: QueryFilter) -> Page:
         return Page(top, None)
     del top[flt.limit :]
     return Page(top, (top[-1].ts, top[-1].id))
+
+
+def count_by_query(storage: Storage, kind: str, flt: QueryFilter, cap: int | None) -> int:
+    """:meth:`Storage.count` through :meth:`Storage.query`, for backends that
+    scan anyway (memory, JSON Lines): one query of at most ``cap + 1`` rows."""
+    limit = 2**62 if cap is None else cap + 1
+    return len(storage.query(kind, replace(flt, cursor=None, limit=limit)).events)
 
 
 def checkpoints_of(events: Iterable[Event]) -> dict[str, dict[str, Any]]:

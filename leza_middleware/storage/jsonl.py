@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,6 +28,7 @@ from .base import (
     Storage,
     audit_matches,
     checkpoints_of,
+    count_by_query,
     fold_session,
     select_sessions,
 )
@@ -191,6 +192,9 @@ class JSONLStorage(Storage):
                 return select_sessions(records.values(), flt)
             return select_page(self._unique(kind), flt)
 
+    def count(self, kind: str, flt: QueryFilter, cap: int | None = None) -> int | None:
+        return count_by_query(self, kind, flt, cap)
+
     def iter_audit(self) -> Iterator[AuditEvent]:
         with self._lock:
             rows = [e for e in self._unique("audit") if isinstance(e, AuditEvent)]
@@ -220,13 +224,31 @@ class JSONLStorage(Storage):
 
     def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
         """Drop events older than ``before`` by rewriting the file (``batch_size`` is
-        not used: the rewrite is one atomic replace). Unreadable lines are kept."""
+        not used: the rewrite is one atomic replace). Unreadable lines are kept.
+        Sessions: every change of the sessions that ended before ``before``."""
+        if kind != "session":
+            return self._rewrite(kind, lambda e: e.ts < before)
+        with self._lock:
+            records: dict[str, SessionRecord] = {}
+            for change in self._unique(kind):
+                if isinstance(change, SessionEvent):
+                    fold_session(records, change)
+        ended = {
+            sid for sid, r in records.items() if r.ended_at is not None and r.ended_at < before
+        }
+        if not ended:
+            return 0
+        self._rewrite(kind, lambda e: getattr(e, "session_id", None) in ended)
+        return len(ended)
+
+    def _rewrite(self, kind: str, drop: Callable[[Event], bool]) -> int:
+        """Rewrite ``kind``'s file without the events ``drop`` selects; how many went."""
         path = self.path(kind)
         with self._lock:
             kept: list[str] = []
             purged: set[str] = set()
             for line, e in self._read(kind):
-                if e is not None and e.ts < before:
+                if e is not None and drop(e):
                     purged.add(e.id)
                 else:
                     kept.append(line if line.endswith("\n") else line + "\n")
@@ -246,6 +268,35 @@ class JSONLStorage(Storage):
             self._recent.get(kind, set()).difference_update(purged)
             self._tail_ok.add(kind)
             return len(purged)
+
+    def audit_purge_marks(self) -> list[dict[str, Any]]:
+        try:
+            with open(self._purge_marks_path(), encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return []
+        return [dict(m) for m in data.values()]
+
+    def _purge_marks_path(self) -> str:
+        return os.path.join(self.directory, "audit_purge.json")
+
+    def purge_audit_chains(
+        self, marks: Sequence[dict[str, Any]], batch_size: int = 10_000
+    ) -> Iterator[int]:
+        with self._lock:  # the marks first (atomically), then the rows
+            known = {m["chain"]: m for m in self.audit_purge_marks()}
+            for m in marks:
+                if m["seq"] > known.get(m["chain"], {"seq": 0})["seq"]:
+                    known[m["chain"]] = dict(m)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".audit_purge.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(known, f)
+            os.replace(tmp, self._purge_marks_path())
+        upto = {m["chain"]: int(m["seq"]) for m in marks}
+        yield self._rewrite(
+            "audit",
+            lambda e: isinstance(e, AuditEvent) and e.seq <= upto.get(e.chain, 0),
+        )
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()

@@ -15,6 +15,7 @@ from .base import (
     Storage,
     audit_matches,
     checkpoints_of,
+    count_by_query,
     fold_session,
     select_sessions,
 )
@@ -73,6 +74,7 @@ class MemoryStorage(Storage):
         self._kinds: dict[str, dict[str, Event]] = {}
         self._sessions: dict[str, SessionRecord] = {}
         self._checkpoints: dict[str, dict[str, Any]] = {}
+        self._purge_marks: dict[str, dict[str, Any]] = {}
 
     def write(self, events: Sequence[Event]) -> None:
         with self._lock:
@@ -101,6 +103,9 @@ class MemoryStorage(Storage):
             snapshot = [e for e in snapshot if audit_matches(e, flt)]  # type: ignore[arg-type]
         return select_page(snapshot, flt)
 
+    def count(self, kind: str, flt: QueryFilter, cap: int | None = None) -> int | None:
+        return count_by_query(self, kind, flt, cap)
+
     def iter_audit(self) -> Iterator[AuditEvent]:
         with self._lock:
             rows = [e for e in self._kinds.get("audit", {}).values() if isinstance(e, AuditEvent)]
@@ -112,11 +117,42 @@ class MemoryStorage(Storage):
 
     def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
         with self._lock:
+            if kind == "session":
+                ended = [
+                    i
+                    for i, r in self._sessions.items()
+                    if r.ended_at is not None and r.ended_at < before
+                ]
+                for i in ended:
+                    del self._sessions[i]
+                return len(ended)
             by_id = self._kinds.get(kind, {})
             old = [i for i, e in by_id.items() if e.ts < before]
             for i in old:
                 del by_id[i]
         return len(old)
+
+    def audit_purge_marks(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(m) for m in self._purge_marks.values()]
+
+    def purge_audit_chains(
+        self, marks: Sequence[dict[str, Any]], batch_size: int = 10_000
+    ) -> Iterator[int]:
+        with self._lock:
+            for m in marks:
+                if m["seq"] > self._purge_marks.get(m["chain"], {"seq": 0})["seq"]:
+                    self._purge_marks[m["chain"]] = dict(m)
+            upto = {m["chain"]: m["seq"] for m in marks}
+            by_id = self._kinds.get("audit", {})
+            gone = [
+                i
+                for i, e in by_id.items()
+                if isinstance(e, AuditEvent) and e.seq <= upto.get(e.chain, 0)
+            ]
+            for i in gone:
+                del by_id[i]
+        yield len(gone)
 
     def events(self, kind: str | None = None) -> list[Event]:
         """Every stored event (of ``kind``, or of all kinds) in the order first written."""
@@ -130,6 +166,7 @@ class MemoryStorage(Storage):
             self._kinds.clear()
             self._sessions.clear()
             self._checkpoints.clear()
+            self._purge_marks.clear()
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()

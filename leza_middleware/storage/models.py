@@ -26,18 +26,26 @@ from sqlmodel import Field, SQLModel
 
 __all__ = [
     "AccessRow",
+    "AdvisoryRow",
     "AuditCheckpointRow",
+    "AuditPurgeRow",
     "AuditRow",
+    "CheckRow",
     "DeviceRow",
     "GeoRow",
     "LezaModel",
+    "LogRow",
     "PerformerRow",
     "SessionRow",
     "access_table",
+    "advisory_table",
     "audit_checkpoint_table",
+    "audit_purge_table",
     "audit_table",
+    "check_table",
     "device_table",
     "geo_table",
+    "log_table",
     "metadata",
     "performer_table",
     "session_table",
@@ -216,6 +224,89 @@ class AuditCheckpointRow(LezaModel, table=True):
     ts: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
+class AuditPurgeRow(LezaModel, table=True):
+    """Where a chain now starts after a purge: its last purged link, signed with
+    the audit key so that nobody without it can cut a chain's head unnoticed."""
+
+    __tablename__ = "leza_audit_purge"
+
+    chain: str = Field(primary_key=True)
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))  # last purged row
+    hash: str  # that row's hash: the next row's prev_hash
+    ts: int = Field(sa_column=Column(BigInteger, nullable=False))  # that row's time
+    purged_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+    sig: str
+
+
+class LogRow(LezaModel, table=True):
+    """One record of the app's own logging (the LOG tab)."""
+
+    __tablename__ = "leza_log"
+    __table_args__: Any = (
+        Index("ix_leza_log_ts_id", "ts", "id"),
+        Index("ix_leza_log_action_ts", "action", "ts"),
+        Index("ix_leza_log_performer_ts", "performer_id", "ts"),
+        Index("ix_leza_log_request", "request_id"),
+    )
+
+    id: str = Field(primary_key=True)
+    ts: int = Field(sa_column=Column(BigInteger, nullable=False))
+    action: str  # the level name: "debug", "info", "warning", "error", "critical"
+    level: int
+    logger: str
+    message: str = Field(sa_type=Text)
+    exception: str | None = Field(default=None, sa_type=Text)
+    request_id: str | None = None
+    performer_id: str | None = None
+    route: str | None = None
+    origin: str = ""
+    app: str
+
+
+class AdvisoryRow(LezaModel, table=True):
+    """A finding of an advisory rule (the ADVISORY tab)."""
+
+    __tablename__ = "leza_advisory"
+    __table_args__: Any = (
+        Index("ix_leza_advisory_ts_id", "ts", "id"),
+        Index("ix_leza_advisory_action_ts", "action", "ts"),
+        Index("ix_leza_advisory_performer_ts", "performer_id", "ts"),
+    )
+
+    id: str = Field(primary_key=True)
+    ts: int = Field(sa_column=Column(BigInteger, nullable=False))
+    action: str  # the rule's name
+    severity: str
+    message: str = Field(sa_type=Text)
+    evidence: str = Field(sa_type=Text)  # JSON list of event ids
+    performer_id: str | None = None
+    ip: str | None = None
+    details: str = Field(sa_type=Text)  # JSON object
+    app: str
+
+
+class CheckRow(LezaModel, table=True):
+    """One probe of an availability check and the state it left the check in."""
+
+    __tablename__ = "leza_check"
+    __table_args__: Any = (
+        Index("ix_leza_check_ts_id", "ts", "id"),
+        Index("ix_leza_check_name_ts", "check_name", "ts"),
+        Index("ix_leza_check_action_ts", "action", "ts"),
+    )
+
+    id: str = Field(primary_key=True)
+    ts: int = Field(sa_column=Column(BigInteger, nullable=False))
+    action: str  # "probe", or "state_change" when the state moved
+    check_name: str
+    ok: bool
+    state: str
+    previous: str
+    latency_ms: float | None = None
+    error: str | None = Field(default=None, sa_type=Text)
+    app: str
+
+
 def _table(model: type[SQLModel]) -> Table:
     table = model.__table__  # type: ignore[attr-defined]
     assert isinstance(table, Table)
@@ -229,3 +320,7 @@ performer_table = _table(PerformerRow)
 session_table = _table(SessionRow)
 audit_table = _table(AuditRow)
 audit_checkpoint_table = _table(AuditCheckpointRow)
+audit_purge_table = _table(AuditPurgeRow)
+log_table = _table(LogRow)
+advisory_table = _table(AdvisoryRow)
+check_table = _table(CheckRow)

@@ -27,12 +27,23 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from itertools import chain
 from operator import attrgetter, itemgetter
 from typing import Any
 
-from sqlalchemy import Select, Table, and_, create_engine, delete, event, or_, select
+from sqlalchemy import (
+    Select,
+    Table,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
@@ -43,6 +54,7 @@ from ..events import (
     ACCESS_FIELDS,
     AccessEvent,
     AuditEvent,
+    CheckEvent,
     Device,
     Event,
     Geo,
@@ -54,10 +66,13 @@ from ..events import (
 )
 from ..performer import Performer
 from .base import Page, QueryFilter, Storage, checkpoints_of
+from .flat import FLAT_KINDS
 from .models import (
     access_table,
     audit_checkpoint_table,
+    audit_purge_table,
     audit_table,
+    check_table,
     device_table,
     geo_table,
     metadata,
@@ -420,6 +435,7 @@ class KindSpec:
 KINDS: dict[str, KindSpec] = {
     "access": KindSpec(access_table, _ACCESS_COLS, _access_rows, _access_select, _access_from_row),
 }
+KINDS.update({kind: KindSpec(*spec) for kind, spec in FLAT_KINDS.items()})
 
 
 # --------------------------------------------------------------------------- sessions
@@ -560,6 +576,61 @@ def _audit_from_row(r: Sequence[Any]) -> AuditEvent:
         prev_hash=f["prev_hash"],
         hash=f["hash"],
     )
+
+
+# --------------------------------------------------------------------------- read filters
+
+
+def _range_conds(ts: Any, id_: Any, flt: QueryFilter) -> list[Any]:
+    """Inclusive time range and the keyset cursor on ``(ts, id)``."""
+    conds: list[Any] = []
+    if flt.since is not None:
+        conds.append(ts >= flt.since)
+    if flt.until is not None:
+        conds.append(ts <= flt.until)
+    if flt.cursor is not None:
+        cts, cid = flt.cursor
+        # The redundant ``ts <= cts`` gives the planner an index range bound.
+        conds.append(ts <= cts)
+        conds.append(or_(ts < cts, and_(ts == cts, id_ < cid)))
+    return conds
+
+
+def _event_conds(t: Table, performer_column: str, flt: QueryFilter) -> list[Any]:
+    conds = _range_conds(t.c.ts, t.c.id, flt)
+    if flt.action is not None:
+        conds.append(t.c.action == flt.action)
+    if flt.performer_id is not None:
+        conds.append(t.c[performer_column] == flt.performer_id)
+    return conds
+
+
+def _audit_conds(flt: QueryFilter) -> list[Any]:
+    t = audit_table
+    conds: list[Any] = []
+    if flt.entity_type is not None:
+        conds.append(t.c.entity_type == flt.entity_type)
+    if flt.entity_id is not None:
+        conds.append(t.c.entity_id == flt.entity_id)
+    if flt.performer_id is not None:
+        conds.append(t.c.actor_id == flt.performer_id)
+    if flt.action is not None:
+        conds.append(t.c.action == flt.action)
+    return conds + _range_conds(t.c.ts, t.c.id, flt)
+
+
+def _session_conds(flt: QueryFilter) -> list[Any]:
+    t = session_table
+    conds: list[Any] = []
+    if flt.session_id is not None:
+        conds.append(t.c.id == flt.session_id)
+    if flt.active is not None:
+        conds.append(t.c.ended_at.is_(None) if flt.active else t.c.ended_at.is_not(None))
+    if flt.ended_since is not None:
+        conds.append(t.c.ended_at >= flt.ended_since)
+    if flt.performer_id is not None:
+        conds.append(t.c.performer_id == flt.performer_id)
+    return conds + _range_conds(t.c.session_start, t.c.id, flt)
 
 
 # --------------------------------------------------------------------------- storage
@@ -852,39 +923,73 @@ class SQLStorage(Storage):
             return self._query_sessions(flt)
         if kind == "audit":
             return self._query_audit(flt)
-        spec = KINDS.get(kind)
-        if spec is None:
-            raise ValueError(f"SQLStorage has no table for event kind {kind!r}")
+        spec = self._spec(kind)
         if not self._ready:
             self.setup()
         t = spec.table
-        ts, id_ = t.c.ts, t.c.id
-        conds: list[Any] = []
-        if flt.since is not None:
-            conds.append(ts >= flt.since)
-        if flt.until is not None:
-            conds.append(ts <= flt.until)
-        if flt.action is not None:
-            conds.append(t.c.action == flt.action)
-        if flt.performer_id is not None:
-            conds.append(t.c[spec.performer_column] == flt.performer_id)
-        if flt.cursor is not None:
-            cts, cid = flt.cursor
-            # The redundant ``ts <= cts`` gives the planner an index range bound.
-            conds.append(ts <= cts)
-            conds.append(or_(ts < cts, and_(ts == cts, id_ < cid)))
-        stmt = spec.select().where(*conds).order_by(ts.desc(), id_.desc()).limit(flt.limit + 1)
-        if self._read_lock is not None:
-            with self._read_lock, self.engine.connect() as conn:
-                rows = conn.execute(stmt).all()
-        else:
-            with self.engine.connect() as conn:
-                rows = conn.execute(stmt).all()
+        stmt = (
+            spec.select()
+            .where(*_event_conds(t, spec.performer_column, flt))
+            .order_by(t.c.ts.desc(), t.c.id.desc())
+            .limit(flt.limit + 1)
+        )
+        rows = self._read(stmt)
         more = len(rows) > flt.limit
         cache: dict[Any, Any] = {}
         events = [spec.from_row(r, cache) for r in rows[: flt.limit]]
         last = events[-1] if more else None
         return Page(events, None if last is None else (last.ts, last.id))
+
+    def stores(self, kind: str) -> bool:
+        return kind in KINDS or kind in ("session", "audit")
+
+    @staticmethod
+    def _spec(kind: str) -> KindSpec:
+        spec = KINDS.get(kind)
+        if spec is None:
+            raise ValueError(f"SQLStorage has no table for event kind {kind!r}")
+        return spec
+
+    def count(self, kind: str, flt: QueryFilter, cap: int | None = None) -> int | None:
+        """Rows of ``kind`` matching ``flt`` (its cursor and limit ignored), at most
+        ``cap + 1``: the count runs over the same index range as the first page
+        and stops there, so its cost is bounded whatever the table holds."""
+        if not self._ready:
+            self.setup()
+        flt = replace(flt, cursor=None)
+        if kind == "session":
+            table, conds = session_table, _session_conds(flt)
+        elif kind == "audit":
+            table, conds = audit_table, _audit_conds(flt)
+        else:
+            spec = self._spec(kind)
+            table, conds = spec.table, _event_conds(spec.table, spec.performer_column, flt)
+        # A constant, not a column: the filter's index then covers the count
+        # (the access table's indexes do not hold ``id``).
+        inner: Select[Any] = select(literal_column("1")).select_from(table).where(*conds)
+        if cap is not None:
+            inner = inner.limit(cap + 1)
+        stmt = select(func.count()).select_from(inner.subquery())
+        rows = self._read(stmt)
+        return int(rows[0][0])
+
+    def check_states(self, check: str, since: int) -> dict[str, int]:
+        """Probes of ``check`` since ``since`` per resulting state (for uptime)."""
+        if not self._ready:
+            self.setup()
+        t = check_table
+        stmt = (
+            select(t.c.state, func.count())
+            .where(t.c.check_name == check, t.c.ts >= since)
+            .group_by(t.c.state)
+        )
+        return {state: int(n) for state, n in self._read(stmt)}
+
+    def last_check(self, check: str) -> CheckEvent | None:
+        """The newest stored probe of ``check``."""
+        page = self.query("check", QueryFilter(performer_id=check, limit=1))
+        found = page.events[0] if page.events else None
+        return found if isinstance(found, CheckEvent) else None
 
     def _read(self, stmt: Any) -> list[Any]:
         if self._read_lock is not None:
@@ -897,28 +1002,10 @@ class SQLStorage(Storage):
         if not self._ready:
             self.setup()
         t = audit_table
-        ts, id_ = t.c.ts, t.c.id
-        conds: list[Any] = []
-        if flt.entity_type is not None:
-            conds.append(t.c.entity_type == flt.entity_type)
-        if flt.entity_id is not None:
-            conds.append(t.c.entity_id == flt.entity_id)
-        if flt.performer_id is not None:
-            conds.append(t.c.actor_id == flt.performer_id)
-        if flt.action is not None:
-            conds.append(t.c.action == flt.action)
-        if flt.since is not None:
-            conds.append(ts >= flt.since)
-        if flt.until is not None:
-            conds.append(ts <= flt.until)
-        if flt.cursor is not None:
-            cts, cid = flt.cursor
-            conds.append(ts <= cts)
-            conds.append(or_(ts < cts, and_(ts == cts, id_ < cid)))
         stmt = (
             select(*(t.c[n] for n in _AUDIT_COLS))
-            .where(*conds)
-            .order_by(ts.desc(), id_.desc())
+            .where(*_audit_conds(flt))
+            .order_by(t.c.ts.desc(), t.c.id.desc())
             .limit(flt.limit + 1)
         )
         rows = self._read(stmt)
@@ -955,33 +1042,13 @@ class SQLStorage(Storage):
         if not self._ready:
             self.setup()
         t = session_table
-        start, id_ = t.c.session_start, t.c.id
-        conds: list[Any] = []
-        if flt.session_id is not None:
-            conds.append(id_ == flt.session_id)
-        if flt.active is not None:
-            conds.append(t.c.ended_at.is_(None) if flt.active else t.c.ended_at.is_not(None))
-        if flt.ended_since is not None:
-            conds.append(t.c.ended_at >= flt.ended_since)
-        if flt.performer_id is not None:
-            conds.append(t.c.performer_id == flt.performer_id)
-        if flt.since is not None:
-            conds.append(start >= flt.since)
-        if flt.until is not None:
-            conds.append(start <= flt.until)
-        if flt.cursor is not None:
-            cts, cid = flt.cursor
-            conds.append(start <= cts)
-            conds.append(or_(start < cts, and_(start == cts, id_ < cid)))
         stmt = (
-            _session_select().where(*conds).order_by(start.desc(), id_.desc()).limit(flt.limit + 1)
+            _session_select()
+            .where(*_session_conds(flt))
+            .order_by(t.c.session_start.desc(), t.c.id.desc())
+            .limit(flt.limit + 1)
         )
-        if self._read_lock is not None:
-            with self._read_lock, self.engine.connect() as conn:
-                rows = conn.execute(stmt).all()
-        else:
-            with self.engine.connect() as conn:
-                rows = conn.execute(stmt).all()
+        rows = self._read(stmt)
         cache: dict[Any, Any] = {}
         records = [_session_from_row(r, cache) for r in rows[: flt.limit]]
         more = len(rows) > flt.limit
@@ -991,32 +1058,117 @@ class SQLStorage(Storage):
     def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
         """Delete events older than ``before`` in transactions of ``batch_size`` rows.
 
-        Device, geo and performer rows stay: other events share them.
+        Device, geo and performer rows stay: other events share them. Sessions
+        go once they ended before ``before``; active ones stay.
         """
-        spec = KINDS.get(kind)
-        if spec is None:
-            raise ValueError(f"SQLStorage has no table for event kind {kind!r}")
+        return sum(self.purge_batches(kind, before, batch_size))
+
+    def purge_batches(self, kind: str, before: int, batch_size: int = 10_000) -> Iterator[int]:
+        if kind == "session":
+            t = session_table
+            old: Any = and_(t.c.ended_at.is_not(None), t.c.ended_at < before)
+            order: Any = t.c.ended_at
+        else:
+            spec = KINDS.get(kind)
+            if spec is None:
+                raise ValueError(f"SQLStorage has no table for event kind {kind!r}")
+            t = spec.table
+            old, order = t.c.ts < before, t.c.ts
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if not self._ready:
             self.setup()
-        t = spec.table
         # One statement per chunk (the derived table keeps MySQL happy): a single
         # write statement takes SQLite's write lock up front instead of upgrading
         # a read transaction, which a concurrent writer would make fail.
-        chunk = select(t.c.id).where(t.c.ts < before).order_by(t.c.ts).limit(batch_size)
-        stmt = delete(t).where(t.c.id.in_(select(chunk.subquery().c.id)))
-        total = 0
+        chunk = select(t.c.id).where(old).order_by(order).limit(batch_size)
+        yield from self._delete_chunks(delete(t).where(t.c.id.in_(select(chunk.subquery().c.id))),
+                                       batch_size)  # fmt: skip
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        if self._read_lock is not None:
+            with self._read_lock, self.engine.begin() as conn:
+                yield conn
+        else:
+            with self.engine.begin() as conn:
+                yield conn
+
+    def _delete_chunks(self, stmt: Any, batch_size: int) -> Iterator[int]:
+        """Run a DELETE of at most ``batch_size`` rows until it deletes fewer."""
         while True:
-            if self._read_lock is not None:
-                with self._read_lock, self.engine.begin() as conn:
-                    n = conn.execute(stmt).rowcount
-            else:
-                with self.engine.begin() as conn:
-                    n = conn.execute(stmt).rowcount
-            total += n
+            with self._transaction() as conn:
+                n = conn.execute(stmt).rowcount
+            yield n
             if n < batch_size:
-                return total
+                return
+
+    def read_after(self, kind: str, after: tuple[int, str] | None, limit: int = 1000) -> list[Any]:
+        """Oldest first after ``(ts, id)``: one range scan of the ``(ts, id)`` index."""
+        if not self._ready:
+            self.setup()
+        stmt: Any
+        if kind == "session":
+            t = session_table
+            ts, id_ = t.c.session_start, t.c.id
+            stmt = _session_select()
+        elif kind == "audit":
+            t = audit_table
+            ts, id_ = t.c.ts, t.c.id
+            stmt = select(*(t.c[n] for n in _AUDIT_COLS))
+        else:
+            spec = KINDS.get(kind)
+            if spec is None:
+                raise ValueError(f"SQLStorage has no table for event kind {kind!r}")
+            ts, id_ = spec.table.c.ts, spec.table.c.id
+            stmt = spec.select()
+        if after is not None:
+            ats, aid = after
+            stmt = stmt.where(ts >= ats, or_(ts > ats, id_ > aid))
+        rows = self._read(stmt.order_by(ts, id_).limit(limit))
+        cache: dict[Any, Any] = {}
+        if kind == "session":
+            return [_session_from_row(r, cache) for r in rows]
+        if kind == "audit":
+            return [_audit_from_row(r) for r in rows]
+        return [KINDS[kind].from_row(r, cache) for r in rows]
+
+    def audit_purge_marks(self) -> list[dict[str, Any]]:
+        if not self._ready:
+            self.setup()
+        t = audit_purge_table
+        cols = ("chain", "seq", "hash", "ts", "purged_at", "sig")
+        rows = self._read(select(*(t.c[n] for n in cols)).order_by(t.c.chain))
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def purge_audit_chains(
+        self, marks: Sequence[dict[str, Any]], batch_size: int = 10_000
+    ) -> Iterator[int]:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not self._ready:
+            self.setup()
+        t, a = audit_purge_table, audit_table
+        cols = ("chain", "seq", "hash", "ts", "purged_at", "sig")
+        with self._transaction() as conn:  # the marks first, in one transaction
+            for m in marks:
+                row = conn.execute(select(t.c.seq).where(t.c.chain == m["chain"])).first()
+                values = {c: m[c] for c in cols}
+                if row is None:
+                    conn.execute(t.insert().values(values))
+                elif row[0] < m["seq"]:  # a mark only moves forward
+                    conn.execute(t.update().where(t.c.chain == m["chain"]).values(values))
+        for m in marks:
+            chain, upto = m["chain"], int(m["seq"])
+            chunk = (
+                select(a.c.id)
+                .where(a.c.chain == chain, a.c.seq <= upto)
+                .order_by(a.c.seq)
+                .limit(batch_size)
+            )
+            yield from self._delete_chunks(
+                delete(a).where(a.c.id.in_(select(chunk.subquery().c.id))), batch_size
+            )
 
     # -- lifecycle
 
