@@ -263,19 +263,33 @@ def _ordered(fixtures: tuple[GeoFixture, ...]) -> list[GeoFixture]:
     return sorted(seen.values(), key=lambda fx: int(fx.network.rsplit("/", 1)[1]))
 
 
+class _DatedWriter(MMDBWriter):  # type: ignore[misc]
+    """An MMDBWriter whose metadata carries a given build time (it stamps "now")."""
+
+    build_epoch: int | None = None
+
+    def _build_meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = super()._build_meta()
+        if self.build_epoch is not None:
+            meta["build_epoch"] = self.build_epoch
+        return meta
+
+
 def _write(
     path: str | os.PathLike[str],
     database_type: str,
     records: list[tuple[str, dict[str, Any]]],
     ip_version: int,
+    build_epoch: int | None = None,
 ) -> Path:
-    writer = MMDBWriter(
+    writer = _DatedWriter(
         ip_version=ip_version,
         database_type=database_type,
         languages=["en"],
         description={"en": f"leza-middleware test {database_type}"},
         ipv4_compatible=ip_version == 6,
     )
+    writer.build_epoch = build_epoch
     for network, record in records:
         if ip_version == 4 and ":" in network:
             continue
@@ -291,10 +305,12 @@ def write_city_db(
     ip_version: int = 6,
     database_type: str = "GeoLite2-City",
     fixtures: tuple[GeoFixture, ...] = CITY_FIXTURES,
+    build_epoch: int | None = None,
 ) -> Path:
-    """A City database holding ``fixtures`` (IPv6 fixtures skipped when ip_version=4)."""
+    """A City database holding ``fixtures`` (IPv6 fixtures skipped when ip_version=4),
+    built at ``build_epoch`` (Unix seconds; default now)."""
     records = [(fx.network, fx.city_record()) for fx in _ordered(fixtures)]
-    return _write(path, database_type, records, ip_version)
+    return _write(path, database_type, records, ip_version, build_epoch)
 
 
 def write_country_db(

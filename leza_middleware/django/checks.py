@@ -7,7 +7,8 @@ would raise), through the same validators the ``Leza`` constructor uses:
 * ``leza.E002`` GeoIP database (``GeoResolver.open``: missing, unreadable, corrupt);
 * ``leza.E003`` trusted proxies (``ProxyTrust``: ``*``, ``0.0.0.0/0``, bad entries);
 * ``leza.E004`` anything else (``settings.LEZA`` itself, unknown keys, numbers,
-  the performer and revoked_response hooks, ``LEZA_*`` environment variables);
+  the performer, revoked_response and dashboard_authorize hooks, ``LEZA_*``
+  environment variables);
 * ``leza.E005`` ``audit_models``: its shape, models that do not exist, excluded
   names that are no field of the model;
 * ``leza.W001`` the app is installed but the middleware is not in ``MIDDLEWARE``.
@@ -78,6 +79,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     errors: list[Any] = []
     bad: set[str] = set()
 
+    errors.extend(_check_dashboard_authorize())
     for name in HOOKS:  # dotted paths: importable, and callable
         if isinstance(options.get(name), str):
             try:
@@ -124,6 +126,22 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     if "trusted_proxies" not in bad:
         errors.extend(_check_proxies(settings))
     return errors
+
+
+def _check_dashboard_authorize() -> list[Any]:
+    """``LEZA["dashboard_authorize"]``: a callable, or the dotted path of one."""
+    hook = _mapping(_raw_setting()).get("dashboard_authorize")
+    try:
+        if isinstance(hook, str):
+            import_hook("dashboard_authorize", hook)
+        elif hook is not None and not callable(hook):
+            raise LezaConfigError(
+                f"dashboard_authorize must be a {HOOKS['dashboard_authorize']} or its dotted "
+                f"path, got {type(hook).__name__}"
+            )
+    except LezaConfigError as exc:
+        return [_error(exc, OTHER)]
+    return []
 
 
 def _check_storage(settings: Settings) -> list[Any]:

@@ -119,14 +119,16 @@ def _mapping(raw: object) -> Mapping[str, Any]:
     return raw
 
 
-#: ``settings.LEZA`` keys the Django integration reads itself (not ``Leza(...)`` arguments).
-DJANGO_ONLY = frozenset({"audit_models"})
+#: ``settings.LEZA`` keys the Django integration reads itself (not ``Leza(...)`` arguments):
+#: ``audit_models`` (audit.py) and ``dashboard_authorize`` (views.py).
+DJANGO_ONLY = frozenset({"audit_models", "dashboard_authorize"})
 
 #: Settings that take a callable, or its dotted path; what the callable looks like.
 HOOKS = {
     "performer": "callable(request) -> Performer | dict | None",
     "revoked_response": "callable(request) -> (status, headers, body)",
     "has_permission": "callable(performer, request, permission) -> bool",
+    "dashboard_authorize": "callable(request) -> bool",
 }
 
 

@@ -1,0 +1,1 @@
+"""Django management commands: ``manage.py leza_tail`` … (see ``base.py``)."""
