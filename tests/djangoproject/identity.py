@@ -20,3 +20,8 @@ def from_user(request: Any) -> dict[str, str] | None:
 def can_view_reports(performer: Any, request: Any, permission: str) -> bool:
     """A ``has_permission`` hook by dotted path: only users named in the header."""
     return bool(request.headers.get("X-Allowed") == performer.name)
+
+
+def dashboard_by_header(request: Any) -> bool:
+    """A ``dashboard_authorize`` hook by dotted path: whoever sends the header."""
+    return request.headers.get("X-Dashboard") == "let-me-in"

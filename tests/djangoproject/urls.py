@@ -34,4 +34,5 @@ urlpatterns = [
     path("membership/", views.membership),
     path("users/deactivate/", views.deactivate),
     path("users/sign-up/", views.sign_up),
+    path("leza/", include("leza_middleware.django.urls")),  # the dashboard (staff only)
 ]
