@@ -109,6 +109,11 @@ class Settings:
     # Endpoint permissions (permissions.py): {permission: ["GET /path/*", ...]}.
     permissions: tuple[Any, ...] = ()  # compiled rules
     has_permission: Callable[[Any, Any, str], bool] | None = None
+    # Advisories (advisories/): on by default with the built-in rules; ``advisory_rules``
+    # replaces them; findings at or above ``advisory_notify`` go to the notifiers.
+    advisories: bool = True
+    advisory_rules: tuple[Any, ...] | None = None
+    advisory_notify: str | None = "high"
 
     @classmethod
     def resolve(
@@ -259,6 +264,23 @@ class Settings:
                     "revoked_response must be a callable(request) -> (status, headers, body)"
                 )
             out["revoked_response"] = raw["revoked_response"]
+        if "advisories" in raw:
+            out["advisories"] = _flag(label["advisories"], raw["advisories"])
+        if "advisory_rules" in raw:
+            from .advisories import Rule
+
+            rules = raw["advisory_rules"]
+            if isinstance(rules, (str, bytes)) or not hasattr(rules, "__iter__"):
+                raise LezaConfigError("advisory_rules must be a list of advisory Rule objects")
+            rules = tuple(rules)
+            bad = [r for r in rules if not isinstance(r, Rule)]
+            if bad:
+                raise LezaConfigError(
+                    f"advisory_rules must hold advisory Rule objects, got {type(bad[0]).__name__}"
+                )
+            out["advisory_rules"] = rules
+        if "advisory_notify" in raw:
+            out["advisory_notify"] = _severity(label["advisory_notify"], raw["advisory_notify"])
         if "spill_dir" in out:
             _check_spill_dir(label["spill_dir"], out["spill_dir"])
         if "storage" in raw:
@@ -267,8 +289,21 @@ class Settings:
 
 
 # Settings that are code, not text: no LEZA_* variable.
-_NOT_FROM_ENV = frozenset({"performer", "revoked_response", "permissions", "has_permission"})
+_NOT_FROM_ENV = frozenset(
+    {"performer", "revoked_response", "permissions", "has_permission", "advisory_rules"}
+)
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,64}")
+
+
+def _severity(name: str, value: Any) -> str | None:
+    """An advisory severity, or None (``off``) for never."""
+    from .events import SEVERITIES
+
+    if value is False or (isinstance(value, str) and value.strip().lower() in {"off", "none", ""}):
+        return None
+    if isinstance(value, str) and value.strip().lower() in SEVERITIES:
+        return value.strip().lower()
+    raise LezaConfigError(f"{name} must be one of {', '.join(SEVERITIES)} or 'off', got {value!r}")
 
 
 def _flag(name: str, value: Any) -> bool:

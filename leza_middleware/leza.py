@@ -6,16 +6,21 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
 from typing import Any
 
+from .advisories import AdvisoryEngine, default_rules
 from .audit.api import Audit
+from .availability import Availability
 from .config import Settings
 from .enrich.access import AccessEnricher
 from .enrich.clientip import ProxyTrust
 from .enrich.geo import GeoResolver
 from .enrich.useragent import UserAgentParser
 from .errors import LezaConfigError
-from .events import AuditEvent, Event
+from .events import SEVERITIES, AdvisoryEvent, AuditEvent, Event
+from .logs import LezaLogHandler
+from .notify import Notification, Notify
 from .performer import Performer, coerce_performer
 from .permissions import Permissions
 from .query import Query
@@ -68,6 +73,7 @@ class Leza:
         self._errors_lock = threading.Lock()
         self._request_path_errors = 0
         self._performer_hook_errors = 0
+        self._log_handlers: list[LezaLogHandler] = []
         self._configure(Settings.resolve(self._given))
 
     def _configure(self, settings: Settings) -> None:
@@ -114,6 +120,16 @@ class Leza:
         self.cookies.refill()  # machine ids ready before the first request
         self.sessions = Sessions(self)
         self.audit = Audit(self)
+        # Notifiers do not depend on the settings: kept across an init_app() rebuild.
+        self.notify: Notify = getattr(self, "notify", None) or Notify()
+        self.advisories: AdvisoryEngine | None = None
+        if settings.advisories:
+            rules = settings.advisory_rules
+            self.advisories = AdvisoryEngine(
+                list(default_rules() if rules is None else rules),
+                self.storage,
+                app_name=settings.app_name,
+            )
         self.permissions = Permissions(
             settings.permissions, settings.app_name, settings.has_permission
         )
@@ -124,9 +140,14 @@ class Leza:
             Spill(spill_dir),
             prepare_batch=self._prepare_batch,
             priority=self._priority,
-            derive=self.sessions.changes_for if settings.sessions else None,
+            derive=self._derive if settings.sessions or self.advisories is not None else None,
             tick=self._tick,
-            on_fork=(self.sessions.after_fork, self.cookies.after_fork, self.audit.after_fork),
+            on_fork=(
+                self.sessions.after_fork,
+                self.cookies.after_fork,
+                self.audit.after_fork,
+                self._availability_after_fork,
+            ),
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
             queue_size=settings.queue_size,
@@ -134,6 +155,14 @@ class Leza:
             shutdown_timeout=settings.shutdown_timeout,
         )
         self.query = Query(self.storage)
+        previous_availability: Availability | None = getattr(self, "availability", None)
+        self.availability = Availability(self)
+        if previous_availability is not None:  # an init_app() rebuild: carry the checks over
+            previous_availability.stop(timeout=1.0)
+            for check in previous_availability.checks:
+                self.availability.add(check)
+            for window in previous_availability.monitor.maintenance():
+                self.availability.monitor.add_maintenance(window)
 
     # -- recorder ------------------------------------------------------------
 
@@ -146,6 +175,63 @@ class Leza:
         if isinstance(item, Event):
             return item
         raise TypeError(f"cannot record {type(item).__name__}")
+
+    def _derive(self, events: list[Event]) -> list[Event]:
+        """On the recorder thread, per batch: session changes, then advisories."""
+        derived: list[Event] = (
+            list(self.sessions.changes_for(events)) if self.settings.sessions else []
+        )
+        engine = self.advisories
+        if engine is not None:
+            # The recorded events only: each login already has its access event,
+            # so its derived session_start would be a second sighting of it.
+            found = engine.process(events)
+            if found:
+                derived.extend(found)
+                self._notify_advisories(found)
+        return derived
+
+    def _notify_advisories(self, found: list[AdvisoryEvent]) -> None:
+        threshold = self.settings.advisory_notify
+        if threshold is None:
+            return
+        floor = SEVERITIES.index(threshold)
+        for advisory in found:
+            if SEVERITIES.index(advisory.severity) < floor:
+                continue
+            self.notify.notify(
+                Notification(
+                    event="advisory",
+                    check=None,
+                    state=None,
+                    at=datetime.fromtimestamp(advisory.ts / 1_000_000, tz=timezone.utc),
+                    message=advisory.message,
+                    severity=advisory.severity,
+                    details={
+                        "advisory_id": advisory.id,
+                        "rule": advisory.rule,
+                        "evidence": list(advisory.evidence),
+                        "performer_id": advisory.performer_id,
+                        "ip": advisory.ip,
+                        "app": advisory.app,
+                    },
+                )
+            )
+
+    def _availability_after_fork(self) -> None:
+        self.availability.monitor.after_fork()
+
+    def logging_handler(
+        self, level: int | str = logging.NOTSET, *, rate: float = 500.0, burst: int = 2000
+    ) -> LezaLogHandler:
+        """A ``logging.Handler`` recording the app's log records (the LOG tab).
+
+        ``logging.getLogger().addHandler(leza.logging_handler())``. At most
+        ``rate`` records per second (bursts of ``burst``); see :mod:`.logs`.
+        """
+        handler = LezaLogHandler(self, level, rate=rate, burst=burst)
+        self._log_handlers.append(handler)
+        return handler
 
     def _tick(self) -> None:
         """Periodic work on the recorder thread."""
@@ -184,8 +270,12 @@ class Leza:
         return self.recorder.flush(timeout)
 
     def shutdown(self, timeout: float | None = None) -> bool:
-        """Flush and stop the background thread; called at interpreter exit too."""
-        return self.recorder.shutdown(timeout)
+        """Stop the availability monitor, flush and stop the recorder, then send
+        the notifications still queued; called at interpreter exit too."""
+        self.availability.stop(timeout=1.0 if timeout is None else min(timeout, 1.0))
+        done = self.recorder.shutdown(timeout)
+        self.notify.shutdown(timeout)
+        return done
 
     def stats(self) -> dict[str, Any]:
         """Counters: enqueued, written, dropped (+ by reason), retried, spilled, replayed, …
@@ -197,6 +287,16 @@ class Leza:
         out["performer_hook_errors"] = self._performer_hook_errors
         out["geo"] = self.geo.stats()
         out["user_agents"] = self.user_agents.cache_info()
+        out["notify"] = self.notify.stats()
+        out["logs"] = _sum_stats(h.stats() for h in self._log_handlers)
+        out["advisories"] = None if self.advisories is None else self.advisories.stats()
+        monitor = self.availability.monitor
+        out["availability"] = {
+            "checks": len(monitor.checks()),
+            "leader": monitor.is_leader,
+            "probes": monitor.probes,
+            "errors": monitor.errors,
+        }
         return out
 
     # -- frameworks ----------------------------------------------------------
@@ -282,3 +382,13 @@ class Leza:
 
     def __repr__(self) -> str:
         return f"<Leza app={self.settings.app_name!r} storage={self.storage.describe()}>"
+
+
+def _sum_stats(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The log handlers' counters added up."""
+    out: dict[str, Any] = {"recorded": 0, "dropped": {}}
+    for part in parts:
+        out["recorded"] += part["recorded"]
+        for reason, n in part["dropped"].items():
+            out["dropped"][reason] = out["dropped"].get(reason, 0) + n
+    return out

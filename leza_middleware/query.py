@@ -123,6 +123,43 @@ class Query:
         page = self._storage.query(kind, flt)
         return QueryPage([e.to_dict() for e in page.events], format_cursor(page.next_cursor))
 
+    def sessions(
+        self,
+        *,
+        since: TimeLike = None,
+        until: TimeLike = None,
+        active: bool | None = None,
+        performer_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> QueryPage:
+        """Sessions, active and ended (``active=True`` / ``False`` for one state),
+        newest start first; ``since``/``until`` bound the start, inclusive."""
+        flt = self._filter(since, until, None, performer_id, limit, cursor)
+        self._ensure_ready()
+        page = self._storage.query("session", replace(flt, active=active))
+        return QueryPage([r.to_dict() for r in page.events], format_cursor(page.next_cursor))
+
+    def count(
+        self,
+        kind: str,
+        *,
+        since: TimeLike = None,
+        until: TimeLike = None,
+        action: str | None = None,
+        performer_id: str | None = None,
+        active: bool | None = None,
+        cap: int | None = None,
+    ) -> int | None:
+        """How many ``kind`` records match (``active`` for sessions only).
+
+        With ``cap``, counting may stop past ``cap`` rows: a result above ``cap``
+        means "more than ``cap``". None when the storage cannot count.
+        """
+        flt = self._filter(since, until, action, performer_id, 1, None)
+        self._ensure_ready()
+        return self._storage.count(kind, replace(flt, active=active), cap)
+
     def audit(
         self,
         since: TimeLike = None,
@@ -164,3 +201,56 @@ class Query:
             limit=limit,
             cursor=cursor,
         ).items
+
+    def logs(
+        self,
+        since: TimeLike = None,
+        until: TimeLike = None,
+        action: str | None = None,
+        performer_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The app's log records (LOG tab), newest first; ``action`` is the level
+        name (``"error"``, ``"warning"``, …)."""
+        return self.page("log", **_args(since, until, action, performer_id, limit, cursor)).items
+
+    def advisories(
+        self,
+        since: TimeLike = None,
+        until: TimeLike = None,
+        action: str | None = None,
+        performer_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Security advisories (ADVISORY tab), newest first; ``action`` is the rule
+        name (``"new_machine"``, ``"impossible_travel"``, …)."""
+        args = _args(since, until, action, performer_id, limit, cursor)
+        return self.page("advisory", **args).items
+
+    def checks(
+        self,
+        since: TimeLike = None,
+        until: TimeLike = None,
+        action: str | None = None,
+        check: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Availability probe results, newest first; ``action="state_change"`` for
+        the moments a check went down or came back, ``check`` for one check."""
+        return self.page("check", **_args(since, until, action, check, limit, cursor)).items
+
+
+def _args(
+    since: TimeLike,
+    until: TimeLike,
+    action: str | None,
+    performer_id: str | None,
+    limit: int,
+    cursor: str | None,
+) -> dict[str, Any]:
+    """The shared filters of the per-kind readers, as ``Query.page`` keywords."""
+    return {"since": since, "until": until, "action": action, "performer_id": performer_id,
+            "limit": limit, "cursor": cursor}  # fmt: skip

@@ -106,6 +106,9 @@ class Recorder:
 
     def _reset_state(self) -> None:
         self._lock = threading.Lock()
+        # Held by the worker thread during each step (a batch, a replay, a
+        # tick): a fork waits for it, see _before_fork.
+        self._busy = threading.Lock()
         self._done = threading.Condition(self._lock)  # notified when events stop being pending
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -176,6 +179,12 @@ class Recorder:
             t = threading.Thread(target=self._run, name="leza-recorder", daemon=True)
             self._thread = t
         t.start()
+
+    @property
+    def running(self) -> bool:
+        """Whether the background thread is alive (it starts with the first event)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     @property
     def pending(self) -> int:
@@ -329,17 +338,20 @@ class Recorder:
 
     def _run(self) -> None:
         _name_os_thread(b"leza-recorder")
-        self._replay()  # events spilled by an earlier run
+        with self._busy:
+            self._replay()  # events spilled by an earlier run
         while True:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             try:
                 while self._queue and not self._abandoned:
-                    self._process(self._take())
-                if self._down_since is not None or self.spill.has_files():
-                    self._maybe_replay()
-                if self._tick is not None and self._down_since is None:
-                    self._tick()
+                    with self._busy:
+                        self._process(self._take())
+                with self._busy:
+                    if self._down_since is not None or self.spill.has_files():
+                        self._maybe_replay()
+                    if self._tick is not None and self._down_since is None:
+                        self._tick()
             except Exception:  # a bug here must not kill the thread
                 log.exception("leza: recorder loop error")
             if self._stopping.is_set() and not self._queue:
@@ -487,7 +499,39 @@ def _name_os_thread(name: bytes) -> None:
 _live: weakref.WeakSet[Recorder] = weakref.WeakSet()
 
 
+# How long a fork waits for a recorder's step to finish (storage hanging mid-write).
+_FORK_WAIT = 2.0
+_fork_state = threading.local()
+
+
+def _before_fork() -> None:
+    """Let every recorder finish the step in hand before the process forks.
+
+    Threads do not survive ``fork()`` but the locks they held stay held: a
+    child forked while the worker thread was inside a batch (holding the lock
+    of a GeoIP cache, the advisory engine, a storage driver) would block on it
+    forever, e.g. a worker gunicorn ``--preload`` respawns while the master's
+    recorder writes. Released again in the parent right after the fork.
+    """
+    me = threading.get_ident()
+    held: list[threading.Lock] = []
+    for rec in list(_live):
+        thread = rec._thread
+        if thread is None or thread.ident == me or not thread.is_alive():
+            continue
+        if rec._busy.acquire(timeout=_FORK_WAIT):
+            held.append(rec._busy)
+    _fork_state.held = held
+
+
+def _after_fork_in_parent() -> None:
+    for lock in getattr(_fork_state, "held", ()):
+        lock.release()
+    _fork_state.held = []
+
+
 def _after_fork_in_child() -> None:
+    _fork_state.held = []  # the parent's locks; each recorder gets new ones below
     for rec in list(_live):
         rec.after_fork()
 
@@ -498,5 +542,7 @@ def _at_exit() -> None:
             rec.shutdown()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
 atexit.register(_at_exit)

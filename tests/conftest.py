@@ -247,3 +247,32 @@ def postgres_url() -> Iterator[str]:
         yield url
     finally:
         server.stop()
+
+
+# ----------------------------------------------------------------------------- webhook receiver
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A real HTTP server on loopback keeping every JSON body POSTed to it:
+    (its URL, the bodies received so far)."""
+    import http.server
+    import json
+
+    bodies: list[dict[str, Any]] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            bodies.append(json.loads(self.rfile.read(length)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/leza", bodies
+    server.shutdown()
+    server.server_close()

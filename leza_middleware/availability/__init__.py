@@ -1,0 +1,266 @@
+"""Service availability: ``leza.availability.http(...)``, ``.tcp(...)``, ``.check(...)``.
+
+Checks are probed by one monitor per deployment (``leader.py``), every
+result is stored as a ``check`` event, uptime is computed from that stored
+history, and state changes go to ``leza.notify``'s notifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LezaConfigError
+from ..events import CheckEvent
+from ..query import TimeLike, to_us
+from .checks import CallableCheck, Check, HttpCheck, ProbeResult, SqlCheck, TcpCheck
+from .leader import leadership_for
+from .monitor import Maintenance, Monitor
+from .uptime import WINDOWS, last_result, uptime
+
+if TYPE_CHECKING:
+    from ..leza import Leza
+
+__all__ = [
+    "Availability",
+    "CallableCheck",
+    "Check",
+    "HttpCheck",
+    "Maintenance",
+    "ProbeResult",
+    "SqlCheck",
+    "TcpCheck",
+]
+
+log = logging.getLogger("leza_middleware.availability")
+
+_ALARM_SEVERITY = {"down": "high", "still_down": "high", "recovered": "info"}
+
+
+class Availability:
+    """The checks of one :class:`~leza_middleware.Leza` and their state.
+
+    Registering the first check starts the monitor thread (``autostart``);
+    the process that wins the monitor's leadership probes, every process can
+    read :meth:`status`.
+    """
+
+    def __init__(self, leza: Leza, *, autostart: bool = True) -> None:
+        self._leza = leza
+        self.autostart = autostart
+        self.monitor = Monitor(
+            record=leza.record,
+            notify=self._alarm,
+            leadership=leadership_for(leza.storage, leza.settings.app_name),
+            app_name=leza.settings.app_name,
+        )
+        self._lock = threading.Lock()
+
+    # -- registering checks ----------------------------------------------------
+
+    def add(self, check: Check) -> Check:
+        """Register any :class:`Check` (a subclass of your own too)."""
+        if not isinstance(check, Check):
+            raise LezaConfigError(f"expected a Check, got {type(check).__name__}")
+        self.monitor.add(check)
+        if self.autostart:
+            self.monitor.start()
+        return check
+
+    def http(
+        self,
+        name: str,
+        url: str,
+        *,
+        method: str = "GET",
+        expect_status: int | Collection[int] | None = None,
+        headers: Mapping[str, str] | None = None,
+        interval: float = 30.0,
+        timeout: float = 5.0,
+        retries: int = 2,
+        resend: float | None = None,
+    ) -> HttpCheck:
+        """GET/HEAD ``url``; healthy on ``expect_status`` (default any 2xx/3xx)."""
+        check = HttpCheck(
+            name, url, method=method, expect_status=expect_status, headers=headers,
+            interval=interval, timeout=timeout, retries=retries, resend=resend,
+        )  # fmt: skip
+        self.add(check)
+        return check
+
+    def tcp(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        *,
+        interval: float = 30.0,
+        timeout: float = 5.0,
+        retries: int = 2,
+        resend: float | None = None,
+    ) -> TcpCheck:
+        """Connect to ``host:port``; healthy when it accepts."""
+        check = TcpCheck(
+            name, host, port, interval=interval, timeout=timeout, retries=retries, resend=resend
+        )
+        self.add(check)
+        return check
+
+    def sql(
+        self,
+        name: str,
+        url: str,
+        *,
+        interval: float = 30.0,
+        timeout: float = 5.0,
+        retries: int = 2,
+        resend: float | None = None,
+    ) -> SqlCheck:
+        """``SELECT 1`` on a database URL (any SQLAlchemy URL)."""
+        check = SqlCheck(
+            name, url, interval=interval, timeout=timeout, retries=retries, resend=resend
+        )
+        self.add(check)
+        return check
+
+    def check(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        interval: float = 30.0,
+        timeout: float = 5.0,
+        retries: int = 2,
+        resend: float | None = None,
+    ) -> CallableCheck:
+        """Call ``fn`` (sync or ``async``): healthy unless it raises or returns False."""
+        check = CallableCheck(
+            name, fn, interval=interval, timeout=timeout, retries=retries, resend=resend
+        )
+        self.add(check)
+        return check
+
+    def remove(self, name: str) -> bool:
+        """Stop probing the check called ``name`` (its history stays)."""
+        return self.monitor.remove(name)
+
+    @property
+    def checks(self) -> tuple[Check, ...]:
+        return tuple(self.monitor.checks())
+
+    def maintenance(
+        self,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        *,
+        duration: float | None = None,
+        checks: Collection[str] | None = None,
+        reason: str = "",
+    ) -> Maintenance:
+        """Silence alarms from ``start`` (default now) to ``end`` or for ``duration`` seconds.
+
+        Probes still run and are stored: the window only keeps notifiers quiet.
+        ``checks`` limits it to some checks by name (default: all).
+        """
+        begin = to_us(start) if start is not None else time.time_ns() // 1000
+        assert begin is not None
+        if (end is None) == (duration is None):
+            raise LezaConfigError("maintenance: give either end or duration")
+        finish: int | None
+        if duration is not None:
+            if not duration > 0:
+                raise LezaConfigError(f"maintenance: duration must be > 0, got {duration!r}")
+            finish = begin + int(duration * 1_000_000)
+        else:
+            finish = to_us(end)
+        assert finish is not None
+        if finish <= begin:
+            raise LezaConfigError("maintenance: the window ends before it starts")
+        window = Maintenance(begin, finish, None if checks is None else frozenset(checks), reason)
+        self.monitor.add_maintenance(window)
+        return window
+
+    # -- reading -----------------------------------------------------------------
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Each registered check: state, uptime over 24 h / 7 d / 30 d, last probe.
+
+        ``{"billing": {"state": "up", "since": "…Z", "uptime_24h": 99.93,
+        "uptime_7d": …, "uptime_30d": …, "last_latency_ms": 12.5,
+        "last_checked": "…Z", "last_error": None, "kind": "http"}}``.
+        Uptime is the percentage of stored probes in the window whose check
+        was UP (None before any probe); probes run at a fixed interval, so it
+        is also the share of time. Works in every process: what the leader
+        stored is read back from storage.
+        """
+        storage = self._leza.storage
+        now = time.time_ns() // 1000
+        out: dict[str, dict[str, Any]] = {}
+        for check in self.monitor.checks():
+            local = self.monitor.local_state(check.name)
+            last: CheckEvent | None
+            if local is not None:
+                state, last, since = local
+            else:
+                last = last_result(storage, check.name)
+                state = "unknown" if last is None else last.state
+                since = None
+            entry: dict[str, Any] = {
+                "state": state,
+                "kind": check.kind,
+                "target": check.describe(),
+                "since": None if since is None else _iso(since),
+                "last_checked": None if last is None else _iso(last.ts),
+                "last_latency_ms": None if last is None else last.latency_ms,
+                "last_error": None if last is None else last.error,
+            }
+            for label, seconds in WINDOWS.items():
+                entry[f"uptime_{label}"] = uptime(storage, check.name, now - seconds * 1_000_000)
+            out[check.name] = entry
+        return out
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this process is the one probing."""
+        return self.monitor.is_leader
+
+    def start(self) -> None:
+        self.monitor.start()
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        self.monitor.stop(timeout)
+
+    # -- alarms ------------------------------------------------------------------
+
+    def _alarm(self, event: CheckEvent, decision: str, check: Check) -> None:
+        from ..notify import Notification
+
+        what = {
+            "down": f"{check.name} is DOWN",
+            "still_down": f"{check.name} is still DOWN",
+            "recovered": f"{check.name} has RECOVERED",
+        }[decision]
+        detail = f": {event.error}" if event.error and decision != "recovered" else ""
+        self._leza.notify.notify(
+            Notification(
+                event=decision,
+                check=check.name,
+                state=event.state if event.state != "unknown" else None,
+                at=datetime.fromtimestamp(event.ts / 1_000_000, tz=timezone.utc),
+                error=event.error,
+                latency_ms=event.latency_ms,
+                message=f"{what} ({check.describe()}){detail}",
+                severity=_ALARM_SEVERITY[decision],
+                details={"event_id": event.id, "kind": check.kind, "app": event.app},
+            )
+        )
+
+
+def _iso(ts_us: int) -> str:
+    from ..events import iso_from_us
+
+    return iso_from_us(ts_us)
