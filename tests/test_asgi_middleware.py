@@ -408,9 +408,10 @@ async def test_performer_text_is_cleaned_before_storage(make_leza: Any) -> None:
     await _get(LezaMiddleware(starlette_app(), leza=leza), "/")
     assert leza.flush(5)
     performer = leza.query.access()[0]["performer"]
-    assert performer["id"] == "u1forged"
+    # an id's control characters are replaced, not dropped: it cannot pass for "u1forged"
+    assert performer["id"] == "u1\ufffd\ufffdforged"
     assert performer["name"] == "Eve[31m"
-    assert leza.query.access(performer_id="u1forged")
+    assert leza.query.access(performer_id="u1\ufffd\ufffdforged")
 
 
 @pytest.mark.parametrize(

@@ -25,12 +25,12 @@ from typing import Any, TypeVar
 
 from ..events import AccessEvent, Device, Geo, encode_chain, performer_key
 from ..ids import new_event_ids
-from ..performer import Performer
+from ..performer import Organization, Performer
 from .cache import bounded_put
 from .clientip import ProxyTrust
 from .geo import GeoResolver
-from .text import CONTROL_CHARACTERS, clean, redact_query
-from .useragent import UserAgentParser
+from .text import UNSAFE, clean, redact_query
+from .useragent import _RAW_LIMIT, UserAgentParser
 
 __all__ = ["AccessEnricher", "derive_outcome"]
 
@@ -98,19 +98,65 @@ def _memoisable(key: Any) -> bool:
     return True
 
 
-_has_control = CONTROL_CHARACTERS.search
+# Control characters or lone surrogates: the path needs cleaning (one search per path).
+_unsafe = UNSAFE.search
 _OUTCOME_OF_ACTION = {"login_failed": "failure", "denied": "denied"}
 
 
-def _stored_performer(p: Performer) -> tuple[Performer, str, str]:
-    """The performer as stored (text fields cleaned and capped), its id and key."""
-    fields: dict[str, Any] = {}
-    for name in ("id", "name", "email", "picture_url", "organization_id",
-                 "organization_name", "role_name", "clientid"):  # fmt: skip
+def _clean_labels(labels: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(clean(str(label), MAX_REASON) for label in labels)
+
+
+def _stored_organization(o: Organization) -> Organization:
+    stored = Organization(
+        id=clean(str(o.id), MAX_REASON),
+        name=clean(str(o.name), MAX_REASON),
+        type=clean(str(o.type), MAX_REASON),
+        labels=_clean_labels(o.labels),
+    )
+    return o if stored == o else stored
+
+
+def _clean_id(value: str) -> str:
+    """An identifier as stored: unsafe characters replaced by U+FFFD, not dropped.
+
+    Dropping would merge ids ("a\x00b" and "ab") and could leave an empty id
+    ("\r\n"), which reads back as no performer at all and fails the read.
+    """
+    value = value[:MAX_REASON]
+    return UNSAFE.sub("\ufffd", value) if _unsafe(value) is not None else value
+
+
+def _stored_performer(p: Performer) -> tuple[Performer | None, str | None, str | None]:
+    """The performer as stored (every text field cleaned and capped), its id and key.
+
+    The app builds it, but often from what the client sent (a user name, an
+    organisation header): every field ends up in the stored JSON, so every one
+    is cleaned. Without an id (``Performer(id="")``) the request is anonymous.
+    Memoised per distinct performer.
+    """
+    pid = _clean_id(str(p.id))
+    if not pid:
+        return None, None, None
+    fields: dict[str, Any] = {} if pid == p.id else {"id": pid}
+    for name in ("name", "email", "picture_url", "organization_id",
+                 "organization_name", "role_name", "clientid",
+                 "organization_unit_id", "organization_unit_name"):  # fmt: skip
         value = getattr(p, name)
-        cleaned = clean(value, MAX_REASON)
+        if value is None:
+            continue
+        cleaned = clean(str(value), MAX_REASON)
         if cleaned != value:
             fields[name] = cleaned
+    unit_labels = p.organization_unit_labels
+    if unit_labels is not None:
+        cleaned_labels = _clean_labels(unit_labels)
+        if cleaned_labels != unit_labels:
+            fields["organization_unit_labels"] = cleaned_labels
+    if p.organizations:
+        orgs = tuple(map(_stored_organization, p.organizations))
+        if orgs != p.organizations:
+            fields["organizations"] = orgs
     if fields:
         p = replace(p, **fields)
     return p, p.id, performer_key(p)
@@ -118,6 +164,20 @@ def _stored_performer(p: Performer) -> tuple[Performer, str, str]:
 
 def _text(value: bytes | str | None) -> str | None:
     return value.decode("latin-1") if type(value) is bytes else value  # type: ignore[return-value]
+
+
+def _short_text(value: Any) -> str:
+    """Method, scheme, host as stored: any type a malformed scope may hold."""
+    if value is None:
+        return ""
+    text = _text(value)
+    return clean(text if type(text) is str else str(text), MAX_HOST)
+
+
+def _outcome(key: tuple[int, str | None]) -> tuple[str, str, str]:
+    action, outcome, reason = derive_outcome(*key)
+    # The error part is an exception class name: the app's, so cleaned as well.
+    return action, outcome, clean(reason, MAX_REASON)
 
 
 class AccessEnricher:
@@ -138,10 +198,14 @@ class AccessEnricher:
         self._devices = _Memo(self._device)
         self._addresses = _Memo(self._address)
         self._geos = _Memo(self._geo)
-        self._outcomes = _Memo(lambda key: derive_outcome(*key))
-        self._short = _Memo(lambda v: clean(_text(v) or "", MAX_HOST))  # method, scheme, host
+        self._outcomes = _Memo(_outcome)
+        self._short = _Memo(_short_text)  # method, scheme, host
         self._routes = _Memo(lambda r: None if r is None else clean(str(r), MAX_PATH))
-        self._queries = _Memo(lambda q: clean(redact_query(q, redact_keys), MAX_PATH))
+        # Cleaned before redaction too, so that the key redaction matches is
+        # the key as stored ("pass\x00word=..." is stored as "password=...").
+        self._queries = _Memo(
+            lambda q: clean(redact_query(clean(q, MAX_PATH), redact_keys), MAX_PATH)
+        )
         self._performers = _Memo(_stored_performer)
 
     # Memoised per distinct value; each returns what the batch's columns need.
@@ -153,6 +217,8 @@ class AccessEnricher:
         return a.client_ip, a.ip_valid, a.peer_ip, encode_chain(a.chain), geo_ip
 
     def _device(self, ua: bytes | str | None) -> tuple[Device, str]:
+        if (type(ua) is bytes or type(ua) is str) and len(ua) > _RAW_LIMIT:
+            ua = ua[:_RAW_LIMIT]  # a 100 KB header: only what the parser looks at is decoded
         device = self.user_agents.parse(_text(ua) or "")
         return device, device.key
 
@@ -184,7 +250,8 @@ class AccessEnricher:
         ts_us = list(map(int, map(mul, ts_s, repeat(1_000_000))))
 
         endpoints = list(paths)
-        if any(queries) or any(map(_has_control, paths)) or max(map(len, paths)) > MAX_PATH:
+        # (lengths first: a 100 KB path is then cleaned, cut before it is scanned)
+        if any(queries) or max(map(len, paths)) > MAX_PATH or any(map(_unsafe, paths)):
             for i, path in enumerate(paths):
                 query = queries[i]
                 endpoint = clean(path, MAX_PATH)

@@ -35,6 +35,7 @@ import maxminddb
 from ..errors import LezaConfigError
 from ..events import Geo
 from .cache import bounded_put
+from .text import clean
 
 __all__ = ["GeoResolver"]
 
@@ -88,12 +89,20 @@ def _find_default_database() -> str | None:
     return None
 
 
+# Longest stored geo name (city names run to ~60 characters).
+_MAX_NAME = 256
+
+
 def _text(obj: Any, key: str) -> str:
-    """``obj[key]`` when it is a non-empty string, else ``""``."""
+    """``obj[key]`` when it is a non-empty string, else ``""``.
+
+    Cleaned like request text: a crafted or corrupt database must not put
+    control characters into storage either (once per network: memoised).
+    """
     if isinstance(obj, Mapping):
         value = obj.get(key)
         if isinstance(value, str):
-            return value
+            return clean(value, _MAX_NAME)
     return ""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_plus
 
-__all__ = ["CONTROL_CHARACTERS", "FILTERED", "clean", "redact_query"]
+__all__ = ["CONTROL_CHARACTERS", "FILTERED", "UNSAFE", "clean", "redact_query"]
 
 FILTERED = "[Filtered]"
 
@@ -14,18 +14,31 @@ FILTERED = "[Filtered]"
 # escape when the value is printed later.
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _CONTROL = CONTROL_CHARACTERS
+# Lone surrogates: what surrogateescape makes of invalid UTF-8 bytes (a raw path
+# from some servers, a non-conforming WSGI environ). They cannot be encoded as
+# UTF-8, so one of them would fail the whole batch's write (SQLite, PostgreSQL,
+# JSON Lines): replaced by U+FFFD, as a "replace" decoding would have.
+_SURROGATES = re.compile("[\ud800-\udfff]")
+#: Anything :func:`clean` changes besides the length: one search tells a value
+#: that is already safe (the common case) from one that needs cleaning.
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_unsafe = UNSAFE.search
+# Raw characters looked at per cap: a 100 KB value is cut before it is scanned
+# (removing control characters only ever shortens it).
+_SCAN_FACTOR = 4
 
 
 def clean(value: str, cap: int) -> str:
-    """Drop control characters and cap the length (cheap when already clean)."""
-    if _CONTROL.search(value) is not None:
-        value = _CONTROL.sub("", value)
+    """Drop control characters, replace lone surrogates, cap the length.
+
+    One regex search when the value is already safe, whatever its script.
+    """
+    if len(value) > cap * _SCAN_FACTOR:
+        value = value[: cap * _SCAN_FACTOR]
+    if _unsafe(value) is not None:
+        value = _SURROGATES.sub("\ufffd", _CONTROL.sub("", value))
     if len(value) > cap:
         value = value[:cap]
-    # Lone surrogates (from surrogateescape-decoded bytes) cannot be encoded for
-    # storage; replace them rather than fail the write later.
-    if not value.isascii():
-        value = value.encode("utf-8", "replace").decode("utf-8")
     return value
 
 

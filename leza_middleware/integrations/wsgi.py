@@ -532,14 +532,19 @@ class _Response:
         self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
     ) -> Callable[[bytes], object]:
         try:
-            self.status = int(status[:3])
+            try:
+                self.status = int(status[:3])
+            except (TypeError, ValueError):  # "abc": the server answers 500, recorded as such
+                self.status = 0
             lower = self.conf.rid_lower
             self.rid = self.ctx[0]  # (again: an error response replaces the first headers)
             for name, value in headers:
                 if name.lower() == lower:
                     # The app set its own: store what the client sees, if it is
-                    # a well-formed id (else ours, rather than arbitrary text).
-                    if parse_incoming_request_id(value.encode("latin-1"), None) is not None:
+                    # a well-formed id (else ours, rather than arbitrary text;
+                    # a value that is not latin-1, against PEP 3333, is not one).
+                    raw = value.encode("latin-1", "replace")
+                    if parse_incoming_request_id(raw, None) is not None:
                         self.rid = value
                     break
             else:
@@ -858,4 +863,7 @@ def _native_request(environ: WSGIEnvironment) -> Any:
         from werkzeug.wrappers import Request
     except ImportError:  # plain WSGI without Werkzeug installed
         return environ
-    return Request(environ)
+    try:
+        return Request(environ)
+    except Exception:  # an environ against PEP 3333 (text beyond latin-1): the environ itself
+        return environ

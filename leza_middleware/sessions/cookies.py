@@ -22,6 +22,7 @@ import hmac
 import itertools
 import logging
 import os
+import re
 from collections import deque
 from collections.abc import Iterator
 
@@ -80,6 +81,10 @@ class CookieJar:
         self.machine_max_age = machine_max_age
         self._machine_tail = f"; Max-Age={machine_max_age}; Path=/; HttpOnly; SameSite=Lax".encode()
         self._memo: dict[bytes, tuple[str | None, str | None, bool]] = {}
+        # Only our two cookies are looked at: a regex scan (in C) finds them, so a
+        # huge Cookie header full of other cookies costs no Python loop over parts.
+        names = b"|".join(re.escape(n) for n in (self._mid_name, self._sid_name) if n)
+        self._ours = re.compile(rb"(?:^|;)[ \t]*(" + names + rb")=([^;]*)")
         self._machine_key = keyring.subkey(b"machine")
         self.rejected = 0  # machine-id cookies that failed their signature
         self._reseed()
@@ -110,10 +115,10 @@ class CookieJar:
     def _parse(self, header: bytes) -> tuple[str | None, str | None, bool]:
         mid = sid = None
         forged = False
-        for part in header.split(b";"):
-            name, sep, value = part.strip().partition(b"=")
-            if not sep:
-                continue
+        if self._sid_name not in header and not (self._mid_name and self._mid_name in header):
+            return mid, sid, forged
+        for match in self._ours.finditer(header):  # in order: a later duplicate wins
+            name, value = match.group(1), match.group(2).strip()
             if name == self._mid_name and self.machine_cookie:
                 mid = self._verify_machine(value.strip(b'"'))
                 if mid is None:
