@@ -704,3 +704,33 @@ def test_storage_before_the_command_and_from_the_environment(
     assert run(["--storage", url, "tail", "-n", "1"], capsys)[1].count("\n") == 1
     monkeypatch.setenv("LEZA_STORAGE", url)
     assert run(["tail", "-n", "1"], capsys)[1].count("\n") == 1
+
+
+def test_log_advisory_and_check_kinds_export_and_tail(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from leza_middleware.events import AdvisoryEvent, CheckEvent, LogEvent
+
+    storage = SQLStorage(url)
+    storage.setup()
+    for kind in ("log", "advisory", "check"):  # empty: the CSV header alone
+        code, out, _ = run(["export", "--storage", url, "--kind", kind, "--format", "csv"], capsys)
+        assert code == 0
+        assert list(csv.reader(io.StringIO(out))) == [columns_for(kind)]
+    storage.write([
+        LogEvent(id="l1", ts=T0, level=40, logger="app", message=AWKWARD, request_id="r1"),
+        AdvisoryEvent(id="a1", ts=T0 + 1, rule="burst", severity="high", message="10 failures",
+                      evidence=["e1", "e2"], performer_id="alice", details={"count": 10}),
+        CheckEvent(id="c1", ts=T0 + 2, check="billing", ok=False, state="down",
+                   previous="up", latency_ms=5.0, error="HTTP 503"),
+    ])  # fmt: skip
+    storage.close()
+    for kind, key, value in (("log", "message", AWKWARD), ("advisory", "severity", "high"),
+                             ("check", "error", "HTTP 503")):  # fmt: skip
+        code, out, _ = run(["export", "--storage", url, "--kind", kind, "--format", "csv"], capsys)
+        header, row = list(csv.reader(io.StringIO(out)))
+        assert header == columns_for(kind)
+        assert dict(zip(header, row, strict=True))[key] == value
+    code, out, _ = run(["tail", "--storage", url, "--kind", "check"], capsys)
+    assert code == 0
+    assert "billing  down  failed  5.0  HTTP 503" in out

@@ -36,7 +36,7 @@ __all__ = [
 
 #: Event kinds a command may name (a storage without a place for one says so:
 #: ``Storage.stores``).
-KINDS = ("access", "audit", "session", "log", "advisory")
+KINDS = ("access", "audit", "session", "log", "advisory", "check")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", re.IGNORECASE)

@@ -21,7 +21,16 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..events import AccessEvent, AuditEvent, Device, Geo, SessionRecord
+from ..events import (
+    AccessEvent,
+    AdvisoryEvent,
+    AuditEvent,
+    CheckEvent,
+    Device,
+    Geo,
+    LogEvent,
+    SessionRecord,
+)
 from ..performer import Organization, Performer
 
 __all__ = ["NESTED", "columns_for", "flatten", "jsonl_line", "text_line"]
@@ -61,6 +70,12 @@ def _sample(kind: str) -> dict[str, Any] | None:
             id="i", ts=0, action="update", entity_type="t", entity_id="1",
             actor=_sample_performer(), before={}, after={},
         ).to_dict()  # fmt: skip
+    if kind == "log":
+        return LogEvent(id="i", ts=0, level=20, logger="l", message="m").to_dict()
+    if kind == "advisory":
+        return AdvisoryEvent(id="i", ts=0, rule="r", severity="info", message="m").to_dict()
+    if kind == "check":
+        return CheckEvent(id="i", ts=0, check="c", ok=True, state="up", previous="up").to_dict()
     return None
 
 
@@ -188,6 +203,12 @@ def text_line(kind: str, record: Mapping[str, Any]) -> str:
             record.get("timestamp"), record.get("action"), record.get("logger"),
             _clean(record.get("message"), 160), record.get("request_id"),
             record.get("performer_id"),
+        ]  # fmt: skip
+    elif kind == "check":
+        fields = [
+            record.get("timestamp"), record.get("check"), record.get("state"),
+            "ok" if record.get("ok") else "failed", record.get("latency_ms"),
+            _clean(record.get("error"), 160),
         ]  # fmt: skip
     elif kind == "advisory":
         fields = [
