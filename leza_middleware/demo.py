@@ -3,10 +3,13 @@
 It starts the app under uvicorn on a free loopback port, sends requests as
 varied browsers, bots and client IPs (through ``X-Forwarded-For``, believed
 because the demo trusts its own loopback proxy), then reads the events back
-through ``leza.query.access()`` and prints them.
+through ``leza.query.access()`` and prints them — followed by what the rest
+of the product made of the same traffic: sessions, the audit log, the app's
+own log records, advisories and two availability checks.
 """
 
 import json
+import logging
 import os
 import socket
 import sys
@@ -73,7 +76,13 @@ TRAFFIC: tuple[Visit, ...] = (
     Visit("GET", "/", BINGBOT, "1.1.1.1"),
     Visit("GET", "/items/1", CURL, "161.35.614.165"),  # invalid IP: stored as received
     Visit("GET", "/", CHROME_WIN, "10.1.2.3", "alice"),  # private: no geo
+    Visit("POST", "/login", CHROME_WIN, "193.0.6.139", "alice"),  # a session from Amsterdam
+    Visit("POST", "/login", SAFARI_IPAD, "122.248.230.1", "alice"),  # Singapore, seconds later
+    Visit("POST", "/logout", CHROME_WIN, "193.0.6.139", "alice"),
 )
+
+#: The demo app's own logger: its records go to the LOG tab.
+app_log = logging.getLogger("leza_demo.app")
 
 
 def build_app(leza: Leza) -> Any:
@@ -112,7 +121,21 @@ def build_app(leza: Leza) -> Any:
 
     @app.post("/items", status_code=201)
     async def create_item() -> dict[str, str]:
+        item = {"name": "Deluxe widget", "price": "19.90"}
+        leza.audit.record(action="create", entity_type="item", entity_id="43", after=item)
+        app_log.info("item 43 created")
         return {"created": "ok"}
+
+    @app.post("/login")
+    async def login(request: Request) -> dict[str, str]:
+        user = request.user.display_name if request.user.is_authenticated else "anonymous"
+        leza.sessions.login({"id": user, "name": user})
+        return {"signed_in": user}
+
+    @app.post("/logout")
+    async def logout() -> dict[str, str]:
+        leza.sessions.logout()
+        return {"signed_out": "ok"}
 
     @app.get("/admin")
     async def admin(request: Request) -> dict[str, str]:
@@ -122,6 +145,7 @@ def build_app(leza: Leza) -> Any:
 
     @app.get("/boom")
     async def boom() -> None:
+        app_log.error("about to fail on purpose")
         raise RuntimeError("simulated failure")
 
     app.add_middleware(AuthenticationMiddleware, backend=BearerDemoUsers())
@@ -220,19 +244,89 @@ def format_table(events: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _closed_port() -> int:
+    """A loopback port nothing listens on: the demo's DOWN service."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _settled(leza: Leza, timeout: float = 5.0) -> None:
+    """Wait until both demo checks have left ``unknown`` (a few probes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [leza.availability.monitor.local_state(c.name) for c in leza.availability.checks]
+        if all(s is not None and s[0] != "unknown" for s in states):
+            return
+        time.sleep(0.05)
+
+
+def summarize(leza: Leza, since: float, storage: str) -> str:
+    """What the same traffic gave the other tabs: sessions, audit, logs, advisories, checks."""
+    lines = []
+    sessions = leza.query.sessions(since=since, limit=100).items
+    ended = [s for s in sessions if not s["active"]]
+    who = sorted({(s["performer"] or {}).get("name", "?") for s in sessions})
+    lines.append(
+        f"SESSION   {len(sessions)} started by {', '.join(who) or '-'}; "
+        f"{len(ended)} ended ({', '.join(s['end_reason'] or '?' for s in ended) or '-'})"
+    )
+    for record in reversed(leza.query.audit(since=since, limit=10)):
+        actor = (record["actor"] or {}).get("name") or "-"
+        after = json.dumps(record["after"], ensure_ascii=False)
+        lines.append(
+            f"AUDIT     {record['action']} {record['entity_type']}:{record['entity_id']} "
+            f"by {actor} {after}"
+        )
+    verified = leza.audit.verify()
+    lines.append(f"AUDIT     chain {'intact' if verified else 'BROKEN: ' + str(verified.reason)}")
+    for record in reversed(leza.query.logs(since=since, limit=10)):
+        lines.append(
+            f"LOG       {record['action'].upper():<8} {record['logger']}: {record['message']} "
+            f"(request {record['request_id']}, {record['performer_id'] or '-'})"
+        )
+    for advisory in reversed(leza.query.advisories(since=since, limit=10)):
+        lines.append(f"ADVISORY  {advisory['severity'].upper():<8} {advisory['message']}")
+    for name, st in leza.availability.status().items():
+        detail = st["last_error"] or f"{st['last_latency_ms']} ms"
+        lines.append(
+            f"CHECK     {name}: {st['state'].upper()} ({detail}), uptime 24 h {st['uptime_24h']}%"
+        )
+    lines.append(f"\nSee it all in the admin view: leza dashboard --storage {storage}")
+    return "\n".join(lines)
+
+
 def run_demo(storage: str | None = None, out: TextIO | None = None) -> int:
     out = sys.stdout if out is None else out  # looked up per call: capsys, redirect_stdout
     started = time.time()
-    leza = Leza(storage=storage, trusted_proxies=("127.0.0.1", "::1"), app_name="leza-demo")
+    leza = Leza(
+        storage=storage,
+        trusted_proxies=("127.0.0.1", "::1"),
+        app_name="leza-demo",
+        logout_routes=["POST /logout"],
+    )
     if not leza.geo.enabled:
         print("note: no GeoIP database; install leza-middleware[geolite2] for locations", file=out)
+    handler = leza.logging_handler()
+    app_log.addHandler(handler)
+    app_log.setLevel(logging.INFO)
+    app_log.propagate = False  # the demo prints its own summary, not log lines
     server, thread, port = _serve(build_app(leza))
     try:
+        leza.availability.tcp("demo-api", "127.0.0.1", port, interval=0.1, timeout=0.1,
+                              retries=1)  # fmt: skip
+        leza.availability.tcp("payments", "127.0.0.1", _closed_port(), interval=0.1,
+                              timeout=0.1, retries=2)  # fmt: skip
         request_ids = drive(port, TRAFFIC)
+        _settled(leza)
     finally:
+        leza.availability.stop()
+        app_log.removeHandler(handler)
         server.should_exit = True
         thread.join(10)
     leza.flush(10)
+    leza.flush(10)  # what the last batch derived (session ends, advisories)
     mine = set(request_ids)
     events = [
         e for e in leza.query.access(since=started - 1, limit=1000) if e["request_id"] in mine
@@ -248,6 +342,9 @@ def run_demo(storage: str | None = None, out: TextIO | None = None) -> int:
     if sample is not None:
         print("\nOne event in full:", file=out)
         print(json.dumps(sample, indent=2, ensure_ascii=False), file=out)
+    print("\nThe other tabs, from the same traffic:", file=out)
+    where = storage or str(leza.settings.storage)
+    print(summarize(leza, started - 1, where), file=out)
     stats = leza.stats()
     print(
         f"\nrecorder: enqueued={stats['enqueued']} written={stats['written']} "

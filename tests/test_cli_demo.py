@@ -22,7 +22,7 @@ import pytest
 from leza_middleware import __version__, cli
 
 HAS_GEOLITE2 = importlib.util.find_spec("_maxminddb_geolite2") is not None
-REQUESTS = 12  # len(leza_middleware.demo.TRAFFIC)
+REQUESTS = 15  # len(leza_middleware.demo.TRAFFIC)
 
 # The session-record names of DESIGN.md ("keep these names in JSON output").
 SESSION_KEYS = {"_id", "browser", "os", "device", "bot", "geoLocationInfoOfIp", "performer"}
@@ -69,7 +69,7 @@ def full_event(output: str) -> dict[str, Any]:
     """The JSON printed after "One event in full:"."""
     _, marker, rest = output.partition("One event in full:\n")
     assert marker, "the demo printed no full event"
-    text = rest.split("\n\nrecorder:", 1)[0]
+    text = rest.split("\n\nThe other tabs", 1)[0]
     event: dict[str, Any] = json.loads(text)
     return event
 
@@ -97,14 +97,34 @@ def test_demo_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     assert db.is_file()
     assert f"{REQUESTS} requests sent, {REQUESTS} access events stored in" in out
     assert f"sqlite:///{db}" in out
-    assert f"recorder: enqueued={REQUESTS} written={REQUESTS} dropped=0 spilled=0 pending=0" in out
+    # Access events plus what the app and the monitor added (audit, logs, probes,
+    # advisories): all written, nothing dropped.
+    recorder = re.search(
+        r"recorder: enqueued=(\d+) written=(\d+) dropped=0 spilled=0 pending=0", out
+    )
+    assert recorder is not None, out
+    assert int(recorder.group(1)) == int(recorder.group(2)) > REQUESTS
+
+    # The other tabs from the same traffic.
+    assert "SESSION   " in out
+    assert "1 ended (logout)" in out
+    assert 'AUDIT     create item:43 by dave {"name": "Deluxe widget", "price": "19.90"}' in out
+    assert "AUDIT     chain intact" in out
+    assert re.search(
+        r"LOG       INFO     leza_demo.app: item 43 created \(request demo-\w+-04, dave\)", out
+    )
+    assert re.search(r"LOG       ERROR    leza_demo.app: about to fail on purpose", out)
+    assert re.search(r"CHECK     demo-api: UP \(.* ms\), uptime 24 h 100.0%", out)
+    assert "CHECK     payments: DOWN (ConnectionRefusedError" in out
+    assert "ADVISORY  HIGH     Service payments is DOWN" in out
+    assert f"leza dashboard --storage sqlite:///{db}" in out
 
     rows = parse_table(out)
     assert len(rows) == REQUESTS
     assert [r["ENDPOINT"] for r in rows][:3] == ["/", "/items/42", "/"]  # oldest first
 
     # Devices: a desktop browser, a phone, bots, and an unknown client.
-    chrome = find_row(rows, ip="193.0.6.139", endpoint="/")
+    chrome = find_row(rows, ip="193.0.6.139", endpoint="/", type="GET")
     assert chrome["DEVICE"] == "Chrome / Windows / desktop"
     assert chrome["PERFORMER"] == "alice"
     iphone = find_row(rows, ip="203.2.218.214")
@@ -139,6 +159,7 @@ def test_demo_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
         assert "note: no GeoIP database" in out
         pytest.skip("maxminddb-geolite2 is not installed: no cities to check")
 
+    assert "ADVISORY  HIGH     Impossible travel for alice: Amsterdam, NL" in out
     assert chrome["LOCATION"] == "Amsterdam, NL"
     assert iphone["LOCATION"] == "Sydney, AU"
     assert googlebot["LOCATION"].endswith(", US")
