@@ -528,3 +528,38 @@ def test_one_process_probes_and_another_takes_over_when_it_dies(tmp_path: Path) 
             p.wait()
             if p.stdout is not None:
                 p.stdout.close()
+
+
+def test_a_tcp_port_taken_down_and_back_alarms_once_each_way(
+    make_leza: Any, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    url, bodies = webhook
+    port = _free_port()
+
+    def listen() -> socket.socket:
+        for _ in range(50):  # the port may linger for a moment after close()
+            try:
+                return socket.create_server(("127.0.0.1", port))
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"port {port} stayed busy")
+
+    listener = listen()
+    leza = make_leza(advisories=False)
+    leza.notify.webhook(url)
+    leza.availability.tcp("db", "127.0.0.1", port, interval=0.1, timeout=0.1, retries=2)
+    try:
+        assert wait_for(lambda: leza.availability.status()["db"]["state"] == "up")
+        listener.close()
+        assert wait_for(lambda: [b["event"] for b in bodies] == ["down"])
+        listener = listen()
+        assert wait_for(lambda: [b["event"] for b in bodies] == ["down", "recovered"])
+        time.sleep(0.4)  # more UP probes send nothing more
+    finally:
+        listener.close()
+        leza.availability.stop()
+    assert leza.notify.flush(5)
+    assert [(b["event"], b["check"], b["state"]) for b in bodies] == [
+        ("down", "db", "down"),
+        ("recovered", "db", "up"),
+    ]
