@@ -9,6 +9,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,52 @@ def city_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def make_leza(tmp_path: Path, city_db: Path) -> Iterator[Any]:
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where ``make_leza`` stores by default: a SQLite file in tmp_path, or — for
+    tests marked ``both_databases`` — also a schema of its own on the session's
+    PostgreSQL (see ``pytest_generate_tests``), dropped afterwards."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield f"sqlite:///{tmp_path / 'leza.db'}"
+        return
+    with postgres_schema(request.getfixturevalue("postgres_url")) as url:
+        yield url
+
+
+@contextmanager
+def postgres_schema(postgres_url: str) -> Iterator[str]:
+    """``postgres_url`` confined to a fresh schema (via ``search_path``)."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(postgres_url).set(drivername="postgresql").render_as_string(False)
+    schema = f"leza_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    url = make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``both_databases`` run on SQLite and on PostgreSQL."""
+    if metafunc.definition.get_closest_marker("both_databases") is None:
+        return
+    if "storage_url" in metafunc.fixturenames:
+        metafunc.parametrize("storage_url", ["sqlite", "postgres"], indirect=True)
+
+
+@pytest.fixture
+def make_leza(tmp_path: Path, city_db: Path, storage_url: str) -> Iterator[Any]:
     """Build Leza instances with test-friendly defaults; shut them all down after."""
     made: list[Leza] = []
 
     def factory(**kwargs: Any) -> Leza:
-        kwargs.setdefault("storage", f"sqlite:///{tmp_path / 'leza.db'}")
+        kwargs.setdefault("storage", storage_url)
         kwargs.setdefault("geoip_db", str(city_db))
         kwargs.setdefault("spill_dir", str(tmp_path / f"spill-{len(made)}"))
         kwargs.setdefault("flush_interval", 0.05)

@@ -21,6 +21,9 @@ from starlette.testclient import TestClient
 from leza_middleware import Leza, LezaMiddleware, Performer
 from leza_middleware.cli import main as cli
 
+# The same behaviour on both SQL backends (tests/conftest.py: storage_url).
+pytestmark = pytest.mark.both_databases
+
 SECRET = "audit-tests-secret-key-0123"
 
 

@@ -31,6 +31,9 @@ from leza_middleware.dashboard.guard import DENIED_REASON
 from leza_middleware.events import AccessEvent, us_from_iso
 from leza_middleware.ids import new_event_id
 
+# The same behaviour on both SQL backends (tests/conftest.py: storage_url).
+pytestmark = pytest.mark.both_databases
+
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
     "(KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
@@ -914,8 +917,8 @@ def test_health_is_open_and_availability_is_authorized(make_leza: Any) -> None:
         live = client.get("/leza/health/live")
         assert live.status_code == 200
         assert live.json()["status"] == "ok"
-        assert wait_for(lambda: client.get("/leza/health/ready").status_code == 200)
-        assert client.get("/leza/health/ready").json()["checks"] == {"queue": "up"}
+        assert wait_for(lambda: client.get("/leza/health/ready").json()["checks"] == {"queue": "up"})
+        assert client.get("/leza/health/ready").status_code == 200
 
         healthy["queue"] = False
         assert wait_for(lambda: client.get("/leza/health/ready").status_code == 503)

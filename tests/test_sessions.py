@@ -29,6 +29,9 @@ from starlette.testclient import TestClient
 
 from leza_middleware import Leza, LezaMiddleware, Performer
 
+# The same behaviour on both SQL backends (tests/conftest.py: storage_url).
+pytestmark = pytest.mark.both_databases
+
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
     "(KHTML, like Gecko) Chrome/91.0.4472.124 Safari/537.36"
