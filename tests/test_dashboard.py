@@ -917,7 +917,8 @@ def test_health_is_open_and_availability_is_authorized(make_leza: Any) -> None:
         live = client.get("/leza/health/live")
         assert live.status_code == 200
         assert live.json()["status"] == "ok"
-        assert wait_for(lambda: client.get("/leza/health/ready").json()["checks"] == {"queue": "up"})
+        ready_checks = lambda: client.get("/leza/health/ready").json()["checks"]  # noqa: E731
+        assert wait_for(lambda: ready_checks() == {"queue": "up"})
         assert client.get("/leza/health/ready").status_code == 200
 
         healthy["queue"] = False
