@@ -12,12 +12,22 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from typing_extensions import Unpack
 
 from ..errors import LezaConfigError
 from ..events import CheckEvent
 from ..query import TimeLike, to_us
-from .checks import CallableCheck, Check, HttpCheck, ProbeResult, SqlCheck, TcpCheck
+from .checks import (
+    CallableCheck,
+    Check,
+    CheckOptions,
+    HttpCheck,
+    ProbeResult,
+    SqlCheck,
+    TcpCheck,
+)
 from .leader import leadership_for
 from .monitor import Maintenance, Monitor
 from .uptime import WINDOWS, last_result, uptime
@@ -29,6 +39,7 @@ __all__ = [
     "Availability",
     "CallableCheck",
     "Check",
+    "CheckOptions",
     "HttpCheck",
     "Maintenance",
     "ProbeResult",
@@ -38,6 +49,8 @@ __all__ = [
 
 log = logging.getLogger("leza_middleware.availability")
 
+C = TypeVar("C", bound=Check)
+
 _ALARM_SEVERITY = {"down": "high", "still_down": "high", "recovered": "info"}
 
 
@@ -46,7 +59,9 @@ class Availability:
 
     Registering the first check starts the monitor thread (``autostart``);
     the process that wins the monitor's leadership probes, every process can
-    read :meth:`status`.
+    read :meth:`status`. Every check takes the :class:`CheckOptions`
+    ``interval`` (30 s), ``timeout`` (5 s), ``retries`` (2) and ``resend``
+    (None: never), as keywords.
     """
 
     def __init__(self, leza: Leza, *, autostart: bool = True) -> None:
@@ -62,7 +77,7 @@ class Availability:
 
     # -- registering checks ----------------------------------------------------
 
-    def add(self, check: Check) -> Check:
+    def add(self, check: C) -> C:
         """Register any :class:`Check` (a subclass of your own too)."""
         if not isinstance(check, Check):
             raise LezaConfigError(f"expected a Check, got {type(check).__name__}")
@@ -79,70 +94,42 @@ class Availability:
         method: str = "GET",
         expect_status: int | Collection[int] | None = None,
         headers: Mapping[str, str] | None = None,
-        interval: float = 30.0,
-        timeout: float = 5.0,
-        retries: int = 2,
-        resend: float | None = None,
+        **options: Unpack[CheckOptions],
     ) -> HttpCheck:
         """GET/HEAD ``url``; healthy on ``expect_status`` (default any 2xx/3xx)."""
-        check = HttpCheck(
-            name, url, method=method, expect_status=expect_status, headers=headers,
-            interval=interval, timeout=timeout, retries=retries, resend=resend,
-        )  # fmt: skip
-        self.add(check)
-        return check
+        return self.add(
+            HttpCheck(
+                name, url, method=method, expect_status=expect_status, headers=headers, **options
+            )
+        )
 
     def tcp(
         self,
         name: str,
         host: str,
         port: int,
-        *,
-        interval: float = 30.0,
-        timeout: float = 5.0,
-        retries: int = 2,
-        resend: float | None = None,
+        **options: Unpack[CheckOptions],
     ) -> TcpCheck:
         """Connect to ``host:port``; healthy when it accepts."""
-        check = TcpCheck(
-            name, host, port, interval=interval, timeout=timeout, retries=retries, resend=resend
-        )
-        self.add(check)
-        return check
+        return self.add(TcpCheck(name, host, port, **options))
 
     def sql(
         self,
         name: str,
         url: str,
-        *,
-        interval: float = 30.0,
-        timeout: float = 5.0,
-        retries: int = 2,
-        resend: float | None = None,
+        **options: Unpack[CheckOptions],
     ) -> SqlCheck:
         """``SELECT 1`` on a database URL (any SQLAlchemy URL)."""
-        check = SqlCheck(
-            name, url, interval=interval, timeout=timeout, retries=retries, resend=resend
-        )
-        self.add(check)
-        return check
+        return self.add(SqlCheck(name, url, **options))
 
     def check(
         self,
         name: str,
         fn: Callable[[], Any],
-        *,
-        interval: float = 30.0,
-        timeout: float = 5.0,
-        retries: int = 2,
-        resend: float | None = None,
+        **options: Unpack[CheckOptions],
     ) -> CallableCheck:
         """Call ``fn`` (sync or ``async``): healthy unless it raises or returns False."""
-        check = CallableCheck(
-            name, fn, interval=interval, timeout=timeout, retries=retries, resend=resend
-        )
-        self.add(check)
-        return check
+        return self.add(CallableCheck(name, fn, **options))
 
     def remove(self, name: str) -> bool:
         """Stop probing the check called ``name`` (its history stays)."""

@@ -19,14 +19,17 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
+
+from typing_extensions import Unpack
 
 from ..errors import LezaConfigError
 
 __all__ = [
     "CallableCheck",
     "Check",
+    "CheckOptions",
     "HttpCheck",
     "ProbeResult",
     "SqlCheck",
@@ -35,6 +38,15 @@ __all__ = [
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/ -]{0,99}$")
 _MAX_ERROR = 500
+
+
+class CheckOptions(TypedDict, total=False):
+    """What every check takes besides its target (see :class:`Check`)."""
+
+    interval: float
+    timeout: float
+    retries: int
+    resend: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +166,9 @@ class HttpCheck(Check):
         method: str = "GET",
         expect_status: int | Collection[int] | None = None,
         headers: Mapping[str, str] | None = None,
-        interval: float = 30.0,
-        timeout: float = 5.0,
-        retries: int = 2,
-        resend: float | None = None,
+        **options: Unpack[CheckOptions],
     ) -> None:
-        super().__init__(name, interval=interval, timeout=timeout, retries=retries, resend=resend)
+        super().__init__(name, **options)
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise LezaConfigError(f"check {name!r}: url must be an http(s) URL, got {url!r}")
@@ -198,13 +207,9 @@ class TcpCheck(Check):
         name: str,
         host: str,
         port: int,
-        *,
-        interval: float = 30.0,
-        timeout: float = 5.0,
-        retries: int = 2,
-        resend: float | None = None,
+        **options: Unpack[CheckOptions],
     ) -> None:
-        super().__init__(name, interval=interval, timeout=timeout, retries=retries, resend=resend)
+        super().__init__(name, **options)
         if not isinstance(host, str) or not host:
             raise LezaConfigError(f"check {name!r}: host must be a host name or IP, got {host!r}")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
@@ -229,13 +234,9 @@ class SqlCheck(Check):
         self,
         name: str,
         url: str,
-        *,
-        interval: float = 30.0,
-        timeout: float = 5.0,
-        retries: int = 2,
-        resend: float | None = None,
+        **options: Unpack[CheckOptions],
     ) -> None:
-        super().__init__(name, interval=interval, timeout=timeout, retries=retries, resend=resend)
+        super().__init__(name, **options)
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
@@ -293,13 +294,9 @@ class CallableCheck(Check):
         self,
         name: str,
         fn: Callable[[], Any],
-        *,
-        interval: float = 30.0,
-        timeout: float = 5.0,
-        retries: int = 2,
-        resend: float | None = None,
+        **options: Unpack[CheckOptions],
     ) -> None:
-        super().__init__(name, interval=interval, timeout=timeout, retries=retries, resend=resend)
+        super().__init__(name, **options)
         if not callable(fn):
             raise LezaConfigError(f"check {name!r}: expected a callable, got {type(fn).__name__}")
         self.fn = fn
