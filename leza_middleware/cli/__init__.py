@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..__about__ import __version__
 from ..errors import LezaError
-from . import check, dashboard, export, purge, sessions, tail, verify
+from . import check, dashboard, export, forget, migrate, purge, sessions, tail, verify
 from .common import CliError, Context, cli_context, storage_default
 
 __all__ = ["COMMANDS", "Command", "build_parser", "execute", "main"]
@@ -52,6 +52,8 @@ COMMANDS: dict[str, Command] = {
     "verify": Command(verify.HELP, verify.add_arguments, verify.run),
     "check": Command(check.HELP, check.add_arguments, check.run),
     "dashboard": Command(dashboard.HELP, dashboard.add_arguments, dashboard.run),
+    "forget": Command(forget.HELP, forget.add_arguments, forget.run),
+    "migrate": Command(migrate.HELP, migrate.add_arguments, migrate.run),
 }
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "AdvisoryRow",
     "AuditCheckpointRow",
     "AuditPurgeRow",
+    "AuditRedactionRow",
     "AuditRow",
     "CheckRow",
     "DeviceRow",
@@ -41,6 +42,7 @@ __all__ = [
     "advisory_table",
     "audit_checkpoint_table",
     "audit_purge_table",
+    "audit_redaction_table",
     "audit_table",
     "check_table",
     "device_table",
@@ -155,6 +157,8 @@ class AccessRow(LezaModel, table=True):
     performer_key: str | None = None  # -> leza_performer.key
     machine_id: str | None = None
     session_hash: str | None = None
+    # JSON object of the headers ``record_headers`` allows; NULL without any.
+    headers: str | None = Field(default=None, sa_type=Text)
 
 
 class SessionRow(LezaModel, table=True):
@@ -235,6 +239,26 @@ class AuditPurgeRow(LezaModel, table=True):
     hash: str  # that row's hash: the next row's prev_hash
     ts: int = Field(sa_column=Column(BigInteger, nullable=False))  # that row's time
     purged_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+    sig: str
+
+
+class AuditRedactionRow(LezaModel, table=True):
+    """An audit row redacted by erasure (``leza forget``), vouched for with the audit key.
+
+    ``hash`` is the row's chain hash (of its original content, still the next
+    row's ``prev_hash``), ``redacted_hash`` the HMAC of its content as redacted;
+    ``sig`` signs both with the row's place. ``verify()`` accepts a row whose
+    content no longer matches ``hash`` only when such an entry matches it exactly.
+    """
+
+    __tablename__ = "leza_audit_redaction"
+
+    id: str = Field(primary_key=True)  # the audit row's id
+    chain: str
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    hash: str
+    redacted_hash: str
+    redacted_at: int = Field(sa_column=Column(BigInteger, nullable=False))
     sig: str
 
 
@@ -321,6 +345,7 @@ session_table = _table(SessionRow)
 audit_table = _table(AuditRow)
 audit_checkpoint_table = _table(AuditCheckpointRow)
 audit_purge_table = _table(AuditPurgeRow)
+audit_redaction_table = _table(AuditRedactionRow)
 log_table = _table(LogRow)
 advisory_table = _table(AdvisoryRow)
 check_table = _table(CheckRow)

@@ -43,8 +43,9 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    update,
 )
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -71,6 +72,7 @@ from .models import (
     access_table,
     audit_checkpoint_table,
     audit_purge_table,
+    audit_redaction_table,
     audit_table,
     check_table,
     device_table,
@@ -805,26 +807,38 @@ class SQLStorage(Storage):
         finally:
             cur.close()
 
-    def setup(self) -> None:
-        """Create the tables and indexes that do not exist yet.
+    #: Set by ``Leza(migrate=True)``: :meth:`setup` applies pending migrations.
+    auto_migrate: bool = False
 
-        Several processes (workers, the CLI, a dashboard) may do this at once on
-        a fresh database: ``IF NOT EXISTS`` makes each statement safe to repeat,
-        and a statement that still loses a race (PostgreSQL's catalog) is retried.
+    def setup(self) -> None:
+        """Create the tables and indexes of a fresh database and record its
+        migration revision; bring an older one up to date when :attr:`auto_migrate`
+        (see :func:`.migrate.ensure_schema`).
+
+        Several processes (workers, the CLI, a dashboard) may do this at once:
+        a fresh database is created under the migration lock, once; a database
+        already at the newest revision gets no DDL at all (it would lock tables
+        other workers write to); a statement that still fails (a deadlock, a
+        lost race) is retried.
         """
+        from .migrate import ensure_schema  # imports Alembic only to migrate
+
         for attempt in range(5):
             try:
-                with self.engine.begin() as conn:
-                    for table in metadata.sorted_tables:
-                        conn.execute(CreateTable(table, if_not_exists=True))
-                        for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
-                            conn.execute(CreateIndex(index, if_not_exists=True))
+                ensure_schema(self)
                 break
             except DBAPIError:
                 if attempt == 4:
                     raise
                 time.sleep(0.05 * (attempt + 1))
         self._ready = True
+
+    def create_tables(self, conn: Connection) -> None:
+        """``CREATE TABLE / INDEX IF NOT EXISTS`` of every table of the models."""
+        for table in metadata.sorted_tables:
+            conn.execute(CreateTable(table, if_not_exists=True))
+            for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
+                conn.execute(CreateIndex(index, if_not_exists=True))
 
     # -- write path
 
@@ -1169,6 +1183,124 @@ class SQLStorage(Storage):
             yield from self._delete_chunks(
                 delete(a).where(a.c.id.in_(select(chunk.subquery().c.id))), batch_size
             )
+
+    # -- erasure (privacy.py)
+
+    def performer_identities(self, performer_id: str) -> list[Performer]:
+        if not self._ready:
+            self.setup()
+        t = performer_table
+        rows = self._read(select(t.c.json).where(t.c.performer_id == performer_id))
+        return [Performer.from_dict(json.loads(r[0])) for r in rows]
+
+    def forget_performer(self, performer_id: str, identifiers: Sequence[str]) -> dict[str, int]:
+        from ..privacy import compile_identifiers, scrub_json, scrub_text
+
+        if not self._ready:
+            self.setup()
+        a, lg, adv = access_table, KINDS["log"].table, KINDS["advisory"].table
+        s, p = session_table, performer_table
+        counts: dict[str, int] = {}
+        batch = 10_000
+        mine = a.c.performer_id == performer_id
+        # Their requests' log records first, while their access rows still say
+        # which requests were theirs (a record written before the app knew
+        # who was signed in carries the request id only).
+        rids = select(a.c.request_id).where(mine)
+        with self._transaction() as conn:
+            counts["logs"] = conn.execute(delete(lg).where(lg.c.request_id.in_(rids))).rowcount
+        for key, t, cond in (
+            ("logs", lg, lg.c.performer_id == performer_id),
+            ("advisories", adv, adv.c.performer_id == performer_id),
+            ("access", a, mine),
+        ):
+            chunk = select(t.c.id).where(cond).limit(batch)
+            stmt = delete(t).where(t.c.id.in_(select(chunk.subquery().c.id)))
+            counts[key] = counts.get(key, 0) + sum(self._delete_chunks(stmt, batch))
+        with self._transaction() as conn:
+            # Kept, ended and anonymous: the ended row is how a revocation
+            # reaches the other processes (Sessions.poll).
+            counts["sessions"] = conn.execute(
+                update(s)
+                .where(s.c.performer_id == performer_id)
+                .values(
+                    performer_id=None,
+                    performer_key=None,
+                    ip="",
+                    machine_id=None,
+                    device_key=None,
+                    geo_key=None,
+                )
+            ).rowcount
+            counts["performers"] = conn.execute(
+                delete(p).where(p.c.performer_id == performer_id)
+            ).rowcount
+        with self._lock:
+            self._known.clear()  # the deleted performer keys must be written again if seen
+        # Other rows' free text: candidates by a case-insensitive LIKE (a full
+        # scan; erasure is rare), rewritten in Python.
+        rx = compile_identifiers(identifiers)
+        scrubbed = 0
+        if rx is not None:
+            for t, cols, as_json in (
+                (a, ("endpoint", "reason"), ()),
+                (lg, ("message", "exception"), ()),
+                (adv, ("message", "details"), ("details",)),
+            ):
+                hits = or_(
+                    *(t.c[c].icontains(i, autoescape=True) for c in cols for i in identifiers)
+                )
+                rows = self._read(select(t.c.id, *(t.c[c] for c in cols)).where(hits))
+                updates = []
+                for r in rows:
+                    values = {}
+                    for c, old in zip(cols, r[1:], strict=True):
+                        if old is None:
+                            continue
+                        new: str | None
+                        if c in as_json:
+                            value = scrub_json(json.loads(old), rx)
+                            new = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+                        else:
+                            new = scrub_text(old, rx)
+                        if new != old:
+                            values[c] = new
+                    if values:
+                        updates.append((r[0], values))
+                with self._transaction() as conn:
+                    for row_id, values in updates:
+                        conn.execute(update(t).where(t.c.id == row_id).values(**values))
+                scrubbed += len(updates)
+        counts["scrubbed"] = scrubbed
+        return counts
+
+    def audit_redactions(self) -> list[dict[str, Any]]:
+        if not self._ready:
+            self.setup()
+        t = audit_redaction_table
+        cols = ("id", "chain", "seq", "hash", "redacted_hash", "redacted_at", "sig")
+        rows = self._read(select(*(t.c[n] for n in cols)).order_by(t.c.chain, t.c.seq))
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def redact_audit(self, events: Sequence[AuditEvent], entries: Sequence[dict[str, Any]]) -> int:
+        if not self._ready:
+            self.setup()
+        t, au = audit_redaction_table, audit_table
+        cols = ("id", "chain", "seq", "hash", "redacted_hash", "redacted_at", "sig")
+        done = 0
+        # Entries and rows in one transaction: verify() never sees one without the other.
+        with self._transaction() as conn:
+            for m in entries:
+                conn.execute(delete(t).where(t.c.id == m["id"]))
+                conn.execute(t.insert().values({c: m[c] for c in cols}))
+            for e in events:
+                row = dict(zip(_AUDIT_COLS, _audit_row(e), strict=True))
+                values = {c: row[c] for c in ("entity_id", "actor_id", "actor", "before",
+                                               "after", "diff", "reason", "client_ip")}  # fmt: skip
+                done += conn.execute(
+                    update(au).where(au.c.id == e.id, au.c.hash == e.hash).values(**values)
+                ).rowcount
+        return done
 
     # -- lifecycle
 
