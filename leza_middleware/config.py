@@ -114,6 +114,16 @@ class Settings:
     advisories: bool = True
     advisory_rules: tuple[Any, ...] | None = None
     advisory_notify: str | None = "high"
+    # Privacy (privacy.py, docs/privacy.md): headers stored with access events
+    # (never a credential-bearing one), IP anonymisation per kind as (kind, mode)
+    # pairs, retention per kind as (kind, seconds) pairs, purged every interval.
+    record_headers: tuple[str, ...] = ()
+    anonymize_ip: tuple[tuple[str, str], ...] = ()
+    retention: tuple[tuple[str, int], ...] = ()
+    retention_interval: float = 3600.0
+    # Schema migrations (storage/migrate.py): apply pending ones at the first storage
+    # setup. Off: an older schema is left alone with a warning naming `leza migrate`.
+    migrate: bool = False
 
     @classmethod
     def resolve(
@@ -233,7 +243,7 @@ class Settings:
                      "session_poll_interval", "revocation_memory"):  # fmt: skip
             if name in raw:
                 out[name] = _positive_float(label[name], raw[name])
-        for name in ("sessions", "enforce_session_timeouts"):
+        for name in ("sessions", "enforce_session_timeouts", "migrate"):
             if name in raw:
                 out[name] = _flag(label[name], raw[name])
         if "logout_routes" in raw:
@@ -281,6 +291,23 @@ class Settings:
             out["advisory_rules"] = rules
         if "advisory_notify" in raw:
             out["advisory_notify"] = _severity(label["advisory_notify"], raw["advisory_notify"])
+        if {"record_headers", "anonymize_ip", "retention", "retention_interval"} & raw.keys():
+            from . import privacy
+
+            if "record_headers" in raw:
+                out["record_headers"] = privacy.parse_record_headers(
+                    label["record_headers"], raw["record_headers"]
+                )
+            if "anonymize_ip" in raw:
+                out["anonymize_ip"] = privacy.parse_anonymize_ip(
+                    label["anonymize_ip"], raw["anonymize_ip"]
+                )
+            if "retention" in raw:
+                out["retention"] = privacy.parse_retention(label["retention"], raw["retention"])
+            if "retention_interval" in raw:
+                out["retention_interval"] = privacy.parse_duration(
+                    label["retention_interval"], raw["retention_interval"]
+                )
         if "spill_dir" in out:
             _check_spill_dir(label["spill_dir"], out["spill_dir"])
         if "storage" in raw:

@@ -273,6 +273,9 @@ ACCESS_FIELDS = (
     "performer_key",
     "machine_id",
     "session_hash",
+    # JSON object of the ``record_headers`` the request carried, None without any
+    # (docs/privacy.md): last, so the columns before it keep their positions.
+    "headers",
 )
 
 
@@ -319,6 +322,7 @@ class AccessEvent(Event):
     performer_key: str | None = _field(21)
     machine_id: str | None = _field(22)
     session_hash: str | None = _field(23)
+    headers_text: str | None = _field(24)  # JSON object of the recorded headers
 
     def __init__(
         self,
@@ -359,6 +363,7 @@ class AccessEvent(Event):
         performer: Performer | None = None,
         machine_id: str | None = None,
         session_hash: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> AccessEvent:
         row = (
             id, ts, action, method, endpoint, route, status, duration_us, outcome, reason,
@@ -369,12 +374,19 @@ class AccessEvent(Event):
             None if performer is None else performer.id,
             None if performer is None else performer_key(performer),
             machine_id, session_hash,
+            json.dumps(dict(headers), ensure_ascii=False) if headers else None,
         )  # fmt: skip
         return cls(row, device, geo, performer)
 
     @property
     def proxy_chain(self) -> tuple[str, ...]:
         return decode_chain(self.row[14])
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """The recorded request headers (``record_headers``), None without any."""
+        text = self.row[24] if len(self.row) > 24 else None
+        return None if text is None else dict(json.loads(text))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AccessEvent):
@@ -424,6 +436,8 @@ class AccessEvent(Event):
         out["performer"] = self.performer.to_dict() if self.performer else None
         out["machine_identifier"] = r[22]
         out["session_id_hash"] = r[23]
+        if len(r) > 24 and r[24] is not None:  # only when record_headers stored some
+            out["headers"] = json.loads(r[24])
         return out
 
     @classmethod
@@ -456,6 +470,7 @@ class AccessEvent(Event):
             performer=Performer.from_dict(perf) if perf else None,
             machine_id=data.get("machine_identifier"),
             session_hash=data.get("session_id_hash"),
+            headers=data.get("headers"),
         )
 
 

@@ -18,18 +18,19 @@ from .enrich.clientip import ProxyTrust
 from .enrich.geo import GeoResolver
 from .enrich.useragent import UserAgentParser
 from .errors import LezaConfigError
-from .events import SEVERITIES, AdvisoryEvent, AuditEvent, Event
+from .events import SEVERITIES, AdvisoryEvent, AuditEvent, Event, LogEvent
 from .logs import LezaLogHandler
 from .notify import Notification, Notify
 from .performer import Performer, coerce_performer
 from .permissions import Permissions
+from .privacy import ForgetReport, Privacy, scrub_log_text
 from .query import Query
 from .recorder import Recorder
 from .request_path import is_priority
 from .sessions.cookies import CookieJar, Keyring
 from .sessions.registry import Sessions
 from .spill import Spill, default_spill_dir
-from .storage import Storage, open_storage
+from .storage import SQLStorage, Storage, open_storage
 
 __all__ = ["Leza"]
 
@@ -84,6 +85,8 @@ class Leza:
         bad app.config) leaves the Leza as it was.
         """
         storage = open_storage(settings.storage)
+        if settings.migrate and isinstance(storage, SQLStorage):
+            storage.auto_migrate = True  # applied by its first setup(): first write or read
         proxies = ProxyTrust(settings.trusted_proxies)
         geo = settings.geoip_db
         previous: Settings | None = getattr(self, "settings", None)
@@ -98,18 +101,23 @@ class Leza:
         self.proxies = proxies
         self.geo: GeoResolver = resolver
         self.user_agents = UserAgentParser()
+        self.keyring = Keyring(settings.secret_key)
+        # IP anonymisation (keyed with secret_key), retention, erasure.
+        self.privacy = Privacy(self)
         self.enricher = AccessEnricher(
             user_agents=self.user_agents,
             geo=self.geo,
             proxies=self.proxies,
             redact_keys=settings.redact_query_keys,
             app_name=settings.app_name,
+            anonymize_ip=self.privacy.access_anonymizer(),
         )
-        self.keyring = Keyring(settings.secret_key)
         # Warned about once the app serves requests with it (see _tick), not
         # here: init_app() may still bring the key from the app's config.
         self._warn_ephemeral_key = self.keyring.ephemeral and bool(
-            settings.machine_cookie or settings.sessions
+            settings.machine_cookie
+            or settings.sessions
+            or any(mode == "hash" for _, mode in settings.anonymize_ip)
         )
         self.cookies = CookieJar(
             self.keyring,
@@ -147,6 +155,7 @@ class Leza:
                 self.cookies.after_fork,
                 self.audit.after_fork,
                 self._availability_after_fork,
+                self.privacy.after_fork,
             ),
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
@@ -170,7 +179,14 @@ class Leza:
         if type(item) is tuple:  # a raw access record from an adapter
             return self.enricher(item)
         if isinstance(item, AuditEvent):
+            self.privacy.prepare_audit(item)  # before the chain hash covers its IP
             self.audit.link([item])  # chained in the order it is written
+            return item
+        if type(item) is LogEvent:
+            # An app that logs a URL or a header dict would store its secrets.
+            item.message = scrub_log_text(item.message)
+            if item.exception:
+                item.exception = scrub_log_text(item.exception)
             return item
         if isinstance(item, Event):
             return item
@@ -181,12 +197,17 @@ class Leza:
         derived: list[Event] = (
             list(self.sessions.changes_for(events)) if self.settings.sessions else []
         )
+        privacy = self.privacy
+        if derived and privacy.anonymizers:
+            privacy.derived(derived)  # the session kind's mode, on top of the access one
         engine = self.advisories
         if engine is not None:
             # The recorded events only: each login already has its access event,
             # so its derived session_start would be a second sighting of it.
             found = engine.process(events)
             if found:
+                if privacy.anonymizers:
+                    privacy.derived(found)  # before the notifiers see them too
                 derived.extend(found)
                 self._notify_advisories(found)
         return derived
@@ -245,6 +266,22 @@ class Leza:
         self.cookies.refill()
         if self.settings.sessions:
             self.sessions.poll()
+        self.privacy.tick()  # retention: a bounded slice of batched purges when due
+
+    def forget(self, performer_id: str, *, identifiers: Iterable[str] = ()) -> ForgetReport:
+        """Erase what is recorded about one person (``leza forget --performer ID``).
+
+        Their access events, advisories, log records (theirs and those written
+        in their requests) and identity rows are deleted; their sessions are
+        revoked when active and kept anonymous (the ended row is how other
+        processes learn of the revocation); other rows whose text mentions
+        them (their id, email or name, and ``identifiers`` such as a user name)
+        have it replaced with ``[Forgotten]``. Audit rows are redacted, not
+        deleted, under signed redaction entries, so ``audit.verify()`` still
+        passes (docs/privacy.md). Needs ``secret_key`` when audit rows are
+        affected. Events recorded after this call are not affected.
+        """
+        return self.privacy.forget(performer_id, identifiers=identifiers)
 
     def _prepare_batch(self, items: list[Any]) -> list[Event]:
         """Prepare a whole batch; raw access records are enriched column-wise."""

@@ -20,7 +20,15 @@ from typing import Any
 
 from .events import PRIORITY_ACTIONS
 
-__all__ = ["RAW_FIELDS", "is_priority", "normalise_route", "raw_access"]
+__all__ = [
+    "RAW_FIELDS",
+    "environ_header_keys",
+    "is_priority",
+    "normalise_route",
+    "pick_environ_headers",
+    "pick_headers",
+    "raw_access",
+]
 
 #: Field order of a raw access record.
 RAW_FIELDS = (
@@ -44,6 +52,9 @@ RAW_FIELDS = (
     "reason",  # likewise; None: derive from status
     "machine_id",  # the verified machine identifier (sessions/cookies.py), or None
     "session_id",  # the session's public id (a keyed hash, never the raw key), or None
+    # Only with record_headers configured: (name, value, name, value, ...) of the
+    # allowed headers present (pick_headers / pick_environ_headers), else None.
+    "headers",
 )
 ACTION = RAW_FIELDS.index("action")
 
@@ -83,6 +94,7 @@ def raw_access(**fields: Any) -> tuple[Any, ...]:
         "peer": None, "scheme": "http", "route": None, "user_agent": None,
         "x_forwarded_for": None, "forwarded": None, "host": None, "performer": None,
         "error": None, "action": None, "reason": None, "machine_id": None, "session_id": None,
+        "headers": None,
     }  # fmt: skip
     defaults.update(fields)
     return tuple(defaults[name] for name in RAW_FIELDS)
@@ -91,3 +103,46 @@ def raw_access(**fields: Any) -> tuple[Any, ...]:
 def is_priority(raw: tuple[Any, ...]) -> bool:
     """Login/logout records may be spilled but never dropped for lack of memory."""
     return raw[ACTION] in PRIORITY_ACTIONS
+
+
+# Header capture for ``record_headers`` (privacy.py): adapters call these only
+# when the allow-list is not empty, so an app without it pays one truth test.
+
+
+def pick_headers(headers: Any, names: tuple[bytes, ...]) -> tuple[Any, ...] | None:
+    """The allowed headers of an ASGI request: a dict of its headers, or the
+    list of (name, value) pairs when a name repeats (every line is kept)."""
+    out: list[Any] = []
+    if type(headers) is dict:
+        get = headers.get
+        for name in names:
+            value = get(name)
+            if value is not None:
+                out += (name.decode("latin-1"), value)
+    else:
+        wanted = frozenset(names)
+        for name, value in headers:
+            if name in wanted:
+                out += (name.decode("latin-1"), value)
+    return tuple(out) if out else None
+
+
+def environ_header_keys(names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(name, environ key) of each allowed header: ``HTTP_X_TENANT``, and the two
+    CGI exceptions ``CONTENT_TYPE`` / ``CONTENT_LENGTH`` (WSGI environ, Django META)."""
+    out = []
+    for name in names:
+        key = name.upper().replace("-", "_")
+        out.append((name, key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key))
+    return tuple(out)
+
+
+def pick_environ_headers(environ: Any, keys: tuple[tuple[str, str], ...]) -> tuple[Any, ...] | None:
+    """The allowed headers of a WSGI environ or a Django ``request.META``."""
+    out: list[Any] = []
+    get = environ.get
+    for name, key in keys:
+        value = get(key)
+        if value is not None:
+            out += (name, value)
+    return tuple(out) if out else None

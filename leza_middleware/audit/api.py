@@ -132,7 +132,13 @@ class Audit:
         self._leza.query._ensure_ready()
         stored = storage.audit_checkpoints()
         marks = list(stored) + list(checkpoints or ())
-        return verify_chains(storage.iter_audit(), marks, self.key, storage.audit_purge_marks())
+        return verify_chains(
+            storage.iter_audit(),
+            marks,
+            self.key,
+            storage.audit_purge_marks(),
+            storage.audit_redactions(),  # erasure's signed entries (privacy.py)
+        )
 
     def purge_batches(self, before: int, batch_size: int = 10_000) -> Iterator[int]:
         """Delete audit rows older than ``before`` (µs) chain by chain, leaving signed

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import AuditEvent
+from ..privacy import redaction_is_valid
 from .chain import row_hash
 from .purge import mark_is_valid
 
@@ -40,6 +41,7 @@ def verify_chains(
     checkpoints: Iterable[Mapping[str, Any]],
     key: bytes,
     purged: Iterable[Mapping[str, Any]] = (),
+    redactions: Iterable[Mapping[str, Any]] = (),
 ) -> VerifyResult:
     """Verify ``rows`` (ordered by chain, then seq) against ``checkpoints``.
 
@@ -50,6 +52,12 @@ def verify_chains(
     ``purged`` are the signed purge markers (``purge.py``): a chain with one
     starts after the marker's row; rows up to it (left by an interrupted
     purge) are skipped. A marker not signed with ``key`` breaks the chain.
+
+    ``redactions`` are the signed redaction entries of erasure (privacy.py): a
+    row whose content no longer matches its hash is accepted when an entry
+    signed with ``key`` names it (id, chain, seq), carries its hash (the link,
+    unchanged) and the hash of exactly its present content. Editing a redacted
+    row, or its entry, is still found; so is an entry not signed with ``key``.
     """
     marks: dict[str, tuple[int, str]] = {}
     for cp in checkpoints:
@@ -71,6 +79,20 @@ def verify_chains(
             )
         if int(m["seq"]) > starts.get(chain, (0, ""))[0]:
             starts[chain] = (int(m["seq"]), str(m["hash"]))
+    vouched: dict[tuple[str, int], Mapping[str, Any]] = {}
+    for r in redactions:
+        if not redaction_is_valid(key, r):
+            return _broken(
+                "edited",
+                str(r.get("chain")),
+                int(r.get("seq") or 0),
+                "its redaction entry is not signed with this key: the row was edited by "
+                "hand, or the key is wrong",
+                0,
+                0,
+            )
+        vouched[(str(r["chain"]), int(r["seq"]))] = r
+    redacted = 0
     # A chain purged whole still ends where its marker says.
     last: dict[str, tuple[int, str]] = dict(starts)
     chains = rows_seen = 0
@@ -106,15 +128,25 @@ def verify_chains(
                 chains,
                 rows_seen,
             )
-        if not hmac.compare_digest(row_hash(key, e), e.hash):
-            return _broken(
-                "edited",
-                e.chain,
-                e.seq,
-                "its content does not match its hash: the row was edited",
-                chains,
-                rows_seen,
-            )
+        digest = row_hash(key, e)
+        if not hmac.compare_digest(digest, e.hash):
+            entry = vouched.get((e.chain, e.seq))
+            if (
+                entry is not None
+                and str(entry["id"]) == e.id
+                and hmac.compare_digest(str(entry["hash"]), e.hash)
+                and hmac.compare_digest(str(entry["redacted_hash"]), digest)
+            ):
+                redacted += 1  # redacted by erasure, as its signed entry says
+            else:
+                return _broken(
+                    "edited",
+                    e.chain,
+                    e.seq,
+                    "its content does not match its hash: the row was edited",
+                    chains,
+                    rows_seen,
+                )
         if e.prev_hash != prev:
             return _broken(
                 "reordered",
@@ -151,6 +183,8 @@ def verify_chains(
                 rows_seen,
             )
     reason = f"OK: {rows_seen} rows in {chains} chains verified"
+    if redacted:
+        reason += f" ({redacted} rows redacted by erasure, signed redaction entries)"
     if starts:
         gone = sum(seq for seq, _ in starts.values())
         reason += f" ({gone} older rows of {len(starts)} chains purged, signed purge markers)"

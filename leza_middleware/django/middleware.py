@@ -70,7 +70,7 @@ from ..ids import new_request_id, parse_incoming_request_id
 from ..integrations.wsgi import endpoint_permission, is_browser
 from ..performer import Performer, performer_from_user
 from ..permissions import Decision, Permissions
-from ..request_path import normalise_route
+from ..request_path import environ_header_keys, normalise_route, pick_environ_headers
 from ..sessions.registry import LOGOUT_REASON, REQUEST_ATTR, REVOKED_REASON
 from .conf import get_leza
 
@@ -150,6 +150,8 @@ class LezaDjangoMiddleware:
                 self._machine_max_age = s.machine_cookie_max_age
                 self._track_sessions = s.sessions
                 self._logout_routes = frozenset(s.logout_routes)
+                # record_headers (privacy.py): META keys, empty unless configured.
+                self._record_headers = environ_header_keys(s.record_headers)
                 self._sids: dict[str, str] = {}  # session key -> its public id (memo)
                 perms = leza.permissions
                 self._permission_hook = perms.has_permission
@@ -525,6 +527,7 @@ class LezaDjangoMiddleware:
             reason,
             mid,
             sid,
+            pick_environ_headers(meta, self._record_headers) if self._record_headers else None,
         )
 
     # -- revoked sessions --------------------------------------------------------

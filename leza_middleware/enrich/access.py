@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from ..events import AccessEvent, Device, Geo, encode_chain, performer_key
 from ..ids import new_event_ids
 from ..performer import Organization, Performer
+from ..privacy import private_geo, stored_headers
 from .cache import bounded_put
 from .clientip import ProxyTrust
 from .geo import GeoResolver
@@ -189,12 +190,16 @@ class AccessEnricher:
         proxies: ProxyTrust,
         redact_keys: frozenset[str],
         app_name: str,
+        anonymize_ip: Callable[[str], str] | None = None,
     ) -> None:
         self.user_agents = user_agents
         self.geo = geo
         self.proxies = proxies
         self.redact_keys = redact_keys
         self.app_name = app_name
+        # anonymize_ip (privacy.py): applied per distinct address, after the real
+        # IP was kept aside for geolocation, so it costs nothing per event.
+        self.anonymize = anonymize_ip
         self._devices = _Memo(self._device)
         self._addresses = _Memo(self._address)
         self._geos = _Memo(self._geo)
@@ -207,6 +212,7 @@ class AccessEnricher:
             lambda q: clean(redact_query(clean(q, MAX_PATH), redact_keys), MAX_PATH)
         )
         self._performers = _Memo(_stored_performer)
+        self._headers = _Memo(stored_headers)
 
     # Memoised per distinct value; each returns what the batch's columns need.
 
@@ -214,7 +220,11 @@ class AccessEnricher:
         peer, xff, fwd = key
         a = self.proxies.resolve(peer, _text(xff), _text(fwd))
         geo_ip = a.client_ip if a.ip_valid else None
-        return a.client_ip, a.ip_valid, a.peer_ip, encode_chain(a.chain), geo_ip
+        anon = self.anonymize
+        if anon is None:
+            return a.client_ip, a.ip_valid, a.peer_ip, encode_chain(a.chain), geo_ip
+        chain = encode_chain([anon(hop) for hop in a.chain])
+        return anon(a.client_ip), a.ip_valid, anon(a.peer_ip), chain, geo_ip
 
     def _device(self, ua: bytes | str | None) -> tuple[Device, str]:
         if (type(ua) is bytes or type(ua) is str) and len(ua) > _RAW_LIMIT:
@@ -224,6 +234,8 @@ class AccessEnricher:
 
     def _geo(self, ip: str | None) -> tuple[Geo | None, str | None]:
         geo = None if ip is None else self.geo.lookup(ip)
+        if geo is not None and self.anonymize is not None:
+            geo = private_geo(geo)  # its network key would be finer than the stored IP
         return geo, None if geo is None else geo.key
 
     def __call__(self, raw: tuple[Any, ...]) -> AccessEvent:
@@ -235,7 +247,7 @@ class AccessEnricher:
         (
             ts_s, durations, statuses, request_ids, methods, paths, queries, peers, schemes,
             routes, uas, xffs, fwds, hosts, performers, errors, actions, reasons,
-            machine_ids, session_ids,
+            machine_ids, session_ids, headers,
         ) = zip(*raws, strict=True)  # fmt: skip
         # (Columns of one batch always have the same length; strict=True only
         # guards the transposition above against a malformed record.)
@@ -282,6 +294,10 @@ class AccessEnricher:
         pkeys: Sequence[str | None] = repeat(None, n)  # type: ignore[assignment]
         if any(performers):
             stored_performers, pids, pkeys = self._performer_columns(performers)
+        header_texts: Sequence[str | None] = repeat(None, n)  # type: ignore[assignment]
+        if any(headers):  # only with record_headers configured
+            texts = iter(self._headers.column([h for h in headers if h is not None]))
+            header_texts = [None if h is None else next(texts) for h in headers]
 
         rows = zip(  # noqa: B905 - every column has n items; repeat()s are bounded
             new_event_ids(ts_us),
@@ -308,6 +324,7 @@ class AccessEnricher:
             pkeys,
             machine_ids,
             session_ids,
+            header_texts,
         )
         return list(map(AccessEvent, rows, devices, geos, stored_performers))
 

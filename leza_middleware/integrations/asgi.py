@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..context import _current
 from ..ids import new_request_id_bytes, parse_incoming_request_id
 from ..performer import Performer, performer_from_user
-from ..request_path import normalise_route
+from ..request_path import normalise_route, pick_headers
 from ..sessions.registry import LOGOUT_REASON, REQUEST_KEY, REVOKED_REASON
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ class LezaMiddleware:
         self._track_sessions = settings.sessions
         self._logout_routes = frozenset(settings.logout_routes)
         self._permissions = leza.permissions
+        # record_headers (privacy.py): empty unless configured, one test per request.
+        self._record_headers = tuple(n.encode("latin-1") for n in settings.record_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -303,6 +305,7 @@ class LezaMiddleware:
         else:
             ua, xff, fwd, host = _pick_repeated(headers)
         client = scope.get("client")
+        names = self._record_headers
         return (
             ts,
             duration,
@@ -324,6 +327,7 @@ class LezaMiddleware:
             reason,
             machine_id,
             session_id,
+            pick_headers(headers, names) if names else None,
         )
 
     def _performer(self, scope: Scope) -> Performer | None:

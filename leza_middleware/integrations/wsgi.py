@@ -105,7 +105,7 @@ from typing import TYPE_CHECKING, Any
 from ..context import _current
 from ..ids import new_request_id, parse_incoming_request_id
 from ..performer import Performer, coerce_performer
-from ..request_path import normalise_route
+from ..request_path import environ_header_keys, normalise_route, pick_environ_headers
 from ..sessions.registry import LOGOUT_REASON, REQUEST_KEY, REVOKED_REASON
 
 if TYPE_CHECKING:
@@ -153,6 +153,7 @@ class _Conf:
         "machine_ids",
         "offer",
         "permissions",
+        "record_headers",
         "rid_key",
         "rid_lower",
         "rid_name",
@@ -176,6 +177,8 @@ class _Conf:
         self.logout_routes = frozenset(settings.logout_routes)
         # None without rules: one identity test per request (rebuilt with the settings)
         self.permissions: Permissions | None = leza.permissions or None
+        # record_headers (privacy.py): (name, environ key) pairs, empty unless configured.
+        self.record_headers = environ_header_keys(settings.record_headers)
 
 
 class LezaWSGIMiddleware:
@@ -290,7 +293,7 @@ class LezaWSGIMiddleware:
             try:
                 conf.offer(
                     _raw(environ, ts, perf_counter() - start, 500, rid, None, who,
-                         type(exc).__name__, None, None, mid, sid)
+                         type(exc).__name__, None, None, mid, sid, conf.record_headers)
                 )  # fmt: skip
             except Exception:  # never let recording hurt the app
                 self.leza._count_request_path_error()
@@ -356,7 +359,7 @@ class LezaWSGIMiddleware:
             try:
                 conf.offer(
                     _raw(environ, ts, perf_counter() - start, status, rid, None, performer,
-                         None, "denied", reason, mid, sid)
+                         None, "denied", reason, mid, sid, conf.record_headers)
                 )  # fmt: skip
             except Exception:  # never let recording hurt the app
                 self.leza._count_request_path_error()
@@ -695,6 +698,7 @@ class _Response:
                     reason,
                     self.mid,
                     sid,
+                    self.conf.record_headers,
                 )
             )
         except Exception:  # never let recording hurt the app
@@ -714,6 +718,7 @@ def _raw(
     reason: str | None,
     machine_id: str | None,
     session_id: str | None,
+    header_keys: tuple[tuple[str, str], ...] = (),
 ) -> tuple[Any, ...]:
     """A raw access record: see request_path.RAW_FIELDS."""
     get = environ.get
@@ -741,6 +746,7 @@ def _raw(
         reason,
         machine_id,
         session_id,
+        pick_environ_headers(environ, header_keys) if header_keys else None,
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..events import AuditEvent, Event, SessionEvent, SessionRecord
+from ..performer import Performer
 
 __all__ = [
     "Page",
@@ -160,6 +161,56 @@ class Storage(abc.ABC):
         Yields the count of each batch deleted.
         """
         raise NotImplementedError(f"{type(self).__name__} does not support purging audit rows")
+
+    # -- erasure (privacy.py, ``leza forget``) -------------------------------------
+
+    def performer_identities(self, performer_id: str) -> list[Performer]:
+        """Every stored identity (name, email, …) of one performer.
+
+        This default looks through the newest access events and sessions and
+        the audit actors; SQL reads its performer table.
+        """
+        found: dict[str, Performer] = {}
+        for kind in ("access", "session"):
+            try:
+                page = self.query(kind, QueryFilter(performer_id=performer_id, limit=10_000))
+            except (NotImplementedError, ValueError):
+                continue
+            for e in page.events:
+                p = getattr(e, "performer", None)
+                if isinstance(p, Performer) and p.id == performer_id:
+                    found[p.to_json()] = p
+        try:
+            for a in self.iter_audit():
+                if a.actor is not None and a.actor.id == performer_id:
+                    found[a.actor.to_json()] = a.actor
+        except NotImplementedError:
+            pass
+        return list(found.values())
+
+    def forget_performer(self, performer_id: str, identifiers: Sequence[str]) -> dict[str, int]:
+        """Erase one performer everywhere but the audit log; return counts.
+
+        Delete their access events, advisories, log records (theirs, and those
+        written in their requests) and performer rows; scrub their sessions
+        (performer, IP, machine, device, geo: the rows stay, ended, so a
+        revocation still reaches every process); and in other rows' free text
+        (endpoint, reason, log message and exception, advisory message and
+        details) replace ``identifiers`` (case-insensitively) with
+        ``[Forgotten]``. Keys: ``access``, ``logs``, ``advisories``,
+        ``sessions``, ``performers``, ``scrubbed``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support erasure")
+
+    def audit_redactions(self) -> list[dict[str, Any]]:
+        """Signed redaction entries (``{"id", "chain", "seq", "hash", "redacted_hash",
+        "redacted_at", "sig"}``): audit rows redacted by erasure (privacy.py)."""
+        return []
+
+    def redact_audit(self, events: Sequence[AuditEvent], entries: Sequence[dict[str, Any]]) -> int:
+        """Store ``entries`` and replace the audit rows of ``events`` (same ids) with
+        them, atomically where the backend can; return how many rows were replaced."""
+        raise NotImplementedError(f"{type(self).__name__} does not support audit redaction")
 
     def after_fork(self) -> None:  # noqa: B027 - optional hook
         """Drop connections inherited from the parent process (called in the child)."""

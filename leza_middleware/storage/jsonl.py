@@ -21,7 +21,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import LezaConfigError
-from ..events import AuditEvent, Event, SessionEvent, SessionRecord, event_from_dict
+from ..events import (
+    AccessEvent,
+    AuditEvent,
+    Event,
+    SessionEvent,
+    SessionRecord,
+    event_from_dict,
+)
 from .base import (
     Page,
     QueryFilter,
@@ -243,17 +250,27 @@ class JSONLStorage(Storage):
 
     def _rewrite(self, kind: str, drop: Callable[[Event], bool]) -> int:
         """Rewrite ``kind``'s file without the events ``drop`` selects; how many went."""
+        return self._transform(kind, lambda e: None if drop(e) else e)[0]
+
+    def _transform(self, kind: str, fn: Callable[[Event], Event | None]) -> tuple[int, int]:
+        """Rewrite ``kind``'s file through ``fn`` (None: drop the event; another
+        event: store that instead); (ids dropped, lines replaced)."""
         path = self.path(kind)
         with self._lock:
             kept: list[str] = []
             purged: set[str] = set()
+            replaced = 0
             for line, e in self._read(kind):
-                if e is not None and drop(e):
+                new = e if e is None else fn(e)
+                if e is not None and new is None:
                     purged.add(e.id)
+                elif new is not e and new is not None:
+                    kept.append(json.dumps(new.to_dict(), ensure_ascii=False) + "\n")
+                    replaced += 1
                 else:
                     kept.append(line if line.endswith("\n") else line + "\n")
-            if not purged:
-                return 0
+            if not purged and not replaced:
+                return 0, 0
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{kind}.", suffix=".tmp")
             try:
                 with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
@@ -267,7 +284,7 @@ class JSONLStorage(Storage):
                 raise
             self._recent.get(kind, set()).difference_update(purged)
             self._tail_ok.add(kind)
-            return len(purged)
+            return len(purged), replaced
 
     def audit_purge_marks(self) -> list[dict[str, Any]]:
         try:
@@ -297,6 +314,61 @@ class JSONLStorage(Storage):
             "audit",
             lambda e: isinstance(e, AuditEvent) and e.seq <= upto.get(e.chain, 0),
         )
+
+    # -- erasure
+
+    def forget_performer(self, performer_id: str, identifiers: Sequence[str]) -> dict[str, int]:
+        from ..privacy import compile_identifiers, forget_event
+
+        rx = compile_identifiers(identifiers)
+        with self._lock:
+            rids = {
+                e.request_id
+                for e in self._unique("access")
+                if isinstance(e, AccessEvent) and e.performer_id == performer_id
+            }
+        counts = dict.fromkeys(("access", "logs", "advisories", "sessions", "performers",
+                                "scrubbed"), 0)  # fmt: skip
+        names = {"access": "access", "log": "logs", "advisory": "advisories"}
+        kinds = sorted(
+            name[: -len(".jsonl")]
+            for name in os.listdir(self.directory)
+            if name.endswith(".jsonl") and _KIND.fullmatch(name[: -len(".jsonl")])
+        ) if os.path.isdir(self.directory) else []  # fmt: skip
+        for kind in kinds:
+            if kind == "audit":
+                continue  # redacted under signed entries: redact_audit()
+            dropped, replaced = self._transform(
+                kind, lambda e: forget_event(e, performer_id, rx, rids)
+            )
+            if kind in names:
+                counts[names[kind]] += dropped
+            counts["sessions" if kind == "session" else "scrubbed"] += replaced
+        return counts
+
+    def audit_redactions(self) -> list[dict[str, Any]]:
+        try:
+            with open(self._redactions_path(), encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return []
+        return [dict(m) for m in data.values()]
+
+    def _redactions_path(self) -> str:
+        return os.path.join(self.directory, "audit_redactions.json")
+
+    def redact_audit(self, events: Sequence[AuditEvent], entries: Sequence[dict[str, Any]]) -> int:
+        # The entries first: a row whose rewrite is interrupted still verifies
+        # as written, and a rewritten one has its entry already.
+        with self._lock:
+            known = {m["id"]: m for m in self.audit_redactions()}
+            known.update({m["id"]: dict(m) for m in entries})
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".redactions.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(known, f)
+            os.replace(tmp, self._redactions_path())
+        new = {e.id: e for e in events}
+        return self._transform("audit", lambda e: new.get(e.id, e))[1]
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..events import AuditEvent, Event, SessionEvent, SessionRecord
+from ..events import AccessEvent, AuditEvent, Event, SessionEvent, SessionRecord
 from .base import (
     Page,
     QueryFilter,
@@ -75,6 +75,7 @@ class MemoryStorage(Storage):
         self._sessions: dict[str, SessionRecord] = {}
         self._checkpoints: dict[str, dict[str, Any]] = {}
         self._purge_marks: dict[str, dict[str, Any]] = {}
+        self._redactions: dict[str, dict[str, Any]] = {}
 
     def write(self, events: Sequence[Event]) -> None:
         with self._lock:
@@ -154,6 +155,54 @@ class MemoryStorage(Storage):
                 del by_id[i]
         yield len(gone)
 
+    def forget_performer(self, performer_id: str, identifiers: Sequence[str]) -> dict[str, int]:
+        from ..privacy import compile_identifiers, forget_event, scrub_session
+
+        rx = compile_identifiers(identifiers)
+        counts = dict.fromkeys(("access", "logs", "advisories", "sessions", "performers",
+                                "scrubbed"), 0)  # fmt: skip
+        names = {"access": "access", "log": "logs", "advisory": "advisories"}
+        with self._lock:
+            access = self._kinds.get("access", {}).values()
+            rids = {
+                e.request_id
+                for e in access
+                if isinstance(e, AccessEvent) and e.performer_id == performer_id
+            }
+            for kind, by_id in self._kinds.items():
+                if kind == "audit":
+                    continue  # redacted under signed entries: redact_audit()
+                for i, e in list(by_id.items()):
+                    new = forget_event(e, performer_id, rx, rids)
+                    if new is None:
+                        del by_id[i]
+                        if kind in names:
+                            counts[names[kind]] += 1
+                    elif new is not e:
+                        by_id[i] = new
+                        counts["scrubbed"] += 1
+            for sid, r in self._sessions.items():
+                if r.performer_id == performer_id:
+                    self._sessions[sid] = scrub_session(r)
+                    counts["sessions"] += 1
+        return counts
+
+    def audit_redactions(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(m) for m in self._redactions.values()]
+
+    def redact_audit(self, events: Sequence[AuditEvent], entries: Sequence[dict[str, Any]]) -> int:
+        with self._lock:
+            for m in entries:
+                self._redactions[m["id"]] = dict(m)
+            by_id = self._kinds.get("audit", {})
+            done = 0
+            for e in events:
+                if e.id in by_id:
+                    by_id[e.id] = e
+                    done += 1
+        return done
+
     def events(self, kind: str | None = None) -> list[Event]:
         """Every stored event (of ``kind``, or of all kinds) in the order first written."""
         with self._lock:
@@ -167,6 +216,7 @@ class MemoryStorage(Storage):
             self._sessions.clear()
             self._checkpoints.clear()
             self._purge_marks.clear()
+            self._redactions.clear()
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
