@@ -40,7 +40,7 @@ from leza_middleware.storage import QueryFilter
 
 TESTS = Path(__file__).resolve().parent
 DAY = 86_400_000_000
-WRAPPED = ("tail", "export", "purge", "sessions", "revoke", "verify", "check")
+WRAPPED = ("tail", "export", "purge", "sessions", "revoke", "verify", "check", "migrate", "forget")
 
 
 @pytest.fixture(scope="module", autouse=True)
