@@ -133,6 +133,7 @@ class Recorder:
         self._next_probe = 0.0
         self._probe_delay = 1.0
         self._last_error_log = 0.0
+        self._last_spill_log = 0.0
 
     # -- request path --------------------------------------------------------
 
@@ -318,9 +319,9 @@ class Recorder:
         if events:
             try:
                 self.spill.append([*events, *derived])
-            except Exception:
+            except Exception as exc:
                 ok = False
-                log.warning("leza: spill file not writable; dropping %d events", len(events))
+                self._log_spill_error(exc, len(events))
         with self._lock:
             if held:
                 self._held -= held
@@ -351,7 +352,7 @@ class Recorder:
                     if self._down_since is not None or self.spill.has_files():
                         self._maybe_replay()
                     if self._tick is not None and self._down_since is None:
-                        self._tick()
+                        self._run_tick(self._tick)
             except Exception:  # a bug here must not kill the thread
                 log.exception("leza: recorder loop error")
             if self._stopping.is_set() and not self._queue:
@@ -447,11 +448,15 @@ class Recorder:
         if self._down_since is None:
             self._replay()
         elif time.monotonic() >= self._next_probe:
-            # The replay is the probe: success means storage is back.
-            if self._replay():
-                self._down_since = None
-            else:
+            # The replay is the probe: storage is back once a replayed batch is
+            # written. A replay that wrote nothing (no spill file to replay: the
+            # spill directory is unwritable or full) proves nothing; the next
+            # batch's single write attempt is the probe then.
+            before = self.replayed
+            if not self._replay():
                 self._mark_down()
+            elif self.replayed > before:
+                self._down_since = None
 
     def _replay(self) -> bool:
         """Replay spill files; False when storage failed during the replay."""
@@ -473,11 +478,32 @@ class Recorder:
             return False
         return True
 
-    def _log_storage_error(self, exc: BaseException) -> None:
+    def _run_tick(self, tick: Callable[[], None]) -> None:
+        try:
+            tick()
+        except Exception as exc:
+            # Mostly storage gone between batches (the tick reads it): a line
+            # per 30 s as for failed writes, not a traceback per poll.
+            log.debug("leza: periodic work failed", exc_info=True)
+            self._log_storage_error(exc, "read")
+
+    def _log_storage_error(self, exc: BaseException, what: str = "write") -> None:
         now = time.monotonic()
         if now - self._last_error_log >= 30.0:  # one line per 30 s, not per batch
             self._last_error_log = now
-            log.warning("leza: storage write failed: %s: %s", type(exc).__name__, exc)
+            log.warning("leza: storage %s failed: %s: %s", what, type(exc).__name__, exc)
+
+    def _log_spill_error(self, exc: BaseException, n: int) -> None:
+        # A full disk fails every batch: one line per 30 s, not per batch (the
+        # log may well be on that disk). Every drop is counted in the stats.
+        now = time.monotonic()
+        if now - self._last_spill_log >= 30.0:
+            self._last_spill_log = now
+            log.warning(
+                "leza: spill file not writable (%s: %s); dropping %d events "
+                "(counted as spill_failed)",
+                type(exc).__name__, exc, n,
+            )  # fmt: skip
 
 
 def _name_os_thread(name: bytes) -> None:

@@ -10,6 +10,7 @@ id, so a replay interrupted half-way is simply replayed again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -57,36 +58,66 @@ class Spill:
     def __init__(self, directory: str) -> None:
         self.directory = Path(directory)
         self._lock = threading.Lock()
-        self._file: IO[str] | None = None
+        self._file: IO[bytes] | None = None
         self._path: Path | None = None
         self.corrupt_lines = 0
 
     # -- writing -------------------------------------------------------------
 
     def append(self, events: Sequence[Event]) -> None:
-        """Append events durably (flush + fsync). Raises ``OSError`` on failure."""
+        """Append events durably (write + fsync), all or none.
+
+        Raises ``OSError`` on failure, having taken back whatever part of the
+        batch did reach the file: the caller counts the whole batch as dropped,
+        so none of it may be replayed later (a full disk typically takes the
+        first lines of a batch and refuses the rest).
+        """
         data = "".join(
             json.dumps(e.to_dict(), separators=(",", ":"), ensure_ascii=False) + "\n"
             for e in events
-        )
+        ).encode("utf-8")
         with self._lock:
             f = self._file or self._open()
+            fd = f.fileno()
+            start = os.fstat(fd).st_size
             try:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                view = memoryview(data)
+                while view:
+                    n = f.write(view)  # unbuffered: a full disk may take part of it
+                    if not n:
+                        raise OSError(errno.ENOSPC, "the spill file takes no more data")
+                    view = view[n:]
+                os.fsync(fd)
             except OSError:
-                # A half-written line would be skipped as corrupt at replay; start
-                # a fresh file next time so a full disk does not poison this one.
+                path = self._path
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                    if start == 0 and path is not None:
+                        path.unlink()  # not one empty file per failed batch
+                # Start a fresh file next time, should the truncation have failed.
                 self._close()
                 raise
 
-    def _open(self) -> IO[str]:
+    def _open(self) -> IO[bytes]:
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"spill-{time.time_ns()}-{os.getpid()}-{os.urandom(3).hex()}.jsonl"
         path = self.directory / name
-        f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across calls
-        _try_lock(f)
+        if fcntl is None:  # pragma: no cover - Windows: no lock to take first
+            f = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open across calls
+        else:
+            # Created under a name replay ignores, locked, then renamed: another
+            # process's replay must never find the file unlocked, take it for
+            # an orphan and delete it just before this process writes into it.
+            new = self.directory / f".{name}.new"
+            f = open(new, "ab", buffering=0)  # noqa: SIM115 - kept open across calls
+            try:
+                _try_lock(f)
+                os.replace(new, path)
+            except OSError:
+                f.close()
+                with contextlib.suppress(OSError):
+                    new.unlink()
+                raise
         self._file, self._path = f, path
         return f
 
@@ -135,6 +166,8 @@ class Spill:
             with f:
                 if not _try_lock(f):
                     continue  # a live process is still writing it
+                if os.fstat(f.fileno()).st_nlink == 0:
+                    continue  # another process replayed and deleted it meanwhile
                 for batch in self._batches(f, batch_size):
                     write(batch)
                     total += len(batch)

@@ -174,7 +174,11 @@ def test_spill_replayed_at_next_start_idempotently(make_leza: Any, tmp_path: Pat
     assert wait_for(lambda: second.stats()["replayed"] == 7)
     assert sqlite_count(db) == 8
     # the same spill content again (a crash mid-replay) stores nothing twice
-    (spill / "spill-0-1-again.jsonl").write_text(copy)
+    # Written under a name the replayer ignores, then renamed: a replay must not
+    # catch the file half-written (the spill itself works this way).
+    staged = spill / ".staged-again.tmp"
+    staged.write_text(copy)
+    os.replace(staged, spill / "spill-0-1-again.jsonl")
     second.recorder._wake.set()
     assert wait_for(lambda: second.stats()["replayed"] == 14)
     assert sqlite_count(db) == 8
