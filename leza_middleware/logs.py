@@ -21,12 +21,12 @@ What keeps it from hurting the app:
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from .context import current_native, current_request_id
+from .enrich.text import clean_lines
 from .events import LogEvent
 from .ids import new_event_id
 
@@ -145,22 +145,11 @@ class LezaLogHandler(logging.Handler):
         self._count(None)
 
 
-# Line breaks and tabs belong in log messages and tracebacks; other control
-# characters (terminal escapes, NUL) and lone surrogates (undecodable bytes of
-# a surrogateescape'd file name) do not, and a surrogate cannot even be stored.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
 def _cut(text: str, limit: int) -> str:
+    """Bounded, and safe to store; line breaks and tabs belong in log records."""
     if len(text) > limit:
         text = text[:limit] + f"… [{len(text) - limit} more]"
-    if _UNSAFE.search(text) is not None:
-        text = _UNSAFE.sub(_replace, text)
-    return text
-
-
-def _replace(match: re.Match[str]) -> str:
-    return "\ufffd" if "\ud800" <= match.group() <= "\udfff" else ""
+    return clean_lines(text)
 
 
 def _route(native: Any) -> str | None:

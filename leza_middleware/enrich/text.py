@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_plus
 
-__all__ = ["CONTROL_CHARACTERS", "FILTERED", "UNSAFE", "clean", "redact_query"]
+__all__ = ["CONTROL_CHARACTERS", "FILTERED", "UNSAFE", "clean", "clean_lines", "redact_query"]
 
 FILTERED = "[Filtered]"
 
@@ -40,6 +40,22 @@ def clean(value: str, cap: int) -> str:
     if len(value) > cap:
         value = value[:cap]
     return value
+
+
+# Multi-line text (log messages, tracebacks) keeps its line breaks and tabs;
+# everything else :func:`clean` removes goes, lone surrogates become U+FFFD.
+_UNSAFE_IN_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _line_safe(match: re.Match[str]) -> str:
+    return "\ufffd" if "\ud800" <= match.group() <= "\udfff" else ""
+
+
+def clean_lines(value: str) -> str:
+    """:func:`clean` for multi-line text, without the cap: ``\n``, ``\r`` and tabs stay."""
+    if _UNSAFE_IN_LINES.search(value) is None:
+        return value
+    return _UNSAFE_IN_LINES.sub(_line_safe, value)
 
 
 def _norm_key(key: str) -> str:
