@@ -20,9 +20,9 @@ import anyio.to_thread
 from ..context import current_native
 from ..integrations.asgi import LezaMiddleware
 from .core import (
-    Dashboard,
     DashRequest,
     DashResponse,
+    Mount,
     finish,
     forbidden,
     note_request,
@@ -30,13 +30,11 @@ from .core import (
     parse_form,
     parse_query,
 )
-from .csrf import DoubleSubmit
 from .guard import (
     DENIED_REASON,
     MAX_BODY,
     Authorize,
     call_authorize,
-    check_authorize,
     is_async,
     run_authorize,
 )
@@ -62,12 +60,9 @@ def make_asgi_app(leza: Leza, authorize: Authorize | None = None) -> DashboardAS
     return DashboardASGI(leza, authorize)
 
 
-class DashboardASGI:
+class DashboardASGI(Mount):
     def __init__(self, leza: Leza, authorize: Authorize | None = None) -> None:
-        self.leza = leza
-        self.authorize = check_authorize(authorize)
-        self.dashboard = Dashboard(leza)
-        self.csrf = DoubleSubmit(leza.keyring)
+        super().__init__(leza, authorize)
         # Used when no Leza middleware records the request already (see __call__).
         self._recorded = LezaMiddleware(self._serve, leza=leza)
 

@@ -35,8 +35,9 @@ from ..context import current_native
 from ..errors import LezaError
 from ..events import iso_from_us
 from ..sessions.registry import _request_state
-from .csrf import CsrfToken
+from .csrf import CsrfToken, DoubleSubmit
 from .filters import FilterError, Filters
+from .guard import Authorize, check_authorize
 from .html import Markup, fmt
 from .pages import CSP, MESSAGE_CSP, Chain, Page, confirm_page, message_page, tab_page
 from .tabs import TABS_BY_SLUG, read_rows
@@ -44,7 +45,7 @@ from .tabs import TABS_BY_SLUG, read_rows
 if TYPE_CHECKING:
     from ..leza import Leza
 
-__all__ = ["DashRequest", "DashResponse", "Dashboard", "note_request"]
+__all__ = ["DashRequest", "DashResponse", "Dashboard", "Mount", "note_request"]
 
 log = logging.getLogger("leza_middleware")
 
@@ -208,6 +209,17 @@ class ChainCheck:
             if self._running is threading.current_thread():
                 self._running = None
         return chain
+
+
+class Mount:
+    """What every mount of the dashboard holds: its Leza, the ``authorize``
+    hook (checked here, at configuration time), the renderer and CSRF."""
+
+    def __init__(self, leza: Leza, authorize: Authorize | None = None) -> None:
+        self.leza = leza
+        self.authorize = check_authorize(authorize)
+        self.dashboard = Dashboard(leza)
+        self.csrf = DoubleSubmit(leza.keyring)
 
 
 class Dashboard:

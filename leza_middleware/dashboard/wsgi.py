@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 from ..context import current_native
 from ..integrations.wsgi import LezaWSGIMiddleware, _native_request, _wsgi_text
 from .core import (
-    Dashboard,
     DashRequest,
     DashResponse,
+    Mount,
     finish,
     forbidden,
     note_request,
@@ -31,8 +31,7 @@ from .core import (
     parse_form,
     parse_query,
 )
-from .csrf import DoubleSubmit
-from .guard import DENIED_REASON, MAX_BODY, Authorize, call_authorize, check_authorize
+from .guard import DENIED_REASON, MAX_BODY, Authorize, call_authorize
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -53,12 +52,9 @@ def make_wsgi_app(leza: Leza, authorize: Authorize | None = None) -> DashboardWS
     return DashboardWSGI(leza, authorize)
 
 
-class DashboardWSGI:
+class DashboardWSGI(Mount):
     def __init__(self, leza: Leza, authorize: Authorize | None = None) -> None:
-        self.leza = leza
-        self.authorize = check_authorize(authorize)
-        self.dashboard = Dashboard(leza)
-        self.csrf = DoubleSubmit(leza.keyring)
+        super().__init__(leza, authorize)
         self._recorded = LezaWSGIMiddleware(self._serve, leza=leza)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
