@@ -132,8 +132,8 @@ class Recorder:
         self._down_since: float | None = None
         self._next_probe = 0.0
         self._probe_delay = 1.0
-        self._last_error_log = 0.0
-        self._last_spill_log = 0.0
+        # When each throttled warning ("storage", "spill") was last logged.
+        self._last_warned: dict[str, float] = {}
 
     # -- request path --------------------------------------------------------
 
@@ -487,23 +487,27 @@ class Recorder:
             log.debug("leza: periodic work failed", exc_info=True)
             self._log_storage_error(exc, "read")
 
-    def _log_storage_error(self, exc: BaseException, what: str = "write") -> None:
+    def _warn_throttled(self, topic: str, msg: str, *args: Any) -> None:
+        """One warning per ``topic`` per 30 s: a storage or spill disk that stays
+        broken fails every batch, and the log may well be on that disk. Every
+        failure is counted in the stats whether it is logged or not."""
         now = time.monotonic()
-        if now - self._last_error_log >= 30.0:  # one line per 30 s, not per batch
-            self._last_error_log = now
-            log.warning("leza: storage %s failed: %s: %s", what, type(exc).__name__, exc)
+        last = self._last_warned.get(topic)
+        if last is None or now - last >= 30.0:
+            self._last_warned[topic] = now
+            log.warning(msg, *args)
+
+    def _log_storage_error(self, exc: BaseException, what: str = "write") -> None:
+        self._warn_throttled(
+            "storage", "leza: storage %s failed: %s: %s", what, type(exc).__name__, exc
+        )
 
     def _log_spill_error(self, exc: BaseException, n: int) -> None:
-        # A full disk fails every batch: one line per 30 s, not per batch (the
-        # log may well be on that disk). Every drop is counted in the stats.
-        now = time.monotonic()
-        if now - self._last_spill_log >= 30.0:
-            self._last_spill_log = now
-            log.warning(
-                "leza: spill file not writable (%s: %s); dropping %d events "
-                "(counted as spill_failed)",
-                type(exc).__name__, exc, n,
-            )  # fmt: skip
+        self._warn_throttled(
+            "spill",
+            "leza: spill file not writable (%s: %s); dropping %d events (counted as spill_failed)",
+            type(exc).__name__, exc, n,
+        )  # fmt: skip
 
 
 def _name_os_thread(name: bytes) -> None:
