@@ -122,7 +122,9 @@ class Recorder:
         self._inflight_prepared = False
         self._held = 0
         self._abandoned = False  # shutdown() took over a stuck worker's batch
-        self.enqueued = 0
+        # enqueued = dequeued + queued + overflowed (see the property).
+        self._dequeued = 0  # taken off the queue, under the lock
+        self._overflowed = 0  # never queued: the queue was full or closed
         self.written = 0
         self.spilled = 0
         self.replayed = 0
@@ -138,22 +140,51 @@ class Recorder:
     # -- request path --------------------------------------------------------
 
     def offer(self, item: Any) -> None:
-        """Queue one raw record. Never blocks on I/O, never raises."""
-        with self._lock:
-            self.enqueued += 1
-            if len(self._queue) < self.queue_size and not self._closed:
-                self._queue.append(item)
-                n = len(self._queue)
-            else:
-                self._held += 1
-                n = -1
-        if n < 0:
-            self._overflow(item)
+        """Queue one raw record. Never blocks on I/O, never raises.
+
+        No lock on this path (it runs once per request): ``deque.append`` is
+        atomic, and ``enqueued`` is derived from what left the queue plus what
+        is in it, so there is no counter to update here. With several request
+        threads the cap may be passed by one item per thread, no more.
+        """
+        q = self._queue
+        if len(q) < self.queue_size and not self._closed:
+            q.append(item)
+            if self._closed:  # shutdown drained the queue meanwhile: spill what is left
+                self._spill_late()
+                return
+            if self._thread is None:
+                self._start()
+            if len(q) >= self.batch_size:
+                self._wake.set()
             return
-        if self._thread is None:
-            self._start()
-        if n >= self.batch_size:
-            self._wake.set()
+        with self._lock:
+            self._overflowed += 1
+            self._held += 1
+        self._overflow(item)
+
+    @property
+    def enqueued(self) -> int:
+        """Records offered so far (read with the lock held for a consistent view)."""
+        return self._dequeued + len(self._queue) + self._overflowed
+
+    def _drain_queue(self) -> list[Any]:
+        # One popleft at a time (with the lock held): a record appended by a
+        # request thread meanwhile is either taken here or still queued.
+        q = self._queue
+        taken = [q.popleft() for _ in range(len(q))]
+        self._dequeued += len(taken)
+        return taken
+
+    def _spill_late(self) -> None:
+        """Records queued after shutdown's final drain go to the spill file."""
+        with self._lock:
+            taken = self._drain_queue()
+            self._held += len(taken)
+        if taken:
+            events, bad = self._prepare_all(taken)
+            self._settle_spill(events, bad, held=len(taken))
+            self.spill.rotate()  # closed: nothing else will close the file
 
     def _overflow(self, item: Any) -> None:
         # Queue full, or the recorder is shut down. Priority events (and, after
@@ -166,6 +197,8 @@ class Recorder:
         if to_spill:
             events, bad = self._prepare_all([item])
             self._settle_spill(events, bad, held=1)
+            if self._closed:
+                self.spill.rotate()  # after shutdown nothing else closes the file
         else:
             with self._lock:
                 self._held -= 1
@@ -178,8 +211,9 @@ class Recorder:
             if self._thread is not None or self._closed:
                 return
             t = threading.Thread(target=self._run, name="leza-recorder", daemon=True)
+            # Started before the lock is released: shutdown() may join it at once.
+            t.start()
             self._thread = t
-        t.start()
 
     @property
     def running(self) -> bool:
@@ -204,7 +238,9 @@ class Recorder:
             self._start()
         while True:
             with self._lock:
-                if self.enqueued - self.pending >= target or (self._closed and not self.pending):
+                # enqueued - pending, without reading the queue (appended to unlocked)
+                settled = self._dequeued + self._overflowed - len(self._inflight) - self._held
+                if settled >= target or (self._closed and not self.pending):
                     return True
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -235,8 +271,7 @@ class Recorder:
         # Whatever is still queued, or held by a worker stuck in storage, is
         # spilled; if the stuck write completes later, replay is a no-op by id.
         with self._lock:
-            taken = list(self._queue)
-            self._queue.clear()
+            taken = self._drain_queue()
             ready: list[Event] = []
             if stuck:
                 if self._inflight_prepared:
@@ -269,15 +304,16 @@ class Recorder:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             dropped = dict(self.dropped_by_reason)
+            queued = len(self._queue)  # read once: request threads append without the lock
             return {
-                "enqueued": self.enqueued,
+                "enqueued": self._dequeued + queued + self._overflowed,
                 "written": self.written,
                 "dropped": sum(dropped.values()),
                 "dropped_by_reason": dropped,
                 "retried": self.retried,
                 "spilled": self.spilled,
                 "replayed": self.replayed,
-                "pending": self.pending,
+                "pending": queued + len(self._inflight) + self._held,
                 "storage_errors": self.storage_errors,
                 "storage_down": self._down_since is not None,
                 "spill_corrupt_lines": self.spill.corrupt_lines,
@@ -362,6 +398,7 @@ class Recorder:
         with self._lock:
             q = self._queue
             batch = [q.popleft() for _ in range(min(len(q), self.batch_size))]
+            self._dequeued += len(batch)
             self._inflight = batch
             self._inflight_prepared = False
         return batch

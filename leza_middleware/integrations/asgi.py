@@ -55,7 +55,8 @@ class LezaMiddleware:
         self._machine_ids = bool(settings.machine_cookie)
         self._track_sessions = settings.sessions
         self._logout_routes = frozenset(settings.logout_routes)
-        self._permissions = leza.permissions
+        # None without rules: one identity test per request instead of a __bool__ call.
+        self._permissions = leza.permissions if leza.permissions.rules else None
         # record_headers (privacy.py): empty unless configured, one test per request.
         self._record_headers = tuple(n.encode("latin-1") for n in settings.record_headers)
 
@@ -87,7 +88,7 @@ class LezaMiddleware:
             scope[REQUEST_KEY] = {"session_id": sid}  # for the session API in the app
         path = scope["path"]
         granted: str | None = None  # the reason of an allowed permission check
-        if self._permissions:
+        if self._permissions is not None:
             needed = self._permissions.required(scope["method"], path)
             if needed is not None:
                 who = self._performer(scope)
