@@ -133,3 +133,86 @@ def test_patterns_match_method_and_path() -> None:
     assert perms.required("GET", "/trackingx") is None
     assert perms.required("GET", "/public") is None
     assert perms.required("HEAD", "/tracking") == "Live Tracking Page Permission"  # GET's view
+
+
+def test_a_protected_websocket_is_decided_at_the_handshake(make_leza: Any) -> None:
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    opened: list[str] = []
+
+    async def live(websocket: WebSocket) -> None:
+        opened.append(websocket.headers.get("x-user", ""))
+        await websocket.accept()
+        await websocket.send_text("tracking")
+        await websocket.close()
+
+    leza = make_leza(permissions=RULES, performer=who)
+    app = LezaMiddleware(Starlette(routes=[WebSocketRoute("/tracking", live)]), leza=leza)
+    with TestClient(app) as client:
+        with client.websocket_connect("/tracking", headers={"x-user": "ops"}) as ws:
+            assert ws.receive_text() == "tracking"
+        for user in ("guest", ""):
+            with pytest.raises(WebSocketDisconnect) as refused:
+                with client.websocket_connect("/tracking", headers={"x-user": user}):
+                    pass
+            assert refused.value.code == 1008
+    assert opened == ["ops"]  # refused handshakes never reached the app
+    ok, lacks, unauth = events(leza)
+    assert (ok["endpoint_type"], ok["status"], ok["action"]) == ("WS", 101, "access")
+    assert ok["reason"].startswith("User has the permission Live Tracking Page Permission")
+    assert (lacks["status"], lacks["action"]) == (403, "denied")
+    assert lacks["reason"].startswith("User lacks the permission Live Tracking Page Permission")
+    assert lacks["performer"]["id"] == "u-guest"
+    assert (unauth["status"], unauth["action"]) == (403, "denied")
+    assert unauth["reason"].startswith("Authentication required for the permission")
+
+
+def test_a_failing_permission_hook_is_a_recorded_500_and_the_app_is_not_called(
+    make_leza: Any,
+) -> None:
+    def has_permission(performer: Performer, request: Any, permission: str) -> bool:
+        raise RuntimeError("directory down")
+
+    leza = make_leza(permissions=RULES, performer=who, has_permission=has_permission)
+    app, ran = app_with(leza)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/tracking", headers={"x-user": "ops"}).status_code == 500
+    assert ran == []
+    (event,) = events(leza)
+    assert (event["status"], event["outcome"]) == (500, "error")
+    assert event["performer"]["id"] == "u-ops"
+
+
+@pytest.mark.anyio
+async def test_a_malformed_scope_never_skips_the_permission_decision(make_leza: Any) -> None:
+    # A broken layer in front (header pairs that are not pairs) costs the
+    # request its headers, not its authorization.
+    leza = make_leza(permissions=RULES, performer=lambda request: None)
+    ran: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ran.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = LezaMiddleware(app, leza=leza)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    for path in ("/admin/users", "/public"):
+        scope = {
+            "type": "http", "method": "GET", "path": path, "query_string": b"",
+            "headers": [(b"x-broken",)], "client": ("127.0.0.1", 5000),
+        }  # fmt: skip
+        await middleware(scope, receive, send)
+    assert ran == ["/public"]  # served unrecorded, as before; the protected one refused
+    assert sent[0]["status"] == 401
+    assert leza.stats()["request_path_errors"] == 2
+    (event,) = events(leza)
+    assert (event["endpoint"], event["status"], event["action"]) == ("/admin/users", 401, "denied")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from ..leza import Leza
+    from ..permissions import Decision
 
 __all__ = ["LezaMiddleware"]
 
@@ -76,8 +77,13 @@ class LezaMiddleware:
             browser = cookie is not None or _accepts_html(headers)
         except Exception:  # malformed scope: serve the app, record nothing
             self.leza._count_request_path_error()
-            await self.app(scope, receive, send)
-            return
+            if self._permissions is None or (
+                self._permissions.required(scope["method"], scope["path"]) is None
+            ):
+                await self.app(scope, receive, send)
+                return
+            # ... but never a protected endpoint undecided (no headers: no cookies).
+            headers, rid, mid, sid, browser = {}, new_request_id_bytes(), None, None, False
         if sid is not None:
             if sid in self._sessions.blocked:
                 await self._answer(
@@ -92,7 +98,7 @@ class LezaMiddleware:
             needed = self._permissions.required(scope["method"], path)
             if needed is not None:
                 who = self._performer(scope)
-                decision = self._permissions.decide(needed, who, scope)
+                decision = self._decide(needed, who, scope, headers, rid, ts, start, mid, sid)
                 if not decision.allowed:
                     body = json.dumps({"detail": decision.reason}).encode()
                     response = (decision.status, [("content-type", "application/json")], body)
@@ -219,6 +225,38 @@ class LezaMiddleware:
             if state is not None:
                 state["session_id"] = sid
         return sid
+
+    def _decide(
+        self,
+        needed: str,
+        who: Performer | None,
+        scope: Scope,
+        headers: Any,
+        rid: bytes,
+        ts: float,
+        start: float,
+        mid: str | None,
+        sid: str | None,
+        method: str | None = None,
+    ) -> Decision:
+        """The permission decision for a protected endpoint. When deciding fails
+        (a ``has_permission`` hook raised) the app is not called: the request is
+        recorded as a 500 and the exception goes to the server."""
+        assert self._permissions is not None
+        try:
+            return self._permissions.decide(needed, who, scope)
+        except BaseException as exc:
+            try:
+                self._offer(
+                    self._record(
+                        scope, headers, rid, method or scope["method"], scope["path"],
+                        scope.get("root_path", ""), ts, perf_counter() - start, 500,
+                        type(exc).__name__, who, None, None, mid, sid,
+                    )
+                )  # fmt: skip
+            except Exception:  # never let recording hurt the app
+                self.leza._count_request_path_error()
+            raise
 
     def _is_logout(self, method: str, path: str) -> bool:
         routes = self._logout_routes
@@ -374,14 +412,39 @@ class LezaMiddleware:
         # or refused (not when it closes, which may be hours later).
         start = perf_counter()
         ts = time()
+        path = scope["path"]
+        # A handshake is a GET: "GET /live" and any-method rules protect the socket too.
+        needed = None if self._permissions is None else self._permissions.required("GET", path)
         try:
             headers, rid = self._headers_and_request_id(scope)
         except Exception:
             self.leza._count_request_path_error()
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"]
+            if needed is None:
+                await self.app(scope, receive, send)
+                return
+            headers, rid = {}, new_request_id_bytes()  # still decided, below
         root_path = scope.get("root_path", "")
+        granted: str | None = None  # the reason of an allowed permission check
+        if needed is not None:
+            who = self._performer(scope)
+            decision = self._decide(needed, who, scope, headers, rid, ts, start, None, None, "WS")
+            if not decision.allowed:
+                # Closing before accepting is the handshake's refusal: the client
+                # gets an HTTP 403 whatever the reason (401 needs an extension).
+                message = await receive()
+                if message["type"] == "websocket.connect":
+                    await send({"type": "websocket.close", "code": 1008})
+                try:
+                    self._offer(
+                        self._record(
+                            scope, headers, rid, "WS", path, root_path, ts,
+                            perf_counter() - start, 403, None, who, "denied", decision.reason,
+                        )
+                    )  # fmt: skip
+                except Exception:
+                    self.leza._count_request_path_error()
+                return
+            granted = decision.reason
         recorded = False
 
         def record(status: int, error: str | None = None) -> None:
@@ -403,6 +466,8 @@ class LezaMiddleware:
                         status,
                         error,
                         self._performer(scope),
+                        None,
+                        granted if status < 400 else None,
                     )
                 )
             except Exception:
