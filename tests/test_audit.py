@@ -98,6 +98,45 @@ def test_record_history_and_diff(leza: Leza) -> None:
     assert leza.audit.verify()
 
 
+def test_undecodable_text_is_stored_with_a_replacement_character(
+    make_leza: Any, storage_url: str
+) -> None:
+    # A file name read with surrogateescape holds lone surrogates, which no
+    # database or spill file can encode: the record is kept, with U+FFFD there.
+    # Names and ids lose control characters; the states keep them (as JSON escapes).
+    leza = make_leza(storage=storage_url, secret_key=SECRET)
+    leza.audit.record(
+        action="rename",
+        entity_type="file",
+        entity_id="report-\udcff\x00.pdf",  # and a NUL, which PostgreSQL refuses in text
+        before={"name": "report-\udcff.pdf", "tags\udcfe": ["a\udcff"]},
+        after={"name": "report.pdf", "blob": "a\x00b"},
+        reason="cleanup \udcff\x00\nsecond line",
+        actor={"id": "ops"},
+    )
+    assert leza.flush(5)
+    s = leza.stats()
+    assert (s["written"], s["dropped"]) == (1, 0)
+    (event,) = leza.query.audit(entity_type="file")
+    assert event["entity_id"] == "report-\ufffd.pdf"
+    assert event["before"] == {"name": "report-\ufffd.pdf", "tags\ufffd": ["a\ufffd"]}
+    assert event["diff"]["name"] == {"before": "report-\ufffd.pdf", "after": "report.pdf"}
+    assert event["after"]["blob"] == "a\x00b"  # other text exactly as given
+    assert event["reason"] == "cleanup \ufffd\nsecond line"
+    assert leza.audit.verify()
+
+
+def test_undecodable_text_survives_the_spill_file(make_leza: Any, flaky_storage: Any) -> None:
+    flaky_storage.down = True
+    leza = make_leza(storage=flaky_storage, secret_key=SECRET, max_retries=0)
+    leza.audit.record(
+        action="update", entity_type="file", entity_id="\udcff", after={"n": "\udcff"}
+    )
+    assert leza.flush(5)
+    s = leza.stats()
+    assert (s["spilled"], s["dropped"]) == (1, 0)
+
+
 def test_actor_request_id_and_ip_come_from_the_request(make_leza: Any) -> None:
     leza = make_leza(
         performer=lambda request: Performer(id=request.headers["x-user"]),

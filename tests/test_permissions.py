@@ -153,9 +153,11 @@ def test_a_protected_websocket_is_decided_at_the_handshake(make_leza: Any) -> No
         with client.websocket_connect("/tracking", headers={"x-user": "ops"}) as ws:
             assert ws.receive_text() == "tracking"
         for user in ("guest", ""):
-            with pytest.raises(WebSocketDisconnect) as refused:
-                with client.websocket_connect("/tracking", headers={"x-user": user}):
-                    pass
+            with (
+                pytest.raises(WebSocketDisconnect) as refused,
+                client.websocket_connect("/tracking", headers={"x-user": user}),
+            ):
+                pass
             assert refused.value.code == 1008
     assert opened == ["ops"]  # refused handshakes never reached the app
     ok, lacks, unauth = events(leza)

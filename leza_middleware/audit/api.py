@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..context import current_native, current_request_id
+from ..enrich.text import clean, clean_lines
 from ..errors import LezaError
 from ..events import AuditEvent
 from ..ids import new_event_id
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["Audit"]
 
 log = logging.getLogger("leza_middleware")
+
+_MAX_NAME = 512  # characters of an action, entity type or entity id
 
 
 class Audit:
@@ -68,19 +71,21 @@ class Audit:
         # as changed even though both sides are stored as "[Filtered]".
         changes = mask_diff(diff(plain(before), plain(after)), self.masked)
         if diff_:
-            changes.update({str(k): v for k, v in diff_.items()})
+            changes.update(plain(diff_) or {})
         now = time.time_ns() // 1000
         event = AuditEvent(
             id=new_event_id(now),
             ts=now,
-            action=str(action),
-            entity_type=str(entity_type),
-            entity_id=str(entity_id),
+            # Names and ids are looked up and shown in one line: no control
+            # characters (PostgreSQL refuses NUL in text), nothing unencodable.
+            action=clean(str(action), _MAX_NAME),
+            entity_type=clean(str(entity_type), _MAX_NAME),
+            entity_id=clean(str(entity_id), _MAX_NAME),
             actor=who,
             before=masked_before,
             after=masked_after,
             diff=changes,
-            reason=reason,
+            reason=None if reason is None else clean_lines(str(reason)),
             request_id=current_request_id(),
             client_ip=self.current_client_ip(),
             app=self._leza.settings.app_name,

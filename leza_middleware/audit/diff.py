@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..enrich.text import encodable
+
 __all__ = ["DEFAULT_MASKED", "FILTERED", "diff", "mask", "mask_diff", "plain"]
 
 FILTERED = "[Filtered]"
@@ -28,14 +30,16 @@ def mask(state: Mapping[str, Any] | None, keys: frozenset[str]) -> dict[str, Any
     """A JSON-ready copy of ``state`` with sensitive values replaced."""
     if state is None:
         return None
-    return {k: FILTERED if masked(str(k), keys) else _plain(v) for k, v in state.items()}
+    return {
+        encodable(str(k)): FILTERED if masked(str(k), keys) else _plain(v) for k, v in state.items()
+    }
 
 
 def plain(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A JSON-ready copy of ``state``, nothing masked (only ever diffed, never stored)."""
     if state is None:
         return None
-    return {str(k): _plain(v) for k, v in state.items()}
+    return {encodable(str(k)): _plain(v) for k, v in state.items()}
 
 
 def mask_diff(changes: dict[str, dict[str, Any]], keys: frozenset[str]) -> dict[str, Any]:
@@ -61,13 +65,19 @@ def diff(
 
 
 def _plain(value: Any) -> Any:
-    """JSON-friendly: containers kept, sets sorted, everything else as str."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    """JSON-friendly: containers kept, sets sorted, everything else as str.
+
+    Text is kept as given except lone surrogates (an undecodable file name, say),
+    which no database or JSON file can encode: U+FFFD instead of a lost record.
+    """
+    if value is None or isinstance(value, (bool, int, float)):
         return value
+    if isinstance(value, str):
+        return encodable(value)
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {encodable(str(k)): _plain(v) for k, v in value.items()}
     if isinstance(value, (set, frozenset)):
         return sorted((_plain(v) for v in value), key=str)
     if isinstance(value, Iterable) and not isinstance(value, (bytes, bytearray)):
         return [_plain(v) for v in value]
-    return str(value)
+    return encodable(str(value))

@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_plus
 
-__all__ = ["CONTROL_CHARACTERS", "FILTERED", "UNSAFE", "clean", "clean_lines", "redact_query"]
+__all__ = [
+    "CONTROL_CHARACTERS",
+    "FILTERED",
+    "UNSAFE",
+    "clean",
+    "clean_lines",
+    "encodable",
+    "redact_query",
+]
 
 FILTERED = "[Filtered]"
 
@@ -26,6 +34,16 @@ _unsafe = UNSAFE.search
 # Raw characters looked at per cap: a 100 KB value is cut before it is scanned
 # (removing control characters only ever shortens it).
 _SCAN_FACTOR = 4
+
+
+def encodable(value: str) -> str:
+    """``value`` with lone surrogates replaced by U+FFFD, nothing else changed.
+
+    For text stored as given (audit states): it must only become encodable.
+    """
+    if _SURROGATES.search(value) is None:
+        return value
+    return _SURROGATES.sub("\ufffd", value)
 
 
 def clean(value: str, cap: int) -> str:
