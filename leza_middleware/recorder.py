@@ -129,6 +129,8 @@ class Recorder:
         self.spilled = 0
         self.replayed = 0
         self.retried = 0
+        # Spilled events storage refused for their content when replayed.
+        self.replay_refused = 0
         self.dropped_by_reason: dict[str, int] = {}
         self.storage_errors = 0
         self._down_since: float | None = None
@@ -313,6 +315,7 @@ class Recorder:
                 "retried": self.retried,
                 "spilled": self.spilled,
                 "replayed": self.replayed,
+                "replay_refused": self.replay_refused,
                 "pending": queued + len(self._inflight) + self._held,
                 "storage_errors": self.storage_errors,
                 "storage_down": self._down_since is not None,
@@ -431,9 +434,21 @@ class Recorder:
             return
         attempts = 1 if self._down_since is not None else self.max_retries + 1
         for attempt in range(attempts):
-            if self._write(events, derived):
+            error = self._write(events, derived)
+            if error is None:
                 self._mark_up()
                 return
+            if (
+                attempt == 0
+                and self._down_since is None
+                and refused_for_content(error)
+                and len(events) + len(derived) > 1
+            ):
+                rest = self._isolate(events, derived)
+                if rest is None:
+                    self._mark_up()
+                    return
+                events, derived = rest
             if attempt + 1 < attempts:
                 with self._lock:
                     self.retried += 1
@@ -442,7 +457,8 @@ class Recorder:
         self._mark_down()
         self._settle_spill(events, 0, derived=derived)
 
-    def _write(self, events: list[Event], derived: Sequence[Event] = ()) -> bool:
+    def _write(self, events: list[Event], derived: Sequence[Event] = ()) -> Exception | None:
+        """Write a batch; the exception storage raised, or None."""
         try:
             self._ensure_setup()
             self.storage.write([*events, *derived] if derived else events)
@@ -450,13 +466,57 @@ class Recorder:
             with self._lock:
                 self.storage_errors += 1
             self._log_storage_error(exc)
-            return False
+            return exc
         with self._lock:
             if not self._abandoned:
                 self.written += len(events)
                 self._inflight = []
             self._done.notify_all()
-        return True
+        return None
+
+    def _isolate(
+        self, events: list[Event], derived: Sequence[Event]
+    ) -> tuple[list[Event], list[Event]] | None:
+        """Storage refused the batch for what it holds, not for being down.
+
+        Written in halves, the parts it takes are stored, and once one part was
+        taken (storage works) the single events it still refuses are dropped,
+        counted as ``unstorable``: spilled, they would fail every replay. Returns
+        None when the batch is settled, else what is left to retry or spill
+        (storage failed otherwise meanwhile, or refused every part).
+        """
+        uncounted = {id(e) for e in derived}
+
+        def write_part(part: list[Event]) -> None:
+            self.storage.write(part)
+            taken = {id(e) for e in part}
+            with self._lock:
+                if not self._abandoned:
+                    self.written += sum(1 for e in part if id(e) not in uncounted)
+                    self._inflight = [e for e in self._inflight if id(e) not in taken]
+                self._done.notify_all()
+
+        written, refused, rest, error = split_refused(write_part, [*events, *derived])
+        if error is not None or not written:
+            left = refused + rest
+            return (
+                [e for e in left if id(e) not in uncounted],
+                [e for e in left if id(e) in uncounted],
+            )
+        counted = [e for e in refused if id(e) not in uncounted]
+        gone = {id(e) for e in refused}
+        with self._lock:
+            if not self._abandoned:
+                self._inflight = [e for e in self._inflight if id(e) not in gone]
+                self._add_drops("unstorable", len(counted))
+        self._warn_throttled(
+            "unstorable",
+            "leza: storage refused %d event(s) it cannot store (%s); the rest of "
+            "their batch was written; dropped, counted as unstorable",
+            len(refused),
+            ", ".join(sorted({f"{e.kind} {e.id}" for e in refused[:5]})),
+        )
+        return None
 
     def _ensure_setup(self) -> None:
         if not self._setup_done:
@@ -502,7 +562,20 @@ class Recorder:
 
         def write(batch: list[Event]) -> None:
             self._ensure_setup()
-            self.storage.write(batch)
+            try:
+                self.storage.write(batch)
+            except Exception as exc:
+                if not refused_for_content(exc) or len(batch) < 2:
+                    raise
+                # Spilled while storage was down, refused for its content now:
+                # keep the rest of the file moving (see _isolate).
+                written, refused, _, error = split_refused(self.storage.write, batch)
+                if error is not None or not written:
+                    raise exc from None  # the file stays for the next attempt
+                with self._lock:
+                    self.replayed += len(written)
+                    self.replay_refused += len(refused)
+                return
             with self._lock:
                 self.replayed += len(batch)
 
@@ -545,6 +618,56 @@ class Recorder:
             "leza: spill file not writable (%s: %s); dropping %d events (counted as spill_failed)",
             type(exc).__name__, exc, n,
         )  # fmt: skip
+
+
+# DB-API names for "this value cannot be stored" (NUL in PostgreSQL text, a
+# duplicate key, a wrong type) as opposed to "storage is not there".
+_CONTENT_ERRORS = frozenset({"DataError", "IntegrityError", "ProgrammingError"})
+# Failed part writes allowed before any part was taken (a few bad events in a
+# batch of 512 are found in well under this).
+_MAX_BLIND_SPLITS = 24
+
+
+def refused_for_content(exc: BaseException) -> bool:
+    """Whether storage refused what it was given rather than failed to work."""
+    if isinstance(exc, (ValueError, TypeError)):  # e.g. an unencodable string
+        return True
+    return any(cls.__name__ in _CONTENT_ERRORS for cls in type(exc).__mro__)
+
+
+def split_refused(
+    write: Callable[[list[Event]], None], events: list[Event]
+) -> tuple[list[Event], list[Event], list[Event], Exception | None]:
+    """Write ``events`` in halves, then quarters…, after storage refused them whole.
+
+    Returns ``(written, refused, untried, error)``: ``refused`` are the single
+    events storage refused for their content; when it failed for another
+    reason (``error``), ``untried`` is what was not written. Parts are written
+    in order, so the events that are stored keep theirs.
+    """
+    written: list[Event] = []
+    refused: list[Event] = []
+    half = len(events) // 2  # the whole was refused already: start with its halves
+    parts = [events[half:], events[:half]] if half else [events]
+    failures = 0
+    while parts:
+        part = parts.pop()
+        try:
+            write(part)
+        except Exception as exc:
+            failures += 1
+            # Storage that refuses everything (a table gone, a type it never
+            # takes) is failing, not picky: give up before a write per event.
+            if not refused_for_content(exc) or (not written and failures > _MAX_BLIND_SPLITS):
+                return written, refused, part + [e for p in reversed(parts) for e in p], exc
+            if len(part) == 1:
+                refused += part
+            else:
+                half = len(part) // 2
+                parts += (part[half:], part[:half])  # the first half is popped first
+            continue
+        written += part
+    return written, refused, [], None
 
 
 def _name_os_thread(name: bytes) -> None:

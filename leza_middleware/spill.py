@@ -72,10 +72,7 @@ class Spill:
         so none of it may be replayed later (a full disk typically takes the
         first lines of a batch and refuses the rest).
         """
-        data = "".join(
-            json.dumps(e.to_dict(), separators=(",", ":"), ensure_ascii=False) + "\n"
-            for e in events
-        ).encode("utf-8")
+        data = _serialise(events)
         with self._lock:
             f = self._file or self._open()
             fd = f.fileno()
@@ -191,3 +188,16 @@ class Spill:
                 batch = []
         if batch:
             yield batch
+
+
+def _serialise(events: Sequence[Event]) -> bytes:
+    """JSON Lines, UTF-8. A lone surrogate (an undecodable byte some app code let
+    through) cannot be encoded as UTF-8; JSON's ``\\u`` escapes keep it, and every
+    other character, exactly: the batch is spilled whole either way."""
+    dicts = [e.to_dict() for e in events]
+    try:
+        return "".join(
+            json.dumps(d, separators=(",", ":"), ensure_ascii=False) + "\n" for d in dicts
+        ).encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join(json.dumps(d, separators=(",", ":")) + "\n" for d in dicts).encode()

@@ -21,6 +21,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from leza_middleware import LezaMiddleware
+from leza_middleware.events import AdvisoryEvent
+from leza_middleware.ids import new_event_id
 from leza_middleware.request_path import raw_access
 
 
@@ -357,3 +359,72 @@ def test_mixed_batches_keep_their_order(make_leza: Any) -> None:
     events = leza._prepare_batch([raw(1), built, raw(2)])
     assert [e.request_id for e in events] == ["rid1", "explicit", "rid2"]
     assert events[1] is built
+
+
+def unstorable_advisory() -> AdvisoryEvent:
+    """An event no database can store: its message holds a lone surrogate
+    (what surrogateescape makes of an invalid UTF-8 byte), built by app code
+    that skipped the library's own cleaning."""
+    return AdvisoryEvent(
+        id=new_event_id(time.time_ns() // 1000), ts=time.time_ns() // 1000,
+        rule="custom", severity="low", message="bad byte: \udcff",
+    )  # fmt: skip
+
+
+@pytest.mark.both_databases
+def test_one_unstorable_event_does_not_sink_its_batch(make_leza: Any, storage_url: str) -> None:
+    leza = make_leza(storage=storage_url, flush_interval=60, max_retries=0)
+    for i in range(10):
+        leza.recorder.offer(raw(i))
+    leza.record(unstorable_advisory())
+    for i in range(10, 21):
+        leza.recorder.offer(raw(i))
+    assert leza.flush(5)
+    s = leza.stats()
+    assert s["written"] == 21
+    assert s["dropped_by_reason"] == {"unstorable": 1}
+    assert (s["spilled"], s["pending"], s["storage_down"]) == (0, 0, False)
+    assert balanced(s)
+    paths = {e["endpoint"] for e in leza.query.access(limit=100)}
+    assert paths == {f"/r/{i}" for i in range(21)}
+
+
+def test_a_spill_file_with_an_unstorable_event_still_replays_the_rest(
+    make_leza: Any, tmp_path: Path, flaky_storage: FlakyStorage
+) -> None:
+    # Spilled while storage was down, refused for its content once it is back:
+    # the rest of the file is replayed, not held back forever behind it.
+    db = tmp_path / "replay.db"
+    spill = tmp_path / "spill-poisoned"
+    flaky_storage.down = True
+    first = make_leza(storage=flaky_storage, spill_dir=str(spill), max_retries=0)
+    for i in range(6):
+        first.recorder.offer(raw(i))
+    first.record(unstorable_advisory())
+    first.shutdown(2)
+    assert first.stats()["spilled"] == 7
+    second = make_leza(storage=f"sqlite:///{db}", spill_dir=str(spill))
+    second.recorder.offer(raw(100))
+    assert second.flush(5)
+    assert wait_for(lambda: second.stats()["replayed"] == 6)
+    assert second.stats()["replay_refused"] == 1
+    assert sqlite_count(db) == 7
+    assert wait_for(lambda: not any(spill.glob("*.jsonl")))  # the file is done with
+
+
+def test_storage_that_refuses_everything_is_down_not_picky(make_leza: Any, tmp_path: Path) -> None:
+    # A refusal that is not about one event (here: SQLite told to insert into a
+    # table that was dropped under it) must not drop the batch event by event.
+    db = tmp_path / "gone.db"
+    leza = make_leza(storage=f"sqlite:///{db}", flush_interval=60, max_retries=0)
+    leza.recorder.offer(raw(0))
+    assert leza.flush(5)
+    with sqlite3.connect(db) as con:
+        con.execute("drop table leza_access")
+    for i in range(1, 41):
+        leza.recorder.offer(raw(i))
+    assert leza.flush(5)
+    s = leza.stats()
+    assert s["dropped"] == 0
+    assert s["spilled"] == 40
+    assert balanced(s)
