@@ -16,7 +16,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from leza_middleware import Leza, LezaMiddleware
+from leza_middleware import Leza, LezaMiddleware, Performer
 from leza_middleware.events import LogEvent, event_from_dict, log_action
 
 app_log = logging.getLogger("tests.app")
@@ -139,6 +139,45 @@ def test_reentrant_records_are_dropped_not_looped(make_leza: Any) -> None:
     messages = [r["message"] for r in leza.query.logs()]
     assert "in the page" in messages
     assert messages.count("performer hook logging") <= 2  # the hook's own calls, no loop
+
+
+def test_the_performer_hook_is_asked_once_per_request_not_per_record(make_leza: Any) -> None:
+    # A hook may look the user up in a database: twenty log lines and an audit
+    # record in one request must not mean twenty-one lookups on the app's thread.
+    asked: list[str] = []
+
+    def performer(request: Any) -> Performer | None:
+        user = request.headers.get("x-user")
+        asked.append(user or "-")
+        return Performer(id=user) if user else None
+
+    leza = make_leza(performer=performer)
+    handler = leza.logging_handler()
+    app_log.addHandler(handler)
+    app_log.propagate = False
+
+    async def page(request: Request) -> PlainTextResponse:
+        for n in range(20):
+            app_log.info("step %d", n)
+        leza.audit.record(action="update", entity_type="cart", entity_id=1, after={"n": 1})
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/p", page)])
+    app.add_middleware(LezaMiddleware, leza=leza)
+    try:
+        with TestClient(app) as client:
+            client.get("/p", headers={"x-user": "alice"})
+            client.get("/p")  # anonymous: asked again each time (a sign-in may follow)
+    finally:
+        app_log.removeHandler(handler)
+        app_log.propagate = True
+    assert leza.flush(5)
+    # alice: once for the records, once by the middleware at the response
+    assert asked.count("alice") == 2
+    assert asked.count("-") == 22  # 20 lines, the audit record, the middleware
+    alice = leza.query.logs(performer_id="alice", limit=100)
+    assert len(alice) == 20
+    assert leza.query.audit()[1]["actor"]["id"] == "alice"
 
 
 def test_rate_limit_counts_every_record_not_stored(make_leza: Any) -> None:

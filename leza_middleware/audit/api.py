@@ -27,6 +27,10 @@ __all__ = ["Audit"]
 log = logging.getLogger("leza_middleware")
 
 _MAX_NAME = 512  # characters of an action, entity type or entity id
+# Where _hook_once keeps the hook's answer: the ASGI scope / WSGI environ, or
+# an attribute of the Django request.
+_HOOK_KEY = "leza.hook_performer"
+_HOOK_ATTR = "_leza_hook_performer"
 
 
 class Audit:
@@ -192,21 +196,40 @@ class Audit:
                     if leza.performer_hook is not None:
                         from starlette.requests import HTTPConnection
 
-                        return leza._call_performer_hook(HTTPConnection(native))
+                        return self._hook_once(native, HTTPConnection(native))
                     user = native.get("user")
                     return None if user is None else performer_from_user(user)
                 found = native.get("leza.performer")  # a WSGI environ (Flask sets it)
                 if found is not None:
                     return coerce_performer(found)
                 if leza.performer_hook is not None:
-                    return leza._call_performer_hook(native)
+                    return self._hook_once(native, native)
                 return _flask_performer()
             if leza.performer_hook is not None:
-                return leza._call_performer_hook(native)
+                return self._hook_once(native, native)
             return performer_from_user(getattr(native, "user", None))  # Django
         except Exception:
             log.debug("leza: no performer for an audit record", exc_info=True)
             return None
+
+    def _hook_once(self, native: Any, request: Any) -> Performer | None:
+        """The performer hook's answer, asked once per request and kept in the
+        request (the hook may query a database; a request may write many log
+        lines). Only a performer is kept: an anonymous answer is asked again,
+        so a sign-in during the request is seen by what is recorded after it."""
+        if isinstance(native, dict):
+            cached = native.get(_HOOK_KEY)
+        else:
+            cached = getattr(native, _HOOK_ATTR, None)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        found = self._leza._call_performer_hook(request)
+        if found is not None:
+            if isinstance(native, dict):
+                native[_HOOK_KEY] = found
+            else:
+                setattr(native, _HOOK_ATTR, found)
+        return found
 
     def current_client_ip(self) -> str | None:
         native = current_native()
