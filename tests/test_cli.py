@@ -84,7 +84,14 @@ def access_events() -> list[Any]:
         ev(1, performer=ALICE, chain=("203.0.113.9", "10.0.0.1")),
         ev(2, device=BOT, geo=None, performer=ODD_PERFORMER, action="login", reason=AWKWARD),
         ev(3, device=None, geo=LINKOPING, endpoint="/söme/päth?q=a,b", client_ip="89.160.20.1"),
-        ev(4, chain=("a,b", "c"), performer=ALICE, client_ip="161.35.614.165", ip_valid=False),
+        ev(
+            4,
+            chain=("a,b", "c"),
+            performer=ALICE,
+            client_ip="161.35.614.165",
+            ip_valid=False,
+            headers={"accept-language": "de-CH, fr;q=0.8", "x-tenant": 'a"b'},
+        ),
         ev(5, ts=T0 + 5000, device=CHROME, geo=FRANKFURT, reason="=cmd|' /C calc'!A0"),
         ev(6, ts=T0 + 5000, action="denied", reason="no\r\nway"),  # same ts as 5: id breaks ties
     ]
@@ -140,12 +147,13 @@ def parse_cell(cell: str, like: Any) -> Any:
 
 
 def field_at(record: dict[str, Any], column: str) -> Any:
-    """The value behind a flattened column name; None when a parent object is null."""
+    """The value behind a flattened column name; None when a parent object is null
+    (or, for ``headers``, when the record has none: the key is left out then)."""
     value: Any = record
     for part in column.split("."):
         if value is None:
             return None
-        value = value[part]
+        value = value.get(part) if part == "headers" else value[part]
     return value
 
 
@@ -188,6 +196,11 @@ def test_export_csv_round_trips(
         assert by_id["e000003"]["geoLocationInfoOfIp.city"] == "Linköping"
         assert json.loads(by_id["e000004"]["proxy_chain"]) == ["a,b", "c"]
         assert by_id["e000004"]["ip_valid"] == "false"
+        assert json.loads(by_id["e000004"]["headers"]) == {
+            "accept-language": "de-CH, fr;q=0.8",
+            "x-tenant": 'a"b',
+        }
+        assert by_id["e000003"]["headers"] == ""  # none recorded
         # The documented column names.
         assert {"timestamp", "endpoint_type", "browser.name", "os.name", "device.type",
                 "geoLocationInfoOfIp.country_code", "performer.id", "performer.organizations",

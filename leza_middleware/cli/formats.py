@@ -59,6 +59,7 @@ def _sample(kind: str) -> dict[str, Any] | None:
             id="i", ts=0, action="access", method="GET", endpoint="/", route="/", status=200,
             duration_us=0, outcome="success", reason="", request_id="r", client_ip="",
             ip_valid=True, peer_ip="", device=device, geo=geo, performer=_sample_performer(),
+            headers={"h": "v"},  # record_headers: one JSON column
         ).to_dict()  # fmt: skip
     if kind == "session":
         return SessionRecord(
