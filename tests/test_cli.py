@@ -45,6 +45,7 @@ from leza_middleware.events import AuditEvent, Geo, SessionEvent
 from leza_middleware.ids import new_event_id
 from leza_middleware.performer import Organization
 from leza_middleware.storage import MemoryStorage, QueryFilter, SQLStorage
+from leza_middleware.storage.migrate import HEAD
 
 SECRET = "cli-tests-secret-key-0123456"
 DAY = 86_400_000_000
@@ -586,8 +587,9 @@ def test_check_reports_each_part(
     code, out, _ = run(["check", "--storage", url], capsys)
     assert code == 0, out
     checks = check_lines(out)
-    assert [s for s, _ in checks.values()] == ["OK", "OK", "OK", "OK"]
+    assert [s for s, _ in checks.values()] == ["OK", "OK", "OK", "OK", "OK"]
     assert "schema present" in checks["storage"][1]
+    assert checks["schema"][1] == f"at {HEAD} (head)"
     assert checks["geoip"][1].startswith(f"GeoLite2-City {fresh}, built ")
     assert out.splitlines()[-1] == "0 failed, 0 warnings"
 
@@ -634,6 +636,7 @@ def test_check_reaches_postgresql(postgres_url: str, capsys: pytest.CaptureFixtu
     assert code == 0, out
     status, message = check_lines(out)["storage"]
     assert (status, "schema present" in message) == ("OK", True), out
+    assert check_lines(out)["schema"] == ("OK", f"at {HEAD} (head)")
 
 
 # --------------------------------------------------------------------------- errors

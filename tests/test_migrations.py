@@ -563,6 +563,11 @@ def test_upgrade_from_the_first_schema_loses_nothing(
     assert before == expected_old_rows()
     state = schema_state(url)
     assert (state.recorded, state.revision) == (None if how == "made_by_setup" else "0001", "0001")
+    monkeypatch.setenv("LEZA_GEOIP_DB", "off")
+    assert cli(["check", "--storage", url]) == 1  # a deploy check catches the missed step
+    assert f"FAIL  schema   at 0001; this leza-middleware needs {HEAD}: run `leza migrate`" in (
+        capsys.readouterr().out
+    )
 
     assert cli(["migrate", "--storage", url]) == 0
     out = capsys.readouterr().out
@@ -581,6 +586,8 @@ def test_upgrade_from_the_first_schema_loses_nothing(
     }
     assert version_rows(url) == [HEAD]
     assert schema_diff(url) == []
+    assert cli(["check", "--storage", url]) == 0
+    assert f"OK    schema   at {HEAD} (head)" in capsys.readouterr().out
 
     # The upgraded database serves what the first version wrote ...
     leza = make_leza(
@@ -1014,7 +1021,10 @@ def test_a_database_shared_with_the_apps_own_alembic(storage_url: str) -> None:
 
 
 def test_older_targets_and_newer_databases_are_refused(
-    storage_url: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    storage_url: str,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url = storage_url
     migrate(url)
@@ -1038,6 +1048,10 @@ def test_older_targets_and_newer_databases_are_refused(
     finally:
         storage.close()
     assert version_rows(url) == ["0099"]
+    capsys.readouterr()
+    monkeypatch.setenv("LEZA_GEOIP_DB", "off")
+    assert cli(["check", "--storage", url]) == 0  # a warning
+    assert "WARN  schema   at 0099: newer than this leza-middleware" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- the command line

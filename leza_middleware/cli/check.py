@@ -56,20 +56,43 @@ def checks(options: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         out.append((WARN, "secret", why))
     else:
         out.append((OK, "secret", "secret key set"))
-    out.append(_storage(settings))
+    out.extend(_storage(settings))
     out.append(_geoip(settings))
     return out
 
 
-def _storage(settings: Settings) -> tuple[str, str, str]:
+def _storage(settings: Settings) -> list[tuple[str, str, str]]:
     try:
         storage = open_storage(settings.storage)
     except LezaError as exc:
-        return (FAIL, "storage", str(exc))
+        return [(FAIL, "storage", str(exc))]
     try:
-        return _reach(storage)
+        reached = _reach(storage)
+        if reached[0] == FAIL or not isinstance(storage, SQLStorage):
+            return [reached]
+        return [reached, _schema(storage)]
     finally:
         storage.close()
+
+
+def _schema(storage: SQLStorage) -> tuple[str, str, str]:
+    """The schema revision against this version's migrations (``leza migrate``)."""
+    from ..storage.migrate import HEAD, schema_state
+
+    try:
+        state = schema_state(storage)
+    except Exception as exc:
+        return (FAIL, "schema", f"revision unreadable: {' '.join(str(exc).split())[:300]}")
+    if state.fresh:
+        return (OK, "schema", f"created at {HEAD} on the first write")
+    if not state.known:
+        return (WARN, "schema", f"at {state.revision}: newer than this leza-middleware "
+                f"({HEAD}); upgrade it where this command runs")  # fmt: skip
+    if state.revision != HEAD:
+        return (FAIL, "schema", f"at {state.revision}; this leza-middleware needs {HEAD}: "
+                "run `leza migrate` (or migrate=True); until then new kinds of events are "
+                "spilled")  # fmt: skip
+    return (OK, "schema", f"at {HEAD} (head)")
 
 
 def _reach(storage: Storage) -> tuple[str, str, str]:
