@@ -381,6 +381,47 @@ def test_idle_and_absolute_timeouts_with_a_controllable_clock(
         assert busy.get("/items/1").status_code == 401
 
 
+def test_only_sessions_that_are_due_are_read_and_timed_out(
+    make_leza: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many signed-in users: a poll reads the sessions that are due, not every
+    # active one; what does not fit in one poll goes at the next.
+    import leza_middleware.sessions.registry as registry
+    from leza_middleware.events import SessionEvent
+    from leza_middleware.ids import new_event_id
+
+    leza = make_leza(idle_timeout=60, absolute_timeout=3600, session_poll_interval=3600)
+    monkeypatch.setattr(registry, "_EXPIRE_PAGE", 4)
+    now = registry._now_us()
+    minute = 60 * 1_000_000
+
+    def start(sid: str, at: int) -> SessionEvent:
+        return SessionEvent(id=new_event_id(at), ts=at, action="session_start", session_id=sid)
+
+    # 6 idle for 2 minutes, 2 started over an hour ago but busy, then 12 busy
+    # ones started later (the newest first: what a page of "all active" holds).
+    changes = [start(f"idle-{i}", now - 2 * minute - i) for i in range(6)]
+    changes += [start(f"old-{i}", now - 70 * minute - i) for i in range(2)]
+    changes += [
+        SessionEvent(id=new_event_id(now), ts=now, action="session_seen", session_id=f"old-{i}")
+        for i in range(2)
+    ]
+    changes += [start(f"busy-{i}", now - i) for i in range(12)]
+    leza.storage.write(changes)
+    leza.sessions.poll(force=True)
+    first = {s["_id"] for s in leza.query.sessions(active=False, limit=100).items}
+    assert first == {"old-0", "old-1", "idle-0", "idle-1", "idle-2", "idle-3"}  # 4 per kind
+    leza.sessions.poll(force=True)
+    ended = leza.query.sessions(active=False, limit=100).items
+    assert {s["_id"] for s in ended} == first | {"idle-4", "idle-5"}
+    reasons = {s["_id"]: s["end_reason"] for s in ended}
+    assert reasons["old-0"] == "absolute_timeout"
+    assert reasons["idle-5"] == "idle_timeout"
+    assert {s["_id"] for s in leza.query.sessions(active=True, limit=100).items} == {
+        f"busy-{i}" for i in range(12)
+    }
+
+
 def test_timeouts_not_enforced_by_default(make_leza: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import leza_middleware.sessions.registry as registry
 

@@ -47,6 +47,8 @@ REQUEST_KEY = "leza.session"
 REQUEST_ATTR = "_leza_session"
 
 _BLOCK_REASONS = frozenset({"revoked", "logout"})
+# Sessions timed out per poll and kind at most (the rest at the next poll).
+_EXPIRE_PAGE = 5_000
 
 
 def _now_us() -> int:
@@ -303,20 +305,25 @@ class Sessions:
         self._poll_since = max(since, latest - 30_000_000)
 
     def _expire(self) -> None:
+        # Only the sessions that are due, not every active one: an app with many
+        # signed-in users would read them all at every poll (and, past the page
+        # size, never see the oldest). What is left over goes at the next poll.
         now = _now_us()
-        idle_before = now - int(self.idle_timeout * 1_000_000)
+        query = self._leza.storage.query
         started_before = now - int(self.absolute_timeout * 1_000_000)
-        stale = [
-            (r.id, "absolute_timeout" if r.session_start < started_before else "idle_timeout")
-            for r in self._leza.storage.query(
-                "session", QueryFilter(active=True, limit=10_000)
-            ).events
-            if r.session_start < started_before or r.last_seen < idle_before
-        ]
-        for reason in ("absolute_timeout", "idle_timeout"):
-            ids = [sid for sid, why in stale if why == reason]
+        too_old = query(
+            "session", QueryFilter(active=True, until=started_before - 1, limit=_EXPIRE_PAGE)
+        ).events
+        idle_before = now - int(self.idle_timeout * 1_000_000)
+        idle = query(
+            "session", QueryFilter(active=True, seen_until=idle_before - 1, limit=_EXPIRE_PAGE)
+        ).events
+        ended: set[str] = set()
+        for reason, records in (("absolute_timeout", too_old), ("idle_timeout", idle)):
+            ids = [r.id for r in records if r.id not in ended]
             if ids:
                 self._end(ids, reason)
+                ended.update(ids)
                 for sid in ids:
                     self._seen.pop(sid, None)
 

@@ -42,6 +42,7 @@ class QueryFilter:
     session_id: str | None = None
     active: bool | None = None  # True: not ended; False: ended
     ended_since: int | None = None  # ended at or after this time (µs)
+    seen_until: int | None = None  # last seen at or before this time (µs): idle ones
 
     def __post_init__(self) -> None:
         if self.limit < 1:
@@ -244,6 +245,7 @@ def select_sessions(records: Iterable[SessionRecord], flt: QueryFilter) -> Page:
                 flt.ended_since is None
                 or (r.ended_at is not None and r.ended_at >= flt.ended_since)
             )
+            and (flt.seen_until is None or r.last_seen <= flt.seen_until)
             and (flt.performer_id is None or r.performer_id == flt.performer_id)
             and (flt.since is None or r.session_start >= flt.since)
             and (flt.until is None or r.session_start <= flt.until)

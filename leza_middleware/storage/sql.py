@@ -630,6 +630,8 @@ def _session_conds(flt: QueryFilter) -> list[Any]:
         conds.append(t.c.ended_at.is_(None) if flt.active else t.c.ended_at.is_not(None))
     if flt.ended_since is not None:
         conds.append(t.c.ended_at >= flt.ended_since)
+    if flt.seen_until is not None:
+        conds.append(t.c.last_seen <= flt.seen_until)
     if flt.performer_id is not None:
         conds.append(t.c.performer_id == flt.performer_id)
     return conds + _range_conds(t.c.session_start, t.c.id, flt)
