@@ -23,6 +23,10 @@ from .leza import Leza
 
 __all__ = ["TRAFFIC", "run_demo"]
 
+#: The demo's signing key when LEZA_SECRET_KEY is not set. Public by design:
+#: it signs the demo's own synthetic rows, never an app's.
+DEMO_KEY = "leza-demo-key-not-a-secret"
+
 CHROME_WIN = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
     "(KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
@@ -293,7 +297,14 @@ def summarize(leza: Leza, since: float, storage: str) -> str:
         lines.append(
             f"CHECK     {name}: {st['state'].upper()} ({detail}), uptime 24 h {st['uptime_24h']}%"
         )
-    lines.append(f"\nSee it all in the admin view: leza dashboard --storage {storage}")
+    key = "" if os.environ.get("LEZA_SECRET_KEY") else f"LEZA_SECRET_KEY={DEMO_KEY} "
+    lines.append(f"\nSee it all in the admin view: {key}leza dashboard --storage {storage}")
+    lines.append(f"Check the audit chain:         {key}leza verify --storage {storage}")
+    if key:
+        lines.append(
+            "(the demo's own key, printed here and so not a secret: "
+            "give your app a secret one, LEZA_SECRET_KEY)"
+        )
     return "\n".join(lines)
 
 
@@ -302,6 +313,9 @@ def run_demo(storage: str | None = None, out: TextIO | None = None) -> int:
     started = time.time()
     leza = Leza(
         storage=storage,
+        # A fixed key (unless one is set) so the dashboard can revoke and
+        # `leza verify` can vouch for the demo's audit rows afterwards, run after run.
+        secret_key=os.environ.get("LEZA_SECRET_KEY") or DEMO_KEY,
         trusted_proxies=("127.0.0.1", "::1"),
         app_name="leza-demo",
         logout_routes=["POST /logout"],

@@ -117,7 +117,9 @@ def test_demo_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     assert re.search(r"CHECK     demo-api: UP \(.* ms\), uptime 24 h 100.0%", out)
     assert "CHECK     payments: DOWN (ConnectionRefusedError" in out
     assert "ADVISORY  HIGH     Service payments is DOWN" in out
-    assert f"leza dashboard --storage sqlite:///{db}" in out
+    key = "LEZA_SECRET_KEY=leza-demo-key-not-a-secret"
+    assert f"{key} leza dashboard --storage sqlite:///{db}" in out
+    assert f"{key} leza verify --storage sqlite:///{db}" in out
 
     rows = parse_table(out)
     assert len(rows) == REQUESTS
@@ -186,6 +188,27 @@ def test_demo_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
         "desktop",
     )
     assert (geo["city"], geo["country_code"]) == ("Amsterdam", "NL")
+
+
+def test_the_demo_database_verifies_and_is_revocable_afterwards(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the demo prints to run next works: its audit rows verify with the
+    # key it names, across two runs on one file, and the dashboard may write.
+    db = tmp_path / "demo.db"
+    for _ in range(2):
+        code, out = run_demo_in_process(capsys, f"sqlite:///{db}")
+        assert code == 0, out
+    monkeypatch.setenv("LEZA_SECRET_KEY", "leza-demo-key-not-a-secret")
+    assert cli.main(["verify", "--storage", f"sqlite:///{db}"]) == 0
+    assert "OK: 2 rows in 2 chains verified" in capsys.readouterr().out
+
+    # With a key of its own set, the demo uses it and prints no key.
+    monkeypatch.setenv("LEZA_SECRET_KEY", "my-own-secret-key-0123456789")
+    code, out = run_demo_in_process(capsys, f"sqlite:///{tmp_path / 'own.db'}")
+    assert code == 0
+    assert "LEZA_SECRET_KEY=" not in out
+    assert cli.main(["verify", "--storage", f"sqlite:///{tmp_path / 'own.db'}"]) == 0
 
 
 def test_demo_bad_storage_is_a_clear_error(
