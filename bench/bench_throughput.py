@@ -1,12 +1,15 @@
 """Throughput: a bare Starlette hello-world vs the same app with LezaMiddleware.
 
-Both run under uvicorn (one worker, pinned to one CPU, with its recorder thread
-on the same CPU), driven by wrk on another CPU over loopback with rotating
-real User-Agents and client IPs (X-Forwarded-For from a trusted loopback
-proxy). Rounds alternate bare / leza so drift affects both alike. Every event
-is written to SQLite: no sampling. After each leza round the server is
-stopped gracefully and the events stored are compared with the requests the
-server answered (counted by an outermost counter present in both variants).
+Three variants run under uvicorn (one worker), driven by wrk over loopback with
+rotating real User-Agents and client IPs (X-Forwarded-For from a trusted
+loopback proxy): ``bare``; ``leza``, every event written to SQLite (no
+sampling); and ``path``, the request path alone (records built, then
+discarded), which splits the cost between the request path and the recorder.
+Rounds alternate the variants so drift affects all alike. After each leza
+round the server is stopped gracefully and the events stored are compared with
+the requests the server answered (counted by an outermost counter present in
+every variant), and each variant reports the time its process spent in the
+garbage collector.
 
     python bench/bench_throughput.py [--rounds 3] [--duration 8] [--connections 64]
 
@@ -30,13 +33,14 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "testdata"
 
 APP = textwrap.dedent(
     """
-    import os
+    import gc, json, os, time
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
@@ -45,22 +49,37 @@ APP = textwrap.dedent(
         return PlainTextResponse("Hello, world!")
 
     inner = Starlette(routes=[Route("/", hello)])
+    variant = os.environ["BENCH_VARIANT"]
 
-    if os.environ["BENCH_VARIANT"] == "leza":
+    if variant in ("leza", "path"):
         from leza_middleware import Leza, LezaMiddleware
         leza = Leza(trusted_proxies=["127.0.0.1"])   # storage, geo from LEZA_* env
-        inner.add_middleware(LezaMiddleware, leza=leza)
+        inner = LezaMiddleware(inner, leza=leza)
+        if variant == "path":
+            # The request path alone: records are built, then discarded.
+            inner._offer = lambda record: None
 
+    # Time spent in the garbage collector (every thread), and full collections.
+    gc_time = [0.0, 0, 0.0]  # seconds, full collections, start of the current one
+
+    def on_gc(phase, info):
+        if phase == "start":
+            gc_time[2] = time.perf_counter()
+        else:
+            gc_time[0] += time.perf_counter() - gc_time[2]
+            gc_time[1] += info["generation"] == 2
+
+    gc.callbacks.append(on_gc)
     served = 0
 
     async def app(scope, receive, send):
-        # Outermost counter (same in both variants): requests answered.
+        # Outermost counter (same in every variant): requests answered.
         global served
         if scope["type"] == "lifespan":
             async def send_wrapper(message):
                 if message["type"] == "lifespan.shutdown.complete":
                     with open(os.environ["BENCH_COUNT_FILE"], "w") as f:
-                        f.write(str(served))
+                        json.dump({"served": served, "gc_s": gc_time[0], "gc_full": gc_time[1]}, f)
                 await send(message)
             return await inner(scope, receive, send_wrapper)
         await inner(scope, receive, send)
@@ -167,10 +186,12 @@ def start_server(
     raise RuntimeError("server did not start")
 
 
-def stop_server(proc: subprocess.Popen[bytes], count_file: Path) -> int:
+def stop_server(proc: subprocess.Popen[bytes], count_file: Path) -> dict[str, Any]:
+    """Stop gracefully; what the app counted: requests served, GC seconds, full GCs."""
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
-    return int(count_file.read_text())
+    report: dict[str, Any] = json.loads(count_file.read_text())
+    return report
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -243,12 +264,16 @@ def main() -> int:
     )
     print(f"# {placement}; {args.rounds} rounds x {args.duration}s, {args.connections} connections")
 
-    results: dict[str, list[float]] = {"bare": [], "leza": []}
+    variants = ("bare", "path", "leza")
+    results: dict[str, list[float]] = {v: [] for v in variants}
     # µs of CPU per request, per thread of the server (leza-recorder is ours)
-    cpu_per_request: dict[str, dict[str, list[float]]] = {"bare": {}, "leza": {}}
+    cpu_per_request: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
+    # µs in the garbage collector per request served, and full collections per run
+    gc_per_k: dict[str, list[float]] = {v: [] for v in variants}
+    gc_full: dict[str, list[int]] = {v: [] for v in variants}
     served_total = stored_total = 0
     for rnd in range(args.rounds):
-        for variant in ("bare", "leza"):
+        for variant in variants:
             db = work / f"leza-{rnd}.db"
             proc, port, count_file = start_server(work, variant, server_cpu, db)
             try:
@@ -257,7 +282,10 @@ def main() -> int:
                 rps, sent = run_wrk(port, script, args.duration, args.connections, wrk_cpu)
                 after = thread_cpu(proc.pid)
             finally:
-                served = stop_server(proc, count_file)
+                report = stop_server(proc, count_file)
+            served = int(report["served"])
+            gc_per_k[variant].append(report["gc_s"] * 1e6 / max(served, 1))
+            gc_full[variant].append(int(report["gc_full"]))
             for name, seconds in after.items():
                 spent = (seconds - before.get(name, 0.0)) * 1e6 / sent
                 if spent >= 0.05:
@@ -272,20 +300,31 @@ def main() -> int:
             print(line, flush=True)
 
     bare = statistics.median(results["bare"])
-    leza = statistics.median(results["leza"])
-    ratios = [z / b for b, z in zip(results["bare"], results["leza"], strict=True)]
     print()
-    print(f"bare  median: {bare:9.0f} req/s")
-    print(f"leza  median: {leza:9.0f} req/s")
-    print(
-        f"ratio leza/bare: {leza / bare:.3f}  (per round: {', '.join(f'{r:.3f}' for r in ratios)})"
-        "   budget >= 0.85, aim 0.90"
-    )
+    for variant in variants:
+        print(f"{variant:4s}  median: {statistics.median(results[variant]):9.0f} req/s")
+    for variant, what in (("leza", "leza/bare"), ("path", "path/bare")):
+        ratio = statistics.median(results[variant]) / bare
+        per_round = [v / b for b, v in zip(results["bare"], results[variant], strict=True)]
+        note = (
+            "   budget >= 0.85, aim 0.90"
+            if variant == "leza"
+            else "   (the request path alone: records built, then discarded)"
+        )
+        print(f"ratio {what}: {ratio:.3f}  (per round: "
+              f"{', '.join(f'{r:.3f}' for r in per_round)}){note}")  # fmt: skip
     for variant, threads in cpu_per_request.items():
         parts = ", ".join(
             f"{name} {statistics.median(v):.1f}" for name, v in sorted(threads.items())
         )
         print(f"server CPU µs per request, {variant}: {parts}")
+    print(
+        "garbage collector, µs per request (full collections per run): "
+        + ", ".join(
+            f"{v} {statistics.median(gc_per_k[v]):.2f} ({statistics.median(gc_full[v]):.0f})"
+            for v in variants
+        )
+    )
     print(
         f"events stored / requests served (leza rounds): {stored_total} / {served_total}"
         f"  {'EXACT' if stored_total == served_total else 'MISMATCH'}"
