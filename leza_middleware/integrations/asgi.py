@@ -176,24 +176,22 @@ class LezaMiddleware:
                     action, reason = "logout", LOGOUT_REASON
                 elif granted is not None and status < 400:
                     reason = granted
-                self._offer(
-                    self._record(
-                        scope,
-                        headers,
-                        rid,
-                        scope["method"],
-                        path,
-                        root_path,
-                        ts,
-                        (end or perf_counter()) - start,
-                        status,
-                        error,
-                        performer,
-                        action,
-                        reason,
-                        mid,
-                        sid,
-                    )
+                self._enqueue(
+                    scope,
+                    headers,
+                    rid,
+                    scope["method"],
+                    path,
+                    root_path,
+                    ts,
+                    (end or perf_counter()) - start,
+                    status,
+                    error,
+                    performer,
+                    action,
+                    reason,
+                    mid,
+                    sid,
                 )
             except Exception:  # never let recording hurt the app
                 self.leza._count_request_path_error()
@@ -246,16 +244,11 @@ class LezaMiddleware:
         try:
             return self._permissions.decide(needed, who, scope)
         except BaseException as exc:
-            try:
-                self._offer(
-                    self._record(
-                        scope, headers, rid, method or scope["method"], scope["path"],
-                        scope.get("root_path", ""), ts, perf_counter() - start, 500,
-                        type(exc).__name__, who, None, None, mid, sid,
-                    )
-                )  # fmt: skip
-            except Exception:  # never let recording hurt the app
-                self.leza._count_request_path_error()
+            self._enqueue(
+                scope, headers, rid, method or scope["method"], scope["path"],
+                scope.get("root_path", ""), ts, perf_counter() - start, 500,
+                type(exc).__name__, who, None, None, mid, sid,
+            )  # fmt: skip
             raise
 
     def _is_logout(self, method: str, path: str) -> bool:
@@ -291,30 +284,12 @@ class LezaMiddleware:
             await send({"type": "http.response.start", "status": status, "headers": out})
             await send({"type": "http.response.body", "body": body})
         finally:
-            try:
-                self._offer(
-                    self._record(
-                        scope,
-                        headers,
-                        rid,
-                        scope["method"],
-                        scope["path"],
-                        scope.get("root_path", ""),
-                        ts,
-                        perf_counter() - start,
-                        status,
-                        None,
-                        performer,
-                        "denied",
-                        reason,
-                        mid,
-                        sid,
-                    )
-                )
-            except Exception:
-                self.leza._count_request_path_error()
+            self._enqueue(
+                scope, headers, rid, scope["method"], scope["path"], scope.get("root_path", ""),
+                ts, perf_counter() - start, status, None, performer, "denied", reason, mid, sid,
+            )  # fmt: skip
 
-    def _record(
+    def _enqueue(
         self,
         scope: Scope,
         headers: Any,
@@ -331,43 +306,49 @@ class LezaMiddleware:
         reason: str | None = None,
         machine_id: str | None = None,
         session_id: str | None = None,
-    ) -> tuple[Any, ...]:
-        """The raw access record of a finished request (see request_path.RAW_FIELDS)."""
-        if type(headers) is dict:
-            get = headers.get
-            ua, xff, fwd, host = (
-                get(b"user-agent"),
-                get(b"x-forwarded-for"),
-                get(b"forwarded"),
-                get(b"host"),
+    ) -> None:
+        """Queue the raw access record of a finished request (see
+        request_path.RAW_FIELDS). Never raises: recording must not hurt the app."""
+        try:
+            if type(headers) is dict:
+                get = headers.get
+                ua, xff, fwd, host = (
+                    get(b"user-agent"),
+                    get(b"x-forwarded-for"),
+                    get(b"forwarded"),
+                    get(b"host"),
+                )
+            else:
+                ua, xff, fwd, host = _pick_repeated(headers)
+            client = scope.get("client")
+            names = self._record_headers
+            self._offer(
+                (
+                    ts,
+                    duration,
+                    status,
+                    rid,
+                    method,
+                    path,
+                    scope.get("query_string", b""),
+                    client[0] if client else None,
+                    scope.get("scheme", "http"),
+                    _route_template(scope, root_path),
+                    ua,
+                    xff,
+                    fwd,
+                    host,
+                    performer,
+                    error,
+                    action,
+                    reason,
+                    machine_id,
+                    session_id,
+                    pick_headers(headers, names) if names else None,
+                )
             )
-        else:
-            ua, xff, fwd, host = _pick_repeated(headers)
-        client = scope.get("client")
-        names = self._record_headers
-        return (
-            ts,
-            duration,
-            status,
-            rid,
-            method,
-            path,
-            scope.get("query_string", b""),
-            client[0] if client else None,
-            scope.get("scheme", "http"),
-            _route_template(scope, root_path),
-            ua,
-            xff,
-            fwd,
-            host,
-            performer,
-            error,
-            action,
-            reason,
-            machine_id,
-            session_id,
-            pick_headers(headers, names) if names else None,
-        )
+        except Exception:
+            self.leza._count_request_path_error()
 
     def _performer(self, scope: Scope) -> Performer | None:
         if self._performer_hook is None:
@@ -434,15 +415,10 @@ class LezaMiddleware:
                 message = await receive()
                 if message["type"] == "websocket.connect":
                     await send({"type": "websocket.close", "code": 1008})
-                try:
-                    self._offer(
-                        self._record(
-                            scope, headers, rid, "WS", path, root_path, ts,
-                            perf_counter() - start, 403, None, who, "denied", decision.reason,
-                        )
-                    )  # fmt: skip
-                except Exception:
-                    self.leza._count_request_path_error()
+                self._enqueue(
+                    scope, headers, rid, "WS", path, root_path, ts,
+                    perf_counter() - start, 403, None, who, "denied", decision.reason,
+                )  # fmt: skip
                 return
             granted = decision.reason
         recorded = False
@@ -453,25 +429,13 @@ class LezaMiddleware:
                 return
             recorded = True
             try:
-                self._offer(
-                    self._record(
-                        scope,
-                        headers,
-                        rid,
-                        "WS",
-                        path,
-                        root_path,
-                        ts,
-                        perf_counter() - start,
-                        status,
-                        error,
-                        self._performer(scope),
-                        None,
-                        granted if status < 400 else None,
-                    )
-                )
-            except Exception:
-                self.leza._count_request_path_error()
+                performer = self._performer(scope)
+            except Exception:  # a hook that raised: recorded anonymous
+                performer = None
+            self._enqueue(
+                scope, headers, rid, "WS", path, root_path, ts, perf_counter() - start,
+                status, error, performer, None, granted if status < 400 else None,
+            )  # fmt: skip
 
         async def send_wrapper(message: Message) -> None:
             mtype = message["type"]
