@@ -158,6 +158,14 @@ def test_callable_checks_sync_async_false_and_raising() -> None:
     assert CallableCheck("async", healthy).probe().ok
     assert CallableCheck("false", lambda: False).probe().error == "returned False"
     assert CallableCheck("raise", broken).probe().error == "RuntimeError: queue backlog 5000"
+
+    def hostile() -> None:  # an error text from elsewhere: a server's message, say
+        raise RuntimeError("down\x00\r\nFAKE LOG LINE \udcff")
+
+    # Stored, shown and sent in alarms: one line, storable (PostgreSQL refuses NUL).
+    assert CallableCheck("hostile", hostile).probe().error == (
+        "RuntimeError: downFAKE LOG LINE \ufffd"
+    )
     timed = CallableCheck("slow", slow, timeout=0.1, interval=1).probe()
     assert not timed.ok
     assert "TimeoutError" in (timed.error or "")

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from typing_extensions import Unpack
 
+from ..enrich.text import clean
 from ..errors import LezaConfigError
 
 __all__ = [
@@ -57,8 +58,10 @@ class ProbeResult:
 
 
 def _error_text(exc: BaseException) -> str:
+    # Error texts carry what other systems said (a database's message): one
+    # line, storable, before they are stored, shown and sent in alarms.
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:_MAX_ERROR]
+    return clean(text, _MAX_ERROR)
 
 
 def _positive(name: str, what: str, value: Any) -> float:
