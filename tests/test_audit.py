@@ -112,7 +112,7 @@ def test_undecodable_text_is_stored_with_a_replacement_character(
         before={"name": "report-\udcff.pdf", "tags\udcfe": ["a\udcff"]},
         after={"name": "report.pdf", "blob": "a\x00b"},
         reason="cleanup \udcff\x00\nsecond line",
-        actor={"id": "ops"},
+        actor={"id": "ops\x00", "name": "Ops\r\nTeam"},
     )
     assert leza.flush(5)
     s = leza.stats()
@@ -123,6 +123,8 @@ def test_undecodable_text_is_stored_with_a_replacement_character(
     assert event["diff"]["name"] == {"before": "report-\ufffd.pdf", "after": "report.pdf"}
     assert event["after"]["blob"] == "a\x00b"  # other text exactly as given
     assert event["reason"] == "cleanup \ufffd\nsecond line"
+    assert (event["actor"]["id"], event["actor"]["name"]) == ("ops\ufffd", "OpsTeam")
+    assert leza.query.audit(actor_id="ops\ufffd") == [event]
     assert leza.audit.verify()
 
 

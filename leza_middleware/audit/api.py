@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..context import current_native, current_request_id
+from ..enrich.access import stored_performer
 from ..enrich.text import clean, clean_lines
 from ..errors import LezaError
 from ..events import AuditEvent
@@ -69,6 +70,8 @@ class Audit:
         if not action or not entity_type:
             raise ValueError("an audit record needs an action and an entity_type")
         who = coerce_performer(actor) if actor is not None else self.current_performer()
+        if who is not None:
+            who = stored_performer(who)[0]  # cleaned as on access events (ids index, JSON)
         masked_before = mask(before, self.masked)
         masked_after = mask(after, self.masked)
         # Diffed on the real values, then masked: a changed password must show

@@ -33,7 +33,7 @@ from .geo import GeoResolver
 from .text import UNSAFE, clean, redact_query
 from .useragent import _RAW_LIMIT, UserAgentParser
 
-__all__ = ["AccessEnricher", "derive_outcome"]
+__all__ = ["AccessEnricher", "derive_outcome", "stored_performer"]
 
 MAX_PATH = 2048
 MAX_HOST = 255
@@ -128,7 +128,7 @@ def _clean_id(value: str) -> str:
     return UNSAFE.sub("\ufffd", value) if _unsafe(value) is not None else value
 
 
-def _stored_performer(p: Performer) -> tuple[Performer | None, str | None, str | None]:
+def stored_performer(p: Performer) -> tuple[Performer | None, str | None, str | None]:
     """The performer as stored (every text field cleaned and capped), its id and key.
 
     The app builds it, but often from what the client sent (a user name, an
@@ -211,7 +211,7 @@ class AccessEnricher:
         self._queries = _Memo(
             lambda q: clean(redact_query(clean(q, MAX_PATH), redact_keys), MAX_PATH)
         )
-        self._performers = _Memo(_stored_performer)
+        self._performers = _Memo(stored_performer)
         self._headers = _Memo(stored_headers)
 
     # Memoised per distinct value; each returns what the batch's columns need.
