@@ -115,6 +115,7 @@ class Recorder:
         self._queue: deque[Any] = deque()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._drained = False  # shutdown took what was left in the queue
         # Pending = queued + in flight (taken by the worker) + held (being
         # spilled by another thread). Each moves to a final counter in the
         # same locked step that removes it, so the books always balance.
@@ -152,7 +153,7 @@ class Recorder:
         q = self._queue
         if len(q) < self.queue_size and not self._closed:
             q.append(item)
-            if self._closed:  # shutdown drained the queue meanwhile: spill what is left
+            if self._drained:  # shutdown's final drain ran meanwhile: spill what is left
                 self._spill_late()
                 return
             if self._thread is None:
@@ -274,6 +275,7 @@ class Recorder:
         # spilled; if the stuck write completes later, replay is a no-op by id.
         with self._lock:
             taken = self._drain_queue()
+            self._drained = True  # from now on, whoever queues a record spills it
             ready: list[Event] = []
             if stuck:
                 if self._inflight_prepared:
