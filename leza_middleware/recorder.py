@@ -394,10 +394,26 @@ class Recorder:
                         self._maybe_replay()
                     if self._tick is not None and self._down_since is None:
                         self._run_tick(self._tick)
-            except Exception:  # a bug here must not kill the thread
+            except BaseException:  # a bug here must not kill the thread
                 log.exception("leza: recorder loop error")
+                self._rescue_inflight()
             if self._stopping.is_set() and not self._queue:
                 return
+
+    def _rescue_inflight(self) -> None:
+        """After an unexpected error mid-batch, nothing may stay pending for ever:
+        the batch in hand goes to the spill file (replayed later)."""
+        try:
+            with self._lock:
+                batch, prepared = self._inflight, self._inflight_prepared
+                if not batch or self._abandoned:
+                    return
+                self._inflight = []
+                self._held += len(batch)
+            events, bad = (batch, 0) if prepared else self._prepare_all(batch)
+            self._settle_spill(events, bad, held=len(batch))
+        except BaseException:
+            log.exception("leza: could not spill the batch in hand after an error")
 
     def _take(self) -> list[Any]:
         with self._lock:
@@ -422,12 +438,12 @@ class Recorder:
         if self._derive is not None and events:
             try:
                 derived = self._derive(events)
-            except Exception:
+            except BaseException:  # app code (rules) runs here: not even SystemExit stops us
                 log.warning("leza: deriving session changes failed", exc_info=True)
         for fn in _listeners:
             try:
                 fn(events + derived if derived else events)
-            except Exception:
+            except BaseException:
                 log.debug("leza: event listener failed", exc_info=True)
         if not events:
             return
@@ -464,11 +480,11 @@ class Recorder:
         try:
             self._ensure_setup()
             self.storage.write([*events, *derived] if derived else events)
-        except Exception as exc:
+        except BaseException as exc:  # a storage's own SystemExit is a failed write too
             with self._lock:
                 self.storage_errors += 1
             self._log_storage_error(exc)
-            return exc
+            return exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
         with self._lock:
             if not self._abandoned:
                 self.written += len(events)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,11 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from leza_middleware import LezaMiddleware
-from leza_middleware.events import AdvisoryEvent
+from leza_middleware.advisories.rules import Finding, Rule, RuleContext
+from leza_middleware.events import AdvisoryEvent, Event
 from leza_middleware.ids import new_event_id
 from leza_middleware.request_path import raw_access
+from leza_middleware.storage import MemoryStorage
 
 
 def hello_app() -> Starlette:
@@ -428,3 +432,69 @@ def test_storage_that_refuses_everything_is_down_not_picky(make_leza: Any, tmp_p
     assert s["dropped"] == 0
     assert s["spilled"] == 40
     assert balanced(s)
+
+
+class Exits(Rule):
+    """App code on the recorder thread that calls sys.exit() (a library's fatal path)."""
+
+    name = "exits"
+    kinds = frozenset({"access"})
+
+    def observe(self, event: Event, ctx: RuleContext) -> Iterable[Finding]:
+        sys.exit("a rule gave up")
+
+
+def test_app_code_on_the_recorder_thread_cannot_stop_it(make_leza: Any) -> None:
+    leza = make_leza(advisory_rules=[Exits()], flush_interval=60)
+    for i in range(30):
+        leza.recorder.offer(raw(i))
+    assert leza.flush(5)
+    s = leza.stats()
+    assert (s["written"], s["pending"], s["dropped"]) == (30, 0, 0)
+    assert s["advisories"]["rule_errors"]["exits"] == 30
+    assert leza.recorder.running
+
+
+class FatalOnce(MemoryStorage):
+    """A storage whose first write raises a BaseException, not an Exception."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fatal = 1
+
+    def write(self, events: Any) -> None:
+        if self.fatal:
+            self.fatal -= 1
+            raise KeyboardInterrupt("storage driver interrupted")
+        super().write(events)
+
+
+def test_a_storage_raising_a_base_exception_is_a_failed_write(make_leza: Any) -> None:
+    storage = FatalOnce()
+    leza = make_leza(storage=storage, max_retries=2)
+    for i in range(5):
+        leza.recorder.offer(raw(i))
+    assert leza.flush(5)
+    s = leza.stats()
+    assert (s["written"], s["retried"], s["storage_errors"], s["pending"]) == (5, 1, 1, 0)
+    assert leza.recorder.running
+
+
+def test_a_bug_mid_batch_leaves_nothing_pending_for_ever(
+    make_leza: Any, flaky_storage: FlakyStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug cannot be caused from outside: an internal step that raises stands in.
+    leza = make_leza(storage=flaky_storage, max_retries=0)
+    flaky_storage.down = True
+
+    def broken() -> None:
+        raise RuntimeError("a bug in the recorder")
+
+    monkeypatch.setattr(leza.recorder, "_mark_down", broken)
+    for i in range(4):
+        leza.recorder.offer(raw(i))
+    assert leza.flush(5)  # settled, not pending until the timeout
+    s = leza.stats()
+    assert (s["spilled"], s["pending"]) == (4, 0)
+    assert balanced(s)
+    assert leza.recorder.running

@@ -227,7 +227,7 @@ class AdvisoryEngine:
                         app=self.app_name,
                     )
                 )
-        except Exception as exc:
+        except BaseException as exc:  # a rule's sys.exit() must not stop the recorder thread
             self._errors[rule.name] = self._errors.get(rule.name, 0) + 1
             self._log_once(
                 rule.name,
