@@ -162,6 +162,11 @@ def test_callable_checks_sync_async_false_and_raising() -> None:
     def hostile() -> None:  # an error text from elsewhere: a server's message, say
         raise RuntimeError("down\x00\r\nFAKE LOG LINE \udcff")
 
+    def exits() -> None:  # a library that gives up with sys.exit(): a failed probe
+        sys.exit("client library gave up")
+
+    assert CallableCheck("exits", exits).probe().error == "SystemExit: client library gave up"
+
     # Stored, shown and sent in alarms: one line, storable (PostgreSQL refuses NUL).
     assert CallableCheck("hostile", hostile).probe().error == (
         "RuntimeError: downFAKE LOG LINE \ufffd"

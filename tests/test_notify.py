@@ -19,6 +19,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -839,6 +840,28 @@ def test_failures_are_counted_per_notifier_and_logged(caplog: pytest.LogCaptureF
     assert all(r.levelno == logging.WARNING for r in logged)
     assert "notifier boom could not send the down notification for billing" in logged[0].message
     assert logged[0].exc_info is not None  # an unexpected error: traceback kept
+    assert d.shutdown(5)
+
+
+class Exits(Notifier):
+    """A custom notifier whose library gives up with sys.exit()."""
+
+    name = "exits"
+
+    def send(self, notification: Notification) -> None:
+        sys.exit("smtp library gave up")
+
+
+def test_a_notifier_calling_sys_exit_is_a_failed_send_not_a_dead_worker() -> None:
+    rec = Recording()
+    d = Dispatcher([Exits(), rec])
+    d.notify(make())
+    d.notify(make("recovered"))
+    assert d.flush(5)
+    stats = d.stats()
+    assert stats["notifiers"]["exits"]["failed"] == 2
+    assert stats["notifiers"]["exits"]["last_error"] == "SystemExit: smtp library gave up"
+    assert [n.event for n in rec.got] == ["down", "recovered"]
     assert d.shutdown(5)
 
 

@@ -117,7 +117,7 @@ class Check(abc.ABC):
         start = time.perf_counter()
         try:
             error = self._run()
-        except Exception as exc:
+        except BaseException as exc:  # a callable's sys.exit() is a failed probe too
             error = _error_text(exc)
         latency = (time.perf_counter() - start) * 1000.0
         return ProbeResult(error is None, round(latency, 3), error)

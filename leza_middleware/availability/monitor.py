@@ -294,7 +294,7 @@ class Monitor:
 def _result_of(future: Future[ProbeResult]) -> ProbeResult:
     try:
         return future.result()
-    except Exception as exc:  # probe() never raises, but a cancelled future does
+    except BaseException as exc:  # probe() never raises, but a cancelled future does
         return ProbeResult(False, 0.0, f"{type(exc).__name__}: {exc}")
 
 

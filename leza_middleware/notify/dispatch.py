@@ -290,7 +290,7 @@ class Dispatcher:
     def _deliver(self, notifier: Notifier, label: str, notification: Notification) -> None:
         try:
             notifier.send(notification)
-        except Exception as exc:
+        except BaseException as exc:  # a custom notifier's sys.exit() is a failed send
             if isinstance(exc, NotificationError):
                 reason = str(exc)
                 prefix = f"{notifier.name}: "  # the built-ins name themselves; the log does
