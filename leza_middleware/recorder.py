@@ -29,6 +29,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .events import Event
@@ -456,13 +457,8 @@ class Recorder:
             if error is None:
                 self._mark_up()
                 return
-            if (
-                attempt == 0
-                and self._down_since is None
-                and refused_for_content(error)
-                and len(events) + len(derived) > 1
-            ):
-                rest = self._isolate(events, derived)
+            if attempt == 0 and self._down_since is None and refused_for_content(error):
+                rest = self._isolate(events, derived, error)
                 if rest is None:
                     self._mark_up()
                     return
@@ -493,15 +489,15 @@ class Recorder:
         return None
 
     def _isolate(
-        self, events: list[Event], derived: Sequence[Event]
+        self, events: list[Event], derived: Sequence[Event], error: Exception
     ) -> tuple[list[Event], list[Event]] | None:
         """Storage refused the batch for what it holds, not for being down.
 
-        Written in halves, the parts it takes are stored, and once one part was
-        taken (storage works) the single events it still refuses are dropped,
-        counted as ``unstorable``: spilled, they would fail every replay. Returns
-        None when the batch is settled, else what is left to retry or spill
-        (storage failed otherwise meanwhile, or refused every part).
+        Written in halves, the parts it takes are stored; the single events it
+        still refuses are dropped, counted as ``unstorable`` (spilled, they would
+        fail every replay) when the refusal is about their values, or when some
+        other part was taken (so storage works). Returns None when the batch is
+        settled, else what is left to retry or spill.
         """
         uncounted = {id(e) for e in derived}
 
@@ -514,27 +510,26 @@ class Recorder:
                     self._inflight = [e for e in self._inflight if id(e) not in taken]
                 self._done.notify_all()
 
-        written, refused, rest, error = split_refused(write_part, [*events, *derived])
-        if error is not None or not written:
-            left = refused + rest
-            return (
-                [e for e in left if id(e) not in uncounted],
-                [e for e in left if id(e) in uncounted],
+        split = split_refused(write_part, [*events, *derived], error)
+        dropped = split.droppable
+        if dropped:
+            gone = {id(e) for e in dropped}
+            with self._lock:
+                if not self._abandoned:
+                    self._inflight = [e for e in self._inflight if id(e) not in gone]
+                    self._add_drops("unstorable", sum(1 for e in dropped if id(e) not in uncounted))
+            self._warn_throttled(
+                "unstorable",
+                "leza: storage refused %d event(s) it cannot store (%s: %s); dropped, "
+                "counted as unstorable; the rest of their batch was written",
+                len(dropped),
+                ", ".join(sorted({f"{e.kind} {e.id}" for e in dropped[:5]})),
+                type(split.first_refusal).__name__,
             )
-        counted = [e for e in refused if id(e) not in uncounted]
-        gone = {id(e) for e in refused}
-        with self._lock:
-            if not self._abandoned:
-                self._inflight = [e for e in self._inflight if id(e) not in gone]
-                self._add_drops("unstorable", len(counted))
-        self._warn_throttled(
-            "unstorable",
-            "leza: storage refused %d event(s) it cannot store (%s); the rest of "
-            "their batch was written; dropped, counted as unstorable",
-            len(refused),
-            ", ".join(sorted({f"{e.kind} {e.id}" for e in refused[:5]})),
-        )
-        return None
+        left = split.kept
+        if not left:
+            return None
+        return [e for e in left if id(e) not in uncounted], [e for e in left if id(e) in uncounted]
 
     def _ensure_setup(self) -> None:
         if not self._setup_done:
@@ -583,16 +578,16 @@ class Recorder:
             try:
                 self.storage.write(batch)
             except Exception as exc:
-                if not refused_for_content(exc) or len(batch) < 2:
+                if not refused_for_content(exc):
                     raise
                 # Spilled while storage was down, refused for its content now:
                 # keep the rest of the file moving (see _isolate).
-                written, refused, _, error = split_refused(self.storage.write, batch)
-                if error is not None or not written:
-                    raise exc from None  # the file stays for the next attempt
+                split = split_refused(self.storage.write, batch, exc)
                 with self._lock:
-                    self.replayed += len(written)
-                    self.replay_refused += len(refused)
+                    self.replayed += len(split.written)
+                    self.replay_refused += len(split.droppable)
+                if split.kept:
+                    raise exc from None  # the file stays for the next attempt
                 return
             with self._lock:
                 self.replayed += len(batch)
@@ -638,35 +633,70 @@ class Recorder:
         )  # fmt: skip
 
 
-# DB-API names for "this value cannot be stored" (NUL in PostgreSQL text, a
-# duplicate key, a wrong type) as opposed to "storage is not there".
-_CONTENT_ERRORS = frozenset({"DataError", "IntegrityError", "ProgrammingError"})
+# DB-API names for "storage refused what it was given" (NUL in PostgreSQL text,
+# a duplicate key, a wrong type) as opposed to "storage is not there". The first
+# two are about the values themselves; ProgrammingError may also be the schema.
+_VALUE_ERRORS = frozenset({"DataError", "IntegrityError"})
+_CONTENT_ERRORS = _VALUE_ERRORS | {"ProgrammingError"}
 # Failed part writes allowed before any part was taken (a few bad events in a
 # batch of 512 are found in well under this).
 _MAX_BLIND_SPLITS = 24
 
 
+def _named(exc: BaseException, names: frozenset[str]) -> bool:
+    return any(cls.__name__ in names for cls in type(exc).__mro__)
+
+
 def refused_for_content(exc: BaseException) -> bool:
     """Whether storage refused what it was given rather than failed to work."""
-    if isinstance(exc, (ValueError, TypeError)):  # e.g. an unencodable string
-        return True
-    return any(cls.__name__ in _CONTENT_ERRORS for cls in type(exc).__mro__)
+    return isinstance(exc, (ValueError, TypeError)) or _named(exc, _CONTENT_ERRORS)
+
+
+def refused_by_value(exc: BaseException) -> bool:
+    """Whether the refusal is about the values themselves (an unencodable
+    string, NUL in PostgreSQL text): no other write is needed to prove it."""
+    return isinstance(exc, (ValueError, TypeError)) or _named(exc, _VALUE_ERRORS)
+
+
+@dataclass
+class Split:
+    """What :func:`split_refused` made of a refused batch."""
+
+    written: list[Event] = field(default_factory=list)
+    #: (event, why) of each single event storage still refused for its content
+    refused: list[tuple[Event, Exception]] = field(default_factory=list)
+    #: not tried: storage failed for another reason (``error``) first
+    untried: list[Event] = field(default_factory=list)
+    error: Exception | None = None
+
+    @property
+    def droppable(self) -> list[Event]:
+        """Refused events that can never be stored: refused by value, or refused
+        while other parts were taken (so storage itself works)."""
+        return [e for e, why in self.refused if self.written or refused_by_value(why)]
+
+    @property
+    def kept(self) -> list[Event]:
+        """What is left to retry or spill: refusals not proven, and the untried."""
+        gone = {id(e) for e in self.droppable}
+        return [e for e, _ in self.refused if id(e) not in gone] + self.untried
+
+    @property
+    def first_refusal(self) -> Exception | None:
+        return self.refused[0][1] if self.refused else None
 
 
 def split_refused(
-    write: Callable[[list[Event]], None], events: list[Event]
-) -> tuple[list[Event], list[Event], list[Event], Exception | None]:
-    """Write ``events`` in halves, then quarters…, after storage refused them whole.
-
-    Returns ``(written, refused, untried, error)``: ``refused`` are the single
-    events storage refused for their content; when it failed for another
-    reason (``error``), ``untried`` is what was not written. Parts are written
-    in order, so the events that are stored keep theirs.
-    """
-    written: list[Event] = []
-    refused: list[Event] = []
-    half = len(events) // 2  # the whole was refused already: start with its halves
-    parts = [events[half:], events[:half]] if half else [events]
+    write: Callable[[list[Event]], None], events: list[Event], error: Exception
+) -> Split:
+    """Write ``events`` in halves, then quarters…, after storage refused them whole
+    with ``error``. Parts are written in order, so the stored events keep theirs."""
+    out = Split()
+    if len(events) == 1:
+        out.refused.append((events[0], error))  # refused alone already: nothing to split
+        return out
+    half = len(events) // 2
+    parts = [events[half:], events[:half]]  # the first half is popped first
     failures = 0
     while parts:
         part = parts.pop()
@@ -676,16 +706,18 @@ def split_refused(
             failures += 1
             # Storage that refuses everything (a table gone, a type it never
             # takes) is failing, not picky: give up before a write per event.
-            if not refused_for_content(exc) or (not written and failures > _MAX_BLIND_SPLITS):
-                return written, refused, part + [e for p in reversed(parts) for e in p], exc
+            if not refused_for_content(exc) or (not out.written and failures > _MAX_BLIND_SPLITS):
+                out.untried = part + [e for p in reversed(parts) for e in p]
+                out.error = exc
+                return out
             if len(part) == 1:
-                refused += part
+                out.refused.append((part[0], exc))
             else:
                 half = len(part) // 2
-                parts += (part[half:], part[:half])  # the first half is popped first
+                parts += (part[half:], part[:half])
             continue
-        written += part
-    return written, refused, [], None
+        out.written += part
+    return out
 
 
 def _name_os_thread(name: bytes) -> None:

@@ -498,3 +498,44 @@ def test_a_bug_mid_batch_leaves_nothing_pending_for_ever(
     assert (s["spilled"], s["pending"]) == (4, 0)
     assert balanced(s)
     assert leza.recorder.running
+
+
+@pytest.mark.both_databases
+def test_an_unstorable_event_alone_in_its_batch_is_dropped_not_a_storage_outage(
+    make_leza: Any, storage_url: str
+) -> None:
+    # Quiet traffic: the bad event is its batch. A refusal about the value itself
+    # needs no other write to prove it: dropped, and storage is not marked down.
+    leza = make_leza(storage=storage_url, max_retries=2)
+    leza.record(unstorable_advisory())
+    assert leza.flush(5)
+    s = leza.stats()
+    assert s["dropped_by_reason"] == {"unstorable": 1}
+    assert (s["spilled"], s["retried"], s["storage_down"]) == (0, 0, False)
+    leza.recorder.offer(raw(1))
+    assert leza.flush(5)
+    assert leza.stats()["written"] == 1
+    assert balanced(leza.stats())
+
+
+def test_a_spill_file_of_only_unstorable_events_does_not_hold_back_later_ones(
+    make_leza: Any, tmp_path: Path, flaky_storage: FlakyStorage
+) -> None:
+    db = tmp_path / "later.db"
+    spill = tmp_path / "spill-alone"
+    flaky_storage.down = True
+    first = make_leza(storage=flaky_storage, spill_dir=str(spill), max_retries=0)
+    first.record(unstorable_advisory())  # its own spill file, first in line
+    first.shutdown(2)
+    second = make_leza(storage=flaky_storage, spill_dir=str(spill), max_retries=0)
+    for i in range(3):
+        second.recorder.offer(raw(i))
+    second.shutdown(2)
+    assert len(list(spill.glob("*.jsonl"))) == 2
+    third = make_leza(storage=f"sqlite:///{db}", spill_dir=str(spill))
+    third.recorder.offer(raw(100))
+    assert third.flush(5)
+    assert wait_for(lambda: third.stats()["replayed"] == 3)
+    assert third.stats()["replay_refused"] == 1
+    assert sqlite_count(db) == 4
+    assert wait_for(lambda: not any(spill.glob("*.jsonl")))
