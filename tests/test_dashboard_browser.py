@@ -171,6 +171,13 @@ def rows(page: Any) -> Any:
     return page.locator("table.rows tbody tr")
 
 
+def open_tab(page: Any, label: str) -> None:
+    """Click a tab and wait until its page is the one shown. A locator's count()
+    does not wait: read right after the click, it may still see the old page."""
+    page.click(f"nav.tabs >> text={label}")
+    page.wait_for_selector(f'nav.tabs a[aria-current="page"]:text-is("{label}")')
+
+
 def shoot(page: Any, name: str) -> None:
     if SCREENSHOTS:
         Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
@@ -182,8 +189,7 @@ def test_sign_in_open_every_tab_filter_and_more_details(page: Any, site: Site) -
     assert page.title() == "ACCESS · leza"
 
     for label, name in TAB_LABELS.items():
-        page.click(f"nav.tabs >> text={label}")
-        page.wait_for_selector(f'nav.tabs a[aria-current="page"]:text-is("{label}")')
+        open_tab(page, label)
         body = page.inner_text("main")
         if name == "access":
             assert "Bob Builder" in body
@@ -202,7 +208,7 @@ def test_sign_in_open_every_tab_filter_and_more_details(page: Any, site: Site) -
         shoot(page, name)
 
     # FROM/TO through the form (date pickers), on the ACCESS tab.
-    page.click("nav.tabs >> text=ACCESS")
+    open_tab(page, "ACCESS")
     page.fill("input[name=from]", "2025-01-15")
     page.fill("input[name=to]", "2025-01-20")
     page.click("form.filters button[type=submit]")
@@ -215,7 +221,7 @@ def test_sign_in_open_every_tab_filter_and_more_details(page: Any, site: Site) -
     ]
     assert "3 requests from 2025-01-15 to 2025-01-20" in page.inner_text("p.summary")
     # The filter stays when switching tabs: a link to share.
-    page.click("nav.tabs >> text=SESSION")
+    open_tab(page, "SESSION")
     assert "from=2025-01-15&to=2025-01-20" in page.url
     assert "No sessions started in this period." in page.inner_text("main")
     page.go_back()
@@ -238,7 +244,7 @@ def test_revoke_a_session_through_the_confirmation(page: Any, site: Site) -> Non
     sid = site.session_of("bob")
     assert site.leza.flush(5)  # the tab reads storage: what /me changed is written first
     sign_in_as_admin(page, site)
-    page.click("nav.tabs >> text=SESSION")
+    open_tab(page, "SESSION")
     row = rows(page).filter(has=page.locator(f'input[name=session_id][value="{sid}"]'))
     if row.count() == 0:  # say what the tab showed instead, should it ever miss it
         pytest.fail(f"session {sid} not listed; the tab shows:\n{page.inner_text('main')}")
