@@ -123,6 +123,22 @@ class Query:
         page = self._storage.query(kind, flt)
         return QueryPage([e.to_dict() for e in page.events], format_cursor(page.next_cursor))
 
+    def _items(
+        self,
+        kind: str,
+        since: TimeLike,
+        until: TimeLike,
+        action: str | None,
+        performer_id: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> list[dict[str, Any]]:
+        """One page's records: what the per-kind readers below return."""
+        return self.page(
+            kind, since=since, until=until, action=action, performer_id=performer_id,
+            limit=limit, cursor=cursor,
+        ).items  # fmt: skip
+
     def sessions(
         self,
         *,
@@ -192,15 +208,7 @@ class Query:
         cursor: str | None = None,
     ) -> list[dict[str, Any]]:
         """ACCESS events, newest first. ``since``/``until`` are inclusive."""
-        return self.page(
-            "access",
-            since=since,
-            until=until,
-            action=action,
-            performer_id=performer_id,
-            limit=limit,
-            cursor=cursor,
-        ).items
+        return self._items("access", since, until, action, performer_id, limit, cursor)
 
     def logs(
         self,
@@ -213,7 +221,7 @@ class Query:
     ) -> list[dict[str, Any]]:
         """The app's log records (LOG tab), newest first; ``action`` is the level
         name (``"error"``, ``"warning"``, …)."""
-        return self.page("log", **_args(since, until, action, performer_id, limit, cursor)).items
+        return self._items("log", since, until, action, performer_id, limit, cursor)
 
     def advisories(
         self,
@@ -226,8 +234,7 @@ class Query:
     ) -> list[dict[str, Any]]:
         """Security advisories (ADVISORY tab), newest first; ``action`` is the rule
         name (``"new_machine"``, ``"impossible_travel"``, …)."""
-        args = _args(since, until, action, performer_id, limit, cursor)
-        return self.page("advisory", **args).items
+        return self._items("advisory", since, until, action, performer_id, limit, cursor)
 
     def checks(
         self,
@@ -240,17 +247,4 @@ class Query:
     ) -> list[dict[str, Any]]:
         """Availability probe results, newest first; ``action="state_change"`` for
         the moments a check went down or came back, ``check`` for one check."""
-        return self.page("check", **_args(since, until, action, check, limit, cursor)).items
-
-
-def _args(
-    since: TimeLike,
-    until: TimeLike,
-    action: str | None,
-    performer_id: str | None,
-    limit: int,
-    cursor: str | None,
-) -> dict[str, Any]:
-    """The shared filters of the per-kind readers, as ``Query.page`` keywords."""
-    return {"since": since, "until": until, "action": action, "performer_id": performer_id,
-            "limit": limit, "cursor": cursor}  # fmt: skip
+        return self._items("check", since, until, action, check, limit, cursor)
