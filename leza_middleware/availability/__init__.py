@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from typing_extensions import Unpack
-
+from .._adding import adding
 from ..errors import LezaConfigError
 from ..events import CheckEvent
 from ..query import TimeLike, to_us
@@ -86,50 +85,14 @@ class Availability:
             self.monitor.start()
         return check
 
-    def http(
-        self,
-        name: str,
-        url: str,
-        *,
-        method: str = "GET",
-        expect_status: int | Collection[int] | None = None,
-        headers: Mapping[str, str] | None = None,
-        **options: Unpack[CheckOptions],
-    ) -> HttpCheck:
-        """GET/HEAD ``url``; healthy on ``expect_status`` (default any 2xx/3xx)."""
-        return self.add(
-            HttpCheck(
-                name, url, method=method, expect_status=expect_status, headers=headers, **options
-            )
-        )
-
-    def tcp(
-        self,
-        name: str,
-        host: str,
-        port: int,
-        **options: Unpack[CheckOptions],
-    ) -> TcpCheck:
-        """Connect to ``host:port``; healthy when it accepts."""
-        return self.add(TcpCheck(name, host, port, **options))
-
-    def sql(
-        self,
-        name: str,
-        url: str,
-        **options: Unpack[CheckOptions],
-    ) -> SqlCheck:
-        """``SELECT 1`` on a database URL (any SQLAlchemy URL)."""
-        return self.add(SqlCheck(name, url, **options))
-
-    def check(
-        self,
-        name: str,
-        fn: Callable[[], Any],
-        **options: Unpack[CheckOptions],
-    ) -> CallableCheck:
-        """Call ``fn`` (sync or ``async``): healthy unless it raises or returns False."""
-        return self.add(CallableCheck(name, fn, **options))
+    http = adding(
+        HttpCheck, "GET/HEAD ``url``; healthy on ``expect_status`` (default any 2xx/3xx)."
+    )
+    tcp = adding(TcpCheck, "Connect to ``host:port``; healthy when it accepts.")
+    sql = adding(SqlCheck, "``SELECT 1`` on a database URL (any SQLAlchemy URL).")
+    check = adding(
+        CallableCheck, "Call ``fn`` (sync or ``async``): healthy unless it raises or returns False."
+    )
 
     def remove(self, name: str) -> bool:
         """Stop probing the check called ``name`` (its history stays)."""

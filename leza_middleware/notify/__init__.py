@@ -15,11 +15,10 @@ process; the caller never waits and never sees an exception. See
 
 from __future__ import annotations
 
-import logging
-import ssl as _ssl
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
+from .._adding import adding
 from .base import EVENTS, Notification, NotificationError, Notifier
 from .dispatch import Dispatcher
 from .email import EmailNotifier
@@ -68,73 +67,14 @@ class Notify:
 
     # -- built-in notifiers -------------------------------------------------------
 
-    def webhook(
-        self,
-        url: str,
-        secret: str | bytes | None = None,
-        *,
-        timeout: float = 5.0,
-        retries: int = 3,
-        backoff: float = 0.5,
-        headers: Mapping[str, str] | None = None,
-        name: str | None = None,
-    ) -> WebhookNotifier:
-        """POST each notification as JSON to ``url`` (signed when ``secret`` is set)."""
-        return self.add(
-            WebhookNotifier(
-                url,
-                secret,
-                timeout=timeout,
-                retries=retries,
-                backoff=backoff,
-                headers=headers,
-                name=name,
-            )
-        )
-
-    def email(
-        self,
-        host: str,
-        port: int = 25,
-        *,
-        sender: str,
-        recipients: Sequence[str] | str,
-        username: str | None = None,
-        password: str | None = None,
-        starttls: bool = False,
-        ssl: bool = False,
-        timeout: float = 10.0,
-        subject_prefix: str = "[leza]",
-        ssl_context: _ssl.SSLContext | None = None,
-        name: str | None = None,
-    ) -> EmailNotifier:
-        """Email each notification through an SMTP server."""
-        return self.add(
-            EmailNotifier(
-                host,
-                port,
-                sender=sender,
-                recipients=recipients,
-                username=username,
-                password=password,
-                starttls=starttls,
-                ssl=ssl,
-                timeout=timeout,
-                subject_prefix=subject_prefix,
-                ssl_context=ssl_context,
-                name=name,
-            )
-        )
-
-    def log(
-        self,
-        logger: str | logging.Logger = "leza.notify",
-        level: int | str | None = None,
-        *,
-        name: str | None = None,
-    ) -> LoggingNotifier:
-        """Write each notification to a logger (``leza.notify`` by default)."""
-        return self.add(LoggingNotifier(logger, level, name=name))
+    webhook = adding(
+        WebhookNotifier,
+        "POST each notification as JSON to ``url`` (signed when ``secret`` is set).",
+    )
+    email = adding(EmailNotifier, "Email each notification through an SMTP server.")
+    log = adding(
+        LoggingNotifier, "Write each notification to a logger (``leza.notify`` by default)."
+    )
 
     # -- any notifier ----------------------------------------------------------------
 
