@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench_inprocess import http_scope, receive, send
+
 from leza_middleware import Leza, LezaMiddleware
 from leza_middleware.enrich.useragent import UserAgentParser
 from leza_middleware.request_path import raw_access
@@ -72,22 +74,7 @@ def scope(extra: dict[str, Any]) -> dict[str, Any]:
     headers = [(b"host", b"127.0.0.1:8000"), (b"accept", b"*/*")]
     if "header" in extra:
         headers.append(extra["header"])
-    s: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/",
-        "raw_path": b"/",
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
-    s.update(extra.get("scope", {}))
-    return s
+    return http_scope(headers, **extra.get("scope", {}))
 
 
 async def _serve(app: Any, value: dict[str, Any], times: int) -> None:
@@ -98,14 +85,6 @@ async def _serve(app: Any, value: dict[str, Any], times: int) -> None:
 async def hello(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
-
-
-async def receive() -> dict[str, Any]:
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
-async def send(message: Any) -> None:
-    return None
 
 
 def _ms(samples: list[float]) -> str:

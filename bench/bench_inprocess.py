@@ -32,8 +32,9 @@ UAS = [
 IPS = [b"81.2.69.142", b"193.0.6.139", b"203.2.218.214", b"89.160.20.112"]
 
 
-def scope(i: int) -> dict[str, Any]:
-    return {
+def http_scope(headers: list[tuple[bytes, bytes]], **overrides: Any) -> dict[str, Any]:
+    """An HTTP scope as uvicorn builds it for ``GET /`` (the benches' shared shape)."""
+    s: dict[str, Any] = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -43,15 +44,23 @@ def scope(i: int) -> dict[str, Any]:
         "raw_path": b"/",
         "query_string": b"",
         "root_path": "",
-        "headers": [
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    s.update(overrides)
+    return s
+
+
+def scope(i: int) -> dict[str, Any]:
+    return http_scope(
+        [
             (b"host", b"127.0.0.1:8000"),
             (b"user-agent", UAS[i % len(UAS)]),
             (b"accept", b"*/*"),
             (b"x-forwarded-for", IPS[i % len(IPS)]),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
+        ]
+    )
 
 
 START = {

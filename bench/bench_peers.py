@@ -173,45 +173,7 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, list[float]]:
 
 # ----------------------------------------------------------------------------- in-process
 
-UAS = [
-    b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    b"Chrome/124.0.0.0 Safari/537.36",
-    b"Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
-    b"(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
-    b"Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
-]
-IPS = [b"81.2.69.142", b"193.0.6.139", b"203.2.218.214", b"89.160.20.112"]
-
-
-def scope(i: int) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/",
-        "raw_path": b"/",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"127.0.0.1:8000"),
-            (b"user-agent", UAS[i % len(UAS)]),
-            (b"accept", b"*/*"),
-            (b"x-forwarded-for", IPS[i % len(IPS)]),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
-
-
-async def receive() -> dict[str, Any]:
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
-async def send(message: Any) -> None:
-    return None
-
+from bench_inprocess import receive, scope, send  # noqa: E402 - the same request
 
 Drain = Callable[[], None]
 
