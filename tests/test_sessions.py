@@ -582,3 +582,31 @@ def test_machine_ids_from_the_pool_and_minted_inline_all_verify() -> None:
     # a forked child starts from a fresh prefix and an empty pool: no shared ids
     jar.after_fork()
     assert jar.new_machine(False)[0] not in ids
+
+
+def test_the_last_of_repeated_cookies_wins_and_costs_one_hash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A hostile Cookie header of thousands of session cookies: only the last
+    # counts (as browsers and frameworks read it), and only it is hashed.
+    from leza_middleware.sessions import CookieJar, Keyring
+
+    keyring = Keyring("a-secret-of-some-length")
+    jar = CookieJar(keyring)
+    sid_a, cookie_a = jar.new_session(False)
+    sid_b, cookie_b = jar.new_session(False)
+    a, b = cookie_a.split(b";")[0], cookie_b.split(b";")[0]
+    hashed: list[bytes] = []
+    real = keyring.session_id
+
+    def counting(value: bytes) -> str:
+        hashed.append(value)
+        return real(value)
+
+    monkeypatch.setattr(keyring, "session_id", counting)
+    header = b"; ".join([a, b"x=y"] * 2000 + [b])
+    assert jar.read(header)[1] == sid_b
+    assert len(hashed) == 1
+    assert jar.read(b"; ".join([b, a]))[1] == sid_a  # later duplicate wins
+    # a last copy too short or long to be ours means no session, not an older copy
+    assert jar.read(b"; ".join([a, b"leza_sid=short"]))[1] is None
