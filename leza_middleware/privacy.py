@@ -182,23 +182,31 @@ def _pairs(label: str, text: str) -> dict[str, str]:
     return out
 
 
+def _by_kind(label: str, value: Any, kinds: tuple[str, ...], expected: str) -> dict[str, Any]:
+    """A ``{kind: value}`` setting (or its ``"kind=value,..."`` text), kinds checked."""
+    if isinstance(value, str):
+        mapping: dict[str, Any] = _pairs(label, value)
+    elif isinstance(value, Mapping):
+        mapping = dict(value)
+    else:
+        raise LezaConfigError(f"{label} must {expected}, got {value!r}")
+    for kind in mapping:
+        if kind not in kinds:
+            raise LezaConfigError(f"{label}: unknown kind {kind!r}; kinds: {', '.join(kinds)}")
+    return mapping
+
+
 def parse_anonymize_ip(label: str, value: Any) -> tuple[tuple[str, str], ...]:
     """``anonymize_ip``: one mode, or ``{kind: mode}``; the (kind, mode) pairs not ``none``."""
     if value is None or value is False:
         return ()
-    mapping: dict[str, Any]
-    if isinstance(value, str):
-        mapping = _pairs(label, value) if "=" in value else dict.fromkeys(IP_KINDS, value.strip())
-    elif isinstance(value, Mapping):
-        mapping = dict(value)
+    if isinstance(value, str) and "=" not in value:
+        mapping = dict.fromkeys(IP_KINDS, value.strip())  # one mode for every kind
     else:
-        raise LezaConfigError(
-            f"{label} must be one of {', '.join(IP_MODES)} or a mapping kind -> mode, got {value!r}"
-        )
+        expected = f"be one of {', '.join(IP_MODES)} or a mapping kind -> mode"
+        mapping = _by_kind(label, value, IP_KINDS, expected)
     out: dict[str, str] = {}
     for kind, mode in mapping.items():
-        if kind not in IP_KINDS:
-            raise LezaConfigError(f"{label}: unknown kind {kind!r}; kinds: {', '.join(IP_KINDS)}")
         word = "none" if mode in (None, False, "") else str(mode).strip().lower()
         if word not in IP_MODES:
             raise LezaConfigError(
@@ -380,20 +388,10 @@ def parse_retention(label: str, value: Any) -> tuple[tuple[str, int], ...]:
     """``retention``: ``{kind: duration}`` (or ``"access=90d,log=30d"``) as sorted pairs."""
     if value is None or value is False or value == "":
         return ()
-    if isinstance(value, str):
-        mapping: dict[str, Any] = _pairs(label, value)
-    elif isinstance(value, Mapping):
-        mapping = dict(value)
-    else:
-        raise LezaConfigError(
-            f"{label} must map event kinds to durations, e.g. {{'access': '90d'}}, got {value!r}"
-        )
+    expected = "map event kinds to durations, e.g. {'access': '90d'}"
+    mapping = _by_kind(label, value, RETENTION_KINDS, expected)
     out: dict[str, int] = {}
     for kind, duration in mapping.items():
-        if kind not in RETENTION_KINDS:
-            raise LezaConfigError(
-                f"{label}: unknown kind {kind!r}; kinds: {', '.join(RETENTION_KINDS)}"
-            )
         if duration in (None, "", "off", False):
             continue
         out[kind] = max(1, int(parse_duration(f"{label}[{kind!r}]", duration)))
