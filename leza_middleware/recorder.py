@@ -186,9 +186,14 @@ class Recorder:
             taken = self._drain_queue()
             self._held += len(taken)
         if taken:
-            events, bad = self._prepare_all(taken)
-            self._settle_spill(events, bad, held=len(taken))
-            self.spill.rotate()  # closed: nothing else will close the file
+            self._spill_held(taken)
+
+    def _spill_held(self, items: list[Any], prepared: bool = False) -> None:
+        """Spill records counted in ``_held`` (enriched first unless ``prepared``)."""
+        events, bad = (items, 0) if prepared else self._prepare_all(items)
+        self._settle_spill(events, bad, held=len(items))
+        if self._closed:
+            self.spill.rotate()  # after shutdown nothing else closes the file
 
     def _overflow(self, item: Any) -> None:
         # Queue full, or the recorder is shut down. Priority events (and, after
@@ -199,10 +204,7 @@ class Recorder:
         except Exception:
             to_spill = False
         if to_spill:
-            events, bad = self._prepare_all([item])
-            self._settle_spill(events, bad, held=1)
-            if self._closed:
-                self.spill.rotate()  # after shutdown nothing else closes the file
+            self._spill_held([item])
         else:
             with self._lock:
                 self._held -= 1
@@ -411,8 +413,7 @@ class Recorder:
                     return
                 self._inflight = []
                 self._held += len(batch)
-            events, bad = (batch, 0) if prepared else self._prepare_all(batch)
-            self._settle_spill(events, bad, held=len(batch))
+            self._spill_held(batch, prepared)
         except BaseException:
             log.exception("leza: could not spill the batch in hand after an error")
 
