@@ -105,7 +105,9 @@ class _DjangoCsrf(CsrfViewMiddleware):  # type: ignore[misc]  # Django ships no 
         return _Refused(reason)
 
 
-_csrf = _DjangoCsrf(lambda request: HttpResponse())
+def _no_response(request: Any) -> Any:
+    """The ``get_response`` a middleware instance needs; never called here."""
+    return HttpResponse()
 
 
 def _trusted_origins() -> tuple[OriginRule, ...]:
@@ -175,12 +177,14 @@ def _answer(request: Any, api: bool) -> Any:
     if call_authorize(_authorize_hook(), request) is None:
         note_request("denied", DENIED_REASON)
         return _to_django(forbidden(api))
-    _csrf.process_request(request)
+    # One per request: its cached settings (CSRF_TRUSTED_ORIGINS) follow override_settings.
+    csrf = _DjangoCsrf(_no_response)
+    csrf.process_request(request)
     unsafe = request.method not in SAFE_METHODS
     problem = None
     foreign = None
     if unsafe:
-        verdict = _csrf.process_view(request, _answer, (), {})
+        verdict = csrf.process_view(request, _answer, (), {})
         if isinstance(verdict, _Refused):
             problem = f"Django's CSRF check failed: {verdict.reason}"
         headers = {
@@ -207,7 +211,7 @@ def _answer(request: Any, api: bool) -> Any:
         raw_query=query,
     )
     response = _to_django(_dashboard_of(get_leza()).handle(dreq))
-    _csrf.process_response(request, response)  # Django's CSRF cookie, when new
+    csrf.process_response(request, response)  # Django's CSRF cookie, when new
     return response
 
 
