@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -15,6 +17,14 @@ TimeLike = datetime | date | str | int | float | None
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MAX_LIMIT = 10_000
+#: The times a bound may take (µs since the epoch): what ``datetime`` can show,
+#: years 1 to 9999 in UTC, well inside a signed 64-bit column.
+MIN_US = -62_135_596_800_000_000
+MAX_US = 253_402_300_799_999_999
+#: A cursor: the (ts, id) of a row, ``<µs>_<id>``; bounded so any storage can bind it.
+MAX_CURSOR = 128
+_CURSOR = re.compile(r"([0-9]{1,19})_([A-Za-z0-9]{1,100})")
+_INT64 = 2**63 - 1
 
 
 def to_us(value: TimeLike, *, end: bool = False) -> int | None:
@@ -29,7 +39,9 @@ def to_us(value: TimeLike, *, end: bool = False) -> int | None:
     if isinstance(value, bool):
         raise TypeError("a time bound cannot be a bool")
     if isinstance(value, (int, float)):
-        return int(value * 1_000_000)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"not a time: {value!r}")
+        return _in_range(int(value * 1_000_000), value)
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -47,7 +59,14 @@ def to_us(value: TimeLike, *, end: bool = False) -> int | None:
     elif value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return _in_range((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds, value)
+
+
+def _in_range(us: int, given: object) -> int:
+    # An offset can carry a date at either end of ``datetime``'s range past it.
+    if not MIN_US <= us <= MAX_US:
+        raise ValueError(f"time out of range (years 1 to 9999 UTC): {given!r:.80}")
+    return us
 
 
 def format_cursor(cursor: tuple[int, str] | None) -> str | None:
@@ -55,13 +74,18 @@ def format_cursor(cursor: tuple[int, str] | None) -> str | None:
 
 
 def parse_cursor(text: str | None) -> tuple[int, str] | None:
-    """Parse an opaque cursor returned by a previous page."""
+    """Parse an opaque cursor returned by a previous page.
+
+    Strict: ASCII digits, an ASCII id, at most :data:`MAX_CURSOR` characters
+    and a time that fits a signed 64-bit column; anything else is a ValueError
+    (never an error of the database it would have been bound to).
+    """
     if not text:
         return None
-    ts, sep, ident = text.partition("_")
-    if not sep or not ts.isdigit() or not ident.isalnum():
-        raise ValueError(f"invalid cursor {text!r}")
-    return int(ts), ident
+    found = _CURSOR.fullmatch(text) if len(text) <= MAX_CURSOR else None
+    if found is None or int(found.group(1)) > _INT64:
+        raise ValueError(f"invalid cursor {text[:MAX_CURSOR]!r}")
+    return int(found.group(1)), found.group(2)
 
 
 @dataclass(frozen=True)

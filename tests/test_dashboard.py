@@ -283,7 +283,8 @@ def test_from_to_action_and_performer_filters(leza: Leza, admin: TestClient) -> 
     assert "from: not an ISO 8601 date" in bad.text
     api = admin.get("/leza/api/access?limit=0")
     assert api.status_code == 400
-    assert api.json() == {"detail": "limit must be a whole number from 1 to 1000"}
+    message = "limit must be a whole number from 1 to 1000"
+    assert api.json() == {"error": message, "field": "limit", "detail": message}
     assert admin.get("/leza/api/access?cursor=nonsense").status_code == 400
 
 
@@ -491,7 +492,8 @@ def test_unauthorised_viewers_get_403_without_data(leza: Leza, app: Any, bob: An
         for kind in API:
             r = client.get(f"/leza/api/{kind}?from=2020-01-01")
             assert r.status_code == 403
-            assert r.json() == {"detail": "You are not allowed to see this page."}
+            text = "You are not allowed to see this page."
+            assert r.json() == {"error": text, "detail": text}
         assert (
             client.post("/leza/sessions/revoke", data={"session_id": "x" * 32}).status_code == 403
         )
@@ -598,8 +600,14 @@ def test_revoke_needs_post_csrf_and_confirmation(leza: Leza, admin: TestClient, 
     assert access["performer"]["id"] == "admin"
     assert sid in access["reason"]
     assert audit["request_id"] == access["request_id"]
-    refused = [e for e in leza.query.access(action="denied") if "CSRF" in e["reason"]]
+    refused = [
+        e["reason"]
+        for e in leza.query.access(action="denied")
+        if e["reason"].startswith("Dashboard: POST /sessions/revoke refused: ")
+    ]
     assert len(refused) == 4
+    assert sum("CSRF" in r for r in refused) == 3
+    assert sum("Sec-Fetch-Site" in r for r in refused) == 1
 
     # Revoking it again changes nothing and says so.
     again = admin.post("/leza/sessions/revoke", data=form, follow_redirects=False)
@@ -733,8 +741,10 @@ def test_flask_mount(flask_app: Any) -> None:
         assert r.status_code == 403
         assert "/page" not in r.text
         assert "Bob" not in r.text
+    text = "You are not allowed to see this page."
     assert flask_app.test_client().get("/leza/api/access").get_json() == {
-        "detail": "You are not allowed to see this page."
+        "error": text,
+        "detail": text,
     }
 
     token = csrf_of(admin.get("/leza/sessions", headers=headers).text)

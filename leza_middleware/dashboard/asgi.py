@@ -19,27 +19,22 @@ import anyio.to_thread
 
 from ..context import current_native
 from ..integrations.asgi import LezaMiddleware
-from .core import (
-    DashRequest,
-    DashResponse,
-    Mount,
-    finish,
-    forbidden,
-    note_request,
-    parse_cookies,
-    parse_form,
-    parse_query,
-)
+from .core import note_request
 from .guard import (
     DENIED_REASON,
     MAX_BODY,
     Authorize,
+    admin_identity,
     call_authorize,
     is_async,
     run_authorize,
 )
+from .mount import ORIGIN_HEADERS, Incoming, Mount
+from .responses import DashResponse, error_response, finish, forbidden, internal_error
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from starlette.types import Message, Receive, Scope, Send
 
     from ..leza import Leza
@@ -49,20 +44,34 @@ __all__ = ["DashboardASGI", "make_asgi_app"]
 log = logging.getLogger("leza_middleware")
 
 
-def make_asgi_app(leza: Leza, authorize: Authorize | None = None) -> DashboardASGI:
+def make_asgi_app(
+    leza: Leza,
+    authorize: Authorize | None = None,
+    *,
+    trusted_origins: Iterable[str] | None = None,
+) -> DashboardASGI:
     """The dashboard of ``leza`` as an ASGI app, for Starlette / FastAPI ``mount``.
 
-    ``authorize(request) -> bool`` (or an ``async def``) receives a Starlette
-    ``Request`` and decides every request; without it every request is refused
-    with 403. Raises :class:`~leza_middleware.LezaConfigError` when
-    ``authorize`` is given but is not callable.
+    ``authorize(request)`` (or an ``async def``) receives a Starlette
+    ``Request`` and decides every request: a true value lets it in (a string
+    also names the admin, see docs/dashboard.md); without it every request is
+    refused with 403. ``trusted_origins``: origins besides the dashboard's own
+    (``https://admin.example.com``) that may send its forms, for a proxy that
+    rewrites ``Host``. Raises :class:`~leza_middleware.LezaConfigError` when
+    ``authorize`` is given but is not callable, or an origin is not one.
     """
-    return DashboardASGI(leza, authorize)
+    return DashboardASGI(leza, authorize, trusted_origins=trusted_origins)
 
 
 class DashboardASGI(Mount):
-    def __init__(self, leza: Leza, authorize: Authorize | None = None) -> None:
-        super().__init__(leza, authorize)
+    def __init__(
+        self,
+        leza: Leza,
+        authorize: Authorize | None = None,
+        *,
+        trusted_origins: Iterable[str] | None = None,
+    ) -> None:
+        super().__init__(leza, authorize, trusted_origins=trusted_origins)
         # Used when no Leza middleware records the request already (see __call__).
         self._recorded = LezaMiddleware(self._serve, leza=leza)
 
@@ -80,6 +89,21 @@ class DashboardASGI(Mount):
         if kind != "http":
             await send({"type": "websocket.close", "code": 1008})
             return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self._serve_http(scope, receive, tracked)
+        except Exception:
+            log.exception("leza dashboard: unexpected error answering %s", scope.get("method"))
+            if not started:  # else the client already has a status: nothing more to send
+                await _send(send, internal_error("/api/" in str(scope.get("path", ""))))
+
+    async def _serve_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         from starlette.requests import Request
 
         root = scope.get("root_path", "")
@@ -98,40 +122,44 @@ class DashboardASGI(Mount):
         request = Request(scope)
         hook = self.authorize
         if hook is None:
-            allowed = False
+            allowed = None
         elif is_async(hook):
             allowed = await run_authorize(hook, request)
         else:  # may query a database: off the event loop
             allowed = await anyio.to_thread.run_sync(call_authorize, hook, request)
-        if not allowed:
+        if allowed is None:
             note_request("denied", DENIED_REASON)
             await _send(send, forbidden(api))
             return
+        identity = admin_identity(allowed, request)
         body = b""
-        if method == "POST":
+        if method not in ("GET", "HEAD"):
             read = await _read_body(receive)
             if read is None:
-                await _send(send, finish(DashResponse(413, [], b""), None, method))
+                too_big = error_response(413, "Too large", "The form is too large.", api)
+                await _send(send, finish(too_big, None, method))
                 return
             body = read
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        form = parse_form(body) if body else {}
-        csrf = self.csrf.token(
-            parse_cookies(headers.get("cookie", "")),
-            form,
-            headers,
-            path=root or "/",
-            secure=scope.get("scheme") == "https",
-        )
-        dreq = DashRequest(
+        headers: dict[str, str] = {}
+        cookies = []
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.decode("latin-1").lower()
+            if name == "cookie":
+                cookies.append(raw_value.decode("latin-1"))
+            elif name in ORIGIN_HEADERS:
+                headers[name] = raw_value.decode("latin-1")
+        incoming = Incoming(
             method=method,
             path=path or "/",
             base=root.rstrip("/"),
-            query=parse_query(scope.get("query_string", b"").decode("latin-1")),
-            csrf=csrf,
-            form=form,
+            query=scope.get("query_string", b""),
+            body=body,
+            cookie="; ".join(cookies),
+            headers=headers,
+            scheme=scope.get("scheme", "http"),
+            identity=identity,
         )
-        await _send(send, await anyio.to_thread.run_sync(self.dashboard.handle, dreq))
+        await _send(send, await anyio.to_thread.run_sync(self.respond, incoming))
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -1,8 +1,9 @@
 """The one renderer behind every mount: a neutral request in, a response out.
 
 The ASGI, WSGI and Django adapters turn their framework's request into a
-:class:`DashRequest`, decide ``authorize`` and CSRF their own way, and send
-back the :class:`DashResponse` this returns. Routes, under the mount:
+:class:`DashRequest` (see :mod:`.mount` for the first two), decide
+``authorize`` their own way, and send back the response this returns.
+Routes, under the mount:
 
 * ``GET /<tab>`` — the HTML view of ``audit``, ``access``, ``advisories``,
   ``sessions`` or ``logs`` (``GET /`` redirects to ``/access``);
@@ -11,59 +12,68 @@ back the :class:`DashResponse` this returns. Routes, under the mount:
 * ``GET /api/availability`` — each check's status and its stored probes;
 * ``GET /health/live``, ``GET /health/ready`` — liveness and readiness JSON,
   served without ``authorize`` (see availability/health.py);
-* ``POST /sessions/revoke`` — the only write: without ``confirm=1`` it answers
-  with a confirmation page, with it the session is revoked and the revocation
+* ``POST /sessions/revoke`` — without ``confirm=1`` it answers with a
+  confirmation page, with it the session is revoked and the revocation
   recorded in AUDIT (and, through the request itself, in ACCESS).
+
+Every input is parsed strictly (:mod:`.inputs`): a bad one is a 400 naming
+the field. Every POST route is an *action* (:attr:`Dashboard.actions`) and
+reaches its handler only through the CSRF checks (:mod:`.csrf`), so an action
+added later is protected by construction. An unexpected error is a logged 500
+that shows nothing of it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode
+from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 from ..availability.health import liveness, readiness
 from ..context import current_native
 from ..errors import LezaError
 from ..events import iso_from_us
 from ..sessions.registry import _request_state
-from .csrf import CsrfToken, DoubleSubmit
-from .filters import FilterError, Filters
-from .guard import Authorize, check_authorize
+from .csrf import CsrfToken
+from .filters import NAMES, Filters
 from .html import Markup, fmt
-from .pages import CSP, MESSAGE_CSP, Chain, Page, confirm_page, message_page, tab_page
+from .inputs import EMPTY, BadInput, Params, session_id
+from .pages import Chain, Page, confirm_page, tab_page
+from .responses import (
+    INTERNAL_TEXT,
+    DashResponse,
+    bad_input,
+    error_response,
+    finish,
+    html_response,
+    json_response,
+    redirect,
+)
 from .tabs import TABS_BY_SLUG, read_rows
 
 if TYPE_CHECKING:
     from ..leza import Leza
 
-__all__ = ["DashRequest", "DashResponse", "Dashboard", "Mount", "note_request"]
+__all__ = ["SAFE_METHODS", "DashRequest", "Dashboard", "note_request"]
 
 log = logging.getLogger("leza_middleware")
 
-_SESSION_ID = re.compile(r"[A-Za-z0-9_\-]{8,128}")
-#: Escapes that keep JSON inert if a browser ever sniffs it as HTML.
-_JSON_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026",
-                 0x2028: "\\u2028", 0x2029: "\\u2029"}  # fmt: skip
-_SECURITY_HEADERS = [
-    ("X-Frame-Options", "DENY"),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Cache-Control", "no-store"),
-    ("Referrer-Policy", "same-origin"),
-]
-FORBIDDEN_TEXT = "You are not allowed to see this page."
+#: Methods that change nothing; every other one is an action, CSRF-checked.
+SAFE_METHODS = frozenset({"GET", "HEAD"})
 #: How long an audit chain verification is reused by the AUDIT tab.
 CHAIN_TTL = 60.0
 #: How long the first view of the AUDIT tab waits for the first verification (s).
 FIRST_WAIT = 0.03
+#: The longest ``back`` (the SESSION tab's filters, carried through a revoke).
+MAX_BACK = 2048
+_SESSION_STATES = ("", "active", "ended")
+#: A query string passed on by the ``/`` redirect as it is: visible ASCII only.
+_PLAIN_QUERY = re.compile(rb"[\x21-\x7e]{0,2048}")
 
 
 @dataclass(frozen=True)
@@ -71,34 +81,13 @@ class DashRequest:
     method: str  # HEAD is served as GET without a body
     path: str  # inside the mount: "/", "/access", "/api/access", ...
     base: str  # the mount's URL prefix, no trailing slash ("" at the root)
-    query: Mapping[str, str]
+    query: Params
     csrf: CsrfToken
-    form: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class DashResponse:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-
-def parse_form(body: bytes) -> dict[str, str]:
-    """An ``application/x-www-form-urlencoded`` body (the last value of a name wins)."""
-    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-
-
-def parse_query(raw: str) -> dict[str, str]:
-    return dict(parse_qsl(raw, keep_blank_values=True))
-
-
-def parse_cookies(header: str) -> dict[str, str]:
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header)
-    except Exception:  # a malformed Cookie header: no cookies, hence no valid CSRF token
-        return {}
-    return {k: m.value for k, m in jar.items()}
+    form: Params = EMPTY
+    #: Why this request comes from another site (:func:`.csrf.foreign_origin`);
+    #: None when it does not. Only consulted for actions.
+    foreign: str | None = None
+    raw_query: bytes = field(default=b"", repr=False)
 
 
 def note_request(action: str, reason: str) -> None:
@@ -112,49 +101,6 @@ def note_request(action: str, reason: str) -> None:
     if state is not None:
         state["action"] = action
         state["reason"] = reason
-
-
-def _json(data: Any, status: int = 200) -> DashResponse:
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
-    return DashResponse(
-        status,
-        [("Content-Type", "application/json"),
-         ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")],
-        text.translate(_JSON_ESCAPES).encode("utf-8"),
-    )  # fmt: skip
-
-
-def _html(body: Markup, status: int = 200, csp: str = CSP) -> DashResponse:
-    return DashResponse(
-        status,
-        [("Content-Type", "text/html; charset=utf-8"), ("Content-Security-Policy", csp)],
-        body.encode("utf-8"),
-    )
-
-
-def _redirect(location: str) -> DashResponse:
-    return DashResponse(303, [("Location", location), ("Content-Type", "text/plain")], b"")
-
-
-def error_response(status: int, title: str, message: str, api: bool) -> DashResponse:
-    if api:
-        return _json({"detail": message}, status)
-    return _html(message_page(title, message), status, MESSAGE_CSP)
-
-
-def forbidden(api: bool) -> DashResponse:
-    """403 for a viewer ``authorize`` refused: says nothing about the data."""
-    return finish(error_response(403, "Forbidden", FORBIDDEN_TEXT, api), None, "GET")
-
-
-def finish(response: DashResponse, csrf: CsrfToken | None, method: str) -> DashResponse:
-    """Security headers on every response; the CSRF cookie when it is new."""
-    response.headers.extend(_SECURITY_HEADERS)
-    if csrf is not None and csrf.set_cookie is not None:
-        response.headers.append(("Set-Cookie", csrf.set_cookie))
-    if method == "HEAD":
-        response.body = b""
-    return response
 
 
 class ChainCheck:
@@ -211,48 +157,45 @@ class ChainCheck:
         return chain
 
 
-class Mount:
-    """What every mount of the dashboard holds: its Leza, the ``authorize``
-    hook (checked here, at configuration time), the renderer and CSRF."""
-
-    def __init__(self, leza: Leza, authorize: Authorize | None = None) -> None:
-        self.leza = leza
-        self.authorize = check_authorize(authorize)
-        self.dashboard = Dashboard(leza)
-        self.csrf = DoubleSubmit(leza.keyring)
-
-
 class Dashboard:
     """The dashboard of one :class:`~leza_middleware.Leza`; shared by all requests."""
 
     def __init__(self, leza: Leza) -> None:
         self.leza = leza
         self.chain = ChainCheck(leza)
+        #: The state-changing routes (POST): reached only through :meth:`_refused`.
+        self.actions: dict[str, Callable[[DashRequest], DashResponse]] = {
+            "/sessions/revoke": self._revoke,
+        }
 
     def handle(self, req: DashRequest) -> DashResponse:
         """Answer one authorized request (``authorize`` was decided by the adapter)."""
         api = req.path.startswith("/api/")
         try:
             response = self._route(req, api)
-        except FilterError as exc:
-            response = error_response(400, "Bad request", str(exc), api)
+        except BadInput as exc:
+            response = bad_input(exc, api)
         except LezaError as exc:  # storage unreachable: the viewer is authorized to know
             log.warning("leza dashboard: %s", exc)
             response = error_response(503, "Storage unavailable", str(exc), api)
+        except Exception:
+            log.exception("leza dashboard: unexpected error answering %s %r", req.method, req.path)
+            response = error_response(500, "Server error", INTERNAL_TEXT, api)
         return finish(response, req.csrf, req.method)
 
     def _route(self, req: DashRequest, api: bool) -> DashResponse:
         method = "GET" if req.method == "HEAD" else req.method
         path = req.path.rstrip("/") or "/"
-        if path == "/sessions/revoke":
+        action = self.actions.get(path)
+        if action is not None:
             if method != "POST":
-                return error_response(405, "Method not allowed", "Revoke with a POST.", False)
-            return self._revoke(req)
+                return error_response(405, "Method not allowed", "Use a POST.", api)
+            return self._refused(req, path, api) or action(req)
         if method != "GET":
             return error_response(405, "Method not allowed", "The dashboard is read-only.", api)
         if path == "/":
-            query = urlencode(req.query)
-            return _redirect(f"{req.base}/access" + (f"?{query}" if query else ""))
+            query = req.raw_query if _PLAIN_QUERY.fullmatch(req.raw_query) else b""
+            return redirect(f"{req.base}/access" + (f"?{query.decode()}" if query else ""))
         slug = path[len("/api/") :] if api else path[1:]
         if api and slug == "availability":
             return self._availability(req)
@@ -264,13 +207,28 @@ class Dashboard:
             rows = read_rows(self.leza, tab, filters)
             # ``recorded``: false for a kind this version does not record yet, so
             # an empty list is not read as "nothing happened".
-            return _json(
+            return json_response(
                 {"items": rows.items, "next_cursor": rows.next_cursor, "recorded": rows.available}
             )
+        notice = self._notice(req)
         rows = read_rows(self.leza, tab, filters, count=True)
         chain = self.chain.get() if tab.slug == "audit" and rows.available else None
         page = self._page(req)
-        return _html(tab_page(page, tab, filters, rows, notice=self._notice(req), chain=chain))
+        return html_response(tab_page(page, tab, filters, rows, notice=notice, chain=chain))
+
+    @staticmethod
+    def _refused(req: DashRequest, path: str, api: bool) -> DashResponse | None:
+        """403 for an action from another site or without a valid CSRF token;
+        None when it may go ahead. Refusals are recorded as ``denied``."""
+        problem = req.foreign or req.csrf.problem
+        if problem is None:
+            return None
+        note_request("denied", f"Dashboard: {req.method} {path} refused: {problem}"[:300])
+        if req.foreign is not None:
+            message = "This request came from another site, so it was refused."
+        else:
+            message = "The form expired or belongs to another sign-in; reload the page."
+        return error_response(403, "Forbidden", message, api)
 
     def _availability(self, req: DashRequest) -> DashResponse:
         """``/api/availability``: each check's status, and its probes with the usual
@@ -286,7 +244,7 @@ class Dashboard:
             limit=filters.limit,
             cursor=filters.cursor,
         )
-        return _json(
+        return json_response(
             {
                 "status": self.leza.availability.status(),
                 "items": page.items,
@@ -305,7 +263,7 @@ class Dashboard:
             status, body = readiness(self.leza)
         else:
             return None
-        return finish(_json(body, status), None, "GET")
+        return finish(json_response(body, status), None, "GET")
 
     def _page(self, req: DashRequest) -> Page:
         return Page(
@@ -319,36 +277,55 @@ class Dashboard:
 
     @staticmethod
     def _notice(req: DashRequest) -> Markup | None:
-        revoked = req.query.get("revoked", "")
-        if revoked and _SESSION_ID.fullmatch(revoked):
-            return fmt('<p class="notice">Session <code>{}</code> was revoked.</p>', revoked)
-        gone = req.query.get("gone", "")
-        if gone and _SESSION_ID.fullmatch(gone):
+        revoked = req.query.get("revoked")
+        if revoked:
             return fmt(
-                '<p class="notice warn">Session <code>{}</code> had already ended.</p>', gone
+                '<p class="notice">Session <code>{}</code> was revoked.</p>',
+                session_id("revoked", revoked),
+            )
+        gone = req.query.get("gone")
+        if gone:
+            return fmt(
+                '<p class="notice warn">Session <code>{}</code> had already ended.</p>',
+                session_id("gone", gone),
             )
         return None
 
+    @staticmethod
+    def _back(text: str) -> str:
+        """``back``: the SESSION tab's filters as a query string, re-validated and
+        re-written; never a location (``//evil``, ``https:`` … are refused)."""
+        if not text:
+            return ""
+        if len(text) > MAX_BACK:
+            raise BadInput("back", f"back: at most {MAX_BACK} characters")
+        params = Params.parse(text.encode("utf-8"))
+        unknown = params.names() - NAMES
+        if unknown:
+            raise BadInput("back", "back: only the SESSION tab's filters, as a query string")
+        try:
+            filters = Filters.parse(params)
+        except BadInput as exc:
+            raise BadInput("back", f"back: {exc}") from None
+        if filters.action not in _SESSION_STATES:
+            raise BadInput("back", "back: action is the session's state, active or ended")
+        return filters.query()
+
     def _revoke(self, req: DashRequest) -> DashResponse:
-        if not req.csrf.valid:
-            note_request("denied", "Dashboard: revoke refused, CSRF token missing or invalid")
-            return error_response(403, "Forbidden", "The form expired; reload the page.", False)
-        sid = req.form.get("session_id", "")
-        if not _SESSION_ID.fullmatch(sid):
-            return error_response(400, "Bad request", "No session to revoke.", False)
-        # ``back``: the SESSION tab's filters, re-validated, never a location.
-        back = ""
-        if req.form.get("back"):
-            with contextlib.suppress(FilterError):  # a tampered one: back to the default view
-                back = Filters.parse(parse_query(req.form["back"])).query()
+        form = req.form
+        sid = session_id("session_id", form.get("session_id"))
+        back = self._back(form.get("back"))
+        confirm = form.get("confirm")
+        if confirm not in ("", "1"):
+            raise BadInput("confirm", "confirm: 1 to revoke, empty to be asked first")
         leza = self.leza
         session = leza.sessions.get(sid)
         if session is None:
             return error_response(404, "Not found", "No such session.", False)
         if not session.get("active"):
-            return _redirect(self._sessions_url(req, back, gone=sid))
-        if req.form.get("confirm") != "1":
-            return _html(confirm_page(self._page(req), session, back))
+            return redirect(self._sessions_url(req, back, gone=sid))
+        if confirm != "1":
+            return html_response(confirm_page(self._page(req), session, back))
         revoked = leza.sessions.revoke(sid)
         if revoked:
             leza.audit.record(
@@ -360,9 +337,8 @@ class Dashboard:
                 reason="Revoked from the Leza dashboard",
             )
             note_request("revoke", f"Revoked session {sid} from the Leza dashboard")
-        if revoked:
-            return _redirect(self._sessions_url(req, back, revoked=sid))
-        return _redirect(self._sessions_url(req, back, gone=sid))
+            return redirect(self._sessions_url(req, back, revoked=sid))
+        return redirect(self._sessions_url(req, back, gone=sid))
 
     @staticmethod
     def _sessions_url(req: DashRequest, back: str, **notice: str) -> str:

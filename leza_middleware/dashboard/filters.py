@@ -12,19 +12,27 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from urllib.parse import urlencode
 
-from ..query import parse_cursor, to_us
+from ..query import MAX_CURSOR, parse_cursor, to_us
+from .inputs import BadInput, Params, clean_text, iso_time, whole_number
 
-__all__ = ["DEFAULT_DAYS", "DEFAULT_LIMIT", "MAX_LIMIT", "FilterError", "Filters"]
+__all__ = [
+    "DEFAULT_DAYS",
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "NAMES",
+    "FilterError",
+    "Filters",
+]
 
 #: FROM defaults to this many days before today (UTC); TO to today.
 DEFAULT_DAYS = 30
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
-_MAX_TEXT = 200
+#: The query parameters that are filters (everything else in a URL is ignored).
+NAMES = frozenset({"from", "to", "action", "performer", "limit", "cursor"})
 
-
-class FilterError(ValueError):
-    """A query parameter the dashboard cannot use (answered with 400)."""
+#: A query parameter the dashboard cannot use (answered with 400 naming it).
+FilterError = BadInput
 
 
 @dataclass(frozen=True)
@@ -37,32 +45,30 @@ class Filters:
     cursor: str = ""
 
     @classmethod
-    def parse(cls, params: Mapping[str, str], today: date | None = None) -> Filters:
-        """Validate ``params``; missing FROM/TO mean the last :data:`DEFAULT_DAYS` days."""
+    def parse(cls, params: Params | Mapping[str, str], today: date | None = None) -> Filters:
+        """Validate ``params`` strictly (see :mod:`.inputs`); missing FROM/TO mean
+        the last :data:`DEFAULT_DAYS` days. Raises :class:`FilterError`."""
+        if not isinstance(params, Params):
+            params = Params.of(params)
         today = today or datetime.now(timezone.utc).date()
-        since = params.get("from", "").strip() or (today - timedelta(days=DEFAULT_DAYS)).isoformat()
-        until = params.get("to", "").strip() or today.isoformat()
-        for name, value in (("from", since), ("to", until)):
-            try:
-                to_us(value)
-            except ValueError:
-                raise FilterError(
-                    f"{name}: not an ISO 8601 date or date-time (e.g. 2025-07-06 or "
-                    f"2025-07-06T15:49:24Z): {value[:_MAX_TEXT]!r}"
-                ) from None
-        action = params.get("action", "").strip()
-        performer = params.get("performer", "").strip()
-        if len(action) > _MAX_TEXT or len(performer) > _MAX_TEXT:
-            raise FilterError(f"action and performer are at most {_MAX_TEXT} characters")
-        text = params.get("limit", "").strip() or str(DEFAULT_LIMIT)
-        if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
-            raise FilterError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-        cursor = params.get("cursor", "").strip()
+        since = params.get("from").strip() or (today - timedelta(days=DEFAULT_DAYS)).isoformat()
+        until = params.get("to").strip() or today.isoformat()
+        iso_time("from", since)
+        iso_time("to", until, end=True)
+        action = clean_text("action", params.get("action"))
+        performer = clean_text("performer", params.get("performer"))
+        text = params.get("limit").strip()
+        limit = whole_number("limit", text, 1, MAX_LIMIT) if text else DEFAULT_LIMIT
+        cursor = params.get("cursor").strip()
         try:
             parse_cursor(cursor)
         except ValueError:
-            raise FilterError("cursor: not a cursor returned by this dashboard") from None
-        return cls(since, until, action, performer, int(text), cursor)
+            raise FilterError(
+                "cursor",
+                f"cursor: not a cursor returned by this dashboard (at most {MAX_CURSOR} "
+                "characters)",
+            ) from None
+        return cls(since, until, action, performer, limit, cursor)
 
     @property
     def since_us(self) -> int | None:

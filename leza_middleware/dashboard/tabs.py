@@ -86,7 +86,9 @@ def read_rows(leza: Leza, tab: Tab, filters: Filters, *, count: bool = False) ->
     extra: dict[str, Any]
     if tab.sessions:
         if filters.action not in _SESSION_STATES:
-            raise FilterError("action: on the SESSION tab it is the state, active or ended")
+            raise FilterError(
+                "action", "action: on the SESSION tab it is the state, active or ended"
+            )
         extra = {"active": _SESSION_STATES[filters.action]}
         page = query.sessions(**common, **extra, limit=filters.limit, cursor=filters.cursor or None)
     else:

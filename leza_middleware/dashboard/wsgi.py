@@ -14,24 +14,17 @@ dashboard wraps itself in.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from ..context import current_native
 from ..integrations.wsgi import LezaWSGIMiddleware, _native_request, _wsgi_text
-from .core import (
-    DashRequest,
-    DashResponse,
-    Mount,
-    finish,
-    forbidden,
-    note_request,
-    parse_cookies,
-    parse_form,
-    parse_query,
-)
-from .guard import DENIED_REASON, MAX_BODY, Authorize, call_authorize
+from .core import note_request
+from .guard import DENIED_REASON, MAX_BODY, Authorize, admin_identity, call_authorize
+from .mount import ORIGIN_HEADERS, Incoming, Mount
+from .responses import DashResponse, error_response, finish, forbidden, internal_error
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -40,21 +33,37 @@ if TYPE_CHECKING:
 
 __all__ = ["DashboardWSGI", "make_wsgi_app"]
 
+log = logging.getLogger("leza_middleware")
+_ENVIRON_KEYS = tuple(("HTTP_" + h.upper().replace("-", "_"), h) for h in ORIGIN_HEADERS)
 
-def make_wsgi_app(leza: Leza, authorize: Authorize | None = None) -> DashboardWSGI:
+
+def make_wsgi_app(
+    leza: Leza,
+    authorize: Authorize | None = None,
+    *,
+    trusted_origins: Iterable[str] | None = None,
+) -> DashboardWSGI:
     """The dashboard of ``leza`` as a WSGI app (Flask, any WSGI server).
 
-    ``authorize(request) -> bool`` receives a Werkzeug ``Request`` and decides
-    every request; without it every request is refused with 403. Raises
-    :class:`~leza_middleware.LezaConfigError` when ``authorize`` is given but is
-    not callable.
+    ``authorize(request)`` receives a Werkzeug ``Request`` and decides every
+    request: a true value lets it in (a string also names the admin, see
+    docs/dashboard.md); without it every request is refused with 403.
+    ``trusted_origins``: origins besides the dashboard's own that may send its
+    forms. Raises :class:`~leza_middleware.LezaConfigError` when ``authorize``
+    is given but is not callable, or an origin is not one.
     """
-    return DashboardWSGI(leza, authorize)
+    return DashboardWSGI(leza, authorize, trusted_origins=trusted_origins)
 
 
 class DashboardWSGI(Mount):
-    def __init__(self, leza: Leza, authorize: Authorize | None = None) -> None:
-        super().__init__(leza, authorize)
+    def __init__(
+        self,
+        leza: Leza,
+        authorize: Authorize | None = None,
+        *,
+        trusted_origins: Iterable[str] | None = None,
+    ) -> None:
+        super().__init__(leza, authorize, trusted_origins=trusted_origins)
         self._recorded = LezaWSGIMiddleware(self._serve, leza=leza)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -63,44 +72,57 @@ class DashboardWSGI(Mount):
         return self._recorded(environ, start_response)
 
     def _serve(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            response = self._answer(environ)
+        except Exception:
+            log.exception(
+                "leza dashboard: unexpected error answering %s", environ.get("REQUEST_METHOD")
+            )
+            response = internal_error("/api/" in str(environ.get("PATH_INFO", "")))
+        return _send(start_response, response)
+
+    def _answer(self, environ: WSGIEnvironment) -> DashResponse:
         path = _wsgi_text(environ.get("PATH_INFO", "")) or "/"
         api = path.startswith("/api/")
         method = environ.get("REQUEST_METHOD", "GET")
         if method in ("GET", "HEAD"):
             health = self.dashboard.health(path)  # from memory, no authorize
             if health is not None:
-                return _send(start_response, health)
+                return health
         hook = self.authorize
-        if hook is None or not call_authorize(hook, _native_request(environ)):
+        request = _native_request(environ)
+        allowed = None if hook is None else call_authorize(hook, request)
+        if allowed is None:
             note_request("denied", DENIED_REASON)
-            return _send(start_response, forbidden(api))
+            return forbidden(api)
         body = b""
-        if method == "POST":
+        if method not in ("GET", "HEAD"):
             read = _read_body(environ)
             if read is None:
-                return _send(start_response, finish(DashResponse(413, [], b""), None, method))
+                too_big = error_response(413, "Too large", "The form is too large.", api)
+                return finish(too_big, None, method)
             body = read
-        base = _wsgi_text(environ.get("SCRIPT_NAME", "")).rstrip("/")
-        form = parse_form(body) if body else {}
-        headers = {
-            "sec-fetch-site": environ.get("HTTP_SEC_FETCH_SITE", "same-origin"),
-        }
-        csrf = self.csrf.token(
-            parse_cookies(environ.get("HTTP_COOKIE", "")),
-            form,
-            headers,
-            path=base or "/",
-            secure=environ.get("wsgi.url_scheme") == "https",
+        return self.respond(
+            Incoming(
+                method=method,
+                path=path,
+                base=_wsgi_text(environ.get("SCRIPT_NAME", "")).rstrip("/"),
+                query=_raw(environ.get("QUERY_STRING", "")),
+                body=body,
+                cookie=environ.get("HTTP_COOKIE", ""),
+                headers={h: environ[k] for k, h in _ENVIRON_KEYS if k in environ},
+                scheme=environ.get("wsgi.url_scheme", "http"),
+                identity=admin_identity(allowed, request),
+            )
         )
-        dreq = DashRequest(
-            method=method,
-            path=path,
-            base=base,
-            query=parse_query(_wsgi_text(environ.get("QUERY_STRING", ""))),
-            csrf=csrf,
-            form=form,
-        )
-        return _send(start_response, self.dashboard.handle(dreq))
+
+
+def _raw(text: str) -> bytes:
+    """PEP 3333's latin-1 string back to the bytes the client sent."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:  # a server that handed over real text
+        return text.encode("utf-8", "surrogatepass")
 
 
 def _read_body(environ: WSGIEnvironment) -> bytes | None:
