@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .advisories import AdvisoryEngine, default_rules
+from .advisories.rules import ALARM_RULES
 from .audit.api import Audit
 from .availability import Availability
 from .config import Settings
@@ -213,12 +214,18 @@ class Leza:
         return derived
 
     def _notify_advisories(self, found: list[AdvisoryEvent]) -> None:
+        """Send the advisories at or above ``advisory_notify`` to the notifiers.
+
+        Not those restating a check's state change (``service_down``,
+        ``service_recovered``): the monitor sent that transition's own
+        ``down`` / ``recovered`` alarm, and a pager rings once per outage.
+        """
         threshold = self.settings.advisory_notify
         if threshold is None:
             return
         floor = SEVERITIES.index(threshold)
         for advisory in found:
-            if SEVERITIES.index(advisory.severity) < floor:
+            if SEVERITIES.index(advisory.severity) < floor or advisory.rule in ALARM_RULES:
                 continue
             self.notify.notify(
                 Notification(
