@@ -3,10 +3,12 @@
 Nothing here runs on a request. :class:`LezaMetrics` is a recorder observer
 (``Recorder.add_observer``): it gets each batch of prepared events, groups the
 access events by method + route + outcome, and applies one increment per group
-(a Prometheus value write costs about a microsecond, several in multiprocess
-mode, where it is an mmap write under a lock: per event it would cost more than
-the rest of the recorder's work). Check results set the check gauges; after
-each round of batches the recorder's own counters are brought up to date.
+and applies one increment per group and histogram bucket at the end of a round
+of batches, at most every half second (a Prometheus value write costs about a
+microsecond, more in multiprocess mode, where it is an mmap write under a lock:
+per event it would cost more than the recorder's other work;
+bench/bench_metrics.py). The recorder's own counters are brought up to date
+at the same time; check results set the check gauges at once.
 
 Labels are bounded whatever the traffic: a request without a route template
 (a 404 scan, a bare ASGI app) is ``route="(unmatched)"``, routes past
@@ -21,6 +23,7 @@ import logging
 import math
 import os
 import threading
+import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Sequence
@@ -65,6 +68,11 @@ OTHER_ROUTE = "(other)"
 OUTCOMES = ("success", "client_error", "server_error", "denied")
 _MAX_ROUTE_LABEL = 200  # characters
 _LABEL_CACHE = 4096  # raw (method, route) pairs remembered; cleared when full
+# Held events are applied at the end of a round of batches at most this often
+# (seconds): under load one apply covers many batches, whose groups repeat.
+_APPLY_INTERVAL = 0.5
+# Events held before they are applied anyway, in a round of batches that does not end.
+_APPLY_EVERY = 8192
 _RECORDER_COUNTERS = ("enqueued", "written", "spilled", "replayed", "storage_errors")
 
 
@@ -266,6 +274,11 @@ class LezaMetrics:
         self._up: dict[tuple[str, str], Any] = {}
         self._last: dict[tuple[str, str], int] = {}  # recorder counters as last applied
         self._fast: bool | None = None  # histogram children take whole buckets at once
+        # Access events counted but not applied yet, grouped by (method, route,
+        # outcome) → durations (µs): applied at the end of each round of batches.
+        self._pending: dict[tuple[str, str | None, str], list[int]] = {}
+        self._held = 0
+        self._applied_at = -_APPLY_INTERVAL
         #: Requests whose route template was counted as ``(other)`` (past ``max_routes``).
         self.routes_overflowed = 0
         _live.add(self)
@@ -280,10 +293,14 @@ class LezaMetrics:
         if leza is None:
             return
         app = leza.settings.app_name
-        if not events:
-            self._sync_recorder(leza, app)
+        if not events:  # the end of a round of batches
+            now = time.monotonic()
+            if now - self._applied_at >= _APPLY_INTERVAL:
+                self._applied_at = now
+                self._apply(app)
+                self._sync_recorder(leza, app)
             return
-        groups: dict[tuple[str, str | None, str], list[int]] = {}
+        groups = self._pending
         checks: list[CheckEvent] = []
         for event in events:
             if type(event) is AccessEvent:
@@ -305,10 +322,20 @@ class LezaMetrics:
                     durations.append(row[7])
             elif type(event) is CheckEvent:
                 checks.append(event)
-        for (method, route, outcome), durations in groups.items():
-            self._count(app, method, route, outcome, durations)
         for check in checks:
             self._set_check(app, check)
+        self._held += len(events)
+        if self._held >= _APPLY_EVERY:  # a round that does not end (sustained load)
+            self._apply(app)
+
+    def _apply(self, app: str) -> None:
+        groups = self._pending
+        if not groups:
+            return
+        self._pending = {}
+        self._held = 0
+        for (method, route, outcome), durations in groups.items():
+            self._count(app, method, route, outcome, durations)
 
     def _label(self, method: str, route: str | None) -> tuple[str, str]:
         labels = self._labels.get((method, route))
@@ -427,6 +454,9 @@ class LezaMetrics:
         # The child's recorder starts from zero; so do its counters (multiprocess
         # mode: its own files), so nothing of the parent's is carried over.
         self._last = {}
+        self._pending = {}
+        self._held = 0
+        self._applied_at = -_APPLY_INTERVAL
 
 
 def _after_fork_in_child() -> None:
