@@ -579,6 +579,13 @@ def test_gunicorn_workers_sum_into_one_scrape(tmp_path: Path) -> None:
         time.sleep(0.5)  # a few more flush intervals: nothing counted twice
         scrapes = [scraped() for _ in range(8)]  # fresh connections: various workers
         assert scrapes == [expected] * 8
+        samples = _scrape(f"http://127.0.0.1:{port}/metrics")
+        counts = [v for (name, lab), v in samples.items() if name == f"{HIST}_count"]
+        infs = [v for (name, lab), v in samples.items()
+                if name == f"{HIST}_bucket" and dict(lab)["le"] == "+Inf"]  # fmt: skip
+        assert sum(counts) == sum(infs) == expected  # the histogram, summed over workers too
+        written = samples[("leza_recorder_events_written_total", (("app", "app"),))]
+        assert written >= expected
         # Each worker wrote its own values file.
         assert len(list(multiproc.glob("counter_*.db"))) >= WORKERS
     finally:
