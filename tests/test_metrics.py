@@ -601,3 +601,54 @@ def test_gunicorn_workers_sum_into_one_scrape(tmp_path: Path) -> None:
 
 def test_default_buckets_are_prometheus_defaults() -> None:
     assert Histogram.DEFAULT_BUCKETS[:-1] == DEFAULT_BUCKETS
+
+
+def test_hostile_route_and_method_values_stay_valid_and_short(make_leza: Any) -> None:
+    """Whatever reaches the route column (a lone surrogate, 5,000 characters,
+    quotes, newlines), the labels stay short and the exposition stays valid."""
+    from prometheus_client import generate_latest
+
+    registry = CollectorRegistry()
+    leza = make_leza(storage="memory://")
+    feed = leza.metrics(registry)
+    routes = ["/a\ud800b", "/" + "x" * 5000, '/q"uo\\te\n{id}', "/ünïcødé/{id}"]
+    events = [
+        AccessEvent.build(
+            id=f"e{i}",
+            ts=1,
+            action="access",
+            method=method,
+            endpoint="/",
+            route=route,
+            status=200,
+            duration_us=1000,
+            outcome="success",
+            reason="",
+            request_id=f"r{i}",
+            client_ip="127.0.0.1",
+            ip_valid=True,
+            peer_ip="127.0.0.1",
+        )
+        for i, (method, route) in enumerate(
+            [(m, r) for r in routes for m in ("GET", "get", "G\x00T", "X" * 300)]
+        )
+    ]
+    feed(events)
+    feed(())
+    text = generate_latest(registry).decode("utf-8")
+    parsed = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == REQUESTS
+    }
+    assert sum(parsed.values()) == len(events)
+    labels = [dict(lab) for _, lab in parsed]
+    assert {lab["method"] for lab in labels} == {"GET", OTHER_METHOD}
+    assert all(len(lab["route"]) <= 200 for lab in labels)
+    assert {lab["route"] for lab in labels} == {
+        "/a?b",
+        "/" + "x" * 199,
+        '/q"uo\\te\n{id}',
+        "/ünïcødé/{id}",
+    }
