@@ -7,9 +7,10 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .advisories import AdvisoryEngine, default_rules
+from .advisories.rules import ALARM_RULES
 from .audit.api import Audit
 from .availability import Availability
 from .config import Settings
@@ -31,6 +32,11 @@ from .sessions.cookies import CookieJar, Keyring
 from .sessions.registry import Sessions
 from .spill import Spill, default_spill_dir
 from .storage import SQLStorage, Storage, open_storage
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from .metrics import LezaMetrics
 
 __all__ = ["Leza"]
 
@@ -142,6 +148,7 @@ class Leza:
             settings.permissions, settings.app_name, settings.has_permission
         )
         spill_dir = settings.spill_dir or default_spill_dir(self.storage.describe())
+        previous_recorder: Recorder | None = getattr(self, "recorder", None)
         self.recorder = Recorder(
             self.storage,
             self._prepare,
@@ -163,6 +170,9 @@ class Leza:
             max_retries=settings.max_retries,
             shutdown_timeout=settings.shutdown_timeout,
         )
+        if previous_recorder is not None:  # an init_app() rebuild: metrics keep their feed
+            for observer in previous_recorder.observers:
+                self.recorder.add_observer(observer)
         self.query = Query(self.storage)
         previous_availability: Availability | None = getattr(self, "availability", None)
         self.availability = Availability(self)
@@ -213,12 +223,18 @@ class Leza:
         return derived
 
     def _notify_advisories(self, found: list[AdvisoryEvent]) -> None:
+        """Send the advisories at or above ``advisory_notify`` to the notifiers.
+
+        Not those restating a check's state change (``service_down``,
+        ``service_recovered``): the monitor sent that transition's own
+        ``down`` / ``recovered`` alarm, and a pager rings once per outage.
+        """
         threshold = self.settings.advisory_notify
         if threshold is None:
             return
         floor = SEVERITIES.index(threshold)
         for advisory in found:
-            if SEVERITIES.index(advisory.severity) < floor:
+            if SEVERITIES.index(advisory.severity) < floor or advisory.rule in ALARM_RULES:
                 continue
             self.notify.notify(
                 Notification(
@@ -253,6 +269,20 @@ class Leza:
         handler = LezaLogHandler(self, level, rate=rate, burst=burst)
         self._log_handlers.append(handler)
         return handler
+
+    def metrics(self, registry: CollectorRegistry | None = None, **options: Any) -> LezaMetrics:
+        """Prometheus metrics of this app, fed from the recorder thread.
+
+        Registers request counts and latencies, check states and the
+        recorder's counters into ``registry`` (default: prometheus_client's
+        global ``REGISTRY``) and returns the :class:`~leza_middleware.metrics.LezaMetrics`
+        (the same one when called again). Needs the ``[prometheus]`` extra;
+        serve them with :func:`leza_middleware.metrics.make_asgi_app` (or
+        ``make_wsgi_app``, ``make_django_view``). See docs/metrics.md.
+        """
+        from .metrics import register
+
+        return register(self, registry, **options)
 
     def _tick(self) -> None:
         """Periodic work on the recorder thread."""
