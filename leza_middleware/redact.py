@@ -170,11 +170,11 @@ def header_refused(name: str) -> bool:
 
 # --------------------------------------------------------------------------- text patterns
 
-# A key in ``key=value`` text: key characters not preceded by one, then "=".
-_KEY_CHARS = r"[\w.\-\[\]+~%]"
-_EQ_PAIR = re.compile(rf"(?<!{_KEY_CHARS})(?P<k>{_KEY_CHARS}+?)[ \t]*=>?[ \t]*")
-# ``key: value`` (YAML, header lines, "password: x"); not a URL's "scheme://".
-_COLON_PAIR = re.compile(r"(?<![\w.\-\[\]%])(?P<k>[A-Za-z_%][\w.\-\[\]%]*)[ \t]*:(?!//)[ \t]*")
+# The key before a "=" (``key=value``) or a ":" (``key: value``, YAML, header
+# lines): the run of key characters that ends there, matched on the reversed
+# text from the separator (one match per separator, whatever the text's length).
+_EQ_KEY_REVERSED = re.compile(r"[\w.\-\[\]+~%]+")
+_COLON_KEY_REVERSED = re.compile(r"[\w.\-\[\]%]+")
 # ``"key": value``, ``'key': value``, ``"key" = value``, ``"key" => value`` (JSON, reprs).
 _QUOTED_PAIR = re.compile(r"""(?P<q>["'])(?P<k>[^"'\r\n\\]+)(?P=q)[ \t]*(?::|=>?)[ \t]*""")
 # ``("key", "value")``, ``(b'key', b'value')``: header lists (ASGI scopes, WSGI environs).
@@ -195,6 +195,10 @@ _JWT = re.compile(r"(?<![\w-])eyJ[\w-]{4,}\.eyJ[\w-]{4,}\.[\w-]*")
 # (It starts after a delimiter only: a failed attempt then costs its own run, once.)
 _ENCODED = re.compile(r"(?<![^\s\"'<>=&?#;,])[^\s\"'<>=&?#;,]*%[0-9A-Fa-f]{2}[^\s\"'<>=&?#;,]*")
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+# Escapes whose decoding can reveal something a rule looks for ("=", ":", "@",
+# quotes, "<", a space after "Bearer", another level of encoding); a unit
+# without one decodes to text no rule can match, and is left undecoded.
+_REVEALING = re.compile(r"%(?:3[dDaAcC]|40|2[27]|25|20|09)")
 
 # Where a secret value ends.
 _TOKEN = re.compile(r"[^\s&\"'<>]+")
@@ -209,6 +213,8 @@ _QUOTED = {
 _OPENERS = {"{": "}", "[": "]", "(": ")"}
 # Cheap tests of whether a rule can apply at all (most text has no pairs).
 _QUERY_VALUE_GATE = re.compile(r"""[%?#=@:"'<;]|eyJ|(?i:bearer|basic)""")
+# The same for a whole query, where "=" only counts beyond one per parameter.
+_QUERY_GATE = re.compile(r"""[%?#@:"'<;]|eyJ|(?i:bearer|basic)""")
 
 
 def _quoted_end(text: str, start: int) -> tuple[int, int] | None:
@@ -351,12 +357,18 @@ class Redactor:
         if not text:
             return text
         parts = text.split("&")
-        deep = _QUERY_VALUE_GATE.search(text) is not None
+        deep = _QUERY_GATE.search(text) is not None or text.count("=") > len(parts)
         changed = False
         is_secret = self.is_secret
         for i, part in enumerate(parts):
             key, sep, value = part.partition("=")
             if not sep:
+                # No value; but "token%3Dabc" is "token=abc" once decoded.
+                if deep and "%" in part:
+                    new = self._scrub(part, True, 0)
+                    if new is not part:
+                        parts[i] = new
+                        changed = True
                 continue
             if is_secret(key):
                 if value != FILTERED:
@@ -410,15 +422,15 @@ class Redactor:
         """
         out = text
         if ('"' in out or "'" in out) and (":" in out or "=" in out or "," in out):
-            out = self._pairs(out, _QUOTED_PAIR, False)
+            out = self._pairs(out, _QUOTED_PAIR)
             if "(" in out:
-                out = self._pairs(out, _TUPLE_PAIR, False)
+                out = self._pairs(out, _TUPLE_PAIR)
         if "://" in out and "@" in out:
             out = _USERINFO.sub(_filter_userinfo, out)
         if "=" in out:
-            out = self._pairs(out, _EQ_PAIR, url)
+            out = self._separated(out, "=", url)
         if ":" in out:
-            out = self._pairs(out, _COLON_PAIR, False)
+            out = self._separated(out, ":", False)
         if "</" in out:
             out = _XML_PAIR.sub(self._filter_xml, out)
         if "earer" in out or "EARER" in out:
@@ -432,7 +444,7 @@ class Redactor:
         return text if out == text else out
 
     def _decoded(self, unit: str, depth: int) -> str:
-        if _ESCAPE.search(unit) is None:
+        if _REVEALING.search(unit) is None:
             return unit
         decoded = unquote(unit, errors="replace")
         if decoded == unit:
@@ -442,35 +454,66 @@ class Redactor:
             return unit
         return _reencode(redacted, unit)
 
-    def _pairs(self, text: str, pattern: re.Pattern[str], url: bool) -> str:
-        """Filter the value after each key ``pattern`` finds that is a secret."""
+    def _pairs(self, text: str, pattern: re.Pattern[str]) -> str:
+        """Filter the value after each key ``pattern`` finds that is a secret
+        (quoted keys: JSON, reprs, header tuples)."""
         out: list[str] = []
-        last = 0
-        pos = 0
-        n = len(text)
-        while pos < n:
+        last = pos = 0
+        while True:
             m = pattern.search(text, pos)
             if m is None:
                 break
-            key = m.group("k")
-            if not self.is_secret(key):
-                pos = m.end() if m.end() > m.start() else m.start() + 1
+            pos = m.end()
+            if not self.is_secret(m.group("k")):
                 continue
-            start = m.end()
-            if url and pattern is _EQ_PAIR:
+            span = _text_value(text, m.end(), self._line_valued(m.group("k")))
+            if span is not None and text[span[0] : span[1]] != FILTERED:
+                out += (text[last : span[0]], FILTERED)
+                last = pos = span[1]
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
+
+    def _separated(self, text: str, sep: str, url: bool) -> str:
+        """Filter the value after each ``key=value`` (``sep`` "=") or ``key: value``
+        (``sep`` ":") whose key is a secret. ``url``: a "=" value runs to the
+        next ``&`` or ``#`` rather than to a space."""
+        out: list[str] = []
+        last = pos = 0
+        n = len(text)
+        reversed_text = text[::-1]
+        keys = _EQ_KEY_REVERSED if sep == "=" else _COLON_KEY_REVERSED
+        while True:
+            at = text.find(sep, pos)
+            if at < 0:
+                break
+            pos = at + 1
+            end = at
+            while end > last and text[end - 1] in " \t":
+                end -= 1
+            m = keys.match(reversed_text, n - end)
+            if m is None:
+                continue
+            key = text[max(last, end - (m.end() - m.start())) : end]
+            start = at + 1
+            if sep == ":":
+                if text.startswith("//", start) or key[:1].isdigit():
+                    continue  # a URL's scheme://, a time
+            elif text.startswith(">", start):
+                start += 1  # key => value
+            while start < n and text[start] in " \t":
+                start += 1
+            if not key or not self.is_secret(key):
+                continue
+            if url and sep == "=":
                 v = _URL_VALUE.match(text, start)
                 span = None if v is None or v.end() == start else (start, v.end())
             else:
                 span = _text_value(text, start, self._line_valued(key))
-            if span is None:
-                pos = m.end() if m.end() > m.start() else m.start() + 1
-                continue
-            a, b = span
-            if text[a:b] != FILTERED and b > a:
-                out.append(text[last:a])
-                out.append(FILTERED)
-                last = b
-            pos = max(b, m.end(), m.start() + 1)
+            if span is not None and text[span[0] : span[1]] != FILTERED:
+                out += (text[last : span[0]], FILTERED)
+                last = pos = span[1]
         if not out:
             return text
         out.append(text[last:])
