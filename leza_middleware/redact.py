@@ -381,6 +381,26 @@ class Redactor:
                     changed = True
         return "&".join(parts) if changed else text
 
+    def redact_path(self, path: str) -> str:
+        """A path with the values of secret path parameters filtered
+        (``/cart;jsessionid=…``, the servlet containers' URL rewriting); the
+        rest of the path is kept as received."""
+        if ";" not in path:
+            return path
+        segments = path.split("/")
+        changed = False
+        for i, segment in enumerate(segments):
+            if ";" not in segment:
+                continue
+            head, *params = segment.split(";")
+            for j, param in enumerate(params):
+                key, sep, value = param.partition("=")
+                if sep and value != FILTERED and self.is_secret(key):
+                    params[j] = f"{key}={FILTERED}"
+                    changed = True
+            segments[i] = ";".join([head, *params])
+        return "/".join(segments) if changed else path
+
     def redact_url(self, url: str) -> str:
         """A URL with its query redacted as :meth:`redact_query` does, its
         fragment's pairs too, and a password in its userinfo filtered."""
@@ -390,7 +410,7 @@ class Redactor:
             query = ""
         else:
             query, hash_, fragment = rest.partition("#")
-        new_head = self._scrub(head, True, 0) if head else head
+        new_head = self.redact_path(self._scrub(head, True, 0)) if head else head
         new_query = self.redact_query(query) if query else query
         new_fragment = self._fragment(fragment) if fragment else fragment
         if new_head is head and new_query is query and new_fragment is fragment:

@@ -252,6 +252,14 @@ def test_urls_and_headers_without_secrets_are_kept() -> None:
     assert DEFAULT.redact_header("Bearer abc.def.ghi") == f"Bearer {F}"
 
 
+def test_path_parameters() -> None:
+    # Servlet containers rewrite URLs with the session id as a path parameter.
+    assert DEFAULT.redact_path("/cart;jsessionid=ABC123/x;v=1") == f"/cart;jsessionid={F}/x;v=1"
+    assert DEFAULT.redact_path("/a;b/c;token=x;y=2") == f"/a;b/c;token={F};y=2"
+    for path in ("/items/7", "/a;b", "/m;v=1;lang=en", "/"):
+        assert DEFAULT.redact_path(path) is path
+
+
 # --------------------------------------------------------------------------- text
 
 TEXTS = {

@@ -212,14 +212,16 @@ def test_names_a_deployment_adds_are_filtered_everywhere(make_leza: Any, logged:
     app_log.addHandler(leza.logging_handler())
     client = TestClient(LezaMiddleware(Starlette(routes=[Route("/", _ok)]), leza=leza))
     assert client.get(f"/?filter[national_id]={S[24]}&salary={S[25]}&page=1").status_code == 200
+    assert client.get(f"/cart;jsessionid={S[29]}").status_code == 404  # recorded all the same
     app_log.info("national_id: %s", S[26])
     leza.audit.record(
         action="update", entity_type="person", entity_id="p1",
         before={"salary": S[27]}, after={"salary": S[28], "name": "Al"},
     )  # fmt: skip
     assert leza.flush(5)
-    [event] = leza.query.access()
+    missing, event = leza.query.access()  # newest first
     assert event["endpoint"] == f"/?filter[national_id]={F}&salary={F}&page=1"
+    assert missing["endpoint"] == f"/cart;jsessionid={F}"
     assert leza.query.logs()[0]["message"] == f"national_id: {F}"
     assert leza.query.audit()[0]["after"] == {"salary": F, "name": "Al"}
     assert hits(sql_texts(leza.storage), S.values()) == []

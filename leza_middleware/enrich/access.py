@@ -212,6 +212,7 @@ class AccessEnricher:
         # Memoised per distinct query string: a query without a secret costs
         # one dict lookup per event (the memo is bounded, like every other).
         redact = redactor.redact_query
+        self._paths = _Memo(lambda p: clean(redactor.redact_path(p), MAX_PATH))
         self._queries = _Memo(lambda q: clean(redact(clean(q, MAX_PATH)), MAX_PATH))
         # A reason given with the event (a permission's, a failed login's) is
         # text the app wrote: cleaned and scrubbed, per distinct reason.
@@ -268,11 +269,19 @@ class AccessEnricher:
         ts_us = list(map(int, map(mul, ts_s, repeat(1_000_000))))
 
         endpoints = list(paths)
-        # (lengths first: a 100 KB path is then cleaned, cut before it is scanned)
-        if any(queries) or max(map(len, paths)) > MAX_PATH or any(map(_unsafe, paths)):
+        # (lengths first: a 100 KB path is then cleaned, cut before it is scanned;
+        # ";" is a path parameter such as ";jsessionid=…", filtered like a query's)
+        if (
+            any(queries)
+            or max(map(len, paths)) > MAX_PATH
+            or any(map(_unsafe, paths))
+            or ";" in "".join(paths)
+        ):
             for i, path in enumerate(paths):
                 query = queries[i]
                 endpoint = clean(path, MAX_PATH)
+                if ";" in endpoint:
+                    endpoint = self._paths.column([endpoint])[0]
                 if query:
                     redacted = self._queries.column([_text(query)])[0]
                     endpoint = f"{endpoint}?{redacted}"[:MAX_PATH]
