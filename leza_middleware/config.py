@@ -90,7 +90,7 @@ class Settings:
     spill_dir: str | None = None
     shutdown_timeout: float = 5.0
     max_retries: int = 3
-    # Names whose values are secrets, added to redact.py's list (normalised); used
+    # Names whose values are secrets, added to leza_middleware.redact's list (normalised); used
     # everywhere: query strings, URLs, log text, recorded headers, audit states.
     redact_query_keys: frozenset[str] = frozenset()
     request_id_header: str = "x-request-id"

@@ -103,7 +103,7 @@ class Leza:
         self.geo: GeoResolver = resolver
         self.user_agents = UserAgentParser()
         self.keyring = Keyring(settings.secret_key)
-        # Secret names (redact.py's list plus the deployment's), for everything stored.
+        # Secret names (leza_middleware.redact's list plus the deployment's), for everything stored.
         self.redactor = Redactor([*settings.redact_query_keys, *settings.audit_mask])
         # IP anonymisation (keyed with secret_key), retention, erasure.
         self.privacy = Privacy(self)

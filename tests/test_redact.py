@@ -1,4 +1,4 @@
-"""redact.py: which keys are secrets, and the redaction of queries, URLs, text and records.
+"""leza_middleware.redact: which keys are secrets; redaction of queries, URLs, text, records.
 
 Pure functions, tested directly: every form a secret can take (nested keys,
 percent-encoding once or twice, URL-valued parameters, log-line spellings,

@@ -41,7 +41,7 @@ class Audit:
         self.chain = Chain(self.key)
 
     def masks(self, name: str) -> bool:
-        """True when a field's values are stored as ``[Filtered]`` (redact.py's rules,
+        """True when a field's values are stored as ``[Filtered]`` (leza_middleware.redact's rules,
         with ``audit_mask`` and ``redact_query_keys``)."""
         return self._leza.redactor.is_secret_field(name)
 

@@ -1,4 +1,4 @@
-"""Field-level diffs of JSON-ready states (secrets are masked by redact.py)."""
+"""Field-level diffs of JSON-ready states (secrets are masked by leza_middleware.redact)."""
 
 from __future__ import annotations
 

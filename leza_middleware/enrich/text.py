@@ -1,6 +1,6 @@
 """Make untrusted text safe to store: no control characters, bounded size.
 
-(Secrets are the job of ``leza_middleware/redact.py``.)
+(Secrets are the job of ``leza_middleware.redact``.)
 """
 
 from __future__ import annotations

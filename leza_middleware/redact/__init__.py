@@ -33,12 +33,26 @@ without a secret is returned as the very same string.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
-from .enrich.cache import bounded_put
+from ..enrich.cache import bounded_put
+from . import spans
+from .names import (
+    AUTH_SCHEMES,
+    CONTAINS_NAMES,
+    DENIED_HEADER_PARTS,
+    DENIED_HEADERS,
+    EXACT_NAMES,
+    FILTERED,
+    LINE_VALUED_NAMES,
+    MAX_DECODE,
+    SUFFIX_NAMES,
+    URL_ONLY_NAMES,
+    key_names,
+    normalise_name,
+)
 
 __all__ = [
     "AUTH_SCHEMES",
@@ -58,104 +72,9 @@ __all__ = [
     "normalise_name",
 ]
 
-FILTERED = "[Filtered]"
-
-# --------------------------------------------------------------------------- the names
-# Normalised: lower case, letters and digits only.
-
-#: Matched only when a whole segment is the name: short or everyday words
-#: (``pin`` must not catch ``spin`` or ``position``, ``key`` not ``keyboard``).
-EXACT_NAMES = frozenset(
-    {
-        "pass", "pwd", "pw", "pin", "pincode", "sig", "sid", "session", "sessionkey",
-        "key", "code", "authcode", "authorizationcode", "verificationcode", "mfacode",
-        "recoverycode", "backupcode", "codeverifier", "idtokenhint", "bearer",
-        "ssn", "cvv", "cvc", "creditcard", "cardnumber",
-    }
-)  # fmt: skip
-#: Matched when a segment ends with the name, or with its plural
-#: (``access_token``, ``x-api-key``, ``client_secret``, ``tokens``).
-SUFFIX_NAMES = (
-    "token", "secret", "apikey", "privatekey", "secretkey", "accesskey", "signingkey",
-    "encryptionkey", "signature", "sessionid", "sessid", "credential", "authorization",
-    "auth", "cookie", "jwt", "csrf", "xsrf", "otp", "hmac", "passcode",
-)  # fmt: skip
-#: Matched anywhere in a segment (``password_confirmation``, ``new_password1``).
-CONTAINS_NAMES = ("password", "passwd", "passphrase")
-#: Secret in URLs and text (``?code=`` is an OAuth code, ``?key=`` an API key),
-#: but not as the field name of a stored record, where ``code`` and ``key`` are
-#: overwhelmingly identifiers (a country code, a key/value table's key).
-URL_ONLY_NAMES = frozenset({"code", "key"})
-#: In free text, the value of these runs to the end of the line
-#: (``Authorization: Digest a="1", b="2"``, ``Cookie: a=1; b=2``).
-LINE_VALUED_NAMES = ("authorization", "cookie")
-#: A secret value that is one of these words is followed by the credential.
-AUTH_SCHEMES = frozenset(
-    {"bearer", "basic", "token", "digest", "negotiate", "ntlm", "hoba", "mutual", "dpop",
-     "apikey", "jwt", "hmac"}
-)  # fmt: skip
-
-#: Header names ``record_headers`` refuses (never stored, whatever is configured)…
-DENIED_HEADERS = frozenset(
-    {
-        "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
-        "x-auth-token", "x-csrf-token", "x-xsrf-token",
-    }
-)  # fmt: skip
-#: … and any header name that holds one of these (lower-cased, separators removed),
-#: or that :meth:`Redactor.is_secret` calls a secret.
-DENIED_HEADER_PARTS = (
-    "token", "secret", "password", "passwd", "session", "auth", "cookie", "apikey",
-    "credential", "signature", "csrf", "xsrf", "jwt",
-)  # fmt: skip
-
-#: Percent-decoding rounds at most (a key, or a value nested in a value).
-MAX_DECODE = 4
 _MEMO = 4096
 _MAX_MEMO_KEY = 256
 _MAX_DEPTH = 64  # nesting of a record beyond which a value is filtered whole
-
-# --------------------------------------------------------------------------- normalisation
-
-_STRUCTURE = re.compile(r"[?&#/:;,=]")
-_SEGMENTS = re.compile(r"[\[\].]+")
-_NOT_ALNUM = re.compile(r"[\W_]+")
-
-
-def normalise_case(text: str) -> str:
-    """Lower case; for non-ASCII text after NFKC (full-width letters, ligatures)."""
-    return text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()
-
-
-def normalise_name(name: str) -> str:
-    """A name as listed: lower case, letters and digits only (``X-Api_Key`` → ``xapikey``)."""
-    return _NOT_ALNUM.sub("", normalise_case(name))
-
-
-def key_names(key: str) -> list[str]:
-    """The normalised names a key stands for: one per segment of its path, then
-    (for a path) all of them joined (``api.key`` → ``api``, ``key``, ``apikey``)."""
-    text = key
-    for _ in range(MAX_DECODE):
-        if "%" not in text:
-            break
-        decoded = unquote(text, errors="replace")
-        if decoded == text:
-            break
-        text = decoded
-    text = normalise_case(text)
-    if _STRUCTURE.search(text) is not None:
-        pieces = [p for p in _STRUCTURE.split(text) if _NOT_ALNUM.sub("", p)]
-        text = pieces[-1] if pieces else ""
-    names = []
-    for segment in _SEGMENTS.split(text):
-        name = _NOT_ALNUM.sub("", segment).rstrip("0123456789")
-        if name:
-            names.append(name)
-    if len(names) > 1:
-        joined = "".join(names)
-        names.append(joined)
-    return names
 
 
 def header_refused(name: str) -> bool:
@@ -166,140 +85,6 @@ def header_refused(name: str) -> bool:
         or any(part in squashed for part in DENIED_HEADER_PARTS)
         or DEFAULT.is_secret(name)
     )
-
-
-# --------------------------------------------------------------------------- text patterns
-
-# The key before a "=" (``key=value``) or a ":" (``key: value``, YAML, header
-# lines): the run of key characters that ends there, matched on the reversed
-# text from the separator (one match per separator, whatever the text's length).
-_EQ_KEY_REVERSED = re.compile(r"[\w.\-\[\]+~%]+")
-_COLON_KEY_REVERSED = re.compile(r"[\w.\-\[\]%]+")
-# ``"key": value``, ``'key': value``, ``"key" = value``, ``"key" => value`` (JSON, reprs).
-_QUOTED_PAIR = re.compile(r"""(?P<q>["'])(?P<k>[^"'\r\n\\]+)(?P=q)[ \t]*(?::|=>?)[ \t]*""")
-# ``("key", "value")``, ``(b'key', b'value')``: header lists (ASGI scopes, WSGI environs).
-_TUPLE_PAIR = re.compile(r"""\(\s*[bBuU]?(?P<q>["'])(?P<k>[^"'\r\n\\]+)(?P=q)\s*,\s*""")
-# ``<password>x</password>``
-_XML_PAIR = re.compile(r"<(?P<k>[A-Za-z_][\w.\-:]*)(?:\s[^<>]*)?>(?P<v>[^<]+)</(?P=k)\s*>")
-# ``scheme://user:password@host``: the password.
-_USERINFO = re.compile(
-    r"(?i)(?<![a-z0-9+.\-])[a-z][a-z0-9+.\-]*://[^\s/?#@:\"'<>]*:(?P<pw>[^\s/?#\"'<>]+)@"
-)
-_BEARER = re.compile(r"(?i)\b(?P<s>bearer)\s+(?P<v>[A-Za-z0-9._~+/=\-]{6,})")
-# Basic credentials: base64 with a capital or digit after its first character
-# ("Basic information" is prose, "Basic dXNlcjpwYXNz" is not).
-_BASIC = re.compile(r"\b(?P<s>Basic)\s+(?P<v>(?=[A-Za-z0-9+/]+[A-Z0-9+/])[A-Za-z0-9+/]{8,}={0,2})")
-# A JSON Web Token, whatever it is called: header and payload both start '{"'.
-_JWT = re.compile(r"(?<![\w-])eyJ[\w-]{4,}\.eyJ[\w-]{4,}\.[\w-]*")
-# A run of text holding a %XX escape: the unit decoded and redacted as a whole.
-# (It starts after a delimiter only: a failed attempt then costs its own run, once.)
-_ENCODED = re.compile(r"(?<![^\s\"'<>=&?#;,])[^\s\"'<>=&?#;,]*%[0-9A-Fa-f]{2}[^\s\"'<>=&?#;,]*")
-_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
-# Escapes whose decoding can reveal something a rule looks for ("=", ":", "@",
-# quotes, "<", a space after "Bearer", another level of encoding); a unit
-# without one decodes to text no rule can match, and is left undecoded.
-_REVEALING = re.compile(r"%(?:3[dDaAcC]|40|2[27]|25|20|09)")
-
-# Where a secret value ends.
-_TOKEN = re.compile(r"[^\s&\"'<>]+")
-_LINE = re.compile(r"[^\r\n\"']+")
-_URL_VALUE = re.compile(r"[^&#]*")
-_SCHEME_CREDENTIAL = re.compile(r"[ \t]+[^\s\"'<>,;]+")
-_TRAILING = ",;.)]}>"
-_QUOTED = {
-    '"': re.compile(r'"(?:[^"\\]|\\.)*("|\Z)', re.DOTALL),
-    "'": re.compile(r"'(?:[^'\\]|\\.)*('|\Z)", re.DOTALL),
-}
-_OPENERS = {"{": "}", "[": "]", "(": ")"}
-# Cheap tests of whether a rule can apply at all (most text has no pairs).
-_QUERY_VALUE_GATE = re.compile(r"""[%?#=@:"'<;]|eyJ|(?i:bearer|basic)""")
-# The same for a whole query, where "=" only counts beyond one per parameter.
-_QUERY_GATE = re.compile(r"""[%?#@:"'<;]|eyJ|(?i:bearer|basic)""")
-
-
-def _quoted_end(text: str, start: int) -> tuple[int, int] | None:
-    """(inner start, inner end) of the quoted string at ``start`` (a prefix such
-    as ``b'…'`` allowed); an unterminated one runs to the end of the text."""
-    i = start
-    if text[i] in "bBrRuU" and i + 1 < len(text) and text[i + 1] in "\"'":
-        i += 1
-    pattern = _QUOTED.get(text[i])
-    if pattern is None:
-        return None
-    m = pattern.match(text, i)
-    if m is None:  # pragma: no cover - the pattern always matches its opening quote
-        return None
-    return i + 1, m.end() - len(m.group(1))
-
-
-def _balanced_end(text: str, start: int) -> int:
-    """End of the bracketed structure at ``start`` (quotes respected); the end of
-    the text when it is not closed."""
-    stack = [_OPENERS[text[start]]]
-    i = start + 1
-    n = len(text)
-    quote_char = ""
-    while i < n:
-        c = text[i]
-        if quote_char:
-            if c == "\\":
-                i += 1
-            elif c == quote_char:
-                quote_char = ""
-        elif c in "\"'":
-            quote_char = c
-        elif c in _OPENERS:
-            stack.append(_OPENERS[c])
-        elif c == stack[-1]:
-            stack.pop()
-            if not stack:
-                return i + 1
-        i += 1
-    return n
-
-
-def _text_value(text: str, start: int, line_valued: bool) -> tuple[int, int] | None:
-    """The span of a secret value that starts at ``start`` in free text."""
-    if start >= len(text):
-        return None
-    c = text[start]
-    if c in "\"'" or (c in "bBrRuU" and text[start + 1 : start + 2] in ("'", '"')):
-        return _quoted_end(text, start)
-    if c in _OPENERS:
-        return start, _balanced_end(text, start)
-    if line_valued:
-        m = _LINE.match(text, start)
-        if m is None:
-            return None
-        end = m.end()
-        while end > start and text[end - 1] in " \t":
-            end -= 1
-        return (start, end) if end > start else None
-    m = _TOKEN.match(text, start)
-    if m is None:
-        return None
-    end = m.end()
-    while end > start + 1 and text[end - 1] in _TRAILING:
-        end -= 1
-    if text[start:end].lower() in AUTH_SCHEMES:
-        more = _SCHEME_CREDENTIAL.match(text, end)
-        if more is not None:
-            end = more.end()
-            while text[end - 1] in _TRAILING:
-                end -= 1
-    return start, end
-
-
-def _reencode(decoded: str, like: str) -> str:
-    """``decoded`` percent-encoded as ``like`` was: what ``like`` held unencoded
-    stays unencoded, the rest is escaped; the filter mark stays readable."""
-    safe = "".join(sorted({c for c in like if not c.isalnum() and c != "%"}))
-    encoded = quote(decoded, safe=safe)
-    mark = quote(FILTERED, safe=safe)
-    return encoded.replace(mark, FILTERED) if mark != FILTERED else encoded
-
-
-# --------------------------------------------------------------------------- the redactor
 
 
 class Redactor:
@@ -357,7 +142,7 @@ class Redactor:
         if not text:
             return text
         parts = text.split("&")
-        deep = _QUERY_GATE.search(text) is not None or text.count("=") > len(parts)
+        deep = spans.QUERY_GATE.search(text) is not None or text.count("=") > len(parts)
         changed = False
         is_secret = self.is_secret
         for i, part in enumerate(parts):
@@ -374,7 +159,7 @@ class Redactor:
                 if value != FILTERED:
                     parts[i] = f"{key}={FILTERED}"
                     changed = True
-            elif deep and value and _QUERY_VALUE_GATE.search(value) is not None:
+            elif deep and value and spans.QUERY_VALUE_GATE.search(value) is not None:
                 new = self._scrub(value, True, 0)
                 if new is not value:
                     parts[i] = f"{key}={new}"
@@ -442,29 +227,29 @@ class Redactor:
         """
         out = text
         if ('"' in out or "'" in out) and (":" in out or "=" in out or "," in out):
-            out = self._pairs(out, _QUOTED_PAIR)
+            out = self._pairs(out, spans.QUOTED_PAIR)
             if "(" in out:
-                out = self._pairs(out, _TUPLE_PAIR)
+                out = self._pairs(out, spans.TUPLE_PAIR)
         if "://" in out and "@" in out:
-            out = _USERINFO.sub(_filter_userinfo, out)
+            out = spans.USERINFO.sub(spans.filter_userinfo, out)
         if "=" in out:
             out = self._separated(out, "=", url)
         if ":" in out:
             out = self._separated(out, ":", False)
         if "</" in out:
-            out = _XML_PAIR.sub(self._filter_xml, out)
+            out = spans.XML_PAIR.sub(self._filter_xml, out)
         if "earer" in out or "EARER" in out:
-            out = _BEARER.sub(_filter_credential, out)
+            out = spans.BEARER.sub(spans.filter_credential, out)
         if "Basic" in out:
-            out = _BASIC.sub(_filter_credential, out)
+            out = spans.BASIC.sub(spans.filter_credential, out)
         if "eyJ" in out:
-            out = _JWT.sub(FILTERED, out)
-        if "%" in out and depth < MAX_DECODE and _ESCAPE.search(out) is not None:
-            out = _ENCODED.sub(lambda m: self._decoded(m.group(), depth), out)
+            out = spans.JWT.sub(FILTERED, out)
+        if "%" in out and depth < MAX_DECODE and spans.ESCAPE.search(out) is not None:
+            out = spans.ENCODED.sub(lambda m: self._decoded(m.group(), depth), out)
         return text if out == text else out
 
     def _decoded(self, unit: str, depth: int) -> str:
-        if _REVEALING.search(unit) is None:
+        if spans.REVEALING.search(unit) is None:
             return unit
         decoded = unquote(unit, errors="replace")
         if decoded == unit:
@@ -472,7 +257,7 @@ class Redactor:
         redacted = self._scrub(decoded, True, depth + 1)
         if redacted is decoded:
             return unit
-        return _reencode(redacted, unit)
+        return spans.reencode(redacted, unit)
 
     def _pairs(self, text: str, pattern: re.Pattern[str]) -> str:
         """Filter the value after each key ``pattern`` finds that is a secret
@@ -486,7 +271,7 @@ class Redactor:
             pos = m.end()
             if not self.is_secret(m.group("k")):
                 continue
-            span = _text_value(text, m.end(), self._line_valued(m.group("k")))
+            span = spans.text_value(text, m.end(), self._line_valued(m.group("k")))
             if span is not None and text[span[0] : span[1]] != FILTERED:
                 out += (text[last : span[0]], FILTERED)
                 last = pos = span[1]
@@ -503,7 +288,7 @@ class Redactor:
         last = pos = 0
         n = len(text)
         reversed_text = text[::-1]
-        keys = _EQ_KEY_REVERSED if sep == "=" else _COLON_KEY_REVERSED
+        keys = spans.EQ_KEY_REVERSED if sep == "=" else spans.COLON_KEY_REVERSED
         while True:
             at = text.find(sep, pos)
             if at < 0:
@@ -527,10 +312,10 @@ class Redactor:
             if not key or not self.is_secret(key):
                 continue
             if url and sep == "=":
-                v = _URL_VALUE.match(text, start)
+                v = spans.URL_VALUE.match(text, start)
                 span = None if v is None or v.end() == start else (start, v.end())
             else:
-                span = _text_value(text, start, self._line_valued(key))
+                span = spans.text_value(text, start, self._line_valued(key))
             if span is not None and text[span[0] : span[1]] != FILTERED:
                 out += (text[last : span[0]], FILTERED)
                 last = pos = span[1]
@@ -590,19 +375,6 @@ class Redactor:
             changed = changed or new is not change
             out[name] = new
         return out if changed else changes
-
-
-def _filter_userinfo(m: re.Match[str]) -> str:
-    if m.group("pw") == FILTERED:
-        return m.group()
-    whole = m.group()
-    a = m.start("pw") - m.start()
-    b = m.end("pw") - m.start()
-    return whole[:a] + FILTERED + whole[b:]
-
-
-def _filter_credential(m: re.Match[str]) -> str:
-    return f"{m.group('s')} {FILTERED}"
 
 
 #: The default rules, no names added.
