@@ -226,7 +226,7 @@ class Leza:
         redactor = self.redactor
         for advisory in found:
             advisory.message = redactor.scrub_text(advisory.message)
-            advisory.details = redactor.mask(advisory.details)
+            advisory.details = redactor.mask(advisory.details, ambiguous=False)
 
     def _notify_advisories(self, found: list[AdvisoryEvent]) -> None:
         threshold = self.settings.advisory_notify

@@ -25,6 +25,7 @@ from leza_middleware.redact import (
     SUFFIX_NAMES,
     Redactor,
     key_names,
+    looks_like_credential,
     normalise_name,
 )
 
@@ -113,19 +114,40 @@ def test_the_lists_hold_what_the_issue_names() -> None:
     assert all(DEFAULT.is_secret(name) for name in before)
 
 
-def test_record_fields_keep_code_and_key() -> None:
+def test_record_fields_code_and_key_are_filtered_when_they_hold_a_credential() -> None:
     # In a URL, ?code= is an OAuth code and ?key= an API key; a record's "code"
-    # (a country's) and "key" (a settings row's) are identifiers.
+    # (a country's) and "key" (a settings row's) are usually identifiers, but an
+    # API token's key or an OAuth grant's code is the credential itself.
     for name in ("code", "key"):
         assert DEFAULT.is_secret(name)
         assert not DEFAULT.is_secret_field(name)
     for name in ("password", "api_key", "pin", "session_key", "otp_secret", "token"):
         assert DEFAULT.is_secret_field(name)
-    assert DEFAULT.mask({"code": "FR", "key": "theme", "secret_key": "x"}) == {
+    state = {
         "code": "FR",
-        "key": "theme",
+        "key": "site.theme",
+        "sku": {"code": "SKU-2024-001"},
+        "token_row": {"key": "9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b", "user": 7},
+        "grant": {"code": "SplxlOBeZQQYbYS6WxSbIA"},
+        "secret_key": "x",
+    }
+    assert DEFAULT.mask(state) == {
+        "code": "FR",
+        "key": "site.theme",
+        "sku": {"code": "SKU-2024-001"},
+        "token_row": {"key": F, "user": 7},
+        "grant": {"code": F},
         "secret_key": F,
     }
+    changes = {"key": {"before": None, "after": "9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b"}}
+    assert DEFAULT.mask_diff(changes) == {"key": {"before": F, "after": F}}
+    assert DEFAULT.mask_diff({"code": {"before": "FR", "after": "DE"}})["code"]["after"] == "DE"
+    # Advisory details: a rule's own "key" (the performer or IP a burst is about) stays.
+    details = {"by": "performer", "key": "3f2b9c1e-7d4a-4b8e-9f00-1a2b3c4d5e6f"}
+    assert DEFAULT.mask(details, ambiguous=False) is details
+    assert looks_like_credential("9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b")
+    for value in ("FR", "site.theme", "abcdefghijklmnopqrstuvwxyz", "1234567890123456789", 42):
+        assert not looks_like_credential(value)
 
 
 def test_added_names_apply_everywhere() -> None:

@@ -69,6 +69,7 @@ __all__ = [
     "Redactor",
     "header_refused",
     "key_names",
+    "looks_like_credential",
     "normalise_name",
 ]
 
@@ -334,9 +335,15 @@ class Redactor:
 
     # -- records ------------------------------------------------------------------
 
-    def mask(self, value: Any, _depth: int = 0) -> Any:
+    def mask(self, value: Any, ambiguous: bool = True, _depth: int = 0) -> Any:
         """A JSON-like value with each secret field's value ``[Filtered]`` at any
-        depth and every string scrubbed; the same object when nothing changed."""
+        depth and every string scrubbed; the same object when nothing changed.
+
+        ``ambiguous``: a ``code`` or ``key`` field (an identifier in most records,
+        a credential in some: an API token's key, an OAuth grant's code) is
+        filtered when its value looks like a credential (see
+        :func:`looks_like_credential`).
+        """
         if isinstance(value, str):
             return self._scrub(value, False, 0) if value else value
         if _depth > _MAX_DEPTH and isinstance(value, (Mapping, list, tuple)):
@@ -345,15 +352,15 @@ class Redactor:
             changed = False
             out: dict[Any, Any] = {}
             for k, v in value.items():
-                if isinstance(k, str) and self.is_secret_field(k):
+                if isinstance(k, str) and self._masked_field(k, ambiguous, (v,)):
                     new: Any = FILTERED
                 else:
-                    new = self.mask(v, _depth + 1)
+                    new = self.mask(v, ambiguous, _depth + 1)
                 changed = changed or new is not v
                 out[k] = new
             return out if changed else value
         if isinstance(value, (list, tuple)):
-            items = [self.mask(v, _depth + 1) for v in value]
+            items = [self.mask(v, ambiguous, _depth + 1) for v in value]
             if all(a is b for a, b in zip(items, value, strict=True)):
                 return value
             return items
@@ -366,15 +373,35 @@ class Redactor:
         out: dict[str, Any] = {}
         changed = False
         for name, change in changes.items():
-            if isinstance(name, str) and self.is_secret_field(name):
+            sides = tuple(change.values()) if isinstance(change, Mapping) else (change,)
+            if isinstance(name, str) and self._masked_field(name, True, sides):
                 new: Any = (
                     dict.fromkeys(change, FILTERED) if isinstance(change, Mapping) else FILTERED
                 )
             else:
-                new = self.mask(change, 1)
+                new = self.mask(change, True, 1)
             changed = changed or new is not change
             out[name] = new
         return out if changed else changes
+
+    def _masked_field(self, name: str, ambiguous: bool, values: tuple[Any, ...]) -> bool:
+        if self.is_secret_field(name):
+            return True
+        return (
+            ambiguous
+            and self.is_secret(name)  # a name secret in URLs only: code, key
+            and any(looks_like_credential(v) for v in values)
+        )
+
+
+# 16 or more characters, no space, letters and digits both: a token's shape
+# (a DRF token key, an OAuth code), not a country code, a SKU or a settings key.
+_CREDENTIAL_SHAPE = re.compile(r"(?=\S*\d)(?=\S*[^\W\d_])\S{16,}")
+
+
+def looks_like_credential(value: Any) -> bool:
+    """True for a string shaped like a generated credential."""
+    return isinstance(value, str) and _CREDENTIAL_SHAPE.fullmatch(value) is not None
 
 
 #: The default rules, no names added.
