@@ -117,8 +117,8 @@ class Redactor:
         return got
 
     def is_secret_field(self, name: str) -> bool:
-        """True when a record's field ``name`` holds a secret (``code`` and ``key``
-        are identifiers there, see :data:`URL_ONLY_NAMES`)."""
+        """True when a record's field ``name`` holds a secret, whatever its value
+        (``code`` and ``key`` only by their value there: :data:`URL_ONLY_NAMES`)."""
         got = self._fields.get(name)
         if got is None:
             got = self._match(name, self._field_exact)

@@ -47,9 +47,10 @@ SUFFIX_NAMES = (
 )  # fmt: skip
 #: Matched anywhere in a segment (``password_confirmation``, ``new_password1``).
 CONTAINS_NAMES = ("password", "passwd", "passphrase")
-#: Secret in URLs and text (``?code=`` is an OAuth code, ``?key=`` an API key),
-#: but not as the field name of a stored record, where ``code`` and ``key`` are
-#: overwhelmingly identifiers (a country code, a key/value table's key).
+#: Secret in URLs and text (``?code=`` is an OAuth code, ``?key=`` an API key).
+#: As the field name of a stored record they are mostly identifiers (a country
+#: code, a key/value table's key): there, only a value shaped like a generated
+#: credential is filtered (``Redactor.mask``).
 URL_ONLY_NAMES = frozenset({"code", "key"})
 #: In free text, the value of these runs to the end of the line
 #: (``Authorization: Digest a="1", b="2"``, ``Cookie: a=1; b=2``).
