@@ -65,6 +65,7 @@ NOT_SECRET_KEYS = [
     "keyword", "sort_key", "cache_key", "signup", "sigma", "side", "inside", "sidebar",
     "author", "authority", "codec", "zipcode", "country_code", "encode", "passage", "compass",
     "bypass", "secretary", "tokenizer", "token_type", "expires_in", "session_count",
+    "cookie_consent",
     "sessions", "page", "sort", "q", "state", "next", "redirect", "redirect_uri", "email",
     "user", "name", "id", "lang", "utm_source", "access_token_expires_at", "a[0]", "",
     "%", "%%", "[]", "...",
