@@ -19,14 +19,15 @@ from .enrich.clientip import ProxyTrust
 from .enrich.geo import GeoResolver
 from .enrich.useragent import UserAgentParser
 from .errors import LezaConfigError
-from .events import SEVERITIES, AdvisoryEvent, AuditEvent, Event, LogEvent
+from .events import SEVERITIES, AdvisoryEvent, AuditEvent, CheckEvent, Event, LogEvent
 from .logs import LezaLogHandler
 from .notify import Notification, Notify
 from .performer import Performer, coerce_performer
 from .permissions import Permissions
-from .privacy import ForgetReport, Privacy, scrub_log_text
+from .privacy import ForgetReport, Privacy
 from .query import Query
 from .recorder import Recorder
+from .redact import Redactor
 from .request_path import is_priority
 from .sessions.cookies import CookieJar, Keyring
 from .sessions.registry import Sessions
@@ -108,13 +109,15 @@ class Leza:
         self.geo: GeoResolver = resolver
         self.user_agents = UserAgentParser()
         self.keyring = Keyring(settings.secret_key)
+        # Secret names (leza_middleware.redact's list plus the deployment's), for everything stored.
+        self.redactor = Redactor([*settings.redact_query_keys, *settings.audit_mask])
         # IP anonymisation (keyed with secret_key), retention, erasure.
         self.privacy = Privacy(self)
         self.enricher = AccessEnricher(
             user_agents=self.user_agents,
             geo=self.geo,
             proxies=self.proxies,
-            redact_keys=settings.redact_query_keys,
+            redactor=self.redactor,
             app_name=settings.app_name,
             anonymize_ip=self.privacy.access_anonymizer(),
         )
@@ -194,9 +197,13 @@ class Leza:
             return item
         if type(item) is LogEvent:
             # An app that logs a URL or a header dict would store its secrets.
-            item.message = scrub_log_text(item.message)
+            scrub = self.redactor.scrub_text
+            item.message = scrub(item.message)
             if item.exception:
-                item.exception = scrub_log_text(item.exception)
+                item.exception = scrub(item.exception)
+            return item
+        if type(item) is CheckEvent and item.error:
+            item.error = self.redactor.scrub_text(item.error)  # an error can quote a URL
             return item
         if isinstance(item, Event):
             return item
@@ -216,11 +223,20 @@ class Leza:
             # so its derived session_start would be a second sighting of it.
             found = engine.process(events)
             if found:
+                self._scrub_advisories(found)
                 if privacy.anonymizers:
                     privacy.derived(found)  # before the notifiers see them too
                 derived.extend(found)
                 self._notify_advisories(found)
         return derived
+
+    def _scrub_advisories(self, found: list[AdvisoryEvent]) -> None:
+        """A rule's message and details are text it wrote, perhaps quoting what it
+        saw: filtered like everything else stored (before the notifiers see them)."""
+        redactor = self.redactor
+        for advisory in found:
+            advisory.message = redactor.scrub_text(advisory.message)
+            advisory.details = redactor.mask(advisory.details, ambiguous=False)
 
     def _notify_advisories(self, found: list[AdvisoryEvent]) -> None:
         """Send the advisories at or above ``advisory_notify`` to the notifiers.
