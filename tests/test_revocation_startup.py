@@ -497,3 +497,320 @@ def test_a_blocklist_not_refreshed_within_the_staleness_bound_is_unknown(
             conn.execute(f"ALTER SCHEMA {schema}_away RENAME TO {schema}")
     assert wait_for(lambda: app.get("/", cookie).status_code == 200, 10)
     assert app.leza.stats()["revocations"]["state"] == "loaded"
+
+
+# ============================================================================= real servers
+
+HERE = Path(__file__).resolve().parent
+SERVER_SECRET = "revocation-server-secret-0123456789"
+
+# kind: (command after ``python -m``, the session cookie's name)
+GUNICORN_APPS = {
+    "gunicorn-flask": ("sync", "revocation_apps:flask_app"),
+    "gunicorn-django": ("sync", "revocation_apps:django_app"),
+    "gunicorn-starlette": ("uvicorn_worker.UvicornWorker", "revocation_apps:starlette_app"),
+}
+
+
+def _gunicorn_supports(option: str) -> bool:
+    import importlib
+
+    config = importlib.import_module("gunicorn.config")
+    return any(option in (s.cli or ()) for s in config.KNOWN_SETTINGS)
+
+
+class Server:
+    """A server process on a socket the test bound: the first request waits in
+    its backlog until the server accepts it, so nothing (no readiness probe)
+    reaches the server before the request a test sends first."""
+
+    def __init__(
+        self, tmp_path: Path, kind: str, storage: str, name: str, *, workers: int = 1,
+        preload: bool = False, env: dict[str, str] | None = None, log_level: str = "warning",
+    ) -> None:  # fmt: skip
+        import socket
+        import subprocess
+        import sys
+
+        self.kind = kind
+        self.cookie_name = "sessionid" if kind == "gunicorn-django" else "leza_sid"
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=256)
+        self.port: int = self.listener.getsockname()[1]
+        fd = self.listener.fileno()
+        if kind.startswith("uvicorn"):
+            cmd = ["uvicorn", "revocation_apps:starlette_app", "--fd", str(fd),
+                   "--log-level", log_level]  # fmt: skip
+            if kind == "uvicorn-no-lifespan":
+                cmd += ["--lifespan", "off"]
+        else:
+            pytest.importorskip("gunicorn", reason="gunicorn is in the test extra")
+            worker_class, app = GUNICORN_APPS[kind]
+            if worker_class.startswith("uvicorn_worker"):
+                pytest.importorskip("uvicorn_worker", reason="uvicorn-worker is in the test extra")
+            cmd = ["gunicorn", app, "--bind", f"fd://{fd}", "--workers", str(workers),
+                   "--worker-class", worker_class, "--graceful-timeout", "10",
+                   "--log-level", log_level]  # fmt: skip
+            if preload:
+                cmd.append("--preload")
+            if _gunicorn_supports("--no-control-socket"):
+                cmd.append("--no-control-socket")
+        full_env = dict(os.environ)
+        full_env.update(
+            LEZA_STORAGE=storage,
+            LEZA_SPILL_DIR=str(tmp_path / f"spill-{name}"),
+            LEZA_SECRET_KEY=SERVER_SECRET,
+            LEZA_GEOIP_DB="off",
+            LEZA_FLUSH_INTERVAL="0.2",
+            DJANGO_SETTINGS_MODULE="revocation_apps",
+            PYTHONPATH=os.pathsep.join([str(HERE), full_env.get("PYTHONPATH", "")]),
+            **(env or {}),
+        )
+        self.log = tmp_path / f"{name}.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", *cmd], env=full_env, cwd=tmp_path, stdout=out,
+                stderr=subprocess.STDOUT, pass_fds=(fd,),
+            )  # fmt: skip
+
+    def get(self, path: str = "/", cookie: str | None = None) -> httpx.Response:
+        """One request on a connection of its own (so gunicorn spreads them over workers)."""
+        headers = {"Connection": "close"}
+        if cookie is not None:
+            headers["Cookie"] = f"{self.cookie_name}={cookie}"
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}{path}", headers=headers, timeout=30)
+        except httpx.TransportError:
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.kind} exited with {self.proc.returncode}:\n{self.output()}")
+            raise
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM): the recorder writes its queue."""
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        # uvicorn re-raises the SIGTERM it handled once it has shut down
+        assert self.proc.wait(30) in (0, -signal.SIGTERM), self.output()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.listener.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def serving(tmp_path: Path, kind: str, storage: str, name: str, **kwargs: Any) -> Iterator[Server]:
+    server = Server(tmp_path, kind, storage, name, **kwargs)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def cli(storage: str, *args: str) -> str:
+    """``leza …`` in a process of its own (as an operator runs it)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LEZA_SECRET_KEY": SERVER_SECRET, "LEZA_GEOIP_DB": "off"}
+    done = subprocess.run(
+        [sys.executable, "-m", "leza_middleware", *args, "--storage", storage],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def sign_in_and_stop(tmp_path: Path, kind: str, storage: str) -> str:
+    """Sign alice in on a server, then stop it (its events are written): the cookie."""
+    with serving(tmp_path, kind, storage, "sign-in") as server:
+        login = server.get("/login")
+        assert login.status_code == 200, server.output()
+        cookie = login.cookies[server.cookie_name]
+        assert server.get("/", cookie).status_code == 200
+        # Written by the recorder's periodic flush (without lifespan, uvicorn's
+        # SIGTERM ends the process before any other flush).
+        reader = Leza(storage=storage, geoip_db=False, secret_key=SERVER_SECRET)
+        try:
+            assert wait_for(lambda: len(reader.sessions.active()) == 1, 10), server.output()
+        finally:
+            reader.shutdown(timeout=2)
+        server.stop()
+    return cookie
+
+
+def revoke_with_the_cli(storage: str) -> str:
+    """``leza sessions --active`` then ``leza revoke ID``: the session revoked."""
+    import json
+
+    [line] = cli(storage, "sessions", "--active", "--format", "jsonl").splitlines()
+    session_id: str = json.loads(line)["_id"]
+    assert f"revoked session {session_id}" in cli(storage, "revoke", session_id)
+    return session_id
+
+
+def stored_reason(storage: str, request_id: str) -> str | None:
+    """The reason stored with a request's access event (waiting for the server's
+    periodic flush to write it)."""
+    reader = Leza(storage=storage, geoip_db=False, secret_key=SERVER_SECRET)
+    found: list[dict[str, Any]] = []
+
+    def stored() -> bool:
+        found[:] = [e for e in reader.query.access(limit=1000) if e["request_id"] == request_id]
+        return bool(found)
+
+    try:
+        return found[0]["reason"] if wait_for(stored, 10) else None
+    finally:
+        reader.shutdown(timeout=2)
+
+
+def leza_lines(output: str, text: str) -> list[str]:
+    return [line for line in output.splitlines() if text in line]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kind", "storage_url"),
+    [
+        *((kind, db) for kind in ("uvicorn", "gunicorn-flask", "gunicorn-django")
+          for db in ("sqlite", "postgres")),
+        ("uvicorn-no-lifespan", "sqlite"),  # no lifespan: the first request loads
+    ],
+    indirect=["storage_url"],
+)  # fmt: skip
+def test_a_restarted_server_refuses_a_revoked_cookie_on_its_very_first_request(
+    tmp_path: Path, storage_url: str, kind: str
+) -> None:
+    """The probe of issue 13: sign in, copy the cookie, revoke, restart, replay."""
+    cookie = sign_in_and_stop(tmp_path, kind, storage_url)
+    revoke_with_the_cli(storage_url)
+    with serving(tmp_path, kind, storage_url, "restarted") as server:
+        first = server.get("/", cookie)  # the very first request the new process serves
+        assert first.status_code == 401, server.output()
+        assert first.headers["x-leza-pid"]  # answered by the app's revoked_response hook
+        stats = server.get("/stats").json()
+        assert (stats["state"], stats["loads"], stats["refused_unknown"]) == ("loaded", 1, 0)
+        assert server.get("/").status_code == 200  # no cookie: served
+        assert stored_reason(storage_url, first.headers["x-request-id"]) == REVOKED_REASON
+        server.stop()
+        output = server.output()
+    assert not leza_lines(output, "leza:"), output
+
+
+def _send_until_every_worker_answered(server: Server, cookie: str, workers: int) -> list[Any]:
+    """Replays of ``cookie`` over fresh connections, 8 at a time, until ``workers``
+    distinct pids have refused one; every response."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    responses: list[Any] = []
+    deadline = time.monotonic() + 60
+    with ThreadPoolExecutor(8) as pool:
+        while len({r.headers.get("x-leza-pid") for r in responses}) < workers:
+            assert time.monotonic() < deadline, f"not every worker answered:\n{server.output()}"
+            responses += pool.map(lambda _: server.get("/", cookie), range(16))
+    return responses
+
+
+@pytest.mark.slow
+@pytest.mark.both_databases
+@pytest.mark.parametrize("kind", ["gunicorn-flask", "gunicorn-starlette"])
+def test_every_preloaded_worker_refuses_the_revoked_cookie_on_its_first_request(
+    tmp_path: Path, storage_url: str, kind: str
+) -> None:
+    """gunicorn --preload, 4 workers forked from a master that has loaded the
+    blocklist itself (the app decided a session when it was built)."""
+    import re
+
+    workers = 4
+    cookie = sign_in_and_stop(tmp_path, "gunicorn-flask" if kind == "gunicorn-flask" else "uvicorn",
+                              storage_url)  # fmt: skip
+    async_workers = kind == "gunicorn-starlette"
+    if async_workers:
+        # Their lifespan startup loads the blocklist at boot: revoked before they start.
+        revoke_with_the_cli(storage_url)
+    env = {"REVOCATION_TEST_WARM_MASTER": "1"}
+    with serving(tmp_path, kind, storage_url, "preload", workers=workers, preload=True, env=env,
+                 log_level="info") as server:  # fmt: skip
+        booted = lambda: len(re.findall(r"Booting worker with pid", server.output()))  # noqa: E731
+        assert wait_for(lambda: booted() == workers, 60), server.output()
+        if not async_workers:
+            # Revoked after the master loaded its blocklist and forked: a worker
+            # trusting what it inherited would serve the cookie.
+            revoke_with_the_cli(storage_url)
+        responses = _send_until_every_worker_answered(server, cookie, workers)
+        server.stop()
+        output = server.output()
+    assert {r.status_code for r in responses} == {401}, output
+    pids = {int(r.headers["x-leza-pid"]) for r in responses}
+    assert len(pids) == workers
+    assert server.proc.pid not in pids  # the master serves nothing
+    assert not leza_lines(output, "leza:"), output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["refuse", "allow"])
+def test_a_server_started_while_storage_is_down(tmp_path: Path, policy: str) -> None:
+    """PostgreSQL on a closed port: requests carrying a session cookie are refused
+    (or served, with revocation_unknown=allow), counted, and logged once."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    storage = f"postgresql+psycopg://leza@127.0.0.1:{port}/leza"
+    env = {"LEZA_REVOCATION_UNKNOWN": policy}
+    with serving(tmp_path, "uvicorn", storage, "down", env=env) as server:
+        statuses = [server.get("/", f"browser-{i}-session-key-0123").status_code for i in range(5)]
+        assert server.get("/").status_code == 200  # no session cookie: never affected
+        stats = server.get("/stats").json()
+        server.stop()
+        output = server.output()
+    if policy == "refuse":
+        assert statuses == [401] * 5
+        assert (stats["refused_unknown"], stats["allowed_unknown"]) == (5, 0)
+    else:
+        assert statuses == [200] * 5
+        assert (stats["refused_unknown"], stats["allowed_unknown"]) == (0, 5)
+    assert stats["state"] in ("unknown", "loading")
+    assert stats["load_failures"] >= 1
+    [warning] = leza_lines(output, "revoked sessions could not be loaded")
+    assert f"revocation_unknown='{policy}'" in warning
+
+
+@pytest.mark.slow
+def test_a_server_recovers_without_a_restart_when_storage_comes_back(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The database does not exist yet when the server starts; once it is
+    created, cookie-bearing requests are served again, without a restart."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"leza_rev_{uuid.uuid4().hex[:10]}"
+    storage = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    admin = pg_dsn(postgres_url)
+    cookie = "a-browser-session-key-0123456789"
+    env = {"LEZA_SESSION_POLL_INTERVAL": "0.3"}
+    try:
+        with serving(tmp_path, "gunicorn-flask", storage, "comes-back", env=env) as server:
+            assert server.get("/", cookie).status_code == 401
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {name}")
+            assert wait_for(lambda: server.get("/", cookie).status_code == 200, 30), server.output()
+            stats = server.get("/stats").json()
+            server.stop()
+            output = server.output()
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    assert stats["state"] == "loaded"
+    assert stats["refused_unknown"] >= 1
+    assert len(leza_lines(output, "revoked sessions could not be loaded")) == 1
+    assert len(leza_lines(output, "revoked sessions loaded from storage again")) == 1
