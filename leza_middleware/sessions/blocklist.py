@@ -300,8 +300,7 @@ class Blocklist:
 
     def _read_ended(self, since: int) -> tuple[list[str], list[str]]:
         """Every session ended at or after ``since`` (µs), page by page."""
-        self._leza.query._ensure_ready()
-        query = self._leza.storage.query
+        query = self._leza.storage.query  # (a SQL storage sets itself up on first use)
         blocked: list[str] = []
         timed_out: list[str] = []
         enforce = self.enforce_timeouts
