@@ -325,6 +325,44 @@ def test_a_forked_child_loads_again_before_deciding(
     assert report == "not loaded 401"
 
 
+@on_postgres
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_waits_for_a_load_in_flight(
+    app_for: Callable[..., App], make_leza: Any, storage_url: str
+) -> None:
+    """The load's thread may hold an import lock or the driver's: a fork waits
+    (at most 2 s) for it to finish; the child then loads on its own."""
+    cookie, session_id = sign_in(app_for("wsgi"))
+    assert make_leza(secret_key=SECRET, geoip_db=False).sessions.revoke(session_id)
+    app = app_for("wsgi")
+    with session_table_locked(storage_url) as release:
+        app.leza.sessions.prefetch()
+        assert app.leza.stats()["revocations"]["state"] == "loading"
+        threading.Timer(0.5, release).start()
+        r, w = os.pipe()
+        t0 = time.monotonic()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads (3.12+)
+            pid = os.fork()
+        if pid == 0:  # child: must never return into pytest
+            code = 1
+            try:
+                os.close(r)
+                os.write(w, str(app.get("/", cookie).status_code).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        forked_after = time.monotonic() - t0
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        child_status = f.read().decode()
+    _, wait_status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(wait_status) == 0
+    assert 0.4 <= forked_after < 2.5  # waited for the parent's load to finish
+    assert app.leza.stats()["revocations"]["state"] == "loaded"
+    assert child_status == "401"  # the child's own load, after the fork
+
+
 # ----------------------------------------------------------------------------- many ended sessions
 
 

@@ -35,8 +35,10 @@ import asyncio
 import concurrent.futures
 import logging
 import math
+import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -84,6 +86,7 @@ class Blocklist:
         self.memory_us = int(memory * 1_000_000)
         self.enforce_timeouts = s.enforce_session_timeouts
         self._reset()
+        _live.add(self)
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
@@ -341,6 +344,25 @@ class Blocklist:
                 "refused_unknown": self.refused_unknown,
                 "allowed_unknown": self.allowed_unknown,
             }
+
+
+# Every blocklist, so a fork can wait for the loads in flight.
+_live: weakref.WeakSet[Blocklist] = weakref.WeakSet()
+_FORK_WAIT = 2.0  # seconds a fork waits at most (storage hanging mid-load)
+
+
+def _before_fork() -> None:
+    """A load's thread may be inside an import or a database driver's lock, which
+    a child forked then would inherit held by a thread it does not have: let the
+    loads in flight finish first (briefly). The child loads again anyway."""
+    deadline = monotonic() + _FORK_WAIT
+    for blocklist in list(_live):
+        load = blocklist._load
+        if load is not None and not load.done():
+            concurrent.futures.wait((load,), max(0.0, deadline - monotonic()))
+
+
+os.register_at_fork(before=_before_fork)
 
 
 async def _wait(load: _Load[bool], timeout: float) -> None:
