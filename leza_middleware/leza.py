@@ -373,6 +373,8 @@ class Leza:
         out["notify"] = self.notify.stats()
         out["logs"] = _sum_stats(h.stats() for h in self._log_handlers)
         out["advisories"] = None if self.advisories is None else self.advisories.stats()
+        # The blocklist of ended sessions: loaded or not, requests decided without it.
+        out["revocations"] = self.sessions.blocklist.stats()
         monitor = self.availability.monitor
         out["availability"] = {
             "checks": len(monitor.checks()),
