@@ -81,6 +81,7 @@ FIRST_TABLES = (
 NEW_TABLES = ("leza_advisory", "leza_audit_purge", "leza_audit_redaction", "leza_check", "leza_log")
 # 0004's rollups: backfilled from the access rows (tests/test_rollups.py checks the numbers).
 TRAFFIC_TABLES = ("leza_traffic_hour", "leza_traffic_minute")
+TRAFFIC_MARK = "leza_traffic_mark"
 CHROME_UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
     "(KHTML, like Gecko) Chrome/91.0.4472.124 Safari/537.36"
@@ -817,7 +818,7 @@ def test_migrating_twice_is_a_no_op(storage_url: str, capsys: pytest.CaptureFixt
     url = storage_url
     assert migrate(url) == MigrationResult(before=None, after=HEAD)
     reflected = shape(url)
-    assert set(reflected) == {*FIRST_TABLES, *NEW_TABLES, *TRAFFIC_TABLES}
+    assert set(reflected) == {*FIRST_TABLES, *NEW_TABLES, *TRAFFIC_TABLES, TRAFFIC_MARK}
     again = migrate(url)
     assert again == MigrationResult(before=HEAD, after=HEAD)
     assert not again.changed

@@ -94,7 +94,15 @@ class Database:
         return self._select("select id, request_id from leza_access")
 
     def rollups(self) -> dict[str, list[tuple[str, str]]]:
-        """Per rollup table: (method, route, requests) summed over its buckets, as text."""
+        """Per rollup table: (method, route, requests) summed over its buckets, as
+        text; the hours summed first (as the recorder does each minute)."""
+        from leza_middleware.storage import SQLStorage
+
+        storage = SQLStorage(self.url)
+        try:
+            storage.settle_traffic(time.time_ns() // 1000 + 2 * 3_600_000_000)
+        finally:
+            storage.close()
         return {
             table: self._select(
                 f"select method || ' ' || route, cast(sum(requests) as varchar(20)) "

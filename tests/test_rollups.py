@@ -74,6 +74,7 @@ from leza_middleware.storage import (
 )
 from leza_middleware.storage.migrate import migrate
 from leza_middleware.storage.models import access_table
+from leza_middleware.storage.sql_rollups import SETTLE_GRACE
 
 MINUTE = 60_000_000
 HOUR = 60 * MINUTE
@@ -281,9 +282,12 @@ def test_traffic_through_a_real_app_equals_the_raw_rows(make_leza: Any, storage_
         wide = storage.traffic(start - 2 * DAY, end + DAY, bucket)
         assert wide.totals == t.totals
         assert by_endpoint(wide) == endpoints
-        assert len(wide.series) == len(range(
-            (start - 2 * DAY) - (start - 2 * DAY) % (bucket * 10**6), end + DAY + MINUTE,
-            bucket * 10**6))  # fmt: skip
+        since, until, step = start - 2 * DAY, end + DAY, bucket * 10**6
+        assert (wide.since_us, wide.until_us) == (
+            since - since % MINUTE,
+            until - until % MINUTE + MINUTE,
+        )
+        assert [b for b, _ in wide.series] == list(range(since - since % step, wide.until_us, step))
 
     # The slow endpoint's p95 is within one histogram bucket of the true p95.
     slow = next(e for e in t.endpoints if e.route == "/slow/{ms}")
@@ -325,6 +329,95 @@ def test_a_batch_written_twice_or_half_stored_counts_once(storage_url: str) -> N
         assert t.totals.requests == 400 == sql_count(storage_url)
         assert_exact(storage, t)
         assert by_endpoint(t)["GET", "/other"]["requests"] == 100
+    finally:
+        storage.close()
+
+
+def _sums_by_hour(url: str) -> tuple[dict[Any, Any], dict[Any, Any]]:
+    """Every column of the minute table summed by hour and endpoint, and the hour table."""
+    from leza_middleware.storage.models import TRAFFIC_COLUMNS
+
+    values = TRAFFIC_COLUMNS[3:]
+    sums = ", ".join(f"MAX({c})" if c == "last_seen" else f"SUM({c})" for c in values)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            minutes = conn.exec_driver_sql(
+                f"SELECT (ts / {HOUR}) * {HOUR}, method, route, {sums} FROM leza_traffic_minute "
+                "GROUP BY 1, 2, 3"
+            ).all()
+            hours = conn.exec_driver_sql(
+                f"SELECT ts, method, route, {', '.join(values)} FROM leza_traffic_hour"
+            ).all()
+    finally:
+        engine.dispose()
+
+    def keyed(rows: Any) -> dict[Any, Any]:
+        return {tuple(r[:3]): tuple(int(x) for x in r[3:]) for r in rows}
+
+    return keyed(minutes), keyed(hours)
+
+
+@pytest.mark.both_databases
+def test_hours_summed_while_late_batches_land_lose_nothing(storage_url: str) -> None:
+    """Writers add to minutes of past hours while the hours are being summed and
+    the mark moves hour by hour: every minute reaches its hour row exactly once."""
+    import random
+    import threading
+
+    now = now_us()
+    base = now - now % HOUR - 48 * HOUR
+    errors: list[BaseException] = []
+
+    def writer(seed: int) -> None:
+        rng = random.Random(seed)
+        storage = SQLStorage(storage_url)
+        try:
+            for _ in range(30):
+                batch = [
+                    event(
+                        base + rng.randrange(48 * HOUR),
+                        route=f"/r{rng.randrange(3)}",
+                        duration_us=rng.randrange(1, 3_000_000),
+                    )
+                    for _ in range(40)
+                ]
+                storage.write(batch)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            storage.close()
+
+    def settler() -> None:
+        storage = SQLStorage(storage_url)
+        try:
+            for h in range(1, 49):
+                storage.settle_traffic(base + h * HOUR + SETTLE_GRACE)
+                time.sleep(0.005)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            storage.close()
+
+    made = SQLStorage(storage_url)
+    made.setup()
+    made.close()
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
+    threads.append(threading.Thread(target=settler))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    storage = SQLStorage(storage_url)
+    try:
+        storage.settle_traffic(now + HOUR)  # the hours the settler had not reached
+        minutes, hours = _sums_by_hour(storage_url)
+        assert hours == minutes
+        assert sum(v[0] for v in hours.values()) == 3 * 30 * 40 == sql_count(storage_url)
+        assert storage.settle_traffic(now + HOUR) == 0  # done: nothing moves
+        t = storage.traffic(base, now, 3600)
+        assert_exact(storage, t)
     finally:
         storage.close()
 
@@ -420,6 +513,7 @@ def test_purging_raw_events_keeps_the_rollups_and_rollup_retention_purges_old_ho
         + [event(older + i, route="/ancient") for i in range(20)]
         + [event(now - i, route="/new", status=404, outcome="failure") for i in range(7)]
     )
+    assert storage.settle_traffic() > 0  # their hours summed (the recorder does it each minute)
     before = storage.traffic(old - HOUR, old + HOUR, 60)
     assert before.totals.requests == 500
     ancient = storage.traffic(older - HOUR, older + HOUR, 3600)

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from operator import add
+from typing import Any, ClassVar
 
 from ..errors import LezaError
 
@@ -284,38 +285,29 @@ def counts_of(vector: Sequence[int]) -> TrafficCounts:
     )  # fmt: skip
 
 
-def add_into(acc: list[int], vector: Sequence[int]) -> None:
-    """Add a rollup vector into ``acc`` (sums; the newest ``last_seen``)."""
-    for i in range(LAST_SEEN):
-        acc[i] += int(vector[i])
-    last = int(vector[LAST_SEEN])
-    if last > acc[LAST_SEEN]:
-        acc[LAST_SEEN] = last
-    for i in range(HIST, VECTOR):
-        acc[i] += int(vector[i])
+def _add(acc: list[int] | None, vector: list[int]) -> list[int]:
+    """``acc + vector`` (sums; the newest ``last_seen``), C-level list operations."""
+    if acc is None:
+        return vector
+    out = list(map(add, acc, vector))
+    out[LAST_SEEN] = max(acc[LAST_SEEN], vector[LAST_SEEN])
+    return out
 
 
 def build_traffic(
-    rows: Iterable[tuple[int, str, str, Sequence[int]]], start: int, end: int, step: int
+    rows: Iterable[tuple[int, str, str, Sequence[Any]]], start: int, end: int, step: int
 ) -> Traffic:
     """A :class:`Traffic` from grouped rollup rows ``(bucket start µs, method, route,
     vector)`` covering ``[start, end)`` (a bucket and endpoint may repeat: they add up)."""
     by_bucket: dict[int, list[int]] = {}
     by_endpoint: dict[tuple[str, str], list[int]] = {}
-    total = [0] * VECTOR
-    for bucket, method, route, vector in rows:
-        add_into(total, vector)
-        acc = by_bucket.get(bucket)
-        if acc is None:
-            acc = by_bucket[bucket] = [0] * VECTOR
-            acc[LAST_SEEN] = -(2**63)
-        add_into(acc, vector)
+    total: list[int] | None = None
+    for bucket, method, route, values in rows:
+        vector = list(map(int, values))  # a database may hand sums back as Decimal
+        total = _add(total, vector)
+        by_bucket[bucket] = _add(by_bucket.get(bucket), vector)
         key = (method, route)
-        acc = by_endpoint.get(key)
-        if acc is None:
-            acc = by_endpoint[key] = [0] * VECTOR
-            acc[LAST_SEEN] = -(2**63)
-        add_into(acc, vector)
+        by_endpoint[key] = _add(by_endpoint.get(key), vector)
     zero = TrafficCounts.ZERO
     first = start - start % step
     series = []
@@ -328,4 +320,5 @@ def build_traffic(
         if v[0] > 0
     ]
     endpoints.sort(key=lambda e: (-e.counts.requests, e.method, e.route))
-    return Traffic(start, end, step // 1_000_000, counts_of(total), series, endpoints)
+    totals = zero if total is None else counts_of(total)
+    return Traffic(start, end, step // 1_000_000, totals, series, endpoints)

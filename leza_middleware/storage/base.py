@@ -136,6 +136,12 @@ class Storage(abc.ABC):
             "keeps them (SQL or memory)"
         )
 
+    def settle_traffic(self, now_us: int | None = None) -> int:
+        """Periodic upkeep of the rollups, called by the recorder thread about
+        once a minute when :attr:`keeps_rollups` (SQL sums past hours' minutes
+        into hour rows). Returns the hours settled; the default does nothing."""
+        return 0
+
     def iter_audit(self) -> Iterator[AuditEvent]:
         """Every audit row, ordered by chain, then seq (for verification)."""
         raise NotImplementedError(f"{type(self).__name__} does not store audit rows")

@@ -36,6 +36,8 @@ from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "TRAFFIC_COLUMNS",
+    "TRAFFIC_HISTOGRAM",
     "AccessRow",
     "AdvisoryRow",
     "AuditCheckpointRow",
@@ -63,6 +65,7 @@ __all__ = [
     "performer_table",
     "session_table",
     "traffic_hour_table",
+    "traffic_mark_table",
     "traffic_minute_table",
     "traffic_tables",
 ]
@@ -408,8 +411,19 @@ def _traffic_table(name: str) -> Table:
     )
 
 
-#: Per-minute rollups: windows up to a few hours, and the edges of longer ones.
+#: Per-minute rollups, written with the events: windows up to a few hours, the
+#: edges of longer ones, and the hours not summed into ``leza_traffic_hour`` yet.
 traffic_minute_table = _traffic_table("leza_traffic_minute")
-#: Per-hour rollups (the same numbers, summed by hour): the whole hours of long windows.
+#: Per-hour rollups: the minutes of each past hour summed once
+#: (``sql_rollups.settle``), read for the whole hours of long windows.
 traffic_hour_table = _traffic_table("leza_traffic_hour")
 traffic_tables = (traffic_minute_table, traffic_hour_table)
+#: One row (``id`` 1): ``hours_until`` (µs, an hour boundary) is where the hour
+#: table stops being complete. Hours before it are summed; a write adding to a
+#: minute before it (a late replay) adds to its hour row too, in its transaction.
+traffic_mark_table = Table(
+    "leza_traffic_mark",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("hours_until", BigInteger, nullable=False),
+)

@@ -24,9 +24,17 @@ from operator import add, floordiv, itemgetter, mul
 from typing import Any
 
 from ..state.labels import method_label, outcome_index, route_label
-from ..state.traffic import HIST, HOUR, LAST_SEEN, LATENCY_BOUNDS_US, MINUTE, VECTOR
+from ..state.traffic import HOUR, LAST_SEEN, LATENCY_BOUNDS_US, MINUTE
 
-__all__ = ["Aggregator", "Increments", "fold_hours", "in_window", "merge_into", "upsert_rows"]
+__all__ = [
+    "Aggregator",
+    "Increments",
+    "add_vector",
+    "fold_hours",
+    "in_window",
+    "merge_into",
+    "upsert_rows",
+]
 
 #: (bucket start µs, method label, route label) -> rollup vector.
 Increments = dict[tuple[int, str, str], list[int]]
@@ -100,32 +108,37 @@ class Aggregator:
             acc[_SUM] += d
             if t > acc[_LAST]:
                 acc[_LAST] = t
+        # Per class: its vector (C-level list operations: a batch may hold a few
+        # hundred classes), then added into its (minute, method, route) row.
         out: Increments = {}
         classes = self._classes
+        minute = lo - lo % MINUTE
         for key, acc in accs.items():
             if one_minute:
-                minute, cid = lo - lo % MINUTE, key
+                cid = key
             else:
                 minute_no, cid = divmod(key, _SHIFT)
                 minute = minute_no * MINUTE
             method, route, outcome, login, failure = classes[cid]
+            hist = acc[:_NB]
+            n = sum(hist)
+            vector = [n, 0, 0, 0, 0, n * login, n * failure, acc[_SUM], acc[_LAST], *hist]
+            vector[outcome] = n
             row = out.get((minute, method, route))
             if row is None:
-                row = out[minute, method, route] = [0] * VECTOR
-                row[LAST_SEEN] = acc[_LAST]
-            n = sum(acc[:_NB])
-            row[0] += n
-            row[outcome] += n
-            if login:
-                row[5] += n
-            if failure:
-                row[6] += n
-            row[7] += acc[_SUM]
-            if acc[_LAST] > row[LAST_SEEN]:
-                row[LAST_SEEN] = acc[_LAST]
-            for i in range(_NB):
-                row[HIST + i] += acc[i]
+                out[minute, method, route] = vector
+            else:
+                last = max(row[LAST_SEEN], vector[LAST_SEEN])
+                row[:] = map(add, row, vector)
+                row[LAST_SEEN] = last
         return out
+
+
+def add_vector(acc: list[int], vector: Sequence[int]) -> None:
+    """Add a rollup vector into ``acc`` in place: sums, and the newest last seen."""
+    last = max(acc[LAST_SEEN], vector[LAST_SEEN])
+    acc[:] = map(add, acc, vector)
+    acc[LAST_SEEN] = last
 
 
 def fold_hours(minutes: Increments) -> Increments:
@@ -136,13 +149,8 @@ def fold_hours(minutes: Increments) -> Increments:
         acc = out.get(key)
         if acc is None:
             out[key] = list(vector)
-            continue
-        for i in range(VECTOR):
-            if i == LAST_SEEN:
-                if vector[i] > acc[i]:
-                    acc[i] = vector[i]
-            else:
-                acc[i] += vector[i]
+        else:
+            add_vector(acc, vector)
     return out
 
 
@@ -152,13 +160,8 @@ def merge_into(table: dict[tuple[int, str, str], list[int]], increments: Increme
         acc = table.get(key)
         if acc is None:
             table[key] = list(vector)
-            continue
-        for i in range(VECTOR):
-            if i == LAST_SEEN:
-                if vector[i] > acc[i]:
-                    acc[i] = vector[i]
-            else:
-                acc[i] += vector[i]
+        else:
+            add_vector(acc, vector)
 
 
 def upsert_rows(increments: Increments) -> list[tuple[Any, ...]]:

@@ -84,7 +84,15 @@ from .models import (
     session_table,
 )
 from .rollups import Aggregator
-from .sql_rollups import SQLRollups, purge_statements, traffic_from, traffic_statements
+from .sql_rollups import (
+    SQLRollups,
+    create_mark,
+    purge_statements,
+    read_mark,
+    settle,
+    traffic_from,
+    traffic_statements,
+)
 
 __all__ = [
     "KINDS",
@@ -906,11 +914,13 @@ class SQLStorage(Storage):
         self._ready = True
 
     def create_tables(self, conn: Connection) -> None:
-        """``CREATE TABLE / INDEX IF NOT EXISTS`` of every table of the models."""
+        """``CREATE TABLE / INDEX IF NOT EXISTS`` of every table of the models, and
+        the traffic mark's row."""
         for table in metadata.sorted_tables:
             conn.execute(CreateTable(table, if_not_exists=True))
             for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
                 conn.execute(CreateIndex(index, if_not_exists=True))
+        create_mark(conn)
 
     # -- write path
 
@@ -1230,10 +1240,25 @@ class SQLStorage(Storage):
         start, end, step = check_window(since_us, until_us, bucket_seconds)
         if not self._ready:
             self.setup()
-        # The statements cover disjoint time ranges: a batch written between two
-        # of them is counted by one or by none, never twice.
-        results = [self._read(stmt) for stmt in traffic_statements(start, end, step)]
+        if self._read_lock is not None:
+            with self._read_lock, self.engine.connect() as conn:
+                settled = read_mark(conn)
+        else:
+            with self.engine.connect() as conn:
+                settled = read_mark(conn)
+        statements = traffic_statements(start, end, step, settled)
+        results = [self._read(stmt) for stmt in statements]
         return traffic_from(results, start, end, step)
+
+    def settle_traffic(self, now_us: int | None = None) -> int:
+        """Sum the minutes of past hours into ``leza_traffic_hour`` (long windows
+        read those); the recorder calls it every minute. Returns the hours summed."""
+        if not self._ready:
+            self.setup()
+        if self._read_lock is not None:
+            with self._read_lock:
+                return settle(self.engine, now_us)
+        return settle(self.engine, now_us)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:

@@ -3,14 +3,16 @@
 ``leza_traffic_minute`` and ``leza_traffic_hour``: per bucket, method label
 and route label, the request counts by outcome, logins, the duration sum,
 the newest request and a 29-bucket latency histogram (``h00`` … ``h28``).
+``leza_traffic_mark``: where the hour rows stop being complete.
 ``ix_leza_access_route_ts``: ACCESS filtered by endpoint, newest first.
 
 The upgrade backfills the rollups from the access events already stored, so
 STATE shows their history at once: one ``INSERT … SELECT … GROUP BY`` per day
 of events (a bounded amount of work per statement), then the hours from the
-minutes. The labels and buckets are those of ``state/labels.py`` and
-``state/traffic.py`` at this revision, written out here so that later changes
-to that code cannot change what this revision does. On PostgreSQL the access
+minutes, and the mark after the last hour summed. The labels and buckets are
+those of ``state/labels.py`` and ``state/traffic.py`` at this revision,
+written out here so that later changes to that code cannot change what this
+revision does. On PostgreSQL the access
 table is locked against writes (``SHARE``) until the upgrade commits, so no
 event is written between the backfill's reads and the tables' first use:
 writers wait (the recorder's queue holds their events), readers do not.
@@ -48,6 +50,7 @@ _MINUTE = 60_000_000
 _HOUR = 3_600_000_000
 _DAY = 86_400_000_000
 _TABLES = ("leza_traffic_minute", "leza_traffic_hour")
+_MARK = "leza_traffic_mark"
 
 
 def _create(name: str) -> None:
@@ -122,9 +125,15 @@ def _backfill() -> None:
     columns = ", ".join(_COLUMNS)
     into_minutes = f"INSERT INTO leza_traffic_minute ({columns}) "
     into_hours = f"INSERT INTO leza_traffic_hour ({columns}) "
+    # Every hour with events is summed: the mark goes after the last one.
+    mark = (
+        f"INSERT INTO {_MARK} (id, hours_until) "
+        f"SELECT 1, COALESCE({_floor('MAX(ts)', _HOUR)} + {_HOUR}, 0) FROM leza_traffic_minute"
+    )
     if context.is_offline_mode():
         op.execute(into_minutes + _minutes_select(""))
         op.execute(into_hours + _hours_select(""))
+        op.execute(mark)
         return
     conn = op.get_bind()
     if conn.dialect.name == "postgresql":
@@ -140,16 +149,24 @@ def _backfill() -> None:
         conn.execute(minutes, {"lo": lo, "hi": hi})
         conn.execute(hours, {"lo": lo, "hi": hi})
         lo = conn.execute(first, {"lo": hi}).scalar()  # skips days without events
+    conn.execute(sa.text(mark))
 
 
 def upgrade() -> None:
     for name in _TABLES:
         _create(name)
+    op.create_table(
+        _MARK,
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("hours_until", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
     op.create_index("ix_leza_access_route_ts", "leza_access", ["route", "ts"])
     _backfill()
 
 
 def downgrade() -> None:
     op.drop_index("ix_leza_access_route_ts", table_name="leza_access")
+    op.drop_table(_MARK)
     for name in reversed(_TABLES):
         op.drop_table(name)
