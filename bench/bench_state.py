@@ -12,8 +12,9 @@
    methods, logins and failed logins, ~93 % success / 4 % client errors / 2 %
    denied / 1 % server errors, log-normal durations per endpoint from ~1 ms to
    seconds. Rows are built as tuples (no enrichment), sharing a small pool of
-   devices, networks and performers. ``--db PATH`` keeps the file; run again
-   with ``--skip-fill`` to time the reads only.
+   devices, networks and performers. The hours are then summed into hour rows
+   (``settle_traffic()``, which the recorder runs every minute). ``--db PATH``
+   keeps the file; run again with ``--skip-fill`` to time the reads only.
 2. **Reads**: ``storage.traffic()`` (totals, series and the endpoint list) for
    windows ending now: 3 hours (minute buckets), 24 hours (hour buckets), 4 and
    7 days, 30 days (day buckets) and everything. ``--runs`` runs each, the
@@ -29,7 +30,9 @@
    per event.
 
 With ``--postgres URL`` the fill (``--pg-n`` events) and reads also run on
-PostgreSQL in a throw-away schema. Prints numbers; asserts nothing.
+PostgreSQL in a throw-away schema. ``--backfill`` then times migration 0004 on
+the SQLite file (its rollups dropped and rebuilt from the stored events).
+Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
@@ -351,7 +354,7 @@ def postgres_schema(url: str) -> tuple[str, Callable[[], None]]:
     return scoped.render_as_string(hide_password=False), drop
 
 
-def run_on(url: str, n: int, days: float, runs: int, *, skip_fill: bool) -> None:
+def run_on(url: str, n: int, days: float, runs: int, *, skip_fill: bool) -> int:
     storage = SQLStorage(url)
     try:
         end = time.time_ns() // 1000
@@ -362,12 +365,44 @@ def run_on(url: str, n: int, days: float, runs: int, *, skip_fill: bool) -> None
             print(f"filling {storage.describe()} with {n:,} events over {days:g} days …")
             seconds = fill(storage, n, days, end)
             print(f"filled in {seconds:.0f} s ({n / seconds:,.0f} events/s)")
+        # The recorder sums each past hour's minutes a minute after it ends; a
+        # fill this fast leaves them all to sum at once.
+        t0 = time.perf_counter()
+        hours = storage.settle_traffic(end)
+        print(f"settle_traffic(): {hours} hours summed in {time.perf_counter() - t0:.1f} s")
         check(storage, end, days)
         if url.startswith("sqlite"):
             path = make_url(url).database or ""
             size = sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
             print(f"database size {size / 1e9:.2f} GB")
         time_reads(storage, end, runs)
+    finally:
+        storage.close()
+    return end
+
+
+def time_backfill(url: str, end: int, days: float) -> None:
+    """Migration 0004 on a database of this size: the rollups dropped, the schema
+    set back to 0003, then ``migrate()`` (the fill from the stored events)."""
+    from leza_middleware.storage.migrate import migrate
+
+    storage = SQLStorage(url)
+    try:
+        with storage.engine.begin() as conn:
+            for table in ("leza_traffic_minute", "leza_traffic_hour", "leza_traffic_mark"):
+                conn.execute(text(f"DROP TABLE {table}"))
+            conn.execute(text("DROP INDEX ix_leza_access_route_ts"))
+            conn.execute(text("UPDATE leza_alembic_version SET version_num = '0003'"))
+    finally:
+        storage.close()
+    t0 = time.perf_counter()
+    migrate(url)
+    seconds = time.perf_counter() - t0
+    print(f"migration 0003 -> 0004 (rollups filled from the stored events, route index): "
+          f"{seconds:.0f} s")  # fmt: skip
+    storage = SQLStorage(url)
+    try:
+        check(storage, end, days)
     finally:
         storage.close()
 
@@ -383,6 +418,10 @@ def main() -> None:
                    help="also run on this PostgreSQL (a throw-away schema)")  # fmt: skip
     p.add_argument("--pg-n", type=int, default=1_000_000, help="events on PostgreSQL (1M)")
     p.add_argument("--no-cost", action="store_true", help="skip the recorder cost part")
+    p.add_argument(
+        "--backfill", action="store_true",
+        help="then time migration 0004 on the SQLite file (rebuilds its rollups)",
+    )  # fmt: skip
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
@@ -393,7 +432,9 @@ def main() -> None:
             p.error(f"--skip-fill: {db} does not exist")
         if not args.skip_fill and os.path.exists(db):
             p.error(f"{db} exists: remove it, or pass --skip-fill to time the reads only")
-        run_on(f"sqlite:///{db}", args.n, args.days, args.runs, skip_fill=args.skip_fill)
+        end = run_on(f"sqlite:///{db}", args.n, args.days, args.runs, skip_fill=args.skip_fill)
+        if args.backfill:
+            time_backfill(f"sqlite:///{db}", end, args.days)
         if args.postgres:
             url, drop = postgres_schema(args.postgres)
             try:

@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import add
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from ..errors import LezaError
 
@@ -295,19 +295,20 @@ def _add(acc: list[int] | None, vector: list[int]) -> list[int]:
 
 
 def build_traffic(
-    rows: Iterable[tuple[int, str, str, Sequence[Any]]], start: int, end: int, step: int
+    rows: Iterable[tuple[int, str, str, list[int]]], start: int, end: int, step: int
 ) -> Traffic:
     """A :class:`Traffic` from grouped rollup rows ``(bucket start µs, method, route,
-    vector)`` covering ``[start, end)`` (a bucket and endpoint may repeat: they add up)."""
+    vector)`` covering ``[start, end)`` (a bucket and endpoint may repeat: they add
+    up). The vectors are lists of ints, read and not changed."""
     by_bucket: dict[int, list[int]] = {}
     by_endpoint: dict[tuple[str, str], list[int]] = {}
-    total: list[int] | None = None
-    for bucket, method, route, values in rows:
-        vector = list(map(int, values))  # a database may hand sums back as Decimal
-        total = _add(total, vector)
+    for bucket, method, route, vector in rows:
         by_bucket[bucket] = _add(by_bucket.get(bucket), vector)
         key = (method, route)
         by_endpoint[key] = _add(by_endpoint.get(key), vector)
+    total: list[int] | None = None
+    for vector in by_endpoint.values():
+        total = _add(total, vector)
     zero = TrafficCounts.ZERO
     first = start - start % step
     series = []

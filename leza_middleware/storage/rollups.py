@@ -24,7 +24,7 @@ from operator import add, floordiv, itemgetter, mul
 from typing import Any
 
 from ..state.labels import method_label, outcome_index, route_label
-from ..state.traffic import HOUR, LAST_SEEN, LATENCY_BOUNDS_US, MINUTE
+from ..state.traffic import HIST, HOUR, LAST_SEEN, LATENCY_BOUNDS_US, MINUTE, VECTOR
 
 __all__ = [
     "Aggregator",
@@ -45,8 +45,10 @@ _DURATION = itemgetter(7)
 _CLASS_OF = itemgetter(2, 3, 5, 6, 8)  # action, method, route, status, outcome
 _MEMO_LIMIT = 4096
 _SHIFT = 1 << 24  # class ids stay below this (the memo is cleared long before)
-_NB = len(LATENCY_BOUNDS_US) + 1
-_SUM, _LAST = _NB, _NB + 1  # a per-class accumulator: histogram, duration sum, last seen
+# bisect_left over this gives a duration's histogram position in a rollup
+# vector: HIST lower bounds below any duration, then the bucket bounds.
+_BOUNDS = (-(2**63),) * HIST + LATENCY_BOUNDS_US
+_SUM = 7  # duration_us in a vector (state.traffic.COUNT_FIELDS)
 
 
 class Aggregator:
@@ -95,21 +97,22 @@ class Aggregator:
         keys = cids if one_minute else list(
             map(add, cids, map(mul, map(floordiv, ts, repeat(MINUTE)), repeat(_SHIFT)))
         )  # fmt: skip
+        # Each class accumulates straight into a rollup vector: the histogram
+        # bucket found by bisect is already its position in the vector.
         accs: dict[int, list[int]] = {}
         get = accs.get
-        for key, bucket, d, t in zip(  # noqa: B905 - same length by construction
-            keys, map(bisect_left, repeat(LATENCY_BOUNDS_US), durations), durations, ts
+        for key, position, d, t in zip(  # noqa: B905 - same length by construction
+            keys, map(bisect_left, repeat(_BOUNDS), durations), durations, ts
         ):
             acc = get(key)
             if acc is None:
-                acc = accs[key] = [0] * (_NB + 2)
-                acc[_LAST] = t
-            acc[bucket] += 1
+                acc = accs[key] = [0] * VECTOR
+                acc[LAST_SEEN] = t
+            acc[position] += 1
             acc[_SUM] += d
-            if t > acc[_LAST]:
-                acc[_LAST] = t
-        # Per class: its vector (C-level list operations: a batch may hold a few
-        # hundred classes), then added into its (minute, method, route) row.
+            if t > acc[LAST_SEEN]:
+                acc[LAST_SEEN] = t
+        # Per class: its counts, then added into its (minute, method, route) row.
         out: Increments = {}
         classes = self._classes
         minute = lo - lo % MINUTE
@@ -120,17 +123,16 @@ class Aggregator:
                 minute_no, cid = divmod(key, _SHIFT)
                 minute = minute_no * MINUTE
             method, route, outcome, login, failure = classes[cid]
-            hist = acc[:_NB]
-            n = sum(hist)
-            vector = [n, 0, 0, 0, 0, n * login, n * failure, acc[_SUM], acc[_LAST], *hist]
-            vector[outcome] = n
+            acc[0] = acc[outcome] = n = sum(acc[HIST:])
+            if login:
+                acc[5] = n
+            if failure:
+                acc[6] = n
             row = out.get((minute, method, route))
             if row is None:
-                out[minute, method, route] = vector
+                out[minute, method, route] = acc
             else:
-                last = max(row[LAST_SEEN], vector[LAST_SEEN])
-                row[:] = map(add, row, vector)
-                row[LAST_SEEN] = last
+                add_vector(row, acc)
         return out
 
 
@@ -173,9 +175,10 @@ def upsert_rows(increments: Increments) -> list[tuple[Any, ...]]:
 def in_window(
     table: Iterable[tuple[tuple[int, str, str], list[int]]], start: int, end: int, step: int
 ) -> list[tuple[int, str, str, list[int]]]:
-    """Rows of an in-memory table in ``[start, end)``, keyed by their ``step`` bucket."""
+    """Rows of an in-memory table in ``[start, end)``, keyed by their ``step`` bucket
+    (copies: the table goes on changing)."""
     return [
-        (ts - ts % step, method, route, vector)
+        (ts - ts % step, method, route, list(vector))
         for (ts, method, route), vector in table
         if start <= ts < end
     ]

@@ -1004,6 +1004,8 @@ class SQLStorage(Storage):
                 continue
             if replay:
                 rows = self._new_access_rows(cur, rows)
+                if not rows:
+                    continue  # all stored already: nothing to count
             if self._insert_rows(cur, kind, rows) != len(rows):
                 return False
             self._rollups.write(cur, self._aggregator.increments(rows))

@@ -34,7 +34,18 @@ from collections.abc import Iterator, Sequence
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, func, literal_column, select, text, tuple_
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Table,
+    cast,
+    delete,
+    func,
+    literal_column,
+    select,
+    text,
+    tuple_,
+)
 
 from ..state.traffic import DAY, HOUR, LAST_SEEN, MINUTE, Traffic, build_traffic
 from .models import (
@@ -191,14 +202,14 @@ def settle(engine: Any, now_us: int | None = None, *, max_days: int = 1) -> int:
 
     Idempotent, safe in several processes at once (the second finds the work
     done). Cheap when there is nothing to do: one read of the mark, no lock.
-    Returns the hours the mark moved by.
+    Returns how many hours were summed (from the first with minutes to the last).
     """
     now = time.time_ns() // 1000 if now_us is None else now_us
     target = (now - SETTLE_GRACE) - (now - SETTLE_GRACE) % HOUR
     with engine.connect() as conn:
         if read_mark(conn) >= target:
             return 0
-    moved = 0
+    summed = 0
     m, t = traffic_minute_table, traffic_mark_table
     while True:
         with engine.begin() as conn:
@@ -210,7 +221,7 @@ def settle(engine: Any, now_us: int | None = None, *, max_days: int = 1) -> int:
             create_mark(conn)
             old = read_mark(conn)
             if old >= target:
-                return moved
+                return summed
             first = conn.execute(select(func.min(m.c.ts)).where(m.c.ts >= old)).scalar()
             if first is None or int(first) >= target:
                 hi = target  # no minute to sum: the mark moves on
@@ -218,10 +229,10 @@ def settle(engine: Any, now_us: int | None = None, *, max_days: int = 1) -> int:
                 lo = int(first) - int(first) % HOUR  # >= old: both are hour boundaries
                 hi = min(target, lo + max_days * DAY)
                 conn.execute(text(_settle_sql(quote)), {"lo": lo, "hi": hi})
-            moved += (hi - old) // HOUR
+                summed += (hi - lo) // HOUR
             conn.execute(t.update().where(t.c.id == 1).values(hours_until=hi))
             if hi >= target:
-                return moved
+                return summed
 
 
 # --------------------------------------------------------------------------- reads
@@ -236,7 +247,11 @@ def _grouped(table: Table, lo: int, hi: int, step: int) -> Any:
     else:  # an int of ours, inlined: PostgreSQL must see the same expression in GROUP BY
         s: Any = literal_column(str(int(step)))
         bucket = t.c.ts - ((t.c.ts % s) + s) % s
-    sums = [func.max(t.c[c]) if i == LAST_SEEN else func.sum(t.c[c]) for i, c in enumerate(_VALUES)]
+    # Every sum as BIGINT: PostgreSQL's SUM of a BIGINT is NUMERIC (a Decimal).
+    sums = [
+        func.max(t.c[c]) if i == LAST_SEEN else cast(func.sum(t.c[c]), BigInteger)
+        for i, c in enumerate(_VALUES)
+    ]
     return (
         select(bucket, t.c.method, t.c.route, *sums)
         .where(t.c.ts >= lo, t.c.ts < hi)
@@ -264,7 +279,7 @@ def traffic_statements(start: int, end: int, step: int, settled: int) -> list[An
 
 def traffic_from(results: Sequence[Sequence[Any]], start: int, end: int, step: int) -> Traffic:
     """Fold the rows of :func:`traffic_statements` into a :class:`Traffic`."""
-    rows = ((int(r[0]), r[1], r[2], r[3:]) for r in chain.from_iterable(results))
+    rows = ((int(r[0]), r[1], r[2], list(r[3:])) for r in chain.from_iterable(results))
     return build_traffic(rows, start, end, step)
 
 
