@@ -22,8 +22,9 @@
    run's wall time.
    Budgets (DESIGN.md): 24 h <= 150 ms, 30 days <= 500 ms on SQLite.
 3. **Recorder cost**: ``SQLStorage.write`` of 100,000 events in batches of 512
-   (the recorder's), with rollups and with rollups switched off (the storage's
-   aggregation and upsert replaced by no-ops), alternated over 5 rounds, for
+   (the recorder's), with rollups, with rollups switched off (the storage's
+   aggregation and upsert replaced by no-ops), and without the ``endpoint``
+   filter's index either (as before both), alternated over 5 rounds, for
    one endpoint (a hello-world) and for the mix above, in CPU time of the
    writing thread (what the recorder takes from the app; wall time on a
    shared machine mostly measures the neighbours). Budget: rollups <= 1 µs
@@ -268,11 +269,17 @@ def _timed(spent: list[int], fn: Callable[..., Any]) -> Callable[..., Any]:
     return timed
 
 
-def write_cost(events: list[AccessEvent], rollups: bool, tmp: Path, k: int) -> tuple[float, float]:
+def write_cost(
+    events: list[AccessEvent], rollups: bool, tmp: Path, k: int, *, index: bool = True
+) -> tuple[float, float]:
     """CPU µs per event of the whole write, and of its rollup parts alone (the
-    aggregation and the upserts, timed inside the write)."""
-    storage = SQLStorage(f"sqlite:///{tmp / f'cost-{k}-{int(rollups)}.db'}")
+    aggregation and the upserts, timed inside the write). ``index=False``: without
+    ``ix_leza_access_route_ts`` (the ``endpoint`` filter's index) either."""
+    storage = SQLStorage(f"sqlite:///{tmp / f'cost-{k}-{int(rollups)}-{int(index)}.db'}")
     storage.setup()
+    if not index:
+        with storage.engine.begin() as conn:
+            conn.execute(text("DROP INDEX ix_leza_access_route_ts"))
     spent = [0]
     if rollups:
         storage._aggregator.increments = _timed(spent, storage._aggregator.increments)  # type: ignore[method-assign]
@@ -306,19 +313,23 @@ def recorder_cost(tmp: Path, n: int = 100_000, rounds: int = 5) -> None:
     for name, events in (("one endpoint", hello), ("24-endpoint mix", mix)):
         with_r: list[float] = []
         without: list[float] = []
+        bare: list[float] = []
         inside: list[float] = []
         for k in range(rounds):
+            bare.append(write_cost(events, False, tmp, k, index=False)[0])
             without.append(write_cost(events, False, tmp, k)[0])
             whole, part = write_cost(events, True, tmp, k)
             with_r.append(whole)
             inside.append(part)
-        w, wo = statistics.median(with_r), statistics.median(without)
+        w, wo, b = statistics.median(with_r), statistics.median(without), statistics.median(bare)
         print(
-            f"recorder write, {name}: without rollups {wo:.2f} µs/event, with {w:.2f}: "
-            f"difference {w - wo:+.2f} µs/event; rollup work timed inside the write "
+            f"recorder write, {name}: neither route index nor rollups {b:.2f} µs/event; "
+            f"index, no rollups {wo:.2f}; both {w:.2f}: index {wo - b:+.2f}, rollups "
+            f"{w - wo:+.2f} µs/event; rollup work timed inside the write "
             f"{statistics.median(inside):.2f} µs/event (budget <= 1 µs)\n"
-            f"  rounds without {' '.join(f'{x:.2f}' for x in without)}; "
-            f"with {' '.join(f'{x:.2f}' for x in with_r)}; "
+            f"  rounds neither {' '.join(f'{x:.2f}' for x in bare)}; "
+            f"index {' '.join(f'{x:.2f}' for x in without)}; "
+            f"both {' '.join(f'{x:.2f}' for x in with_r)}; "
             f"inside {' '.join(f'{x:.2f}' for x in inside)}"
         )
     from leza_middleware.storage.rollups import Aggregator

@@ -596,7 +596,7 @@ def test_migration_0004_backfills_the_rollups_of_stored_events(storage_url: str)
     assert migrate(storage_url, revision="0003").after == "0003"
     engine = create_engine(storage_url)
     try:
-        with engine.begin() as conn:  # as 0.3 wrote them: raw rows, no rollups
+        with engine.begin() as conn:  # as the previous version stored them: no rollups
             conn.execute(insert(access_table), [dict(zip(access_table.c.keys(), e.row, strict=True))
                                                 for e in events])  # fmt: skip
     finally:
