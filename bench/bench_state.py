@@ -275,7 +275,8 @@ def write_cost(
     """CPU µs per event of the whole write, and of its rollup parts alone (the
     aggregation and the upserts, timed inside the write). ``index=False``: without
     ``ix_leza_access_route_ts`` (the ``endpoint`` filter's index) either."""
-    storage = SQLStorage(f"sqlite:///{tmp / f'cost-{k}-{int(rollups)}-{int(index)}.db'}")
+    path = Path(tempfile.mkdtemp(dir=tmp)) / f"cost-{k}-{int(rollups)}-{int(index)}.db"
+    storage = SQLStorage(f"sqlite:///{path}")
     storage.setup()
     if not index:
         with storage.engine.begin() as conn:

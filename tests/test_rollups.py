@@ -639,6 +639,17 @@ def test_migration_0004_backfills_the_rollups_of_stored_events(storage_url: str)
         storage.close()
 
 
+def test_traffic_on_a_database_not_migrated_yet_says_what_to_do(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate(url, revision="0003")
+    storage = SQLStorage(url)
+    try:
+        with pytest.raises(LezaError, match=r"at revision 0003; .*run `leza migrate"):
+            storage.traffic(0, MINUTE, 60)
+    finally:
+        storage.close()
+
+
 # --------------------------------------------------------------------------- labels, filter
 
 

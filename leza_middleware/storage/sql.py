@@ -50,7 +50,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from ..errors import LezaConfigError
+from ..errors import LezaConfigError, LezaError
 from ..events import (
     ACCESS_FIELDS,
     AccessEvent,
@@ -1242,15 +1242,34 @@ class SQLStorage(Storage):
         start, end, step = check_window(since_us, until_us, bucket_seconds)
         if not self._ready:
             self.setup()
-        if self._read_lock is not None:
-            with self._read_lock, self.engine.connect() as conn:
-                settled = read_mark(conn)
-        else:
-            with self.engine.connect() as conn:
-                settled = read_mark(conn)
-        statements = traffic_statements(start, end, step, settled)
-        results = [self._read(stmt) for stmt in statements]
+        try:
+            if self._read_lock is not None:
+                with self._read_lock, self.engine.connect() as conn:
+                    settled = read_mark(conn)
+            else:
+                with self.engine.connect() as conn:
+                    settled = read_mark(conn)
+            statements = traffic_statements(start, end, step, settled)
+            results = [self._read(stmt) for stmt in statements]
+        except DBAPIError:
+            self._older_schema()
+            raise
         return traffic_from(results, start, end, step)
+
+    def _older_schema(self) -> None:
+        """After a failed read of the rollups: a clear error when the tables are
+        at an older revision (not migrated yet) rather than a missing table."""
+        from .migrate import HEAD, schema_state
+
+        try:
+            revision = schema_state(self).revision
+        except Exception:
+            return  # unreachable: the original error says more
+        if revision != HEAD:
+            raise LezaError(
+                f"the Leza tables in {self.describe_url()} are at revision {revision}; "
+                f"traffic rollups need {HEAD}: run `leza migrate --storage URL`"
+            ) from None
 
     def settle_traffic(self, now_us: int | None = None) -> int:
         """Sum the minutes of past hours into ``leza_traffic_hour`` (long windows
