@@ -814,7 +814,9 @@ def test_windows_buckets_and_percentiles() -> None:
     assert len(storage.traffic(t0, t0 + (MAX_BUCKETS - 1) * MINUTE, 60).series) == MAX_BUCKETS
 
 
-def test_a_backend_without_rollups_says_so(tmp_path: Path) -> None:
+def test_a_backend_without_rollups_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     class Custom(Storage):
         def write(self, events: Any) -> None:
             pass
@@ -836,6 +838,11 @@ def test_a_backend_without_rollups_says_so(tmp_path: Path) -> None:
             leza.shutdown(2)
     assert SQLStorage(f"sqlite:///{tmp_path / 'x.db'}").keeps_rollups
     assert MemoryStorage().keeps_rollups
+    # `leza purge --kind traffic` says so too, rather than deleting nothing quietly.
+    jsonl = f"jsonl://{tmp_path / 'j'}"
+    assert cli(["purge", "--kind", "traffic", "--older-than", "1d", "--storage", jsonl,
+                "--yes"]) == 2  # fmt: skip
+    assert "keeps no traffic rollups" in capsys.readouterr().err
 
 
 def test_query_traffic_defaults_to_the_last_24_hours() -> None:
