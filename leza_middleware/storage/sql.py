@@ -696,8 +696,8 @@ class SQLStorage(Storage):
     :meth:`setup` (called automatically before the first write or query).
 
     Keeps traffic rollups (:meth:`traffic`): every write adds its new access
-    events to ``leza_traffic_minute`` and ``leza_traffic_hour`` in the same
-    transaction (:mod:`.sql_rollups`).
+    events to ``leza_traffic_minute`` in the same transaction; past hours are
+    summed into ``leza_traffic_hour`` by :meth:`settle_traffic` (:mod:`.sql_rollups`).
     """
 
     keeps_rollups = True
