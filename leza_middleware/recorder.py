@@ -415,8 +415,12 @@ class Recorder:
     # -- worker thread -------------------------------------------------------
 
     def _run(self) -> None:
-        _name_os_thread(b"leza-recorder")
         with self._busy:
+            # Under _busy, so a fork waits for it: naming imports ctypes, and a
+            # child forked in the middle of that import (gunicorn --preload
+            # forking while the master's recorder starts) would find the
+            # module's import lock held for ever and hang its own recorder.
+            _name_os_thread(b"leza-recorder")
             self._replay()  # events spilled by an earlier run
         while True:
             self._wake.wait(self.flush_interval)

@@ -81,7 +81,7 @@ log = logging.getLogger("leza_middleware")
 #: Where Leza records its schema revision (never the application's ``alembic_version``).
 VERSION_TABLE = "leza_alembic_version"
 #: Every revision, oldest first (a straight line; tests check it against the scripts).
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
 #: The revision of the models in :mod:`.models`: what a fresh ``setup()`` records.
 HEAD = REVISIONS[-1]
 #: The Alembic script directory inside the package.
@@ -91,8 +91,10 @@ SCRIPT_LOCATION = str(Path(__file__).resolve().with_name("migrations"))
 # revision all of whose markers (tables, and "table.column" for added columns)
 # are there; any Leza table means 0001. All of a revision's additions are listed,
 # so that a database with only some of them is not taken for the newer revision.
-# Databases made since are recorded by setup(): no revision after 0003 needs markers.
+# Databases made since are recorded by setup(); later revisions' markers only
+# serve a database whose version table was lost.
 _ADOPTION: tuple[tuple[str, frozenset[str]], ...] = (
+    ("0004", frozenset({"leza_traffic_minute", "leza_traffic_hour"})),
     ("0003", frozenset({"leza_audit_redaction", "leza_access.headers"})),
     ("0002", frozenset({"leza_audit_purge", "leza_log", "leza_advisory", "leza_check"})),
     ("0001", frozenset()),
