@@ -416,10 +416,9 @@ class Recorder:
 
     def _run(self) -> None:
         with self._busy:
-            # Under _busy, so a fork waits for it: naming imports ctypes, and a
-            # child forked in the middle of that import (gunicorn --preload
-            # forking while the master's recorder starts) would find the
-            # module's import lock held for ever and hang its own recorder.
+            # Under _busy, so a fork waits for it (ctypes was imported before the
+            # thread started, see _load_prctl: a child forked in the middle of
+            # that import would hang its own recorder on the import lock).
             _name_os_thread(b"leza-recorder")
             self._replay()  # events spilled by an earlier run
         while True:
