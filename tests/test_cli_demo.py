@@ -22,7 +22,7 @@ import pytest
 from leza_middleware import __version__, cli
 
 HAS_GEOLITE2 = importlib.util.find_spec("_maxminddb_geolite2") is not None
-REQUESTS = 15  # len(leza_middleware.demo.TRAFFIC)
+REQUESTS = 16  # len(leza_middleware.demo.TRAFFIC)
 
 # The session-record names of DESIGN.md ("keep these names in JSON output").
 SESSION_KEYS = {"_id", "browser", "os", "device", "bot", "geoLocationInfoOfIp", "performer"}
