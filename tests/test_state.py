@@ -12,6 +12,7 @@ does not.
 
 from __future__ import annotations
 
+import fcntl
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -366,8 +367,12 @@ def test_a_recording_leza_reports_its_recorder(make_leza: Any) -> None:
     assert (recorder["spill_files"], recorder["spill_bytes"]) == (0, 0)
     spill = Path(leza.recorder.spill.directory)
     spill.mkdir(parents=True, exist_ok=True)
-    (spill / "spill-1-2-3.jsonl").write_text("{}\n")
-    recorder = leza.query.state()["recorder"]
+    # A spill file another process is writing (locked: the recorder leaves it be).
+    with open(spill / "spill-1-2-3.jsonl", "wb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        f.write(b"{}\n")
+        f.flush()
+        recorder = leza.query.state()["recorder"]
     assert (recorder["spill_files"], recorder["spill_bytes"]) == (1, 3)
 
 
