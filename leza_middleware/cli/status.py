@@ -60,8 +60,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-#: C1 controls are legal raw in JSON text; written as escapes, a terminal never sees one.
-_C1 = re.compile("[\x80-\x9f]")
+#: C1 controls and the bidirectional overrides are legal raw in JSON text; written as
+#: escapes, a terminal never sees one (C0 ones JSON escapes itself).
+_C1 = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def _c(value: Any, width: int | None = None) -> str:
