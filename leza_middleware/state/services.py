@@ -195,12 +195,17 @@ class CheckReads:
         """The state ``name`` was in just before ``ts``: its latest state change before
         it (whose time is when that state began), else its latest probe before it."""
         for action in ("state_change", None):
-            page = self.storage.query(
-                "check", QueryFilter(until=ts - 1, action=action, performer_id=name, limit=1)
-            )
-            if page.events and isinstance(page.events[0], CheckEvent):
-                return page.events[0]
+            found = self._latest(name, ts, action)
+            if found is not None:
+                return found
         return None
+
+    def _latest(self, name: str, ts: int, action: str | None) -> CheckEvent | None:
+        page = self.storage.query(
+            "check", QueryFilter(until=ts - 1, action=action, performer_id=name, limit=1)
+        )
+        found = page.events[0] if page.events else None
+        return found if isinstance(found, CheckEvent) else None
 
     def last(self, name: str) -> CheckEvent | None:
         return last_result(self.storage, name)
