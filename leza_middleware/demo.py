@@ -86,7 +86,7 @@ TRAFFIC: tuple[Visit, ...] = (
     Visit("POST", "/login", CHROME_WIN, "193.0.6.139", "alice"),  # a session from Amsterdam
     Visit("POST", "/login", SAFARI_IPAD, "122.248.230.1", "alice"),  # Singapore, seconds later
     Visit("POST", "/logout", CHROME_WIN, "193.0.6.139", "alice"),
-    Visit("GET", "/reports/7", FIREFOX_LINUX, "89.160.20.128", "carol"),  # the slow one
+    Visit("GET", "/reports/7", FIREFOX_LINUX, "89.160.20.128"),  # the slow one
 )
 
 #: The demo app's own logger: its records go to the LOG tab.

@@ -56,7 +56,7 @@ def test_text_has_the_services_board_first(capsys: pytest.CaptureFixture[str], d
     assert "TRAFFIC    40 requests, 1 server error (2.50 %), 4 client errors, 2 denied" in out
     assert re.search(r"GET\s+/slow\s+20\s+0\s+0\s+", out)
     assert "3 active sessions" in out
-    assert "3 performers seen, 3 logins, 1 failed login" in out
+    assert "in the period: 3 performers seen, 3 logins, 1 failed login\n" in out
     assert "this process records nothing" in out
     assert re.search(r"HIGH\s+a burst of denials\s+\(burst, 2 h ago\)", out)
 

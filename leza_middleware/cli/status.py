@@ -223,16 +223,12 @@ def _who(s: Mapping[str, Any]) -> list[str]:
         f"{_c(d['device_type'] or 'unknown')} {d['active']:,}" for d in s["by_device"]
     )
     lines = [
-        f"WHO IS ON  {s['active']:,} active session{'s' if s['active'] != 1 else ''}"
+        f"WHO IS ON  {_n(s['active'], 'active session')}"
         + (f" ({countries}; {devices})" if s["active"] else "")
     ]
-
-    def n(v: int | None) -> str:
-        return "-" if v is None else f"{v:,}"
-
     lines.append(
-        f"           in the period: {n(s['performers'])} performers seen, "
-        f"{n(s['logins'])} logins, {n(s['login_failures'])} failed logins"
+        f"           in the period: {_n(s['performers'], 'performer')} seen, "
+        f"{_n(s['logins'], 'login')}, {_n(s['login_failures'], 'failed login')}"
     )
     return lines
 
