@@ -416,3 +416,36 @@ def test_uptime_and_incidents_from_changes() -> None:
     assert len(slots) == 48
     assert slots[0][0] == NOW - DAY
     assert slots[-1][1] == NOW + 1
+
+
+def test_a_minimal_custom_backend_still_gets_a_state(tmp_path: Path) -> None:
+    """``write`` and ``query`` only, access events only: every other kind is a
+    ValueError, as SQL says of a kind it has no table for."""
+    from leza_middleware.storage import Page, QueryFilter
+    from leza_middleware.storage.memory import select_page
+
+    class AccessOnly(Storage):
+        def __init__(self) -> None:
+            self.rows: list[Any] = []
+
+        def write(self, events: Any) -> None:
+            self.rows.extend(e for e in events if e.kind == "access")
+
+        def query(self, kind: str, flt: QueryFilter) -> Page:
+            if kind != "access":
+                raise ValueError(f"no place for {kind}")
+            return select_page(self.rows, flt)
+
+    storage = AccessOnly()
+    storage.write(history())
+    since, until = state_window(None, None, NOW)
+    state = build_state(storage, since, until, now=NOW)
+    assert state["traffic"]["kept"] is False
+    assert (state["services"], state["advisories"]) == ([], [])
+    assert state["sessions"]["active"] == 0
+    assert state["recorder"]["newest"]["access"] == iso_from_us(NOW - 2 * HOUR + 19 * MIN)
+    leza = Leza(storage=storage, geoip_db=False, spill_dir=str(tmp_path / "spill"))
+    try:
+        assert leza.query.state()["traffic"]["kept"] is False
+    finally:
+        leza.shutdown(2)

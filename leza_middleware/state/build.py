@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..events import SEVERITIES, AdvisoryEvent, iso_from_us
 from ..storage.base import QueryFilter, Storage
@@ -216,6 +217,20 @@ def advisories(storage: Storage, since: int, until: int) -> list[dict[str, Any]]
     return [e.to_dict() for e in found[:TOP_ADVISORIES]]
 
 
+_T = TypeVar("_T")
+
+
+def _part(what: str, read: Callable[[], _T], fallback: _T, storage: Storage) -> _T:
+    """One section, or ``fallback`` when the backend cannot answer it (a custom
+    backend without a place for sessions or checks raises NotImplementedError or
+    ValueError for that kind): the rest of STATE still shows."""
+    try:
+        return read()
+    except (NotImplementedError, ValueError) as exc:
+        log.debug("leza: STATE without %s: %s cannot read them: %s", what, storage.describe(), exc)
+        return fallback
+
+
 def build_state(
     storage: Storage, since: int, until: int, *, now: int, live: Leza | None = None
 ) -> dict[str, Any]:
@@ -233,7 +248,8 @@ def build_state(
         except Exception as exc:  # a read-only database: reads fall back to minutes
             log.debug("leza: traffic rollup upkeep before STATE failed: %s", exc)
     traffic = _traffic(storage, since, until, bucket)
-    who = who_is_on(storage, since, until)
+    nobody = {"active": 0, "by_country": [], "by_device": [], "performers": 0, "capped": False}
+    who = _part("sessions", lambda: who_is_on(storage, since, until), nobody, storage)
     logins, failures = traffic.pop("logins"), traffic.pop("login_failures")
     if not storage.keeps_rollups:
         logins = _count(storage, "login", since, until)
@@ -245,8 +261,10 @@ def build_state(
         "generated_at": iso_from_us(now),
         **traffic,
         "sessions": {**who, "logins": logins, "login_failures": failures},
-        "services": services(storage, since, until, now, live),
+        "services": _part(
+            "services", lambda: services(storage, since, until, now, live), [], storage
+        ),
         "recorder": recorder(storage, live),
-        "advisories": advisories(storage, since, until),
+        "advisories": _part("advisories", lambda: advisories(storage, since, until), [], storage),
     }
     return state
