@@ -254,6 +254,7 @@ def build_state(
     if not storage.keeps_rollups:
         logins = _count(storage, "login", since, until)
         failures = _count(storage, "login_failed", since, until)
+    none: list[dict[str, Any]] = []
     state: dict[str, Any] = {
         "from": iso_from_us(since),
         "to": iso_from_us(until),
@@ -262,9 +263,11 @@ def build_state(
         **traffic,
         "sessions": {**who, "logins": logins, "login_failures": failures},
         "services": _part(
-            "services", lambda: services(storage, since, until, now, live), [], storage
+            "services", lambda: services(storage, since, until, now, live), none, storage
         ),
         "recorder": recorder(storage, live),
-        "advisories": _part("advisories", lambda: advisories(storage, since, until), [], storage),
+        "advisories": _part(
+            "advisories", lambda: advisories(storage, since, until), list(none), storage
+        ),
     }
     return state
