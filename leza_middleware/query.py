@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import time as _time
+import weakref
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -110,9 +111,18 @@ class Query:
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
         self._ready = False
-        #: The Leza this query API belongs to (set by it): STATE reports its
-        #: recorder's counters and its monitor's view of the checks.
-        self.live: Leza | None = None
+        # The Leza this query API belongs to (see :attr:`live`), weakly: no cycle.
+        self._live: weakref.ref[Leza] | None = None
+
+    @property
+    def live(self) -> Leza | None:
+        """The Leza this query API belongs to, if any: STATE reports its recorder's
+        counters and its monitor's view of the checks."""
+        return None if self._live is None else self._live()
+
+    @live.setter
+    def live(self, leza: Leza | None) -> None:
+        self._live = None if leza is None else weakref.ref(leza)
 
     def _ensure_ready(self) -> None:
         if not self._ready:
