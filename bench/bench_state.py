@@ -21,7 +21,17 @@
    first on a cold connection pool; wall and CPU time (medians), and each
    run's wall time.
    Budgets (DESIGN.md): 24 h <= 150 ms, 30 days <= 500 ms on SQLite.
-3. **Recorder cost**: ``SQLStorage.write`` of 100,000 events in batches of 512
+3. **The whole STATE** (``--no-state`` skips it): the fill adds what STATE
+   reads besides traffic — 20,000 sessions over the days (the newest 1,000
+   still active, in 30 countries and 3 device types, 2,000 performers), three
+   availability checks probed every 30 s for the whole span (267,840 probes;
+   ``payments`` down 10 minutes every other day, ``search`` down an hour ten
+   days ago) and 3,000 advisories. Then, for a 24-hour and a 30-day window
+   ending at the fill's end: ``leza.query.state()`` (the JSON dict), the STATE
+   page answered by the dashboard (``GET /state?from=&to=`` through
+   ``Dashboard.handle``: the dict and its HTML), and the HTML render alone.
+   Budgets (DESIGN.md): 24 h <= 150 ms, 30 days <= 500 ms on SQLite.
+4. **Recorder cost**: ``SQLStorage.write`` of 100,000 events in batches of 512
    (the recorder's), with rollups, with rollups switched off (the storage's
    aggregation and upsert replaced by no-ops), and without the ``endpoint``
    filter's index either (as before both), alternated over 5 rounds, for
@@ -58,7 +68,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from leza_middleware.events import AccessEvent, Device, Geo, ua_key
+from leza_middleware.events import (
+    AccessEvent,
+    AdvisoryEvent,
+    CheckEvent,
+    Device,
+    Geo,
+    SessionEvent,
+    iso_from_us,
+    ua_key,
+)
 from leza_middleware.performer import Performer
 from leza_middleware.state import bucket_seconds_for
 from leza_middleware.storage import SQLStorage
@@ -366,7 +385,137 @@ def postgres_schema(url: str) -> tuple[str, Callable[[], None]]:
     return scoped.render_as_string(hide_password=False), drop
 
 
-def run_on(url: str, n: int, days: float, runs: int, *, skip_fill: bool) -> int:
+# --------------------------------------------------------------------------- the whole STATE
+
+SESSIONS = 20_000
+ACTIVE = 1_000
+PROBE_EVERY = 30 * 1_000_000
+ADVISORIES = 3_000
+
+
+def fill_extras(storage: SQLStorage, days: float, end: int) -> None:
+    """Sessions, check probes and advisories over the same span (see the module doc)."""
+    rng = random.Random(5)
+    start = end - int(days * DAY)
+    devices = [
+        Device(key=ua_key(f"state-ua-{i}"), user_agent=f"state-ua-{i}",
+               device_type=("desktop", "smartphone", "tablet")[i % 3])
+        for i in range(30)
+    ]  # fmt: skip
+    geos = [Geo(key=f"172.{i}.0.0/16", country_code=f"C{i:02d}", country_name=f"Country {i}")
+            for i in range(30)]  # fmt: skip
+    changes: list[Any] = []
+    for i in range(SESSIONS):
+        begin = start + (end - start) * i // SESSIONS
+        sid = f"bench-session-{i:08d}"
+        who = Performer(id=f"user-{rng.randrange(2000)}", name="User")
+        seen = min(end - 1, begin + rng.randrange(2 * HOUR))
+        changes.append(SessionEvent(id=f"{begin:016x}s{i:015d}", ts=begin, action="session_start",
+                                    session_id=sid, performer=who, device=devices[i % 30],
+                                    geo=geos[rng.randrange(30)], ip="10.9.0.1"))  # fmt: skip
+        changes.append(SessionEvent(id=f"{seen:016x}v{i:015d}", ts=seen, action="session_seen",
+                                    session_id=sid))  # fmt: skip
+        if i < SESSIONS - ACTIVE:
+            changes.append(SessionEvent(id=f"{seen + 1:016x}e{i:015d}", ts=seen + 1,
+                                        action="session_end", session_id=sid,
+                                        end_reason="logout"))  # fmt: skip
+    for i in range(0, len(changes), 10_000):
+        storage.write(changes[i : i + 10_000])
+    batch: list[Any] = []
+    n_probes = 0
+    for name in ("billing", "payments", "search"):
+        state = "unknown"
+        for k, ts in enumerate(range(start, end, PROBE_EVERY)):
+            day = (ts - start) // DAY
+            down = (name == "payments" and day % 2 == 0 and (ts - start) % DAY < 10 * MINUTE) or (
+                name == "search" and end - 10 * DAY <= ts < end - 10 * DAY + HOUR
+            )
+            new = "down" if down else "up"
+            batch.append(CheckEvent(
+                id=f"{ts:016x}c{name[0]}{k:014d}", ts=ts, check=name, ok=not down, state=new,
+                previous=state, latency_ms=round(rng.lognormvariate(1.5, 0.4), 3),
+                error="connection refused" if down else None,
+            ))  # fmt: skip
+            state = new
+            if len(batch) == 10_000:
+                storage.write(batch)
+                n_probes += len(batch)
+                batch = []
+    storage.write(batch)
+    n_probes += len(batch)
+    rules = ("new_machine", "new_country", "burst", "impossible_travel", "bot_login")
+    severities = ("info", "low", "medium", "high", "critical")
+    advisories = [
+        AdvisoryEvent(id=f"{(ts := start + (end - start) * i // ADVISORIES):016x}a{i:015d}", ts=ts,
+                      rule=rules[i % 5], severity=severities[rng.randrange(5)],
+                      message=f"advisory {i}", performer_id=f"user-{i % 2000}")
+        for i in range(ADVISORIES)
+    ]  # fmt: skip
+    storage.write(advisories)
+    print(f"  + {SESSIONS:,} sessions ({ACTIVE:,} active), {n_probes:,} check probes, "
+          f"{ADVISORIES:,} advisories")  # fmt: skip
+
+
+def time_state(url: str, end: int, runs: int) -> None:
+    """``leza.query.state()``, the STATE page through the dashboard, the HTML alone."""
+    from leza_middleware import Leza
+    from leza_middleware.dashboard.core import Dashboard, DashRequest
+    from leza_middleware.dashboard.csrf import CsrfToken
+    from leza_middleware.dashboard.inputs import Params
+    from leza_middleware.dashboard.pages import Page
+    from leza_middleware.dashboard.state_view import StateQuery, state_page
+
+    leza = Leza(storage=url, geoip_db=False, sessions=False, secret_key="bench-" * 6)
+    dashboard = Dashboard(leza)
+    csrf = CsrfToken("csrf", "0" * 64, None, None)
+    try:
+        for name, span, budget in (("24 hours", DAY, 150.0), ("30 days", 30 * DAY, 500.0)):
+            since, until = iso_from_us(end - span), iso_from_us(end)
+            query = f"from={since}&to={until}".encode()
+            leza.storage.engine.dispose()  # the first run opens a connection, as a new process
+            walls: dict[str, list[float]] = {"state()": [], "page": [], "html": []}
+            cpus: dict[str, list[float]] = {"state()": [], "page": [], "html": []}
+            size = 0
+            state: dict[str, Any] = {}
+            for _ in range(runs):
+                gc.collect()
+                t0, c0 = time.perf_counter(), time.thread_time()
+                state = leza.query.state(since=since, until=until)
+                cpus["state()"].append((time.thread_time() - c0) * 1000)
+                walls["state()"].append((time.perf_counter() - t0) * 1000)
+                request = DashRequest("GET", "/state", "/leza", Params.parse(query), csrf,
+                                      raw_query=query)  # fmt: skip
+                t0, c0 = time.perf_counter(), time.thread_time()
+                answer = dashboard.handle(request)
+                cpus["page"].append((time.thread_time() - c0) * 1000)
+                walls["page"].append((time.perf_counter() - t0) * 1000)
+                assert answer.status == 200, answer.body[:300]
+                size = len(answer.body)
+                page = Page("/leza", "bench", "bench", end, "csrf_token", "0" * 64)
+                q = StateQuery.parse(Params.parse(query), end)
+                t0, c0 = time.perf_counter(), time.thread_time()
+                state_page(page, q, state)
+                cpus["html"].append((time.thread_time() - c0) * 1000)
+                walls["html"].append((time.perf_counter() - t0) * 1000)
+            print(
+                f"STATE {name:>8} ({state['requests']:,} requests, {len(state['endpoints'])} "
+                f"endpoints, {state['sessions']['active']:,} active sessions, "
+                f"{len(state['services'])} checks; page {size / 1000:.0f} KB), budget <= "
+                f"{budget:.0f} ms:"
+            )
+            parts = (("state()", "leza.query.state()"), ("page", "GET /state (dict + HTML)"),
+                     ("html", "HTML alone"))  # fmt: skip
+            for part, label in parts:
+                print(
+                    f"  {label:<26} median {statistics.median(walls[part]):6.1f} ms wall, "
+                    f"{statistics.median(cpus[part]):6.1f} ms CPU; wall runs "
+                    f"{' '.join(f'{x:.1f}' for x in walls[part])}"
+                )
+    finally:
+        leza.shutdown(timeout=5)
+
+
+def run_on(url: str, n: int, days: float, runs: int, *, skip_fill: bool, state: bool = True) -> int:
     storage = SQLStorage(url)
     try:
         end = time.time_ns() // 1000
@@ -377,6 +526,8 @@ def run_on(url: str, n: int, days: float, runs: int, *, skip_fill: bool) -> int:
             print(f"filling {storage.describe()} with {n:,} events over {days:g} days …")
             seconds = fill(storage, n, days, end)
             print(f"filled in {seconds:.0f} s ({n / seconds:,.0f} events/s)")
+            if state:
+                fill_extras(storage, days, end)
         # The recorder sums each past hour's minutes a minute after it ends; a
         # fill this fast leaves them all to sum at once.
         t0 = time.perf_counter()
@@ -390,6 +541,8 @@ def run_on(url: str, n: int, days: float, runs: int, *, skip_fill: bool) -> int:
         time_reads(storage, end, runs)
     finally:
         storage.close()
+    if state:
+        time_state(url, end, runs)
     return end
 
 
@@ -430,6 +583,8 @@ def main() -> None:
                    help="also run on this PostgreSQL (a throw-away schema)")  # fmt: skip
     p.add_argument("--pg-n", type=int, default=1_000_000, help="events on PostgreSQL (1M)")
     p.add_argument("--no-cost", action="store_true", help="skip the recorder cost part")
+    p.add_argument("--no-state", action="store_true",
+                   help="skip the whole STATE part (its sessions, probes, advisories)")  # fmt: skip
     p.add_argument(
         "--backfill", action="store_true",
         help="then time migration 0004 on the SQLite file (rebuilds its rollups)",
@@ -444,13 +599,15 @@ def main() -> None:
             p.error(f"--skip-fill: {db} does not exist")
         if not args.skip_fill and os.path.exists(db):
             p.error(f"{db} exists: remove it, or pass --skip-fill to time the reads only")
-        end = run_on(f"sqlite:///{db}", args.n, args.days, args.runs, skip_fill=args.skip_fill)
+        end = run_on(f"sqlite:///{db}", args.n, args.days, args.runs, skip_fill=args.skip_fill,
+                     state=not args.no_state)  # fmt: skip
         if args.backfill:
             time_backfill(f"sqlite:///{db}", end, args.days)
         if args.postgres:
             url, drop = postgres_schema(args.postgres)
             try:
-                run_on(url, args.pg_n, args.days, args.runs, skip_fill=False)
+                run_on(url, args.pg_n, args.days, args.runs, skip_fill=False,
+                       state=not args.no_state)  # fmt: skip
             finally:
                 drop()
 

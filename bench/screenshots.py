@@ -16,6 +16,10 @@
    PNG of each tab: access.png, session.png, audit.png, advisory.png, log.png,
    plus access-details.png with one event's MORE DETAILS open.
 
+STATE (state.png, the landing page the admin signs in to) shows the demo's
+requests and checks over a day of generated history written through the
+storage first (bench/state_history.py), so its chart has a day's shape.
+
 Needs the ``test`` extra (Playwright, uvicorn, httpx, the GeoLite2 database)
 and a Chromium binary ($LEZA_TEST_CHROMIUM or Debian's /usr/bin/chromium).
 """
@@ -37,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import httpx
 from dashboard_app import CHROMIUM, CHROMIUM_ARGS, Served, build_app
+from state_history import shoot_state, write_history
 
 from leza_middleware import Leza
 from leza_middleware.demo import CHROME_WIN, FIREFOX_LINUX, SAFARI_IPHONE, SAMSUNG_ANDROID, run_demo
@@ -102,6 +107,7 @@ def main() -> int:
         if run_demo(storage=storage, out=demo_out) != 0:
             print(demo_out.getvalue())
             return 1
+        write_history(storage, time.time_ns() // 1000)  # STATE's day (see above)
         leza = Leza(
             storage=storage,
             trusted_proxies=("127.0.0.1",),  # the clients below say where they are
@@ -127,7 +133,8 @@ def main() -> int:
                 page.goto(f"{served.url}/login")
                 page.fill("input[name=username]", "admin")
                 page.click("button[type=submit]")
-                page.wait_for_url(f"{served.url}/leza/access")
+                page.wait_for_url(f"{served.url}/leza/state")  # STATE: the landing page
+                shoot_state(page, served.url, out)
                 # carol's session is revoked from the dashboard; her phone tries again.
                 revoke(page, served.url, leza, "carol")
                 assert clients["carol"].get("/me").status_code == 401

@@ -5,9 +5,12 @@ varied browsers, bots and client IPs (through ``X-Forwarded-For``, believed
 because the demo trusts its own loopback proxy), then reads the events back
 through ``leza.query.access()`` and prints them — followed by what the rest
 of the product made of the same traffic: sessions, the audit log, the app's
-own log records, advisories and two availability checks.
+own log records, advisories and three availability checks (one up, one down,
+one that goes down and recovers) — and ends with STATE, as ``leza status``
+prints it.
 """
 
+import asyncio
 import json
 import logging
 import os
@@ -83,6 +86,7 @@ TRAFFIC: tuple[Visit, ...] = (
     Visit("POST", "/login", CHROME_WIN, "193.0.6.139", "alice"),  # a session from Amsterdam
     Visit("POST", "/login", SAFARI_IPAD, "122.248.230.1", "alice"),  # Singapore, seconds later
     Visit("POST", "/logout", CHROME_WIN, "193.0.6.139", "alice"),
+    Visit("GET", "/reports/7", FIREFOX_LINUX, "89.160.20.128"),  # the slow one
 )
 
 #: The demo app's own logger: its records go to the LOG tab.
@@ -146,6 +150,11 @@ def build_app(leza: Leza) -> Any:
         if request.user.is_authenticated and request.user.display_name == "root":
             return {"admin": "welcome"}
         raise HTTPException(status_code=403, detail="admins only")
+
+    @app.get("/reports/{report_id}")
+    async def report(report_id: int) -> dict[str, int]:
+        await asyncio.sleep(0.3)  # a slow endpoint: STATE's p95 shows it
+        return {"report": report_id}
 
     @app.get("/boom")
     async def boom() -> None:
@@ -256,12 +265,31 @@ def _closed_port() -> int:
     return port
 
 
+class Flaky:
+    """The demo's ``search`` check: fails for its first ``seconds``, then passes
+    (an outage and its recovery: one DOWN and one RECOVERED alarm)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.healthy_at = time.monotonic() + seconds
+
+    def __call__(self) -> None:
+        if time.monotonic() < self.healthy_at:
+            raise ConnectionError("search index rebuilding")
+
+
 def _settled(leza: Leza, timeout: float = 5.0) -> None:
-    """Wait until both demo checks have left ``unknown`` (a few probes)."""
+    """Wait until the demo checks have left ``unknown`` and ``search`` is back up."""
     deadline = time.monotonic() + timeout
+    monitor = leza.availability.monitor
     while time.monotonic() < deadline:
-        states = [leza.availability.monitor.local_state(c.name) for c in leza.availability.checks]
-        if all(s is not None and s[0] != "unknown" for s in states):
+        states = {c.name: monitor.local_state(c.name) for c in leza.availability.checks}
+        search = states.get("search")
+        if all(s is not None and s[0] != "unknown" for s in states.values()) and (
+            search is not None
+            and search[0] == "up"
+            and search[1] is not None
+            and search[1].previous == "up"
+        ):
             return
         time.sleep(0.05)
 
@@ -332,6 +360,7 @@ def run_demo(storage: str | None = None, out: TextIO | None = None) -> int:
                               retries=1)  # fmt: skip
         leza.availability.tcp("payments", "127.0.0.1", _closed_port(), interval=0.1,
                               timeout=0.1, retries=2)  # fmt: skip
+        leza.availability.check("search", Flaky(0.8), interval=0.1, timeout=0.1, retries=1)
         request_ids = drive(port, TRAFFIC)
         _settled(leza)
     finally:
@@ -365,5 +394,10 @@ def run_demo(storage: str | None = None, out: TextIO | None = None) -> int:
         f"dropped={stats['dropped']} spilled={stats['spilled']} pending={stats['pending']}",
         file=out,
     )
+    from .cli.status import render
+
+    state = leza.query.state(since=started - 1)
+    print("\nSTATE of the demo's minutes (`leza status` prints the same):\n", file=out)
+    print(render(state, storage=leza.storage.describe()), end="", file=out)
     leza.shutdown()
     return 0 if len(events) == len(request_ids) else 1

@@ -189,6 +189,7 @@ class Leza:
                 self.availability.add(check)
             for window in previous_availability.monitor.maintenance():
                 self.availability.monitor.add_maintenance(window)
+        self.query.live = self  # STATE: this recorder's counters, this monitor's checks
 
     # -- recorder ------------------------------------------------------------
 

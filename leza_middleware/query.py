@@ -5,13 +5,17 @@ from __future__ import annotations
 import math
 import re
 import time as _time
+import weakref
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import LezaError
 from .state.traffic import DAY, Traffic, TrafficUnsupported, bucket_seconds_for
 from .storage.base import QueryFilter, Storage
+
+if TYPE_CHECKING:
+    from .leza import Leza
 
 __all__ = ["Query", "QueryPage", "parse_cursor", "to_us"]
 
@@ -107,6 +111,18 @@ class Query:
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
         self._ready = False
+        # The Leza this query API belongs to (see :attr:`live`), weakly: no cycle.
+        self._live: weakref.ref[Leza] | None = None
+
+    @property
+    def live(self) -> Leza | None:
+        """The Leza this query API belongs to, if any: STATE reports its recorder's
+        counters and its monitor's view of the checks."""
+        return None if self._live is None else self._live()
+
+    @live.setter
+    def live(self, leza: Leza | None) -> None:
+        self._live = None if leza is None else weakref.ref(leza)
 
     def _ensure_ready(self) -> None:
         if not self._ready:
@@ -296,6 +312,23 @@ class Query:
             )
         self._ensure_ready()
         return self._storage.traffic(since_us, until_us, bucket_seconds)
+
+    def state(self, since: TimeLike = None, until: TimeLike = None) -> dict[str, Any]:
+        """The state at a glance, as one JSON-able dict (the STATE tab, ``/api/state``,
+        ``leza status``): traffic, endpoints, who is on, services, the recorder's
+        health and the latest advisories of the window (docs/dashboard.md).
+
+        ``since``/``until`` as for the other reads (inclusive); default: the 24
+        hours up to ``until``, itself by default now. ValueError (a
+        :class:`~leza_middleware.state.build.WindowError` naming ``from``) when
+        ``since`` is after ``until`` or the window is over 400 days.
+        """
+        from .state.build import build_state, state_window
+
+        now = time_us()
+        since_us, until_us = state_window(to_us(since), to_us(until, end=True), now)
+        self._ensure_ready()
+        return build_state(self._storage, since_us, until_us, now=now, live=self.live)
 
     def logs(
         self,

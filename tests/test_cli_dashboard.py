@@ -133,7 +133,7 @@ def test_serves_the_access_tab_with_the_stored_rows_then_stops_cleanly(
         assert "Alice" in text
         denied = client.get("/api/access", params={"action": "denied"}).json()["items"]
         assert [(e["_id"], e["endpoint"]) for e in denied] == [(recorded[2], "/orders/3/lines")]
-        assert client.get("/", follow_redirects=False).headers["location"] == "/access"
+        assert client.get("/", follow_redirects=False).headers["location"] == "/state"
     code, err = server.stop(signal.SIGTERM)
     assert code == 0, err
     assert err == "leza dashboard: stopped\n"

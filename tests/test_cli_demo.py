@@ -22,7 +22,7 @@ import pytest
 from leza_middleware import __version__, cli
 
 HAS_GEOLITE2 = importlib.util.find_spec("_maxminddb_geolite2") is not None
-REQUESTS = 15  # len(leza_middleware.demo.TRAFFIC)
+REQUESTS = 16  # len(leza_middleware.demo.TRAFFIC)
 
 # The session-record names of DESIGN.md ("keep these names in JSON output").
 SESSION_KEYS = {"_id", "browser", "os", "device", "bot", "geoLocationInfoOfIp", "performer"}
@@ -117,6 +117,16 @@ def test_demo_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     assert re.search(r"CHECK     demo-api: UP \(.* ms\), uptime 24 h 100.0%", out)
     assert "CHECK     payments: DOWN (ConnectionRefusedError" in out
     assert "ADVISORY  HIGH     Service payments is DOWN" in out
+    assert re.search(r"CHECK     search: UP \(.* ms\)", out)  # down at first, then recovered
+    # It ends with STATE, as `leza status` prints it: the services board first.
+    state = out.split("STATE of the demo's minutes", 1)[1]
+    assert state.index("SERVICES") < state.index("TRAFFIC") < state.index("ENDPOINTS")
+    assert re.search(r"payments\s+DOWN\s+.*1, last ongoing after", state)
+    assert re.search(r"search\s+UP\s+.*1, last recovered after", state)
+    traffic = f"TRAFFIC    {REQUESTS} requests, 1 server error (6.25 %), 1 client error, 1 denied"
+    assert traffic in state
+    assert re.search(r"GET\s+/reports/\{report_id\}\s+1\s+0\s+0\s+\d+ ms\s+[\d.]+ ms", state)
+    assert re.search(r"GET\s+/admin\s+2\s+0\s+1\s", state)
     key = "LEZA_SECRET_KEY=leza-demo-key-not-a-secret"
     assert f"{key} leza dashboard --storage sqlite:///{db}" in out
     assert f"{key} leza verify --storage sqlite:///{db}" in out

@@ -211,7 +211,7 @@ def test_every_tab_renders_recorded_events(leza: Leza, admin: TestClient, bob: A
         else:
             assert "recorded yet" in r.text
 
-    assert admin.get("/leza/", follow_redirects=False).headers["location"] == "/leza/access"
+    assert admin.get("/leza/", follow_redirects=False).headers["location"] == "/leza/state"
     assert admin.get("/leza/nope").status_code == 404
 
 

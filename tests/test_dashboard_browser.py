@@ -164,7 +164,7 @@ def sign_in_as_admin(page: Any, site: Site) -> None:
     page.goto(f"{site.url}/login")
     page.fill("input[name=username]", "admin")
     page.click("button[type=submit]")
-    page.wait_for_url(f"{site.url}/leza/access")  # /login -> /leza/ -> /leza/access
+    page.wait_for_url(f"{site.url}/leza/state")  # /login -> /leza/ -> /leza/state
 
 
 def rows(page: Any) -> Any:
@@ -186,7 +186,7 @@ def shoot(page: Any, name: str) -> None:
 
 def test_sign_in_open_every_tab_filter_and_more_details(page: Any, site: Site) -> None:
     sign_in_as_admin(page, site)
-    assert page.title() == "ACCESS · leza"
+    assert page.title() == "STATE · leza"
 
     for label, name in TAB_LABELS.items():
         open_tab(page, label)

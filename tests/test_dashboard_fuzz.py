@@ -2,7 +2,9 @@
 (issue 13, item 5, second half).
 
 Hypothesis builds requests to every route of the ASGI, WSGI and Django mounts
-— each tab as HTML and JSON, ``/api/availability``, ``/``, the health checks,
+— each tab as HTML and JSON, STATE (``/state``, ``/api/state``: its ``sort``,
+``refresh`` and ``last`` too) and ACCESS's ``endpoint`` filter,
+``/api/availability``, ``/``, the health checks,
 made-up paths, and the revoke form — whose query parameters, form fields
 (``csrf_token``, ``session_id``, ``back``, ``confirm``), path segments and
 origin headers hold hostile values: non-ASCII digits, numbers past 64 bits,
@@ -60,6 +62,8 @@ TABS = ("access", "sessions", "audit", "advisories", "logs")
 ROUTES = (
     *(f"/{t}" for t in TABS),
     *(f"/api/{t}" for t in TABS),
+    "/state",
+    "/api/state",
     "/api/availability",
     "/",
     "/health/live",
@@ -67,7 +71,8 @@ ROUTES = (
 )
 #: What the view answers; a 500 (or a 503: the storage is up) is a failure.
 EXPECTED = {200, 303, 400, 403, 404, 405, 413}
-PARAMS = ("from", "to", "action", "performer", "limit", "cursor", "revoked", "gone")
+PARAMS = ("from", "to", "action", "performer", "limit", "cursor", "revoked", "gone",
+          "endpoint", "sort", "refresh", "last")  # fmt: skip
 FIELDS = ("csrf_token", "session_id", "back", "confirm")
 
 SPECIAL = [
@@ -125,7 +130,17 @@ BACKS = [
 #: Each input's own hostile values, picked evenly: Hypothesis's own draws repeat
 #: themselves from one example to the next (it mutates earlier examples), and
 #: would rarely build ``'²'`` or a 20-digit cursor character by character.
+#: STATE's and ACCESS's own inputs: the endpoint filter, sort, refresh, quick periods.
+ENDPOINTS = [
+    "GET", "GET ", "GET /items/{item_id}", "(unmatched)", "OTHER /x", "get /x", "GET  /x",
+    "/" * 5000, "GET /" + "x" * 4200, "\u2028GET /", "GET /\x00", "PROPFIND /x", "{", "%",
+    *SPECIAL,
+]  # fmt: skip
 CORPUS = {
+    "endpoint": ENDPOINTS,
+    "sort": ["p95", "requests", "P95", "p95 ", "p99", "", *SPECIAL[:20]],
+    "refresh": ["30", "60", "300", "0", "00", "61", "-1", "1e3", *NUMBERS[:10]],
+    "last": ["1h", "24h", "7d", "30d", "1H", "2h", "400d", "0h", *SPECIAL[:20]],
     "limit": NUMBERS,
     "cursor": CURSORS,
     "back": BACKS,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..__about__ import __version__
 from ..errors import LezaError
-from . import check, dashboard, export, forget, migrate, purge, sessions, tail, verify
+from . import check, dashboard, export, forget, migrate, purge, sessions, status, tail, verify
 from .common import CliError, Context, cli_context, storage_default
 
 __all__ = ["COMMANDS", "Command", "build_parser", "execute", "main"]
@@ -44,6 +44,7 @@ COMMANDS: dict[str, Command] = {
         _no_arguments,
         _demo,
     ),
+    "status": Command(status.HELP, status.add_arguments, status.run),
     "tail": Command(tail.HELP, tail.add_arguments, tail.run),
     "export": Command(export.HELP, export.add_arguments, export.run),
     "purge": Command(purge.HELP, purge.add_arguments, purge.run),

@@ -1,4 +1,4 @@
-"""The admin view: AUDIT · ACCESS · ADVISORY · SESSION · LOG, and its JSON API.
+"""The admin view: STATE · AUDIT · ACCESS · ADVISORY · SESSION · LOG, and its JSON API.
 
 One renderer (:mod:`.core`) behind three mounts::
 

@@ -5,8 +5,11 @@ The ASGI, WSGI and Django adapters turn their framework's request into a
 ``authorize`` their own way, and send back the response this returns.
 Routes, under the mount:
 
+* ``GET /state`` and ``GET /api/state`` — STATE, the landing page (``GET /``
+  redirects to it): traffic, endpoints, who is on, services, the recorder,
+  the latest advisories (:mod:`.state_view`);
 * ``GET /<tab>`` — the HTML view of ``audit``, ``access``, ``advisories``,
-  ``sessions`` or ``logs`` (``GET /`` redirects to ``/access``);
+  ``sessions`` or ``logs``;
 * ``GET /api/<tab>`` — the same rows as JSON ``{"items": [...], "next_cursor": ...,
   "recorded": ...}`` (see docs/dashboard.md);
 * ``GET /api/availability`` — each check's status and its stored probes;
@@ -54,6 +57,7 @@ from .responses import (
     json_response,
     redirect,
 )
+from .state_view import answer_state
 from .tabs import TABS_BY_SLUG, read_rows
 
 if TYPE_CHECKING:
@@ -195,8 +199,10 @@ class Dashboard:
             return error_response(405, "Method not allowed", "The dashboard is read-only.", api)
         if path == "/":
             query = req.raw_query if _PLAIN_QUERY.fullmatch(req.raw_query) else b""
-            return redirect(f"{req.base}/access" + (f"?{query.decode()}" if query else ""))
+            return redirect(f"{req.base}/state" + (f"?{query.decode()}" if query else ""))
         slug = path[len("/api/") :] if api else path[1:]
+        if slug == "state":
+            return answer_state(self, req, api)
         if api and slug == "availability":
             return self._availability(req)
         tab = TABS_BY_SLUG.get(slug)

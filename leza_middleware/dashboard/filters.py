@@ -1,8 +1,9 @@
 """The filters of a dashboard view, read from and written back to the URL query.
 
 ``from``, ``to`` (ISO 8601 date or date-time, inclusive, UTC), ``action``,
-``performer``, ``limit`` and ``cursor``: the same names in the HTML views and
-the JSON API, so a filtered view is a URL that can be shared.
+``performer``, ``limit`` and ``cursor``, and on ACCESS ``endpoint`` (``GET
+/items/{item_id}``: STATE's endpoint rows link with it): the same names in the
+HTML views and the JSON API, so a filtered view is a URL that can be shared.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import date, datetime, timedelta, timezone
 from urllib.parse import urlencode
 
 from ..query import MAX_CURSOR, parse_cursor, to_us
+from ..state.labels import ENDPOINT_MAX, parse_endpoint
 from .inputs import BadInput, Params, clean_text, iso_time, whole_number
 
 __all__ = [
@@ -29,7 +31,7 @@ DEFAULT_DAYS = 30
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 #: The query parameters that are filters (everything else in a URL is ignored).
-NAMES = frozenset({"from", "to", "action", "performer", "limit", "cursor"})
+NAMES = frozenset({"from", "to", "action", "performer", "limit", "cursor", "endpoint"})
 
 #: A query parameter the dashboard cannot use (answered with 400 naming it).
 FilterError = BadInput
@@ -43,6 +45,7 @@ class Filters:
     performer: str = ""
     limit: int = DEFAULT_LIMIT
     cursor: str = ""
+    endpoint: str = ""  # ACCESS only: "GET /items/{item_id}", "/items/{item_id}", "(unmatched)"
 
     @classmethod
     def parse(cls, params: Params | Mapping[str, str], today: date | None = None) -> Filters:
@@ -68,7 +71,17 @@ class Filters:
                 f"cursor: not a cursor returned by this dashboard (at most {MAX_CURSOR} "
                 "characters)",
             ) from None
-        return cls(since, until, action, performer, limit, cursor)
+        endpoint = clean_text("endpoint", params.get("endpoint"), ENDPOINT_MAX)
+        if endpoint:
+            try:
+                parse_endpoint(endpoint)
+            except ValueError:
+                raise FilterError(
+                    "endpoint",
+                    "endpoint: a method and route template (GET /items/{item_id}), a route "
+                    "template alone or (unmatched)",
+                ) from None
+        return cls(since, until, action, performer, limit, cursor, endpoint)
 
     @property
     def since_us(self) -> int | None:
@@ -90,6 +103,7 @@ class Filters:
             "performer": self.performer,
             "limit": "" if self.limit == DEFAULT_LIMIT else str(self.limit),
             "cursor": self.cursor,
+            "endpoint": self.endpoint,
         }
         values.update({k: str(v) for k, v in changes.items()})
         return urlencode({k: v for k, v in values.items() if v})

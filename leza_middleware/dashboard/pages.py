@@ -18,7 +18,7 @@ from .rows import (
     log_table,
     session_table,
 )
-from .tabs import COUNT_CAP, TABS, Rows, Tab
+from .tabs import COUNT_CAP, NAV, STATE, Rows, Tab
 from .timefmt import absolute, relative
 
 __all__ = ["CSP", "MESSAGE_CSP", "Chain", "Page", "confirm_page", "message_page", "tab_page"]
@@ -70,26 +70,35 @@ class Page:
         return f"{self.base}{path}" + (f"?{query}" if query else "")
 
     def layout(
-        self, title: str, current: Tab | None, filters: Filters | None, body: Markup
+        self,
+        title: str,
+        current: Tab | None,
+        filters: Filters | None,
+        body: Markup,
+        *,
+        carry: str | None = None,
     ) -> Markup:
         # Switching tabs keeps the period and the performer; the action
-        # vocabulary differs per tab, and a cursor belongs to one tab.
-        carry = "" if filters is None else filters.query(action="", cursor="")
+        # vocabulary differs per tab, a cursor belongs to one tab, an endpoint
+        # to ACCESS. STATE opens on its own default (the last 24 hours) unless
+        # it passes its period on itself (``carry``).
+        if carry is None:
+            carry = "" if filters is None else filters.query(action="", cursor="", endpoint="")
         tabs = join(
             fmt(
                 '<a href="{}"{}>{}</a>',
-                self.url(f"/{t.slug}", carry),
+                self.url(f"/{t.slug}", carry if t is not STATE or filters is None else ""),
                 Markup(' aria-current="page"') if t is current else Markup(""),
                 t.label,
             )
-            for t in TABS
+            for t in NAV
         )
         return render(
             "layout.html",
             title=title,
             style=_style(),
             script=_script(),
-            home=self.url("/access"),
+            home=self.url("/state"),
             app=self.app,
             storage=self.storage,
             tabs=tabs,
@@ -125,6 +134,8 @@ def _summary(tab: Tab, filters: Filters, rows: Rows, chain: Chain | None) -> Mar
     if not rows.available:
         return Markup("")  # the empty state says it all (see _not_recorded)
     period = fmt("from <strong>{}</strong> to <strong>{}</strong>", filters.since, filters.until)
+    if filters.endpoint and tab.kind == "access":
+        period = fmt("of <code>{}</code> {}", filters.endpoint, period)
     if rows.count is None:
         counted = fmt("{} {}", tab.plural.capitalize(), period)
     else:
@@ -221,6 +232,13 @@ def tab_page(
         action=filters.action,
         action_options=join(fmt('<option value="{}">', a) for a in tab.actions),
         performer=filters.performer,
+        endpoint_field=fmt(
+            '<label>ENDPOINT <input name="endpoint" value="{}" placeholder="GET /items/{{id}}" '
+            'size="20"></label>',
+            filters.endpoint,
+        )
+        if tab.kind == "access"
+        else Markup(""),
         limit_options=join(
             fmt(
                 '<option value="{}"{}>{}</option>',

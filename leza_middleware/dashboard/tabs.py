@@ -18,7 +18,17 @@ from .filters import FilterError, Filters
 if TYPE_CHECKING:
     from ..leza import Leza
 
-__all__ = ["COUNT_CAP", "TABS", "TABS_BY_SLUG", "Rows", "Tab", "read_rows", "recorded"]
+__all__ = [
+    "COUNT_CAP",
+    "NAV",
+    "STATE",
+    "TABS",
+    "TABS_BY_SLUG",
+    "Rows",
+    "Tab",
+    "read_rows",
+    "recorded",
+]
 
 #: Counts stop here ("10,000+"): bounded work whatever the table holds (see
 #: docs/dashboard.md for what an exact count over 1,000,000 rows costs).
@@ -53,6 +63,9 @@ TABS = (
         ("debug", "info", "warning", "error", "critical")),
 )  # fmt: skip
 TABS_BY_SLUG = {t.slug: t for t in TABS}
+#: STATE (dashboard/state_view.py): not a list of records, but first in the tab bar.
+STATE = Tab("state", "STATE", "state", "request", "requests", ())
+NAV = (STATE, *TABS)
 
 #: The SESSION tab's action filter is the session's state.
 _SESSION_STATES = {"": None, "active": True, "ended": False}
@@ -93,6 +106,8 @@ def read_rows(leza: Leza, tab: Tab, filters: Filters, *, count: bool = False) ->
         page = query.sessions(**common, **extra, limit=filters.limit, cursor=filters.cursor or None)
     else:
         extra = {"action": filters.action or None}
+        if tab.kind == "access":
+            extra["endpoint"] = filters.endpoint or None
         page = query.page(
             tab.kind, **common, **extra, limit=filters.limit, cursor=filters.cursor or None
         )

@@ -2,7 +2,9 @@
 
 Types and helpers the STATE views are built from; see :mod:`.traffic` for the
 window and bucket rules and :mod:`.labels` for how requests are labelled
-(method, route, outcome) and the ACCESS ``endpoint`` filter.
+(method, route, outcome) and the ACCESS ``endpoint`` filter. :mod:`.build`
+assembles ``leza.query.state()`` from them, :mod:`.who` (sessions) and
+:mod:`.services` (the availability checks).
 """
 
 from __future__ import annotations
