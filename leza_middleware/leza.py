@@ -31,6 +31,7 @@ from .sessions.cookies import CookieJar, Keyring
 from .sessions.registry import Sessions
 from .spill import Spill, default_spill_dir
 from .storage import SQLStorage, Storage, open_storage
+from .trace import Trace
 
 __all__ = ["Leza"]
 
@@ -164,6 +165,7 @@ class Leza:
             shutdown_timeout=settings.shutdown_timeout,
         )
         self.query = Query(self.storage)
+        self.trace = Trace(self)  # the traceability views' reads
         previous_availability: Availability | None = getattr(self, "availability", None)
         self.availability = Availability(self)
         if previous_availability is not None:  # an init_app() rebuild: carry the checks over

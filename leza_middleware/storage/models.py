@@ -25,6 +25,8 @@ from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "REFUSED_ACTIONS",
+    "REFUSED_PREDICATE",
     "AccessRow",
     "AdvisoryRow",
     "AuditCheckpointRow",
@@ -52,6 +54,12 @@ __all__ = [
     "performer_table",
     "session_table",
 ]
+
+#: The actions of the performer view's "denied requests and failed logins", and
+#: the predicate of the partial index that finds them: a query names these
+#: actions with literal values so that SQLite and PostgreSQL use that index.
+REFUSED_ACTIONS = ("denied", "login_failed")
+REFUSED_PREDICATE = "action IN ('denied', 'login_failed')"
 
 _registry = registry()
 metadata: MetaData = _registry.metadata
@@ -131,6 +139,25 @@ class AccessRow(LezaModel, table=True):
             sqlite_where=text("performer_id IS NOT NULL"),
             postgresql_where=text("performer_id IS NOT NULL"),
         ),
+        # Traceability (dashboard/trace.py, docs/dashboard.md "Traceability"): one
+        # request's events, one session's requests newest first (signed-in
+        # traffic only), and a performer's denied requests and failed logins
+        # (a few % of the rows: a partial index costs the other writes nothing).
+        Index("ix_leza_access_request", "request_id"),
+        Index(
+            "ix_leza_access_session_ts",
+            "session_hash",
+            "ts",
+            sqlite_where=text("session_hash IS NOT NULL"),
+            postgresql_where=text("session_hash IS NOT NULL"),
+        ),
+        Index(
+            "ix_leza_access_performer_refused",
+            "performer_id",
+            "ts",
+            sqlite_where=text(REFUSED_PREDICATE),
+            postgresql_where=text(REFUSED_PREDICATE),
+        ),
     )
 
     id: str = Field(primary_key=True)
@@ -195,6 +222,8 @@ class AuditRow(LezaModel, table=True):
         Index("ix_leza_audit_entity", "entity_type", "entity_id", "ts"),
         Index("ix_leza_audit_actor_ts", "actor_id", "ts"),
         Index("ix_leza_audit_chain_seq", "chain", "seq", unique=True),
+        Index("ix_leza_audit_request", "request_id"),
+        Index("ix_leza_audit_session_ts", "session_id", "ts"),
     )
 
     id: str = Field(primary_key=True)
@@ -215,6 +244,8 @@ class AuditRow(LezaModel, table=True):
     client_ip: str | None = None
     prev_hash: str
     hash: str
+    # The public id of the session the change was made in (as on access rows).
+    session_id: str | None = None
 
 
 class AuditCheckpointRow(LezaModel, table=True):
@@ -295,6 +326,8 @@ class AdvisoryRow(LezaModel, table=True):
         Index("ix_leza_advisory_ts_id", "ts", "id"),
         Index("ix_leza_advisory_action_ts", "action", "ts"),
         Index("ix_leza_advisory_performer_ts", "performer_id", "ts"),
+        Index("ix_leza_advisory_request", "request_id"),
+        Index("ix_leza_advisory_session_ts", "session_id", "ts"),
     )
 
     id: str = Field(primary_key=True)
@@ -307,6 +340,9 @@ class AdvisoryRow(LezaModel, table=True):
     ip: str | None = None
     details: str = Field(sa_type=Text)  # JSON object
     app: str
+    # The request and session of the event that raised it (None: not a request).
+    request_id: str | None = None
+    session_id: str | None = None
 
 
 class CheckRow(LezaModel, table=True):
