@@ -4,7 +4,10 @@
    app (median over many repeats of bare vs wrapped, the queue drained between
    repeats so it never fills);
 2. recorder, per event: enrichment (UA/geo/IP caches warm, like steady
-   traffic) and the SQLite batch write, µs each.
+   traffic) and the SQLite batch write, µs each;
+3. recorder enrichment with query strings: a realistic mix repeating (the
+   per-query cache warm) and every query distinct (secret redaction runs for
+   every event: plain keys, bracketed keys, a URL-valued parameter).
 
     python bench/bench_inprocess.py
 """
@@ -109,7 +112,31 @@ def request_path(leza: Leza, repeats: int = 41, n: int = 2000) -> tuple[float, f
     return b, w - b
 
 
-def recorder_costs(leza: Leza, n: int = 20_000) -> tuple[float, float]:
+# Steady traffic: a few distinct query strings, some carrying secrets.
+QUERY_MIX = [
+    b"",
+    b"page=2&sort=name",
+    b"q=hello%20world&page=1",
+    b"access_token=abc123&page=3",
+    b"user[password]=hunter2&user[name]=al",
+    b"next=%2Fcb%3Ftoken%3Dabc",
+    b"utm_source=news&utm_medium=email&utm_campaign=spring",
+    b"redirect_uri=https%3A%2F%2Fapp.example%2Fcb&state=xyz",
+]
+
+
+def distinct_query(i: int) -> bytes:
+    """Every query new (cache misses): plain pairs, bracketed keys, a nested URL."""
+    return [
+        b"page=%d&sort=name&dir=asc" % i,
+        b"filter[status]=open&filter[id]=%d" % i,
+        b"next=https%%3A%%2F%%2Fapp.example%%2Fitems%%3Fid%%3D%d" % i,
+    ][i % 3]
+
+
+def recorder_costs(
+    leza: Leza, n: int = 20_000, query: Any = None, write: bool = True
+) -> tuple[float, float]:
     from leza_middleware.request_path import raw_access
 
     now = time.time()
@@ -123,6 +150,7 @@ def recorder_costs(leza: Leza, n: int = 20_000) -> tuple[float, float]:
             x_forwarded_for=IPS[i % len(IPS)],
             host=b"127.0.0.1:8000",
             route="/",
+            query=b"" if query is None else query(i),
         )
         for i in range(n)
     ]
@@ -134,6 +162,8 @@ def recorder_costs(leza: Leza, n: int = 20_000) -> tuple[float, float]:
     for k in range(0, n, leza.settings.batch_size):
         events += prep(raws[k : k + leza.settings.batch_size])
     enrich_us = (time.perf_counter_ns() - t0) / n / 1000
+    if not write:
+        return enrich_us, 0.0
     storage = leza.storage
     storage.setup()
     batch = leza.settings.batch_size
@@ -171,6 +201,12 @@ def main() -> None:
         print(
             f"recorder per event: enrich {enrich:.2f} µs + SQLite write {write:.2f} µs"
             f" = {enrich + write:.2f} µs  ({1e6 / write:,.0f} events/s write rate)"
+        )
+        mix, _ = recorder_costs(leza2, query=lambda i: QUERY_MIX[i % len(QUERY_MIX)], write=False)
+        cold, _ = recorder_costs(leza2, query=distinct_query, write=False)
+        print(
+            f"recorder enrich with queries: {mix:.2f} µs (repeating mix), "
+            f"{cold:.2f} µs (every query distinct)"
         )
         leza.shutdown(5)
         leza2.shutdown(5)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import LezaConfigError
@@ -22,17 +22,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_STORAGE", "Settings"]
 
 DEFAULT_STORAGE = "sqlite:///leza.db"
-
-# Query keys whose values never reach storage (compared case-insensitively,
-# ignoring "-" and "_"). Users add their own with ``redact_query_keys``.
-DEFAULT_REDACT_QUERY_KEYS = frozenset(
-    {
-        "password", "passwd", "pwd", "pass", "secret", "token", "accesstoken",
-        "refreshtoken", "idtoken", "apikey", "key", "auth", "authorization",
-        "sessionid", "session", "sid", "code", "signature", "sig", "jwt",
-        "clientsecret", "privatekey", "otp", "csrftoken", "xsrftoken",
-    }
-)  # fmt: skip
 
 
 def _whole(name: str, given: Any, minimum: int) -> int:
@@ -73,6 +62,18 @@ def _str_list(name: str, value: Any) -> tuple[str, ...]:
     raise LezaConfigError(f"{name} must be a list of strings or a comma-separated string")
 
 
+def _secret_names(name: str, value: Any) -> tuple[str, ...]:
+    """Names added to the secret list: each must keep a letter or a digit once
+    normalised (``"-"`` would match nothing, silently)."""
+    from .redact import normalise_name
+
+    names = _str_list(name, value)
+    for item in names:
+        if not normalise_name(item):
+            raise LezaConfigError(f"{name}: {item!r} is not a name (it needs a letter or a digit)")
+    return names
+
+
 @dataclass(frozen=True)
 class Settings:
     storage: str | Storage = DEFAULT_STORAGE
@@ -89,7 +90,9 @@ class Settings:
     spill_dir: str | None = None
     shutdown_timeout: float = 5.0
     max_retries: int = 3
-    redact_query_keys: frozenset[str] = field(default=DEFAULT_REDACT_QUERY_KEYS)
+    # Names whose values are secrets, added to leza_middleware.redact's list (normalised); used
+    # everywhere: query strings, URLs, log text, recorded headers, audit states.
+    redact_query_keys: frozenset[str] = frozenset()
     request_id_header: str = "x-request-id"
     # Machine identity and sessions (sessions/).
     machine_cookie: str | None = "leza_mid"  # False / "" / "off": no machine cookie
@@ -104,7 +107,7 @@ class Settings:
     enforce_session_timeouts: bool = False
     logout_routes: tuple[str, ...] = ()
     revoked_response: Callable[[Any], tuple[int, list[tuple[str, str]], bytes]] | None = None
-    # Audit: field names whose values are masked (on top of audit/diff.py's defaults).
+    # More secret names, as given; added to the same list as redact_query_keys.
     audit_mask: tuple[str, ...] = ()
     # Endpoint permissions (permissions.py): {permission: ["GET /path/*", ...]}.
     permissions: tuple[Any, ...] = ()  # compiled rules
@@ -167,10 +170,10 @@ class Settings:
         if "trusted_proxies" in raw:
             out["trusted_proxies"] = _str_list(label["trusted_proxies"], raw["trusted_proxies"])
         if "redact_query_keys" in raw:
-            extra = _str_list(label["redact_query_keys"], raw["redact_query_keys"])
-            out["redact_query_keys"] = DEFAULT_REDACT_QUERY_KEYS | {
-                k.lower().replace("-", "").replace("_", "") for k in extra
-            }
+            from .redact import normalise_name
+
+            extra = _secret_names(label["redact_query_keys"], raw["redact_query_keys"])
+            out["redact_query_keys"] = frozenset(map(normalise_name, extra))
         if "performer" in raw:
             if not callable(raw["performer"]):
                 raise LezaConfigError(
@@ -257,7 +260,7 @@ class Settings:
                     )
             out["logout_routes"] = routes
         if "audit_mask" in raw:
-            out["audit_mask"] = _str_list(label["audit_mask"], raw["audit_mask"])
+            out["audit_mask"] = _secret_names(label["audit_mask"], raw["audit_mask"])
         if "permissions" in raw:
             from .permissions import parse_rules
 

@@ -7,9 +7,10 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .advisories import AdvisoryEngine, default_rules
+from .advisories.rules import ALARM_RULES
 from .audit.api import Audit
 from .availability import Availability
 from .config import Settings
@@ -18,20 +19,26 @@ from .enrich.clientip import ProxyTrust
 from .enrich.geo import GeoResolver
 from .enrich.useragent import UserAgentParser
 from .errors import LezaConfigError
-from .events import SEVERITIES, AdvisoryEvent, AuditEvent, Event, LogEvent
+from .events import SEVERITIES, AdvisoryEvent, AuditEvent, CheckEvent, Event, LogEvent
 from .logs import LezaLogHandler
 from .notify import Notification, Notify
 from .performer import Performer, coerce_performer
 from .permissions import Permissions
-from .privacy import ForgetReport, Privacy, scrub_log_text
+from .privacy import ForgetReport, Privacy
 from .query import Query
 from .recorder import Recorder
+from .redact import Redactor
 from .request_path import is_priority
 from .sessions.cookies import CookieJar, Keyring
 from .sessions.registry import Sessions
 from .spill import Spill, default_spill_dir
 from .storage import SQLStorage, Storage, open_storage
 from .trace import Trace
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from .metrics import LezaMetrics
 
 __all__ = ["Leza"]
 
@@ -103,13 +110,15 @@ class Leza:
         self.geo: GeoResolver = resolver
         self.user_agents = UserAgentParser()
         self.keyring = Keyring(settings.secret_key)
+        # Secret names (leza_middleware.redact's list plus the deployment's), for everything stored.
+        self.redactor = Redactor([*settings.redact_query_keys, *settings.audit_mask])
         # IP anonymisation (keyed with secret_key), retention, erasure.
         self.privacy = Privacy(self)
         self.enricher = AccessEnricher(
             user_agents=self.user_agents,
             geo=self.geo,
             proxies=self.proxies,
-            redact_keys=settings.redact_query_keys,
+            redactor=self.redactor,
             app_name=settings.app_name,
             anonymize_ip=self.privacy.access_anonymizer(),
         )
@@ -143,6 +152,7 @@ class Leza:
             settings.permissions, settings.app_name, settings.has_permission
         )
         spill_dir = settings.spill_dir or default_spill_dir(self.storage.describe())
+        previous_recorder: Recorder | None = getattr(self, "recorder", None)
         self.recorder = Recorder(
             self.storage,
             self._prepare,
@@ -164,6 +174,9 @@ class Leza:
             max_retries=settings.max_retries,
             shutdown_timeout=settings.shutdown_timeout,
         )
+        if previous_recorder is not None:  # an init_app() rebuild: metrics keep their feed
+            for observer in previous_recorder.observers:
+                self.recorder.add_observer(observer)
         self.query = Query(self.storage)
         self.trace = Trace(self)  # the traceability views' reads
         previous_availability: Availability | None = getattr(self, "availability", None)
@@ -186,9 +199,13 @@ class Leza:
             return item
         if type(item) is LogEvent:
             # An app that logs a URL or a header dict would store its secrets.
-            item.message = scrub_log_text(item.message)
+            scrub = self.redactor.scrub_text
+            item.message = scrub(item.message)
             if item.exception:
-                item.exception = scrub_log_text(item.exception)
+                item.exception = scrub(item.exception)
+            return item
+        if type(item) is CheckEvent and item.error:
+            item.error = self.redactor.scrub_text(item.error)  # an error can quote a URL
             return item
         if isinstance(item, Event):
             return item
@@ -208,19 +225,34 @@ class Leza:
             # so its derived session_start would be a second sighting of it.
             found = engine.process(events)
             if found:
+                self._scrub_advisories(found)
                 if privacy.anonymizers:
                     privacy.derived(found)  # before the notifiers see them too
                 derived.extend(found)
                 self._notify_advisories(found)
         return derived
 
+    def _scrub_advisories(self, found: list[AdvisoryEvent]) -> None:
+        """A rule's message and details are text it wrote, perhaps quoting what it
+        saw: filtered like everything else stored (before the notifiers see them)."""
+        redactor = self.redactor
+        for advisory in found:
+            advisory.message = redactor.scrub_text(advisory.message)
+            advisory.details = redactor.mask(advisory.details, ambiguous=False)
+
     def _notify_advisories(self, found: list[AdvisoryEvent]) -> None:
+        """Send the advisories at or above ``advisory_notify`` to the notifiers.
+
+        Not those restating a check's state change (``service_down``,
+        ``service_recovered``): the monitor sent that transition's own
+        ``down`` / ``recovered`` alarm, and a pager rings once per outage.
+        """
         threshold = self.settings.advisory_notify
         if threshold is None:
             return
         floor = SEVERITIES.index(threshold)
         for advisory in found:
-            if SEVERITIES.index(advisory.severity) < floor:
+            if SEVERITIES.index(advisory.severity) < floor or advisory.rule in ALARM_RULES:
                 continue
             self.notify.notify(
                 Notification(
@@ -255,6 +287,20 @@ class Leza:
         handler = LezaLogHandler(self, level, rate=rate, burst=burst)
         self._log_handlers.append(handler)
         return handler
+
+    def metrics(self, registry: CollectorRegistry | None = None, **options: Any) -> LezaMetrics:
+        """Prometheus metrics of this app, fed from the recorder thread.
+
+        Registers request counts and latencies, check states and the
+        recorder's counters into ``registry`` (default: prometheus_client's
+        global ``REGISTRY``) and returns the :class:`~leza_middleware.metrics.LezaMetrics`
+        (the same one when called again). Needs the ``[prometheus]`` extra;
+        serve them with :func:`leza_middleware.metrics.make_asgi_app` (or
+        ``make_wsgi_app``, ``make_django_view``). See docs/metrics.md.
+        """
+        from .metrics import register
+
+        return register(self, registry, **options)
 
     def _tick(self) -> None:
         """Periodic work on the recorder thread."""

@@ -33,8 +33,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .audit.chain import canonical, row_hash
-from .config import DEFAULT_REDACT_QUERY_KEYS
-from .enrich.text import FILTERED, clean, redact_query
+from .enrich.text import clean
 from .errors import LezaConfigError, LezaError
 from .events import (
     AccessEvent,
@@ -47,6 +46,7 @@ from .events import (
     SessionRecord,
 )
 from .performer import Performer
+from .redact import DENIED_HEADER_PARTS, DENIED_HEADERS, Redactor, header_refused
 
 if TYPE_CHECKING:
     from .leza import Leza
@@ -73,7 +73,6 @@ __all__ = [
     "redact_audit_event",
     "redaction_is_valid",
     "scrub_json",
-    "scrub_log_text",
     "scrub_session",
     "scrub_text",
     "sign_redaction",
@@ -84,25 +83,9 @@ log = logging.getLogger("leza_middleware")
 
 # --------------------------------------------------------------------------- headers
 
-#: Header names never stored, whatever ``record_headers`` says.
-DENIED_HEADERS = frozenset(
-    {
-        "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
-        "x-auth-token", "x-csrf-token", "x-xsrf-token",
-    }
-)  # fmt: skip
-#: ... nor any name holding one of these (lower-cased, ``-`` and ``_`` removed).
-DENIED_HEADER_PARTS = (
-    "token", "secret", "password", "passwd", "session", "auth", "cookie", "apikey",
-    "credential", "signature", "csrf", "xsrf", "jwt",
-)  # fmt: skip
 MAX_HEADERS = 16
 MAX_HEADER_VALUE = 512
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]{1,64}")
-
-
-def _squash(name: str) -> str:
-    return name.lower().replace("-", "").replace("_", "")
 
 
 def parse_record_headers(label: str, value: Any) -> tuple[str, ...]:
@@ -124,12 +107,11 @@ def parse_record_headers(label: str, value: Any) -> tuple[str, ...]:
         name = item.lower()
         if not _HEADER_NAME.fullmatch(name):
             raise LezaConfigError(f"{label}: {item!r} is not a header name")
-        squashed = _squash(name)
-        if name in DENIED_HEADERS or any(part in squashed for part in DENIED_HEADER_PARTS):
+        if header_refused(name):
             raise LezaConfigError(
                 f"{label}: the {item!r} header can carry credentials and is never stored "
-                f"(refused: {', '.join(sorted(DENIED_HEADERS))}, and any name containing "
-                f"{', '.join(DENIED_HEADER_PARTS)}); see docs/privacy.md"
+                f"(refused: {', '.join(sorted(DENIED_HEADERS))}, any name containing "
+                f"{', '.join(DENIED_HEADER_PARTS)}, and any secret name); see docs/privacy.md"
             )
         if name not in names:
             names.append(name)
@@ -138,12 +120,12 @@ def parse_record_headers(label: str, value: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
-def stored_headers(raw: tuple[Any, ...]) -> str | None:
+def stored_headers(raw: tuple[Any, ...], redactor: Redactor) -> str | None:
     """The JSON text stored for a captured header tuple ``(name, value, name, value, …)``.
 
-    Values are cleaned and capped; a value holding a query string (a Referer)
-    gets its secret-looking query values filtered like the endpoint's. Repeated
-    names are joined with ``", "`` (RFC 9110).
+    Values are cleaned and capped; secrets in them are filtered like the
+    endpoint's (a ``Referer``'s query, a URL's userinfo, ``key=value`` text).
+    Repeated names are joined with ``", "`` (RFC 9110).
     """
     out: dict[str, str] = {}
     for i in range(0, len(raw) - 1, 2):
@@ -151,18 +133,15 @@ def stored_headers(raw: tuple[Any, ...]) -> str | None:
         if value is None:
             continue
         text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-        text = clean(text, MAX_HEADER_VALUE)
-        if "?" in text:
-            head, _, query = text.partition("?")
-            text = clean(f"{head}?{redact_query(query, _QUERY_KEYS)}", MAX_HEADER_VALUE)
+        # Cleaned first so that what is matched is what is stored; capped again
+        # after, as "[Filtered]" can be longer than what it replaces.
+        text = clean(redactor.redact_header(clean(text, MAX_HEADER_VALUE)), MAX_HEADER_VALUE)
         key = str(name)
         out[key] = f"{out[key]}, {text}"[:MAX_HEADER_VALUE] if key in out else text
         if len(out) >= MAX_HEADERS:
             break
     return json.dumps(out, ensure_ascii=False) if out else None
 
-
-_QUERY_KEYS = DEFAULT_REDACT_QUERY_KEYS
 
 # --------------------------------------------------------------------------- IPs
 
@@ -299,63 +278,6 @@ def _replace_in(value: Any, old: str, new: str) -> Any:
     if isinstance(value, list):
         return [_replace_in(v, old, new) for v in value]
     return value
-
-
-# --------------------------------------------------------------------------- log text
-
-# What the query and header deny-lists name, as keys of key=value text.
-_SECRET_KEYS = DEFAULT_REDACT_QUERY_KEYS | {_squash(h) for h in DENIED_HEADERS}
-_SECRET_SUFFIXES = ("token", "password", "secret", "apikey", "signature", "sessionid", "passwd")
-_QUOTED_PAIR = re.compile(
-    r"""(?P<q>["'])(?P<k>[A-Za-z0-9_.\-]{1,64})(?P=q)(?P<sep>\s*:\s*)(?P<q2>["'])"""
-    r"""(?P<v>(?:\\.|(?!(?P=q2)).)*)(?P=q2)"""
-)
-_PAIR = re.compile(r"(?P<k>[A-Za-z0-9_.%\-]{1,64})=(?P<v>[^&\s;,\"'<>)\]}]+)")
-_HEADER_LINE = re.compile(
-    r"(?im)\b(?P<k>(?:proxy-)?authorization|(?:set-)?cookie|x-api-key|x-auth-token|"
-    r"x-csrf-token|x-xsrf-token)(?P<sep>\s*:\s*)(?P<v>[^\r\n\"']+)"
-)
-_BEARER = re.compile(r"(?i)\b(?P<s>bearer)\s+[A-Za-z0-9._~+/=\-]{6,}")
-# Basic credentials: base64 with a capital or digit after its first character
-# ("Basic information" is prose, "Basic dXNlcjpwYXNz" is not).
-_BASIC = re.compile(r"\b(?P<s>Basic)\s+(?=[A-Za-z0-9+/]+[A-Z0-9+/])[A-Za-z0-9+/]{8,}={0,2}")
-
-
-def _secret_key(key: str) -> bool:
-    k = _squash(key.replace("%2D", "-").replace("%2d", "-").replace("%5F", "_"))
-    return k in _SECRET_KEYS or k.endswith(_SECRET_SUFFIXES)
-
-
-def _filter_pair(m: re.Match[str]) -> str:
-    if not _secret_key(m.group("k")) or m.group("v") == FILTERED:
-        return m.group(0)
-    return f"{m.group('k')}={FILTERED}"
-
-
-def _filter_quoted(m: re.Match[str]) -> str:
-    if not _secret_key(m.group("k")):
-        return m.group(0)
-    q, q2 = m.group("q"), m.group("q2")
-    return f"{q}{m.group('k')}{q}{m.group('sep')}{q2}{FILTERED}{q2}"
-
-
-def scrub_log_text(text: str) -> str:
-    """Best effort: secret-looking values in a log message filtered.
-
-    ``token=…`` / ``password=…`` pairs (the query-key rules), ``"api_key": "…"``
-    in JSON or a dict's repr, ``Authorization: …`` / ``Cookie: …`` lines, and
-    ``Bearer``/``Basic`` credentials become ``[Filtered]``.
-    """
-    if "=" in text:
-        text = _PAIR.sub(_filter_pair, text)
-    if ":" in text:
-        text = _QUOTED_PAIR.sub(_filter_quoted, text)
-        text = _HEADER_LINE.sub(lambda m: f"{m.group('k')}{m.group('sep')}{FILTERED}", text)
-    if "earer" in text or "EARER" in text:
-        text = _BEARER.sub(lambda m: f"{m.group('s')} {FILTERED}", text)
-    if "Basic" in text:
-        text = _BASIC.sub(lambda m: f"{m.group('s')} {FILTERED}", text)
-    return text
 
 
 # --------------------------------------------------------------------------- retention
@@ -653,9 +575,18 @@ class Privacy:
         return self.anonymizers.get("access")
 
     def prepare_audit(self, event: AuditEvent) -> None:
-        """Before an audit row is chained (its hash covers the IP)."""
+        """Before an audit row is chained (its hash covers what is stored): secret
+        values filtered at any depth, the IP anonymised."""
+        if event.hash:  # chained already (replayed from a spill file): as it was
+            return
+        redactor = self._leza.redactor
+        event.before = redactor.mask(event.before)
+        event.after = redactor.mask(event.after)
+        event.diff = redactor.mask_diff(event.diff)
+        if event.reason:
+            event.reason = redactor.scrub_text(event.reason)
         anon = self.anonymizers.get("audit")
-        if anon is not None and event.client_ip and not event.hash:
+        if anon is not None and event.client_ip:
             event.client_ip = anon(event.client_ip)
 
     def derived(self, events: Sequence[Event]) -> None:

@@ -102,6 +102,8 @@ class Recorder:
         self.retry_backoff = retry_backoff
         self.shutdown_timeout = shutdown_timeout
         self._setup_done = False
+        # This recorder's own listeners (add_observer); copy-on-write like _listeners.
+        self._observers: tuple[Listener, ...] = ()
         self._reset_state()
         _live.add(self)
 
@@ -140,6 +142,36 @@ class Recorder:
         self._probe_delay = 1.0
         # When each throttled warning ("storage", "spill") was last logged.
         self._last_warned: dict[str, float] = {}
+
+    # -- observers -----------------------------------------------------------
+
+    def add_observer(self, fn: Listener) -> None:
+        """Call ``fn(events)`` on the recorder thread with each batch's prepared events,
+        and ``fn(())`` after each round of batches (storage written, ticks run).
+
+        For work that must stay off the request path (Prometheus metrics): ``fn``
+        runs while a fork waits (see ``_before_fork``), so it must be quick and
+        must not block; what it raises is logged (debug) and ignored. Kept across
+        ``fork``.
+        """
+        with _listeners_lock:
+            if all(f is not fn for f in self._observers):
+                self._observers = (*self._observers, fn)
+
+    def remove_observer(self, fn: Listener) -> None:
+        with _listeners_lock:
+            self._observers = tuple(f for f in self._observers if f is not fn)
+
+    @property
+    def observers(self) -> tuple[Listener, ...]:
+        return self._observers
+
+    def _observe(self, events: Sequence[Event]) -> None:
+        for fn in self._observers:
+            try:
+                fn(events)
+            except BaseException:
+                log.debug("leza: recorder observer failed", exc_info=True)
 
     # -- request path --------------------------------------------------------
 
@@ -397,6 +429,8 @@ class Recorder:
                         self._maybe_replay()
                     if self._tick is not None and self._down_since is None:
                         self._run_tick(self._tick)
+                    if self._observers:
+                        self._observe(())
             except BaseException:  # a bug here must not kill the thread
                 log.exception("leza: recorder loop error")
                 self._rescue_inflight()
@@ -447,6 +481,8 @@ class Recorder:
                 fn(events + derived if derived else events)
             except BaseException:
                 log.debug("leza: event listener failed", exc_info=True)
+        if self._observers and events:
+            self._observe(events)
         if not events:
             return
         if self._down_since is not None and time.monotonic() < self._next_probe:

@@ -474,6 +474,32 @@ def test_masked_fields_are_never_stored_in_clear(leza: Leza, tmp_path: Path) -> 
     assert not [s for s in secrets if s.decode() in dump]
 
 
+def test_secrets_in_text_fields_and_the_request_are_filtered(leza: Leza, tmp_path: Path) -> None:
+    """A text field holding a secret (a pasted URL, a config line) is scrubbed
+    like a log message; the request's nested query keys are filtered too."""
+    from djangoproject.models import Document
+
+    doc = Document.objects.create(
+        title=unique("pasted"),
+        body="callback https://a.example/cb?code=Body-Secret-1 and password: Body-Secret-2",
+        api_token="Token-Secret-3",
+    )
+    r = Client().get("/items/7/?user[password]=Query-Secret-4&next=%2Fcb%3Ftoken%3DQuery-Secret-5")
+    assert r.status_code == 200
+    [created] = history(leza, "djangoproject.document", doc.pk)
+    assert created["after"]["body"] == (
+        "callback https://a.example/cb?code=[Filtered] and password: [Filtered]"
+    )
+    assert created["after"]["api_token"] == "[Filtered]"
+    endpoints = [e["endpoint"] for e in leza.query.access()]
+    assert "/items/7/?user[password]=[Filtered]&next=%2Fcb%3Ftoken%3D[Filtered]" in endpoints
+    assert leza.audit.verify()
+    leza.shutdown(2)
+    for path in tmp_path.glob("leza.db*"):
+        data = path.read_bytes()
+        assert not [n for n in range(1, 6) if f"Secret-{n}".encode() in data], path
+
+
 # ------------------------------------------------------------------------ decorated
 
 

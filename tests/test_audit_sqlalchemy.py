@@ -14,6 +14,7 @@ from sqlalchemy import delete, update
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Field, Relationship, Session, SQLModel, create_engine, select
 from starlette.testclient import TestClient
+from test_privacy import sql_texts
 
 from leza_middleware import Leza, LezaMiddleware, Performer
 
@@ -164,6 +165,37 @@ def test_bulk_update_and_delete_statements(world: tuple[Leza, Any, TestClient]) 
     assert gone["diff"]["statement"]["rows"] == 1
     assert gone["diff"]["statement"]["ids"] == ["3"]
     assert history(leza, "permission", 3)[-1]["action"] == "bulk_delete"
+
+
+def test_bulk_criteria_on_a_secret_column_store_no_value(
+    world: tuple[Leza, Any, TestClient], tmp_path: Path
+) -> None:
+    """``WHERE api_token = 'x'`` rendered inline would store the token: the values
+    compared with a secret column are filtered, the other conditions kept."""
+    from sqlalchemy import func
+
+    leza, Sessions, _ = world
+    with Sessions() as db:
+        db.execute(
+            update(Role)
+            .where(Role.api_token == "secret-token", Role.name == "dispatcher")
+            .values(api_token="rotated-Secret-1")
+        )
+        db.execute(update(Role).where(Role.api_token.in_(["rotated-Secret-1", "other-Secret-2"]))
+                   .values(name="ops"))  # fmt: skip
+        db.execute(delete(Role).where(func.lower(Role.api_token).like("rotated-secret-%")))
+        db.commit()
+    first, second = history(leza, "role", "*")[:2]
+    statement = first["diff"]["statement"]
+    assert statement["criteria"] == "role.api_token = '[Filtered]' AND role.name = 'dispatcher'"
+    assert statement["values"] == {"api_token": "[Filtered]"}
+    assert second["diff"]["statement"]["criteria"] == "role.api_token IN ('[Filtered]')"
+    [gone] = [e for e in history(leza, "role", "*") if e["action"] == "bulk_delete"]
+    assert gone["diff"]["statement"]["criteria"] == "lower(role.api_token) LIKE '[Filtered]'"
+    assert leza.audit.verify()
+    secrets = ["secret-token", "rotated-Secret-1", "other-Secret-2", "rotated-secret-%"]
+    texts = sql_texts(leza.storage)
+    assert [s for s in secrets for t in texts.values() if s.lower() in t.lower()] == []
 
 
 def test_delete_keeps_the_last_state_and_unwatched_models_are_silent(

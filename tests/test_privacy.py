@@ -40,7 +40,8 @@ from leza_middleware.events import (
 )
 from leza_middleware.ids import new_event_id
 from leza_middleware.performer import Performer
-from leza_middleware.privacy import IpAnonymizer, scrub_log_text
+from leza_middleware.privacy import IpAnonymizer
+from leza_middleware.redact import DEFAULT as REDACT
 from leza_middleware.storage import MemoryStorage, Storage
 from leza_middleware.storage.sql import SQLStorage
 
@@ -361,9 +362,9 @@ def test_log_scrubber_filters_what_apps_commonly_log() -> None:
         "header Basic dXNlcjpwYXNzd29yZA==": "Basic [Filtered]",
     }
     for text, expected in cases.items():
-        assert expected in scrub_log_text(text), text
+        assert expected in REDACT.scrub_text(text), text
     for prose in ("Basic information about keyword=value", "user=alice page=2", "monkey=1"):
-        assert scrub_log_text(prose) == prose
+        assert REDACT.scrub_text(prose) == prose
 
 
 # --------------------------------------------------------------------------- headers

@@ -23,6 +23,7 @@ from ..sessions.registry import REVOKED_REASON
 from .history import History, Location, PerformerState, location_of, place_label
 
 __all__ = [
+    "ALARM_RULES",
     "BotOnLogin",
     "Burst",
     "Finding",
@@ -38,6 +39,11 @@ __all__ = [
 ]
 
 _US = 1_000_000
+#: The advisories that restate an availability alarm (``ServiceState``'s): the
+#: monitor already sends the check's own ``down`` / ``recovered`` notification for
+#: the same transition (and keeps quiet in a maintenance window), so these are
+#: stored and shown but never sent to the notifiers a second time.
+ALARM_RULES = frozenset({"service_down", "service_recovered"})
 _DAY_US = 86_400 * _US
 #: Cap of the per-key memory of the rules that keep some (burst windows, cooldowns).
 DEFAULT_MAX_KEYS = 10_000
@@ -752,7 +758,8 @@ class ServiceState(Rule):
     (``service_recovered``).
 
     ``unknown → down`` is an outage too; ``unknown → up`` (a check's first
-    result) is silent.
+    result) is silent. Its advisories are not sent to the notifiers
+    (:data:`ALARM_RULES`): the check's own alarm already was.
     """
 
     name = "service_state"

@@ -17,7 +17,7 @@ from ..performer import Performer, coerce_performer, performer_from_user
 from ..sessions.registry import REQUEST_ATTR, REQUEST_KEY
 from ..storage.base import QueryFilter
 from .chain import Chain
-from .diff import DEFAULT_MASKED, diff, mask, mask_diff, plain
+from .diff import diff, plain
 from .purge import plan_purge
 from .verify import VerifyResult, verify_chains
 
@@ -40,8 +40,11 @@ class Audit:
         self._leza = leza
         self.key = leza.keyring.subkey(b"audit")
         self.chain = Chain(self.key)
-        extra = {k.lower().replace("-", "").replace("_", "") for k in leza.settings.audit_mask}
-        self.masked = DEFAULT_MASKED | frozenset(extra)
+
+    def masks(self, name: str) -> bool:
+        """True when a field's values are stored as ``[Filtered]`` (leza_middleware.redact's rules,
+        with ``audit_mask`` and ``redact_query_keys``)."""
+        return self._leza.redactor.is_secret_field(name)
 
     def after_fork(self) -> None:
         self.chain.after_fork()
@@ -64,20 +67,23 @@ class Audit:
 
         ``actor`` defaults to the performer of the running request; the request
         id and client IP are taken from it too. ``before``/``after`` are the
-        entity's states (either may be None: a create, a delete); sensitive
-        fields are masked and the field-level diff is computed from them.
-        ``diff_`` adds changes no state shows (many-to-many links, bulk updates).
+        entity's states (either may be None: a create, a delete); the
+        field-level diff is computed from them. ``diff_`` adds changes no state
+        shows (many-to-many links, bulk updates). Secret values are filtered on
+        the recorder thread, before the row is chained
+        (:meth:`Privacy.prepare_audit`): a changed password still shows as
+        changed, ``[Filtered]`` on both sides.
         """
         if not action or not entity_type:
             raise ValueError("an audit record needs an action and an entity_type")
         who = coerce_performer(actor) if actor is not None else self.current_performer()
         if who is not None:
             who = stored_performer(who)[0]  # cleaned as on access events (ids index, JSON)
-        masked_before = mask(before, self.masked)
-        masked_after = mask(after, self.masked)
-        # Diffed on the real values, then masked: a changed password must show
+        state_before = plain(before)
+        state_after = plain(after)
+        # Diffed on the real values (masked later): a changed password must show
         # as changed even though both sides are stored as "[Filtered]".
-        changes = mask_diff(diff(plain(before), plain(after)), self.masked)
+        changes: dict[str, Any] = diff(state_before, state_after)
         if diff_:
             changes.update(plain(diff_) or {})
         now = time.time_ns() // 1000
@@ -90,8 +96,8 @@ class Audit:
             entity_type=clean(str(entity_type), _MAX_NAME),
             entity_id=clean(str(entity_id), _MAX_NAME),
             actor=who,
-            before=masked_before,
-            after=masked_after,
+            before=state_before,
+            after=state_after,
             diff=changes,
             reason=None if reason is None else clean_lines(str(reason)),
             request_id=current_request_id(),

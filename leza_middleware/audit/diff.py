@@ -1,4 +1,4 @@
-"""Field-level diffs and masking of sensitive fields."""
+"""Field-level diffs of JSON-ready states (secrets are masked by leza_middleware.redact)."""
 
 from __future__ import annotations
 
@@ -7,47 +7,14 @@ from typing import Any
 
 from ..enrich.text import encodable
 
-__all__ = ["DEFAULT_MASKED", "FILTERED", "diff", "mask", "mask_diff", "plain"]
-
-FILTERED = "[Filtered]"
-#: Field names (case-insensitive, "-" and "_" ignored) whose values are never stored.
-DEFAULT_MASKED = frozenset(
-    {"password", "passwordhash", "secret", "token", "apikey", "accesstoken", "refreshtoken",
-     "privatekey", "otp", "pin", "ssn", "creditcard", "cvv"}
-)  # fmt: skip
-
-
-def _norm(name: str) -> str:
-    return name.lower().replace("-", "").replace("_", "")
-
-
-def masked(name: str, keys: frozenset[str]) -> bool:
-    n = _norm(name)
-    return n in keys or any(n.endswith(k) for k in ("password", "secret", "token", "apikey"))
-
-
-def mask(state: Mapping[str, Any] | None, keys: frozenset[str]) -> dict[str, Any] | None:
-    """A JSON-ready copy of ``state`` with sensitive values replaced."""
-    if state is None:
-        return None
-    return {
-        encodable(str(k)): FILTERED if masked(str(k), keys) else _plain(v) for k, v in state.items()
-    }
+__all__ = ["diff", "plain"]
 
 
 def plain(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A JSON-ready copy of ``state``, nothing masked (only ever diffed, never stored)."""
+    """A JSON-ready copy of ``state`` (secrets are masked later, on the recorder thread)."""
     if state is None:
         return None
     return {encodable(str(k)): _plain(v) for k, v in state.items()}
-
-
-def mask_diff(changes: dict[str, dict[str, Any]], keys: frozenset[str]) -> dict[str, Any]:
-    """``changes`` with the values of sensitive fields replaced; the field stays listed."""
-    return {
-        name: dict.fromkeys(change, FILTERED) if masked(name, keys) else change
-        for name, change in changes.items()
-    }
 
 
 def diff(

@@ -27,12 +27,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, event, inspect, select
+from sqlalchemy import Table, event, inspect, literal_column, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql import Delete, Update
+from sqlalchemy.sql import Delete, Update, visitors
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter, ColumnClause, ColumnElement
+from sqlalchemy.sql.visitors import ExternallyTraversible
 
-from .diff import FILTERED, masked
+from ..redact import FILTERED
 
 if TYPE_CHECKING:
     from .api import Audit
@@ -261,11 +263,39 @@ def _matched_ids(execute: Any, statement: Any) -> list[str] | None:
         return None
 
 
+_FILTERED_SQL: ColumnElement[Any] = literal_column(f"'{FILTERED}'")
+_FILTERED_SQL_LIST: ColumnElement[Any] = literal_column(f"('{FILTERED}')")
+
+
+def _secret_values_filtered(audit: Audit, criteria: Any) -> Any:
+    """``criteria`` with the values compared to a secret column (``password =
+    'x'``, ``lower(password) LIKE 'x%'``, ``pin IN (1, 2)``) replaced by
+    ``[Filtered]``, so that rendering it inline stores none of them."""
+
+    def touches_secret(expr: Any) -> bool:
+        return any(
+            isinstance(e, ColumnClause) and audit.masks(str(e.name)) for e in visitors.iterate(expr)
+        )
+
+    def bind(element: ExternallyTraversible, **kw: Any) -> ExternallyTraversible | None:
+        if isinstance(element, BindParameter):
+            return _FILTERED_SQL_LIST if element.expanding else _FILTERED_SQL
+        return None
+
+    def binary(element: ExternallyTraversible, **kw: Any) -> ExternallyTraversible | None:
+        if isinstance(element, BinaryExpression) and touches_secret(element):
+            return visitors.replacement_traverse(element, {}, bind)
+        return None
+
+    return visitors.replacement_traverse(criteria, {}, binary)
+
+
 def _record_bulk(audit: Audit, statement: Any, rowcount: int, ids: list[str] | None) -> None:
     table = statement.table
     criteria = statement.whereclause
     try:
-        text = str(criteria.compile(compile_kwargs={"literal_binds": True}))
+        shown = _secret_values_filtered(audit, criteria)
+        text = str(shown.compile(compile_kwargs={"literal_binds": True}))
     except Exception:  # values that cannot be rendered inline
         text = "" if criteria is None else str(criteria)
     values: dict[str, Any] = {}
@@ -273,7 +303,7 @@ def _record_bulk(audit: Audit, statement: Any, rowcount: int, ids: list[str] | N
         for column, value in (statement._values or {}).items():
             name = getattr(column, "key", None) or str(column)
             rendered = getattr(value, "value", value)
-            values[name] = FILTERED if masked(name, audit.masked) else rendered
+            values[name] = FILTERED if audit.masks(name) else rendered
     change: dict[str, Any] = {"criteria": text or "(all rows)", "rows": rowcount}
     if values:
         change["values"] = values

@@ -71,6 +71,8 @@ class Availability:
             notify=self._alarm,
             leadership=leadership_for(leza.storage, leza.settings.app_name),
             app_name=leza.settings.app_name,
+            last_result=self._stored_result,
+            before_release=self._write_results,
         )
         self._lock = threading.Lock()
 
@@ -183,6 +185,16 @@ class Availability:
 
     def stop(self, timeout: float | None = 5.0) -> None:
         self.monitor.stop(timeout)
+
+    # -- leadership --------------------------------------------------------------
+
+    def _stored_result(self, name: str, since: int) -> CheckEvent | None:
+        """What a new leader goes on from: the newest stored probe of ``name``."""
+        return last_result(self._leza.storage, name, since)
+
+    def _write_results(self, timeout: float) -> bool:
+        """Before stepping down: the check results still queued go to storage."""
+        return self._leza.recorder.flush(timeout)
 
     # -- alarms ------------------------------------------------------------------
 

@@ -10,7 +10,9 @@
   connection every round and steps down when it is gone.
 * JSON Lines: a ``flock`` next to the directory's files, like SQLite.
 * Memory storage, or a custom storage without a ``monitor_leadership(name)``
-  method: every process is its own leader (one process, or tests).
+  method: every process is its own leader (one process, or tests). For a
+  storage several processes may share (a custom one, MySQL), the monitor says
+  so once when it starts: each process would send its own alarms.
 
 Every non-leader process retries every few seconds, so leadership moves
 within one retry after the leader stops.
@@ -48,7 +50,15 @@ class Leadership(Protocol):
 
 
 class ProcessLeadership:
-    """Always the leader: one monitor per process."""
+    """Always the leader: one monitor per process.
+
+    ``shared`` names a storage other processes may share (a custom backend,
+    MySQL): then every process of a deployment probes and alarms on its own,
+    which the monitor logs once.
+    """
+
+    def __init__(self, shared: str | None = None) -> None:
+        self.shared = shared
 
     def acquire(self) -> bool:
         return True
@@ -172,8 +182,12 @@ def leadership_for(storage: Any, name: str) -> Leadership:
     if callable(custom):
         found: Leadership = custom(name)
         return found
+    from ..storage.memory import MemoryStorage
+
+    describe = getattr(storage, "describe", None)
+    label = str(describe()) if callable(describe) else type(storage).__name__
     if os.name != "posix":
-        return ProcessLeadership()
+        return ProcessLeadership(None if isinstance(storage, MemoryStorage) else label)
     url: Any = getattr(storage, "url", None)
     backend = url.get_backend_name() if hasattr(url, "get_backend_name") else None
     if backend == "sqlite":
@@ -186,4 +200,6 @@ def leadership_for(storage: Any, name: str) -> Leadership:
     directory = getattr(storage, "directory", None)
     if directory is not None:
         return FileLeadership(Path(directory) / f".leza-monitor-{_tag(name)}.lock")
-    return ProcessLeadership()
+    if isinstance(storage, MemoryStorage):
+        return ProcessLeadership()  # nothing to share: one process
+    return ProcessLeadership(label)

@@ -31,6 +31,11 @@ __all__ = ["Maintenance", "Monitor"]
 log = logging.getLogger("leza_middleware.availability")
 
 _GRACE = 1.0  # seconds past a probe's timeout before the scheduler gives up on it
+# A new leader goes on from the stored state of a check when that state is at most
+# this old (or three of its intervals, if longer): a takeover or a restart within
+# it does not page again for an outage already paged; after a longer absence the
+# check starts afresh (unknown) and a DOWN found then is a new alarm.
+RESUME_MAX_AGE = 300.0
 
 
 @dataclass(frozen=True)
@@ -71,9 +76,16 @@ class Monitor:
         app_name: str = "app",
         max_workers: int = 4,
         leader_retry: float = 5.0,
+        last_result: Callable[[str, int], CheckEvent | None] | None = None,
+        before_release: Callable[[float], object] | None = None,
     ) -> None:
         self._record = record
         self._notify = notify
+        # The newest stored result of a check since a time (µs), for a new leader
+        # to go on from; and what to do before stepping down (write the results
+        # still queued, so the next leader reads them).
+        self._last_result = last_result
+        self._before_release = before_release
         self.leadership = leadership
         self.app_name = app_name
         self.max_workers = max_workers
@@ -89,6 +101,7 @@ class Monitor:
         self.probes = 0
         self.errors = 0
         self._pid = os.getpid()
+        self._warned_shared = False
 
     # -- configuration -------------------------------------------------------
 
@@ -150,6 +163,7 @@ class Monitor:
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self, timeout: float | None = 5.0) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._stop.set()
         self._wake.set()
         thread = self._thread
@@ -160,6 +174,12 @@ class Monitor:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
         if self.is_leader:
+            if self._before_release is not None:
+                left = 1.0 if deadline is None else deadline - time.monotonic()
+                try:
+                    self._before_release(min(1.0, max(0.0, left)))
+                except Exception:
+                    log.warning("leza: could not write the last check results", exc_info=True)
             self.leadership.release()
             self.is_leader = False
         for check in self.checks():
@@ -203,6 +223,15 @@ class Monitor:
             self._wake.clear()
 
     def _claim(self) -> None:
+        shared = getattr(self.leadership, "shared", None)
+        if shared and not self._warned_shared:
+            self._warned_shared = True
+            log.warning(
+                "leza: availability checks run in every process using storage %s: it offers "
+                "no monitor_leadership(name), so with several worker processes each probes "
+                "and sends its own alarms (docs/availability.md, 'One monitor per deployment')",
+                shared,
+            )
         try:
             self.is_leader = self.leadership.acquire()
         except Exception:
@@ -210,9 +239,43 @@ class Monitor:
             self.is_leader = False
         if self.is_leader:
             log.info("leza: this process (pid %d) runs the availability checks", os.getpid())
-            with self._lock:  # probe everything now: the previous leader's schedule is lost
-                for entry in self._entries.values():
-                    entry.due = 0.0
+            with self._lock:
+                entries = list(self._entries.values())
+            for entry in entries:
+                self._resume(entry)
+                entry.due = 0.0  # probe everything now: the previous leader's schedule is lost
+
+    def _resume(self, entry: _Entry) -> None:
+        """Go on from the state the previous leader stored (a takeover, a restart).
+
+        So an outage that leader already paged is not paged again, and its
+        recovery is: the check stays DOWN (alarm sent) instead of starting
+        ``unknown``. Resends go on ``resend`` seconds after the takeover. A
+        stored state older than :data:`RESUME_MAX_AGE` is not taken over.
+        """
+        read = self._last_result
+        check = entry.check
+        if read is None:
+            return
+        now = time.time_ns() // 1000
+        max_age = max(RESUME_MAX_AGE, 3 * check.interval)
+        try:
+            stored = read(check.name, now - int(max_age * 1_000_000))
+        except Exception:
+            log.debug("leza: stored state of %s not readable", check.name, exc_info=True)
+            return
+        if stored is None or stored.state not in ("up", "down") or now - stored.ts > max_age * 1e6:
+            return
+        if entry.last is not None and entry.last.ts >= stored.ts:
+            return  # what this process saw itself is as new: keep its own state
+        with self._lock:
+            entry.tracker = Tracker(check.retries, state=stored.state)
+            entry.alarm = AlarmState(resend=check.resend)
+            if stored.state == "down":
+                # The previous leader sent the DOWN alarm, unless a maintenance
+                # window silences it now (then it goes out when the window closes).
+                entry.alarm.alerted = not self.silenced(check.name, now)
+                entry.alarm.last_alert = time.monotonic()
 
     def _round(self, now: float) -> float:
         """Settle finished probes, start due ones; return seconds until the next thing."""

@@ -59,14 +59,16 @@ def uptime(storage: Storage, check: str, since: int) -> float | None:
     return round(100.0 * up / (up + down), 3)
 
 
-def last_result(storage: Storage, check: str) -> CheckEvent | None:
-    """The newest stored probe of ``check``."""
+def last_result(storage: Storage, check: str, since: int | None = None) -> CheckEvent | None:
+    """The newest stored probe of ``check`` (at or after ``since`` µs, when given)."""
     try:
         fast = getattr(storage, "last_check", None)
         if callable(fast):
             found: CheckEvent | None = fast(check)
+            if found is not None and since is not None and found.ts < since:
+                return None
             return found
-        return next((e for e in _history(storage, None) if e.check == check), None)
+        return next((e for e in _history(storage, since) if e.check == check), None)
     except Exception as exc:
         log.debug("leza: last result of %s not readable: %s", check, exc)
         return None

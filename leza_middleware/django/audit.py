@@ -626,12 +626,12 @@ def _bulk_create(self: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _values(model: Any, kwargs: Mapping[str, Any], audit: Audit) -> dict[str, Any]:
-    from ..audit.diff import FILTERED, masked
+    from ..redact import FILTERED
 
     out: dict[str, Any] = {}
     for name, value in kwargs.items():
         field = model._meta.get_field(name)
-        if masked(field.name, audit.masked) or masked(field.attname, audit.masked):
+        if audit.masks(field.name) or audit.masks(field.attname):
             out[field.name] = FILTERED
         elif field.is_relation and hasattr(value, "_meta"):  # a model instance
             out[field.name] = _value(field, value.pk)
@@ -653,7 +653,7 @@ def _render(node: Any, compiler: Any, audit: Audit) -> str:
     from django.core.exceptions import EmptyResultSet, FullResultSet
     from django.db.models.sql.where import WhereNode
 
-    from ..audit.diff import FILTERED
+    from ..redact import FILTERED
 
     if isinstance(node, WhereNode):
         parts = []
@@ -683,8 +683,6 @@ def _secret(node: Any, audit: Audit) -> bool:
     or it is SQL whose columns cannot be told (``extra(where=...)``, ``RawSQL``)."""
     from django.db.models import Lookup
 
-    from ..audit.diff import masked
-
     if not isinstance(node, Lookup):
         return True
     stack = [node]
@@ -692,7 +690,7 @@ def _secret(node: Any, audit: Audit) -> bool:
         expr = stack.pop()
         target = getattr(expr, "target", None)
         if target is not None and hasattr(target, "attname"):
-            if masked(target.name, audit.masked) or masked(target.attname, audit.masked):
+            if audit.masks(target.name) or audit.masks(target.attname):
                 return True
         elif type(expr).__name__ in ("RawSQL", "ExtraWhere"):
             return True

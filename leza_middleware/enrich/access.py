@@ -27,10 +27,11 @@ from ..events import AccessEvent, Device, Geo, encode_chain, performer_key
 from ..ids import new_event_ids
 from ..performer import Organization, Performer
 from ..privacy import private_geo, stored_headers
+from ..redact import Redactor
 from .cache import bounded_put
 from .clientip import ProxyTrust
 from .geo import GeoResolver
-from .text import UNSAFE, clean, redact_query
+from .text import UNSAFE, clean
 from .useragent import _RAW_LIMIT, UserAgentParser
 
 __all__ = ["AccessEnricher", "derive_outcome", "stored_performer"]
@@ -188,14 +189,14 @@ class AccessEnricher:
         user_agents: UserAgentParser,
         geo: GeoResolver,
         proxies: ProxyTrust,
-        redact_keys: frozenset[str],
+        redactor: Redactor,
         app_name: str,
         anonymize_ip: Callable[[str], str] | None = None,
     ) -> None:
         self.user_agents = user_agents
         self.geo = geo
         self.proxies = proxies
-        self.redact_keys = redact_keys
+        self.redactor = redactor
         self.app_name = app_name
         # anonymize_ip (privacy.py): applied per distinct address, after the real
         # IP was kept aside for geolocation, so it costs nothing per event.
@@ -208,11 +209,17 @@ class AccessEnricher:
         self._routes = _Memo(lambda r: None if r is None else clean(str(r), MAX_PATH))
         # Cleaned before redaction too, so that the key redaction matches is
         # the key as stored ("pass\x00word=..." is stored as "password=...").
-        self._queries = _Memo(
-            lambda q: clean(redact_query(clean(q, MAX_PATH), redact_keys), MAX_PATH)
-        )
+        # Memoised per distinct query string: a query without a secret costs
+        # one dict lookup per event (the memo is bounded, like every other).
+        redact = redactor.redact_query
+        self._paths = _Memo(lambda p: clean(redactor.redact_path(p), MAX_PATH))
+        self._queries = _Memo(lambda q: clean(redact(clean(q, MAX_PATH)), MAX_PATH))
+        # A reason given with the event (a permission's, a failed login's) is
+        # text the app wrote: cleaned and scrubbed, per distinct reason.
+        scrub = redactor.scrub_text
+        self._reasons = _Memo(lambda r: clean(scrub(clean(r, MAX_REASON)), MAX_REASON))
         self._performers = _Memo(stored_performer)
-        self._headers = _Memo(stored_headers)
+        self._headers = _Memo(lambda raw: stored_headers(raw, redactor))
 
     # Memoised per distinct value; each returns what the batch's columns need.
 
@@ -262,11 +269,19 @@ class AccessEnricher:
         ts_us = list(map(int, map(mul, ts_s, repeat(1_000_000))))
 
         endpoints = list(paths)
-        # (lengths first: a 100 KB path is then cleaned, cut before it is scanned)
-        if any(queries) or max(map(len, paths)) > MAX_PATH or any(map(_unsafe, paths)):
+        # (lengths first: a 100 KB path is then cleaned, cut before it is scanned;
+        # ";" is a path parameter such as ";jsessionid=…", filtered like a query's)
+        if (
+            any(queries)
+            or max(map(len, paths)) > MAX_PATH
+            or any(map(_unsafe, paths))
+            or ";" in "".join(paths)
+        ):
             for i, path in enumerate(paths):
                 query = queries[i]
                 endpoint = clean(path, MAX_PATH)
+                if ";" in endpoint:
+                    endpoint = self._paths.column([endpoint])[0]
                 if query:
                     redacted = self._queries.column([_text(query)])[0]
                     endpoint = f"{endpoint}?{redacted}"[:MAX_PATH]
@@ -285,8 +300,9 @@ class AccessEnricher:
                 _OUTCOME_OF_ACTION.get(a, o) if a is not None else o
                 for a, o in zip(actions, outcomes, strict=True)
             )
+            given = iter(self._reasons.column([r for r in reasons if r is not None]))
             final_reasons = [
-                d if r is None else clean(r, MAX_REASON)
+                d if r is None else next(given)
                 for r, d in zip(reasons, derived_reasons, strict=True)
             ]
         stored_performers: Sequence[Performer | None] = performers

@@ -1,9 +1,13 @@
-"""Make untrusted text safe to store: no control characters, bounded size, no secrets."""
+"""Make untrusted text safe to store: no control characters, bounded size.
+
+(Secrets are the job of ``leza_middleware.redact``.)
+"""
 
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote_plus
+
+from ..redact import FILTERED
 
 __all__ = [
     "CONTROL_CHARACTERS",
@@ -12,10 +16,7 @@ __all__ = [
     "clean",
     "clean_lines",
     "encodable",
-    "redact_query",
 ]
-
-FILTERED = "[Filtered]"
 
 # C0 controls (CR, LF, TAB, NUL, ESC…), DEL, C1 controls, and the Unicode line
 # and paragraph separators: anything that could forge a log line or a terminal
@@ -74,32 +75,3 @@ def clean_lines(value: str) -> str:
     if _UNSAFE_IN_LINES.search(value) is None:
         return value
     return _UNSAFE_IN_LINES.sub(_line_safe, value)
-
-
-def _norm_key(key: str) -> str:
-    return unquote_plus(key).lower().replace("-", "").replace("_", "")
-
-
-def redact_query(query: bytes | str, keys: frozenset[str]) -> str:
-    """Replace the values of secret-looking keys (``token``, ``password``, …).
-
-    Keys are matched case-insensitively with ``-``/``_`` ignored, and also when
-    they end with a listed key (``access_token``, ``x-api-key``). The rest of
-    the query is kept byte for byte.
-    """
-    text = query.decode("latin-1") if isinstance(query, bytes) else query
-    parts = text.split("&")
-    changed = False
-    for i, part in enumerate(parts):
-        key, sep, _value = part.partition("=")
-        if not sep:
-            continue
-        k = _norm_key(key)
-        if k in keys or any(k.endswith(s) for s in _SUFFIXES if s in keys):
-            parts[i] = f"{key}={FILTERED}"
-            changed = True
-    return "&".join(parts) if changed else text
-
-
-# Suffix matches catch prefixed variants (access_token, x_api_key, user_password).
-_SUFFIXES = ("token", "password", "secret", "apikey", "signature", "sessionid", "passwd")
