@@ -81,7 +81,7 @@ log = logging.getLogger("leza_middleware")
 #: Where Leza records its schema revision (never the application's ``alembic_version``).
 VERSION_TABLE = "leza_alembic_version"
 #: Every revision, oldest first (a straight line; tests check it against the scripts).
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
 #: The revision of the models in :mod:`.models`: what a fresh ``setup()`` records.
 HEAD = REVISIONS[-1]
 #: The Alembic script directory inside the package.
@@ -93,6 +93,8 @@ SCRIPT_LOCATION = str(Path(__file__).resolve().with_name("migrations"))
 # so that a database with only some of them is not taken for the newer revision.
 # Databases made since are recorded by setup(): no revision after 0003 needs markers.
 _ADOPTION: tuple[tuple[str, frozenset[str]], ...] = (
+    ("0004", frozenset({"leza_audit.session_id", "leza_advisory.request_id",
+                        "leza_advisory.session_id"})),  # fmt: skip
     ("0003", frozenset({"leza_audit_redaction", "leza_access.headers"})),
     ("0002", frozenset({"leza_audit_purge", "leza_log", "leza_advisory", "leza_check"})),
     ("0001", frozenset()),
