@@ -91,10 +91,11 @@ SCRIPT_LOCATION = str(Path(__file__).resolve().with_name("migrations"))
 # revision all of whose markers (tables, and "table.column" for added columns)
 # are there; any Leza table means 0001. All of a revision's additions are listed,
 # so that a database with only some of them is not taken for the newer revision.
-# Databases made since are recorded by setup(): no revision after 0003 needs markers.
+# Databases made since are recorded by setup(); later revisions' markers only
+# serve a database whose version table was lost.
+_TRACE_MARKERS = {"leza_audit.session_id", "leza_advisory.request_id", "leza_advisory.session_id"}
 _ADOPTION: tuple[tuple[str, frozenset[str]], ...] = (
-    ("0004", frozenset({"leza_audit.session_id", "leza_advisory.request_id",
-                        "leza_advisory.session_id"})),  # fmt: skip
+    ("0004", frozenset(_TRACE_MARKERS)),
     ("0003", frozenset({"leza_audit_redaction", "leza_access.headers"})),
     ("0002", frozenset({"leza_audit_purge", "leza_log", "leza_advisory", "leza_check"})),
     ("0001", frozenset()),
