@@ -74,10 +74,7 @@ def select_page(events: Iterable[Event], flt: QueryFilter) -> Page:
             and (pid is None or _performer_id(e) == pid)
             and (rid is None or getattr(e, "request_id", None) == rid)
             and (sid is None or _session_id(e) == sid)
-            and (
-                cursor is None
-                or ((e.ts, e.id) > cursor if ascending else (e.ts, e.id) < cursor)
-            )
+            and (cursor is None or ((e.ts, e.id) > cursor if ascending else (e.ts, e.id) < cursor))
         )
 
     pick = heapq.nsmallest if ascending else heapq.nlargest

@@ -1074,7 +1074,7 @@ class SQLStorage(Storage):
         at_geo = 7 + _N_DEVICE + 1  # after the device's columns and the geo key
         for r in self._read(stmt):
             # A key whose row is missing (never written, or deleted) joins as NULLs.
-            device = Device(*r[7:at_geo - 1]) if r[7] is not None else None
+            device = Device(*r[7 : at_geo - 1]) if r[7] is not None else None
             geo = Geo(*r[at_geo:]) if r[at_geo] is not None else None
             found.append(Sighting(r[0], bool(r[1]), geo, device, r[2], r[3], r[4], int(r[5])))
         return found, sum(s.requests for s in found)
