@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
+from ..trace.views import SCAN
 from .cards import card_body, device_text, location_text
 from .html import Markup, fmt, join
 from .links import (
@@ -218,7 +219,7 @@ def _small_table(cls: str, heads: Sequence[str], rows: Sequence[Markup], empty: 
 
 
 def _scanned(n: int) -> str:
-    return f"from the newest {n:,} requests" if n >= 5_000 else ""
+    return f"from the newest {n:,} requests" if n >= SCAN else ""
 
 
 def session_page(

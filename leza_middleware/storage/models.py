@@ -142,7 +142,9 @@ class AccessRow(LezaModel, table=True):
         # Traceability (dashboard/trace.py, docs/dashboard.md "Traceability"): one
         # request's events, one session's requests newest first (signed-in
         # traffic only), and a performer's denied requests and failed logins
-        # (a few % of the rows: a partial index costs the other writes nothing).
+        # (a few % of the rows: a partial index costs the other writes nothing;
+        # ``action`` in it, so that a query naming one of them prefers it to the
+        # performer index whatever the planner knows of the data).
         Index("ix_leza_access_request", "request_id"),
         Index(
             "ix_leza_access_session_ts",
@@ -154,6 +156,7 @@ class AccessRow(LezaModel, table=True):
         Index(
             "ix_leza_access_performer_refused",
             "performer_id",
+            "action",
             "ts",
             sqlite_where=text(REFUSED_PREDICATE),
             postgresql_where=text(REFUSED_PREDICATE),

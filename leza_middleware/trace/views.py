@@ -58,7 +58,7 @@ REQUEST_LIMIT = 200
 PAGE = 50
 #: Newest requests of a session or performer summarised into places, devices,
 #: machine ids and countries (a bounded read, whatever they did before).
-SCAN = 5_000
+SCAN = 2_000
 #: Changes, advisories, denied requests and sessions listed on a view.
 LIST = 50
 #: Bulk statements of an entity type read per page of one entity's history
@@ -181,9 +181,16 @@ class Trace:
         pid = str(performer_id)
         active = self._sessions(QueryFilter(performer_id=pid, active=True, limit=LIST))
         ended = self._sessions(QueryFilter(performer_id=pid, active=False, limit=LIST))
-        refused = self._read(
-            "access", QueryFilter(performer_id=pid, actions=REFUSED_ACTIONS, limit=LIST)
-        )
+        # One read per action: each is one range of the partial index of refusals.
+        refused = [
+            e
+            for action in REFUSED_ACTIONS
+            for e in self._read(
+                "access",
+                QueryFilter(performer_id=pid, action=action, actions=REFUSED_ACTIONS, limit=LIST),
+            )
+        ]
+        refused = sorted(refused, key=lambda e: (e.ts, e.id), reverse=True)[:LIST]
         changes = self._read("audit", QueryFilter(performer_id=pid, limit=LIST))
         advisories = self._read("advisory", QueryFilter(performer_id=pid, limit=LIST))
         latest = self._read("access", QueryFilter(performer_id=pid, limit=1))

@@ -9,7 +9,7 @@ row's session is part of its chain hash, so an old row cannot be given one).
 
 Indexes: access events by request id, by session (``session_hash``, ``ts``;
 signed-in traffic only) and a performer's denied requests and failed logins
-(``performer_id``, ``ts`` where ``action`` is one of them); audit rows and
+(``performer_id``, ``action``, ``ts`` where ``action`` is one of them); audit rows and
 advisories by request id and by session. Building the access indexes reads
 the whole table once (docs/migrations.md gives the time at 10,000,000 rows).
 
@@ -37,7 +37,8 @@ _INDEXES: tuple[tuple[str, str, tuple[str, ...], str | None], ...] = (
     ("ix_leza_access_request", "leza_access", ("request_id",), None),
     ("ix_leza_access_session_ts", "leza_access", ("session_hash", "ts"),
      "session_hash IS NOT NULL"),
-    ("ix_leza_access_performer_refused", "leza_access", ("performer_id", "ts"), _REFUSED),
+    ("ix_leza_access_performer_refused", "leza_access", ("performer_id", "action", "ts"),
+     _REFUSED),
     ("ix_leza_audit_request", "leza_audit", ("request_id",), None),
     ("ix_leza_audit_session_ts", "leza_audit", ("session_id", "ts"), None),
     ("ix_leza_advisory_request", "leza_advisory", ("request_id",), None),
@@ -50,10 +51,10 @@ def upgrade() -> None:
     op.add_column("leza_advisory", sa.Column("request_id", AutoString(), nullable=True))
     op.add_column("leza_advisory", sa.Column("session_id", AutoString(), nullable=True))
     for name, table, columns, where in _INDEXES:
-        partial = {} if where is None else {
-            "sqlite_where": sa.text(where), "postgresql_where": sa.text(where)
-        }  # fmt: skip
-        op.create_index(name, table, list(columns), unique=False, **partial)
+        predicate = None if where is None else sa.text(where)
+        op.create_index(
+            name, table, list(columns), sqlite_where=predicate, postgresql_where=predicate
+        )
 
 
 def downgrade() -> None:
