@@ -40,7 +40,7 @@ import pytest
 from conftest import postgres_schema
 from dashboard_mounts import SECURITY
 from mmdb_factory import FRANKFURT_IP, LONDON_IP
-from trace_scenario import SECRET_TOKEN, Played, make_site_leza, play, serve
+from trace_scenario import SECRET_TOKEN, Played, make_site_leza, play, serve, stop
 
 from leza_middleware import Leza
 from leza_middleware.cli import build_parser, execute
@@ -90,7 +90,7 @@ def _site(storage: str, city_db: Path, tmp: Path) -> Iterator[Site]:
     finally:
         admin.close()
         played.close()
-        served.stop()
+        stop(served)
         leza.shutdown(timeout=5)
 
 

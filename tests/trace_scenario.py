@@ -83,10 +83,19 @@ def make_site_leza(storage: str, city_db: Path, tmp: Path, **options: Any) -> Le
 
 
 def serve(leza: Leza) -> Served:
+    """The app under uvicorn, its log records going to ``leza`` (until :func:`stop`)."""
     app_log = logging.getLogger(APP_LOGGER)
     app_log.setLevel(logging.INFO)
-    app_log.addHandler(leza.logging_handler())
-    return Served(build_app(leza))
+    handler = leza.logging_handler()
+    app_log.addHandler(handler)
+    served = Served(build_app(leza))
+    served.log_handler = handler  # type: ignore[attr-defined]
+    return served
+
+
+def stop(served: Served) -> None:
+    served.stop()
+    logging.getLogger(APP_LOGGER).removeHandler(served.log_handler)  # type: ignore[attr-defined]
 
 
 def _client(played: Played, url: str, name: str, ua: str, ip: str) -> httpx.Client:
