@@ -145,7 +145,8 @@ class Storage(abc.ABC):
                 "access", replace(flt, cursor=cursor, limit=min(1000, scan - seen), ascending=False)
             )
             for e in page.events:
-                if not isinstance(e, AccessEvent):
+                # Checked again: a subclass's query() may not know the session filter.
+                if not isinstance(e, AccessEvent) or not _sighted(e, flt):
                     continue
                 seen += 1
                 geo, device = e.geo, e.device
@@ -282,6 +283,12 @@ class Storage(abc.ABC):
     def describe(self) -> str:
         """A short, secret-free description for logs and the CLI."""
         return type(self).__name__
+
+
+def _sighted(e: AccessEvent, flt: QueryFilter) -> bool:
+    return (flt.session_id is None or e.session_hash == flt.session_id) and (
+        flt.performer_id is None or e.performer_id == flt.performer_id
+    )
 
 
 def fold_session(records: dict[str, SessionRecord], change: SessionEvent) -> SessionRecord:
