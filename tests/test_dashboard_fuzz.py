@@ -8,9 +8,10 @@ the traceability views (issue 15: ``/requests/<id>``, ``/sessions/<id>``,
 hostile ids in the path, raw or percent-encoded), made-up paths, the revoke
 form and the REVOKE ALL SESSIONS form — whose query parameters, form fields
 (``csrf_token``, ``session_id``, ``back``, ``confirm``, ``view``,
-``performer_id``), path segments and origin headers hold hostile values: non-ASCII digits, numbers past 64 bits,
-negatives, floats, 10 KB strings, lone surrogates and percent-encoded invalid
-UTF-8, control characters, nested percent-encodings, open-redirect shapes.
+``performer_id``), path segments and origin headers hold hostile values:
+non-ASCII digits, numbers past 64 bits, negatives, floats, 10 KB strings, lone
+surrogates and percent-encoded invalid UTF-8, control characters, nested
+percent-encodings, open-redirect shapes.
 Values are sent percent-encoded, raw, double-encoded or as random bytes.
 
 The view stops at the first input it refuses, so each example sends one

@@ -10,8 +10,8 @@ permalink (``/records/<id>``). Other tabs (STATE) build their links here too::
     request_url(page.base, "55ceb4cc56d72a3f22c200000004c816")
     # '/leza/requests/55ceb4cc56d72a3f22c200000004c816'
 
-Ids are percent-encoded as one path segment each (``/`` too; dots as ``%2E``
-so that ``.`` or ``..`` never read as a path step). A value the view would
+Ids are percent-encoded as one path segment each (``/`` too; an id that is
+``.`` or ``..`` as ``%2E``, so that it never reads as a path step). A value the view would
 refuse (:mod:`.inputs`) is shown as plain text, never as a broken link.
 """
 
@@ -39,7 +39,9 @@ __all__ = [
 
 
 def _segment(value: str) -> str:
-    return quote(value, safe="").replace(".", "%2E")
+    encoded = quote(value, safe="")
+    # "." and ".." would read as path steps (browsers resolve them): encode them.
+    return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
 
 
 def _valid(check: Any, value: object) -> str | None:
