@@ -193,7 +193,7 @@ def _log(base: str, e: Mapping[str, Any]) -> list[_Field]:
 def _advisory(base: str, e: Mapping[str, Any]) -> list[_Field]:
     evidence = e.get("evidence")
     links = (
-        join((record_link(base, i, str(i)[:20]) or _code(i) for i in evidence), ", ")
+        join((record_link(base, i, str(i)[:20], "evidence") or _code(i) for i in evidence), ", ")
         if isinstance(evidence, list) and evidence
         else DASH
     )

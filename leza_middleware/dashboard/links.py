@@ -133,8 +133,11 @@ def entity_link(base: str, entity_type: object, entity_id: object) -> Markup:
     return fmt('<a class="trace" href="{}">{}</a>', entity_url(base, etype, eid), text)
 
 
-def record_link(base: str, ident: object, text: str = "PERMALINK") -> Markup:
+def record_link(
+    base: str, ident: object, text: str = "PERMALINK", cls: str = "permalink"
+) -> Markup:
+    """A link to one record's permalink (nothing when ``ident`` cannot be a record id)."""
     valid = _valid(event_id, ident)
     if valid is None:
         return Markup("")
-    return fmt('<a class="permalink" href="{}">{}</a>', record_url(base, valid), text)
+    return fmt('<a class="{}" href="{}">{}</a>', cls, record_url(base, valid), text)
