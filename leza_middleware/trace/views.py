@@ -59,8 +59,9 @@ PAGE = 50
 #: Newest requests of a session or performer summarised into places, devices,
 #: machine ids and countries (a bounded read, whatever they did before).
 SCAN = 2_000
-#: Changes, advisories, denied requests and sessions listed on a view.
-LIST = 50
+#: Changes, advisories, denied requests and sessions (active, then ended) listed
+#: on a view: the newest; the tabs, filtered by performer, page through the rest.
+LIST = 20
 #: Bulk statements of an entity type read per page of one entity's history
 #: (those whose ``statement.ids`` name the entity are part of it).
 BULK_SCAN = 2_000
