@@ -129,7 +129,9 @@ def _endpoint(base: str, e: Mapping[str, Any]) -> Markup:
     return request_link(base, e.get("request_id"), text)
 
 
-def access_table(base: str, items: Sequence[Mapping[str, Any]], now_us: int) -> Markup:
+def access_table(
+    base: str, items: Sequence[Mapping[str, Any]], now_us: int, empty: str = ""
+) -> Markup:
     heads = (
         "TIME",
         "ACTION",
@@ -162,7 +164,7 @@ def access_table(base: str, items: Sequence[Mapping[str, Any]], now_us: int) -> 
         )
         for e in items
     ]
-    return _table("access", heads, rows, "No requests in this period.")
+    return _table("access", heads, rows, empty or "No requests in this period.")
 
 
 # --------------------------------------------------------------------------- SESSION
@@ -173,6 +175,7 @@ def session_table(
     items: Sequence[Mapping[str, Any]],
     now_us: int,
     revoke_form: Callable[[Mapping[str, Any]], Markup],
+    empty: str = "",
 ) -> Markup:
     heads = (
         "STATE",
@@ -215,7 +218,7 @@ def session_table(
                 revoke_form(s) if s.get("active") else Markup(""),
             )
         )
-    return _table("sessions", heads, rows, "No sessions started in this period.")
+    return _table("sessions", heads, rows, empty or "No sessions started in this period.")
 
 
 # --------------------------------------------------------------------------- AUDIT
@@ -286,7 +289,9 @@ def diff_cell(diff: Mapping[str, Any] | None) -> Markup:
     return fmt('<ul class="diff">{}</ul>', join(lines))
 
 
-def audit_table(base: str, items: Sequence[Mapping[str, Any]], now_us: int) -> Markup:
+def audit_table(
+    base: str, items: Sequence[Mapping[str, Any]], now_us: int, empty: str = ""
+) -> Markup:
     heads = ("TIME", "ACTOR", "ACTION", "ENTITY", "CHANGES", "REASON", "")
     rows = [
         fmt(
@@ -302,7 +307,7 @@ def audit_table(base: str, items: Sequence[Mapping[str, Any]], now_us: int) -> M
         )
         for a in items
     ]
-    return _table("audit", heads, rows, "No changes recorded in this period.")
+    return _table("audit", heads, rows, empty or "No changes recorded in this period.")
 
 
 # --------------------------------------------------------------------------- ADVISORY, LOG
@@ -318,7 +323,9 @@ def _performer_id(base: str, e: Mapping[str, Any]) -> Markup:
     return performer_link(base, None, e.get("performer_id"))
 
 
-def advisory_table(base: str, items: Sequence[Mapping[str, Any]], now_us: int) -> Markup:
+def advisory_table(
+    base: str, items: Sequence[Mapping[str, Any]], now_us: int, empty: str = ""
+) -> Markup:
     heads = ("TIME", "SEVERITY", "RULE", "ADVISORY", "PERFORMER", "IP", "EVIDENCE", "")
     rows = []
     for e in items:
@@ -344,10 +351,12 @@ def advisory_table(base: str, items: Sequence[Mapping[str, Any]], now_us: int) -
                 more(base, e),
             )
         )
-    return _table("advisories", heads, rows, "No advisories in this period.")
+    return _table("advisories", heads, rows, empty or "No advisories in this period.")
 
 
-def log_table(base: str, items: Sequence[Mapping[str, Any]], now_us: int) -> Markup:
+def log_table(
+    base: str, items: Sequence[Mapping[str, Any]], now_us: int, empty: str = ""
+) -> Markup:
     heads = ("TIME", "LEVEL", "LOGGER", "MESSAGE", "ROUTE", "PERFORMER", "REQUEST ID", "")
     rows = []
     for e in items:
@@ -369,7 +378,7 @@ def log_table(base: str, items: Sequence[Mapping[str, Any]], now_us: int) -> Mar
                 more(base, e),
             )
         )
-    return _table("logs", heads, rows, "No log records in this period.")
+    return _table("logs", heads, rows, empty or "No log records in this period.")
 
 
 #: Where a record of a kind this module does not know says what it is about.

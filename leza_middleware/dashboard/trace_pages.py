@@ -36,8 +36,6 @@ from .rows import (
 )
 from .timefmt import absolute
 
-EMPTY = Markup("")
-
 __all__ = [
     "entity_page",
     "performer_page",
@@ -46,6 +44,10 @@ __all__ = [
     "revoke_all_confirm_page",
     "session_page",
 ]
+
+EMPTY = Markup("")
+#: A view's empty list (the tabs say "in this period": a view has no period).
+NONE = "None recorded."
 
 
 def _plural(n: int, one: str, many: str) -> str:
@@ -274,7 +276,7 @@ def session_page(
                 "REQUESTS",
                 join(
                     [
-                        access_table(page.base, requests["items"], now),
+                        access_table(page.base, requests["items"], now, "No requests."),
                         _pager(
                             page,
                             path,
@@ -291,9 +293,11 @@ def session_page(
             ),
             _section(
                 "CHANGES MADE IN THIS SESSION",
-                audit_table(page.base, view.get("changes") or [], now),
+                audit_table(page.base, view.get("changes") or [], now, NONE),
             ),
-            _section("ADVISORIES", advisory_table(page.base, view.get("advisories") or [], now)),
+            _section(
+                "ADVISORIES", advisory_table(page.base, view.get("advisories") or [], now, NONE)
+            ),
             _api(page, f"/api{path}", urlencode({"cursor": cursor} if cursor else {})),
         ]
     )
@@ -384,7 +388,7 @@ def performer_page(
             _identity(performer),
             _section(
                 "SESSIONS",
-                session_table(page.base, sessions, now, revoke),
+                session_table(page.base, sessions, now, revoke, NONE),
                 f"{active} active; active first, then the newest ended",
             ),
             _section(
@@ -433,13 +437,15 @@ def performer_page(
             ),
             _section(
                 "DENIED REQUESTS AND FAILED LOGINS",
-                access_table(page.base, view.get("refused") or [], now),
+                access_table(page.base, view.get("refused") or [], now, NONE),
                 "newest first",
             ),
             _section(
-                "CHANGES MADE BY THEM", audit_table(page.base, view.get("changes") or [], now)
+                "CHANGES MADE BY THEM", audit_table(page.base, view.get("changes") or [], now, NONE)
             ),
-            _section("ADVISORIES", advisory_table(page.base, view.get("advisories") or [], now)),
+            _section(
+                "ADVISORIES", advisory_table(page.base, view.get("advisories") or [], now, NONE)
+            ),
             _api(page, "/api" + performer_url("", str(performer.get("id") or ""))),
         ]
     )
