@@ -12,9 +12,14 @@ Routes, under the mount:
 * ``GET /api/availability`` — each check's status and its stored probes;
 * ``GET /health/live``, ``GET /health/ready`` — liveness and readiness JSON,
   served without ``authorize`` (see availability/health.py);
+* ``GET /requests/<id>``, ``/sessions/<id>``, ``/performers/<id>``,
+  ``/audit/<type>/<id>``, ``/records/<id>`` and their ``/api/…`` twins — the
+  traceability views (:mod:`.trace_routes`);
 * ``POST /sessions/revoke`` — without ``confirm=1`` it answers with a
   confirmation page, with it the session is revoked and the revocation
-  recorded in AUDIT (and, through the request itself, in ACCESS).
+  recorded in AUDIT (and, through the request itself, in ACCESS);
+* ``POST /sessions/revoke-all`` — the same for every active session of one
+  performer (their view's REVOKE ALL SESSIONS).
 
 Every input is parsed strictly (:mod:`.inputs`): a bad one is a 400 naming
 the field. Every POST route is an *action* (:attr:`Dashboard.actions`) and
