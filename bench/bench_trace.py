@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import gc
 import hashlib
 import json
 import os
@@ -60,6 +61,7 @@ from leza_middleware.audit.chain import Chain
 from leza_middleware.dashboard import make_asgi_app
 from leza_middleware.events import (
     ACCESS_FIELDS,
+    AccessEvent,
     AdvisoryEvent,
     AuditEvent,
     Device,
@@ -660,6 +662,49 @@ def run_views(url: str, meta: dict[str, Any], repeat: int, label: str) -> list[s
     return failed
 
 
+TRACE_INDEXES = ("ix_leza_access_request", "ix_leza_access_session_ts",
+                 "ix_leza_access_performer_refused")  # fmt: skip
+
+
+def write_cost(make_url: Callable[[int], str], n: int, rounds: int, label: str) -> None:
+    """What the traceability indexes cost the writes: ``SQLStorage.write`` of ``n``
+    events in the recorder's batches (512) into a fresh database, with every
+    index and with the three traceability indexes of ``leza_access`` dropped,
+    alternated over ``rounds``; events/s (wall) and CPU µs per event of the
+    writing thread."""
+    end = (time.time_ns() // 1000 // DAY_US) * DAY_US
+    side, rows = build_rows(n, end)
+    world = side["world"][0]
+    devices = {d.key: d for d in world.devices}
+    geos = {g.key: g for g in world.geos}
+    performers = dict(zip(world.pkeys, world.performers, strict=True))
+    events = [
+        AccessEvent(r, devices.get(r[18]), geos.get(r[19]), performers.get(r[21])) for r in rows
+    ]
+    results: dict[str, list[tuple[float, float]]] = {"all indexes": [], "without the 3": []}
+    for i in range(rounds * 2):
+        variant = ("all indexes", "without the 3")[i % 2]
+        storage = SQLStorage(make_url(i))
+        storage.setup()
+        if variant != "all indexes":
+            with storage.engine.begin() as conn:
+                for name in TRACE_INDEXES:
+                    conn.execute(text(f"DROP INDEX {name}"))
+        gc.collect()
+        w0, c0 = time.perf_counter(), time.thread_time()
+        for j in range(0, len(events), 512):
+            storage.write(events[j : j + 512])
+        wall, cpu = time.perf_counter() - w0, time.thread_time() - c0
+        storage.close()
+        results[variant].append((len(events) / wall, cpu / len(events) * 1e6))
+    print(f"\n{label}: SQLStorage.write of {n:,} events in batches of 512, {rounds} rounds each")
+    for variant, runs in results.items():
+        rate = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        print(f"  {variant:<14} {rate:>10,.0f} events/s   {cpu:5.1f} µs CPU per event   "
+              f"(runs: {', '.join(f'{r[0]:,.0f}' for r in runs)})")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=10_000_000)
@@ -669,7 +714,29 @@ def main() -> int:
     parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL URL, or auto")
     parser.add_argument("--pg-n", type=int, help="events loaded into PostgreSQL (default -n)")
     parser.add_argument("--sqlite-only", action="store_true")
+    parser.add_argument(
+        "--write-cost",
+        type=int,
+        metavar="N",
+        help="only measure what the traceability indexes cost the writes, over N events",
+    )
     args = parser.parse_args()
+    if args.write_cost:
+        tmp = tempfile.mkdtemp(prefix="leza-bench-trace-writes-")
+        write_cost(lambda i: f"sqlite:///{tmp}/w{i}.db", args.write_cost, 3, "SQLite")
+        if args.postgres and args.postgres != "auto":
+            admin = SQLStorage(args.postgres).engine
+
+            def schema_url(i: int) -> str:
+                schema = f"bench_trace_writes_{os.getpid()}_{i}"
+                with admin.begin() as c:
+                    c.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    c.execute(text(f"CREATE SCHEMA {schema}"))
+                sep = "&" if "?" in args.postgres else "?"
+                return f"{args.postgres}{sep}options=-csearch_path%3D{schema}"
+
+            write_cost(schema_url, args.write_cost, 3, "PostgreSQL")
+        return 0
     end = (time.time_ns() // 1000 // DAY_US) * DAY_US  # today, 00:00 UTC: a stable span
     failed: list[str] = []
 
