@@ -17,6 +17,7 @@ refuse (:mod:`.inputs`) is shown as plain text, never as a broken link.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -38,8 +39,13 @@ __all__ = [
 ]
 
 
+#: Characters a path segment carries as they are (RFC 3986's unreserved ones).
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~\-]+")
+
+
 def _segment(value: str) -> str:
-    encoded = quote(value, safe="")
+    # Most ids (hex hashes, numbers, names) need no encoding: skip quote()'s work.
+    encoded = value if _UNRESERVED.fullmatch(value) else quote(value, safe="")
     # "." and ".." would read as path steps (browsers resolve them): encode them.
     return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
 
