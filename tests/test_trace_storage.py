@@ -258,3 +258,26 @@ def test_a_tampered_change_is_flagged_on_its_entity_history(tmp_path: Path) -> N
         assert {i["intact"] for i in view["items"]} == {None}
     finally:
         other.shutdown(2)
+
+
+def test_a_session_past_the_scan_is_counted_as_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from leza_middleware.trace import views
+
+    leza = Leza(storage=MemoryStorage(), secret_key=SECRET, geoip_db=False,
+                spill_dir=str(tmp_path))  # fmt: skip
+    try:
+        leza.storage.write(events())
+        s1 = "s" * 31 + "1"
+        view = leza.trace.session(s1)
+        assert view is not None
+        assert (view["request_count"], view["request_count_exact"]) == (6, True)
+        monkeypatch.setattr(views, "SCAN", 4)
+        view = leza.trace.session(s1)
+        assert view is not None
+        assert (view["request_count"], view["request_count_exact"]) == (4, False)
+        assert sum(p["requests"] for p in view["places"]) == 4  # the newest 4
+        assert len(view["requests"]["items"]) == 6  # the timeline is paged, not scanned
+    finally:
+        leza.shutdown(2)

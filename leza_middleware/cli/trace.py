@@ -123,7 +123,8 @@ def _session(out: TextIO, view: Mapping[str, Any]) -> None:
         out.write("session: no session record stored (purged, or not written yet)\n")
     else:
         out.write("session  " + text_line("session", session))
-    out.write(f"\nplaces ({len(view['places'])}, from {view['scanned']} requests)\n")
+    more = "" if view["request_count_exact"] else " (the newest)"
+    out.write(f"\nplaces ({len(view['places'])}, from {view['request_count']} requests{more})\n")
     for p in view["places"]:
         where = ", ".join(x for x in (p.get("city"), p.get("country_name")) if x) or "unknown"
         out.write(f"  {p['ip']}  {where}  {p['first_seen']}  {p['last_seen']}  {p['requests']}\n")

@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
-from ..trace.views import SCAN
 from .cards import card_body, device_text, location_text
 from .html import Markup, fmt, join
 from .links import (
@@ -54,12 +53,12 @@ def _plural(n: int, one: str, many: str) -> str:
     return f"{n:,} {one if n == 1 else many}"
 
 
-def _count(n: int | None, one: str, many: str) -> str:
-    if n is None:
-        return many
-    if n > 10_000:
-        return f"10,000+ {many}"
-    return _plural(n, one, many)
+def _requests(view: Mapping[str, Any]) -> str:
+    """ "1,234 requests", or "2,000+ requests" past what the view reads."""
+    n = int(view.get("request_count") or 0)
+    if not view.get("request_count_exact", True):
+        return f"{n:,}+ requests"
+    return _plural(n, "request", "requests")
 
 
 def _section(title: str, body: Markup, note: str = "") -> Markup:
@@ -220,8 +219,11 @@ def _small_table(cls: str, heads: Sequence[str], rows: Sequence[Markup], empty: 
     )
 
 
-def _scanned(n: int) -> str:
-    return f"from the newest {n:,} requests" if n >= SCAN else ""
+def _scanned(view: Mapping[str, Any]) -> str:
+    """The note on what the newest requests were drawn from, when not all were read."""
+    if view.get("request_count_exact", True):
+        return ""
+    return f"from the newest {int(view.get('request_count') or 0):,} requests"
 
 
 def session_page(
@@ -261,7 +263,6 @@ def session_page(
             revoke(session) if session.get("active") else Markup(""),
         )
         card = card_body(page.base, session, diff_cell)
-    counted = view.get("request_count")
     body = join(
         [
             head,
@@ -270,7 +271,7 @@ def session_page(
             _section(
                 "WHERE IT WAS SEEN FROM",
                 places_table(view.get("places") or [], now),
-                _scanned(int(view.get("scanned") or 0)),
+                _scanned(view),
             ),
             _section(
                 "REQUESTS",
@@ -289,7 +290,7 @@ def session_page(
                         ),
                     ]
                 ),
-                _count(counted, "request", "requests") + " in this session, newest first",
+                _requests(view) + " in this session, newest first",
             ),
             _section(
                 "CHANGES MADE IN THIS SESSION",
@@ -380,7 +381,7 @@ def performer_page(
         fmt("{}", name),
         revoke_all_form(page, performer, active) if active else Markup(""),
     )
-    scanned = _scanned(int(view.get("scanned") or 0))
+    scanned = _scanned(view)
     body = join(
         [
             head,

@@ -65,8 +65,6 @@ LIST = 20
 #: Bulk statements of an entity type read per page of one entity's history
 #: (those whose ``statement.ids`` name the entity are part of it).
 BULK_SCAN = 2_000
-#: Requests counted per session or performer (the count then says "10,000+").
-COUNT_CAP = 10_000
 _TRACED = ("access", "log", "audit", "advisory")
 
 
@@ -120,9 +118,6 @@ class Trace:
             and (flt.active is None or r.active == flt.active)
         ]
 
-    def _count(self, flt: QueryFilter) -> int | None:
-        return self._storage().count("access", flt, COUNT_CAP)
-
     # -- the views -----------------------------------------------------------
 
     def request(self, request_id: str) -> dict[str, Any] | None:
@@ -169,11 +164,13 @@ class Trace:
         return {
             "session": records[0].to_dict() if records else None,
             "requests": {"items": _dicts(requests), "next_cursor": next_cursor},
-            "request_count": self._count(QueryFilter(session_id=sid)),
+            # Counted by the same bounded read: exact below SCAN, else "SCAN or more"
+            # (a separate capped count reads 10,000 rows: 100 ms and more on PostgreSQL).
+            "request_count": scanned,
+            "request_count_exact": scanned < SCAN,
             "changes": _dicts(changes),
             "advisories": _dicts(advisories),
             "places": places(seen),
-            "scanned": scanned,
         }
 
     def performer(self, performer_id: str) -> dict[str, Any] | None:
@@ -203,14 +200,14 @@ class Trace:
         return {
             "performer": identity or {"id": pid},
             "sessions": _dicts(sessions),
-            "request_count": self._count(QueryFilter(performer_id=pid)),
+            "request_count": scanned,
+            "request_count_exact": scanned < SCAN,
             "devices": devices(seen, sessions),
             "machines": machines(seen, sessions),
             "countries": countries(seen, sessions),
             "refused": _dicts(refused),
             "changes": _dicts(changes),
             "advisories": _dicts(advisories),
-            "scanned": scanned,
         }
 
     def _identity(
