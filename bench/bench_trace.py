@@ -688,7 +688,7 @@ def run_views(url: str, meta: dict[str, Any], repeat: int, label: str) -> list[s
     return failed
 
 
-TRACE_INDEXES = ("ix_leza_access_request", "ix_leza_access_session_ts",
+TRACE_INDEXES = ("ix_leza_access_request", "ix_leza_access_session_anonymous",
                  "ix_leza_access_performer_refused")  # fmt: skip
 
 

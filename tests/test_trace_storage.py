@@ -72,6 +72,7 @@ def events() -> list[Event]:
         access(6, "r-6", sid=s2, performer=CAROL, device=PHONE, machine="m2"),
         access(7, "r-7"),
         access(8, "r-2", sid=s1, performer=BOB),  # a client that reuses its request id
+        access(9, "r-9", sid="s" * 31 + "3"),  # refused after its session was revoked
         LogEvent(id=f"{T0 + 2 * S + 5:013x}l1", ts=T0 + 2 * S + 5, level=20, logger="app",
                  message="renamed", request_id="r-2", performer_id="bob"),
         LogEvent(id=f"{T0 + 6 * S + 5:013x}l2", ts=T0 + 6 * S + 5, level=40, logger="app",
@@ -144,6 +145,11 @@ def test_the_new_filters_on_every_backend(storage: Storage) -> None:
     assert ids(q("audit", QueryFilter(session_id=s1))) == ["u1"]
     assert ids(q("advisory", QueryFilter(session_id=s1))) == ["v1"]
     assert ids(q("log", QueryFilter(session_id=s1))) == []  # log records carry no session
+    anonymous = QueryFilter(session_id="s" * 31 + "3", no_performer=True)
+    assert [e.request_id for e in q("access", anonymous).events] == ["r-9"]
+    assert [e.request_id for e in q("access", QueryFilter(no_performer=True)).events] == [
+        "r-9", "r-7",
+    ]  # fmt: skip
     refused = QueryFilter(performer_id="bob", actions=("denied", "login_failed"))
     assert [e.action for e in q("access", refused).events] == ["login_failed", "denied"]
     assert [e.action for e in q("access", QueryFilter(actions=("denied",))).events] == ["denied"]

@@ -51,6 +51,7 @@ class QueryFilter:
     request_id: str | None = None
     ids: tuple[str, ...] | None = None
     actions: tuple[str, ...] | None = None
+    no_performer: bool = False  # only events without a performer (anonymous ones)
     # Oldest first: the page holds the oldest rows, and the cursor marks where
     # the next (newer) page starts.
     ascending: bool = False

@@ -47,7 +47,8 @@ def select_page(events: Iterable[Event], flt: QueryFilter) -> Page:
     """Apply ``flt`` to ``events`` in Python: the query semantics of every backend.
 
     Inclusive ``since``/``until``, exact ``action`` (or any of ``actions``),
-    ``performer_id``, ``request_id`` and ``session_id``, only ``ids``; rows
+    ``performer_id`` (or none, ``no_performer``), ``request_id`` and
+    ``session_id``, only ``ids``; rows
     strictly older than ``cursor`` by ``(ts, id)``, newest first, ``limit``
     rows (with ``ascending``: strictly newer, oldest first). ``events`` must
     not repeat an id.
@@ -62,7 +63,7 @@ def select_page(events: Iterable[Event], flt: QueryFilter) -> Page:
     ascending = flt.ascending
     actions = None if flt.actions is None else frozenset(flt.actions)
     ids = None if flt.ids is None else frozenset(flt.ids)
-    rid, sid = flt.request_id, flt.session_id
+    rid, sid, anonymous = flt.request_id, flt.session_id, flt.no_performer
 
     def keep(e: Event) -> bool:
         return (
@@ -72,6 +73,7 @@ def select_page(events: Iterable[Event], flt: QueryFilter) -> Page:
             and (actions is None or e.action in actions)
             and (ids is None or e.id in ids)
             and (pid is None or _performer_id(e) == pid)
+            and (not anonymous or _performer_id(e) is None)
             and (rid is None or getattr(e, "request_id", None) == rid)
             and (sid is None or _session_id(e) == sid)
             and (cursor is None or ((e.ts, e.id) > cursor if ascending else (e.ts, e.id) < cursor))

@@ -27,6 +27,7 @@ from sqlmodel import Field, SQLModel
 __all__ = [
     "REFUSED_ACTIONS",
     "REFUSED_PREDICATE",
+    "SESSION_ANONYMOUS",
     "AccessRow",
     "AdvisoryRow",
     "AuditCheckpointRow",
@@ -60,6 +61,8 @@ __all__ = [
 #: actions with literal values so that SQLite and PostgreSQL use that index.
 REFUSED_ACTIONS = ("denied", "login_failed")
 REFUSED_PREDICATE = "action IN ('denied', 'login_failed')"
+#: The access events of a session that carry no performer.
+SESSION_ANONYMOUS = "session_hash IS NOT NULL AND performer_id IS NULL"
 
 _registry = registry()
 metadata: MetaData = _registry.metadata
@@ -139,19 +142,23 @@ class AccessRow(LezaModel, table=True):
             sqlite_where=text("performer_id IS NOT NULL"),
             postgresql_where=text("performer_id IS NOT NULL"),
         ),
-        # Traceability (dashboard/trace.py, docs/dashboard.md "Traceability"): one
-        # request's events, one session's requests newest first (signed-in
-        # traffic only), and a performer's denied requests and failed logins
-        # (a few % of the rows: a partial index costs the other writes nothing;
-        # ``action`` in it, so that a query naming one of them prefers it to the
-        # performer index whatever the planner knows of the data).
+        # Traceability (trace/views.py, docs/dashboard.md "Traceability"): one
+        # request's events; a session's requests are read by their performer
+        # within the session's time (the performer index), and the few without
+        # a performer (refused after a revocation, a logout already signed out)
+        # by the session: an index of every session's requests, keyed by a
+        # random hash, would dirty one page per active session per batch and
+        # double the write cost of an access event. And a performer's denied
+        # requests and failed logins (a few % of the rows: a partial index costs
+        # the other writes nothing; ``action`` in it, so that a query naming one
+        # of them prefers it to the performer index whatever the planner knows).
         Index("ix_leza_access_request", "request_id"),
         Index(
-            "ix_leza_access_session_ts",
+            "ix_leza_access_session_anonymous",
             "session_hash",
             "ts",
-            sqlite_where=text("session_hash IS NOT NULL"),
-            postgresql_where=text("session_hash IS NOT NULL"),
+            sqlite_where=text(SESSION_ANONYMOUS),
+            postgresql_where=text(SESSION_ANONYMOUS),
         ),
         Index(
             "ix_leza_access_performer_refused",

@@ -647,6 +647,8 @@ def _event_conds(spec: KindSpec, flt: QueryFilter) -> list[Any]:
         conds.append(t.c.action == flt.action)
     if flt.performer_id is not None:
         conds.append(t.c[spec.performer_column] == flt.performer_id)
+    if flt.no_performer:
+        conds.append(t.c[spec.performer_column].is_(None))
     return conds + _trace_conds(t, flt, spec.request_column, spec.session_column)
 
 
@@ -659,6 +661,8 @@ def _audit_conds(flt: QueryFilter) -> list[Any]:
         conds.append(t.c.entity_id == flt.entity_id)
     if flt.performer_id is not None:
         conds.append(t.c.actor_id == flt.performer_id)
+    if flt.no_performer:
+        conds.append(t.c.actor_id.is_(None))
     if flt.action is not None:
         conds.append(t.c.action == flt.action)
     conds += _trace_conds(t, flt, "request_id", "session_id")

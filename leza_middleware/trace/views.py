@@ -34,7 +34,7 @@ from ..audit.chain import row_hash
 from ..events import EVENT_TYPES, AccessEvent, AuditEvent, Event, SessionRecord
 from ..privacy import redaction_is_valid
 from ..query import format_cursor, parse_cursor
-from ..storage.base import QueryFilter, audit_matches
+from ..storage.base import QueryFilter, Sighting, audit_matches
 from ..storage.memory import select_page
 from ..storage.models import REFUSED_ACTIONS
 from .places import countries, devices, machines, places
@@ -153,25 +153,63 @@ class Trace:
         sid = str(session_id)
         at = parse_cursor(cursor)
         records = self._sessions(QueryFilter(session_id=sid, limit=1))
-        requests, next_cursor = self._page(
-            "access", QueryFilter(session_id=sid, limit=limit, cursor=at)
-        )
+        parts = self._session_parts(sid, records[0] if records else None)
+        requests, next_cursor = self._merged("access", parts, limit, at)
         if not records and not requests and at is None:
             return None
         changes = self._read("audit", QueryFilter(session_id=sid, limit=LIST))
         advisories = self._read("advisory", QueryFilter(session_id=sid, limit=LIST))
-        seen, scanned = self._storage().sightings(QueryFilter(session_id=sid), SCAN)
+        seen: list[Sighting] = []
+        scanned = 0
+        exact = True
+        for part in parts:
+            found, n = self._storage().sightings(part, SCAN)
+            seen += found
+            scanned += n
+            exact = exact and n < SCAN
         return {
             "session": records[0].to_dict() if records else None,
             "requests": {"items": _dicts(requests), "next_cursor": next_cursor},
             # Counted by the same bounded read: exact below SCAN, else "SCAN or more"
             # (a separate capped count reads 10,000 rows: 100 ms and more on PostgreSQL).
             "request_count": scanned,
-            "request_count_exact": scanned < SCAN,
+            "request_count_exact": exact,
             "changes": _dicts(changes),
             "advisories": _dicts(advisories),
             "places": places(seen),
         }
+
+    def _session_parts(self, sid: str, record: SessionRecord | None) -> list[QueryFilter]:
+        """A session's access events as index ranges: those without a performer by
+        the session (refused after a revocation, a logout the framework had
+        already signed out: few, in a partial index), and the signed-in ones by
+        their performer within the session's time — no index has every event of
+        a session, which would cost every write (see storage/models.py).
+
+        ``last_seen`` is written at most every ``session_seen_interval``: the
+        session's events may run that much past it. Without its record (purged),
+        only the first range is read."""
+        parts = [QueryFilter(session_id=sid, no_performer=True)]
+        pid = None if record is None else record.performer_id
+        if record is not None and pid:
+            slack = int((self._leza.settings.session_seen_interval + 1) * 1_000_000)
+            until = max(record.ended_at or 0, record.last_seen + slack)
+            parts.append(QueryFilter(session_id=sid, performer_id=pid,
+                                     since=record.session_start, until=until))  # fmt: skip
+        return parts
+
+    def _merged(
+        self, kind: str, parts: Sequence[QueryFilter], limit: int, at: tuple[int, str] | None
+    ) -> tuple[list[Event], str | None]:
+        """One page, newest first, of the union of ``parts`` (keyset: the same
+        cursor bounds each part, and the page ends at its last event)."""
+        pages = [self._page(kind, replace(p, limit=limit, cursor=at)) for p in parts]
+        union = {e.id: e for events, _ in pages for e in events}
+        events = sorted(union.values(), key=lambda e: (e.ts, e.id), reverse=True)
+        more = len(events) > limit or any(more for _, more in pages)
+        events = events[:limit]
+        last = events[-1] if events and more else None
+        return events, None if last is None else format_cursor((last.ts, last.id))
 
     def performer(self, performer_id: str) -> dict[str, Any] | None:
         """What one performer did and where from; None when nothing is recorded of

@@ -7,9 +7,11 @@ advisory. All three are nullable without a default, so adding them rewrites
 no row; rows written before read back without them (no backfill: an audit
 row's session is part of its chain hash, so an old row cannot be given one).
 
-Indexes: access events by request id, by session (``session_hash``, ``ts``;
-signed-in traffic only) and a performer's denied requests and failed logins
-(``performer_id``, ``action``, ``ts`` where ``action`` is one of them); audit rows and
+Indexes: access events by request id, a session's events without a performer
+(``session_hash``, ``ts`` where ``performer_id`` is null: the rest of a
+session's are read through the performer index) and a performer's denied
+requests and failed logins (``performer_id``, ``action``, ``ts`` where
+``action`` is one of them); audit rows and
 advisories by request id and by session. Building the access indexes reads
 the whole table once (docs/migrations.md gives the time at 10,000,000 rows).
 
@@ -35,8 +37,8 @@ depends_on: str | Sequence[str] | None = None
 _REFUSED = "action IN ('denied', 'login_failed')"
 _INDEXES: tuple[tuple[str, str, tuple[str, ...], str | None], ...] = (
     ("ix_leza_access_request", "leza_access", ("request_id",), None),
-    ("ix_leza_access_session_ts", "leza_access", ("session_hash", "ts"),
-     "session_hash IS NOT NULL"),
+    ("ix_leza_access_session_anonymous", "leza_access", ("session_hash", "ts"),
+     "session_hash IS NOT NULL AND performer_id IS NULL"),
     ("ix_leza_access_performer_refused", "leza_access", ("performer_id", "action", "ts"),
      _REFUSED),
     ("ix_leza_audit_request", "leza_audit", ("request_id",), None),
