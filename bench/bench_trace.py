@@ -697,37 +697,50 @@ def write_cost(make_url: Callable[[int], str], n: int, rounds: int, label: str) 
     events in the recorder's batches (512) into a fresh database, with every
     index and with the three traceability indexes of ``leza_access`` dropped,
     alternated over ``rounds``; events/s (wall) and CPU µs per event of the
-    writing thread."""
+    writing thread. Twice: with request ids as the middleware makes them (a
+    per-process prefix and a counter) and with random ones, as a proxy that
+    sends ``X-Request-ID`` or ``traceparent`` gives them (reused as they come)."""
     end = (time.time_ns() // 1000 // DAY_US) * DAY_US
     side, rows = build_rows(n, end)
     world = side["world"][0]
     devices = {d.key: d for d in world.devices}
     geos = {g.key: g for g in world.geos}
     performers = dict(zip(world.pkeys, world.performers, strict=True))
-    events = [
-        AccessEvent(r, devices.get(r[18]), geos.get(r[19]), performers.get(r[21])) for r in rows
-    ]
-    results: dict[str, list[tuple[float, float]]] = {"all indexes": [], "without the 3": []}
-    for i in range(rounds * 2):
-        variant = ("all indexes", "without the 3")[i % 2]
-        storage = SQLStorage(make_url(i))
-        storage.setup()
-        if variant != "all indexes":
-            with storage.engine.begin() as conn:
-                for name in TRACE_INDEXES:
-                    conn.execute(text(f"DROP INDEX {name}"))
-        gc.collect()
-        w0, c0 = time.perf_counter(), time.thread_time()
-        for j in range(0, len(events), 512):
-            storage.write(events[j : j + 512])
-        wall, cpu = time.perf_counter() - w0, time.thread_time() - c0
-        storage.close()
-        results[variant].append((len(events) / wall, cpu / len(events) * 1e6))
-    print(f"\n{label}: SQLStorage.write of {n:,} events in batches of 512, {rounds} rounds each")
-    for variant, runs in results.items():
+    plain = list(rows)
+    streams = {
+        "own ids": plain,
+        "random ids": [(*r[:10], uuid.uuid4().hex, *r[11:]) for r in plain],
+    }
+    variants = ("all indexes", "without the 3")
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    k = 0
+    for _ in range(rounds):
+        for ids, stream in streams.items():
+            events = [AccessEvent(r, devices.get(r[18]), geos.get(r[19]), performers.get(r[21]))
+                      for r in stream]  # fmt: skip
+            for variant in variants:
+                storage = SQLStorage(make_url(k))
+                k += 1
+                storage.setup()
+                if variant != "all indexes":
+                    with storage.engine.begin() as conn:
+                        for name in TRACE_INDEXES:
+                            conn.execute(text(f"DROP INDEX {name}"))
+                gc.collect()
+                w0, c0 = time.perf_counter(), time.thread_time()
+                for j in range(0, len(events), 512):
+                    storage.write(events[j : j + 512])
+                wall, cpu = time.perf_counter() - w0, time.thread_time() - c0
+                storage.close()
+                results.setdefault((ids, variant), []).append(
+                    (len(events) / wall, cpu / len(events) * 1e6)
+                )
+    print(f"\n{label}: SQLStorage.write of {n:,} events in batches of 512, {rounds} rounds each; "
+          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    for (ids, variant), runs in results.items():
         rate = statistics.median(r[0] for r in runs)
         cpu = statistics.median(r[1] for r in runs)
-        print(f"  {variant:<14} {rate:>10,.0f} events/s   {cpu:5.1f} µs CPU per event   "
+        print(f"  {ids:<11} {variant:<14} {rate:>9,.0f} events/s  {cpu:5.1f} µs CPU per event  "
               f"(runs: {', '.join(f'{r[0]:,.0f}' for r in runs)})")  # fmt: skip
 
 
