@@ -127,7 +127,7 @@ def request_page(page: Page, view: Mapping[str, Any]) -> Markup:
         who.append(fmt("in session {}", session_link(page.base, view["session_id"])))
     summary = fmt("{}{}{}", ", ".join(parts), " · " if who else "", join(who, " "))
     if view.get("truncated"):
-        summary = fmt("{} · only the first {} of each kind are shown", summary, 200)
+        summary = fmt("{} · only the newest {} of each kind are shown", summary, 200)
     items = [
         fmt(
             '<li class="kind-{}" id="r-{}"><div class="line">{} {} {}</div>{}</li>',
