@@ -139,6 +139,9 @@ class AccessRow(LezaModel, table=True):
             "ix_leza_access_performer_ts",
             "performer_id",
             "ts",
+            # Last, so a session's requests are told from the performer's other
+            # sessions' inside the index (trace/views.py), without reading rows.
+            "session_hash",
             sqlite_where=text("performer_id IS NOT NULL"),
             postgresql_where=text("performer_id IS NOT NULL"),
         ),

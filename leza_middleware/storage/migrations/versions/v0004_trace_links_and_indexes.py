@@ -7,7 +7,9 @@ advisory. All three are nullable without a default, so adding them rewrites
 no row; rows written before read back without them (no backfill: an audit
 row's session is part of its chain hash, so an old row cannot be given one).
 
-Indexes: access events by request id, a session's events without a performer
+Indexes: the performer index of access events gains the session, last (a
+session's requests are read through it); access events by request id, a
+session's events without a performer
 (``session_hash``, ``ts`` where ``performer_id`` is null: the rest of a
 session's are read through the performer index) and a performer's denied
 requests and failed logins (``performer_id``, ``action``, ``ts`` where
@@ -49,6 +51,10 @@ _INDEXES: tuple[tuple[str, str, tuple[str, ...], str | None], ...] = (
 
 
 def upgrade() -> None:
+    # The performer index gains the session (last): a session's requests are read
+    # through it, told apart from the performer's other sessions in the index.
+    op.drop_index("ix_leza_access_performer_ts", table_name="leza_access")
+    _performer_index(("performer_id", "ts", "session_hash"))
     op.add_column("leza_audit", sa.Column("session_id", AutoString(), nullable=True))
     op.add_column("leza_advisory", sa.Column("request_id", AutoString(), nullable=True))
     op.add_column("leza_advisory", sa.Column("session_id", AutoString(), nullable=True))
@@ -59,9 +65,17 @@ def upgrade() -> None:
         )
 
 
+def _performer_index(columns: tuple[str, ...]) -> None:
+    where = sa.text("performer_id IS NOT NULL")
+    op.create_index("ix_leza_access_performer_ts", "leza_access", list(columns),
+                    sqlite_where=where, postgresql_where=where)  # fmt: skip
+
+
 def downgrade() -> None:
     for name, table, _, _ in reversed(_INDEXES):
         op.drop_index(name, table_name=table)
+    op.drop_index("ix_leza_access_performer_ts", table_name="leza_access")
+    _performer_index(("performer_id", "ts"))
     # SQLite drops a column by copying the table: batch mode does that.
     with op.batch_alter_table("leza_advisory") as batch:
         batch.drop_column("session_id")
