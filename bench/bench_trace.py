@@ -770,16 +770,23 @@ def main() -> int:
         write_cost(lambda i: f"sqlite:///{tmp}/w{i}.db", args.write_cost, 3, "SQLite")
         if args.postgres and args.postgres != "auto":
             admin = SQLStorage(args.postgres).engine
+            made: list[str] = []
 
             def schema_url(i: int) -> str:
                 schema = f"bench_trace_writes_{os.getpid()}_{i}"
                 with admin.begin() as c:
                     c.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
                     c.execute(text(f"CREATE SCHEMA {schema}"))
+                made.append(schema)
                 sep = "&" if "?" in args.postgres else "?"
                 return f"{args.postgres}{sep}options=-csearch_path%3D{schema}"
 
-            write_cost(schema_url, args.write_cost, 3, "PostgreSQL")
+            try:
+                write_cost(schema_url, args.write_cost, 3, "PostgreSQL")
+            finally:
+                with admin.begin() as c:
+                    for schema in made:
+                        c.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
         return 0
     end = (time.time_ns() // 1000 // DAY_US) * DAY_US  # today, 00:00 UTC: a stable span
     failed: list[str] = []
