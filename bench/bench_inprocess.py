@@ -2,7 +2,8 @@
 
 1. request path: µs added per request by LezaMiddleware around a trivial ASGI
    app (median over many repeats of bare vs wrapped, the queue drained between
-   repeats so it never fills);
+   repeats so it never fills), for an anonymous client and for a signed-in
+   browser (machine and session cookies: the revocation check's fast path);
 2. recorder, per event: enrichment (UA/geo/IP caches warm, like steady
    traffic) and the SQLite batch write, µs each;
 3. recorder enrichment with query strings: a realistic mix repeating (the
@@ -55,15 +56,22 @@ def http_scope(headers: list[tuple[bytes, bytes]], **overrides: Any) -> dict[str
     return s
 
 
-def scope(i: int) -> dict[str, Any]:
-    return http_scope(
-        [
-            (b"host", b"127.0.0.1:8000"),
-            (b"user-agent", UAS[i % len(UAS)]),
-            (b"accept", b"*/*"),
-            (b"x-forwarded-for", IPS[i % len(IPS)]),
-        ]
-    )
+def scope(i: int, cookie: bytes | None = None) -> dict[str, Any]:
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"user-agent", UAS[i % len(UAS)]),
+        (b"accept", b"*/*"),
+        (b"x-forwarded-for", IPS[i % len(IPS)]),
+    ]
+    if cookie is not None:
+        headers.append((b"cookie", cookie))
+    return http_scope(headers)
+
+
+def browser_cookie(leza: Leza, i: int) -> bytes:
+    """A signed-in browser's Cookie header: a valid machine id and a session key."""
+    _, mid = leza.cookies.new_machine_value()
+    return b"leza_mid=%s; leza_sid=bench-session-key-%06d" % (mid.encode(), i)
 
 
 START = {
@@ -94,9 +102,13 @@ async def per_request_us(app: Any, scopes: list[dict[str, Any]]) -> float:
     return (time.perf_counter_ns() - t0) / len(scopes) / 1000
 
 
-def request_path(leza: Leza, repeats: int = 41, n: int = 2000) -> tuple[float, float]:
+def request_path(
+    leza: Leza, repeats: int = 41, n: int = 2000, cookies: bool = False
+) -> tuple[float, float]:
     wrapped = LezaMiddleware(hello, leza=leza)
-    scopes = [scope(i) for i in range(n)]
+    # 50 browsers, each sending its own cookies request after request.
+    jar = [browser_cookie(leza, k) for k in range(50)] if cookies else None
+    scopes = [scope(i, None if jar is None else jar[i % len(jar)]) for i in range(n)]
     bare_t, wrapped_t = [], []
 
     async def run() -> None:
@@ -110,6 +122,30 @@ def request_path(leza: Leza, repeats: int = 41, n: int = 2000) -> tuple[float, f
     asyncio.run(run())
     b, w = statistics.median(bare_t), statistics.median(wrapped_t)
     return b, w - b
+
+
+def revocation_check(leza: Leza, n: int = 200_000, repeats: int = 21) -> tuple[float, float]:
+    """µs per ``Sessions.refusal(sid)`` once the blocklist is loaded (the fast path
+    every cookie-bearing request takes), and per bare ``sid in set`` for scale."""
+    sessions = leza.sessions
+    sessions.refusal("warm-up: loads the blocklist once")
+    sids = [f"{i:032x}" for i in range(1000)]
+    blocked = sessions.blocked
+    blocked.update(sids[::2])
+    refusal = sessions.refusal
+    check_t, bare_t = [], []
+    for _ in range(repeats):
+        gc.disable()
+        t0 = time.perf_counter_ns()
+        for i in range(n):
+            refusal(sids[i % 1000])
+        check_t.append((time.perf_counter_ns() - t0) / n / 1000)
+        t0 = time.perf_counter_ns()
+        for i in range(n):
+            sids[i % 1000] in blocked  # noqa: B015
+        bare_t.append((time.perf_counter_ns() - t0) / n / 1000)
+        gc.enable()
+    return statistics.median(check_t), statistics.median(bare_t)
 
 
 # Steady traffic: a few distinct query strings, some carrying secrets.
@@ -191,6 +227,16 @@ def main() -> None:
         print(
             f"request path: bare app {bare:.2f} µs/request, LezaMiddleware adds {added:.2f} µs"
             "  (budget <= 5 µs)"
+        )
+        bare, added = request_path(leza, cookies=True)
+        print(
+            f"request path, signed-in browser (machine + session cookies, revocation check):"
+            f" bare app {bare:.2f} µs/request, LezaMiddleware adds {added:.2f} µs"
+        )
+        check, bare_lookup = revocation_check(leza)
+        print(
+            f"revocation check (Sessions.refusal, blocklist loaded): {check:.3f} µs per call"
+            f" (a bare set lookup in the same loop: {bare_lookup:.3f} µs)"
         )
         leza2 = Leza(
             storage=f"sqlite:///{Path(tmp) / 'rec.db'}",

@@ -119,7 +119,7 @@ def _child(variant: str, n: int) -> dict[str, float]:
             t0 = time.thread_time_ns()
             for batch in batches:
                 for e in batch:
-                    outcome = outcome_of(e.action, e.status)
+                    outcome = outcome_of(e.outcome, e.status)
                     key = ("app", e.method, e.route or "(unmatched)", outcome)
                     requests.labels(*key).inc()
                     duration.labels(*key).observe(e.duration_us / 1_000_000)

@@ -19,7 +19,7 @@ from .errors import LezaConfigError
 if TYPE_CHECKING:
     from .storage.base import Storage
 
-__all__ = ["DEFAULT_STORAGE", "Settings"]
+__all__ = ["DEFAULT_STORAGE", "REVOCATION_UNKNOWN", "Settings"]
 
 DEFAULT_STORAGE = "sqlite:///leza.db"
 
@@ -104,6 +104,15 @@ class Settings:
     session_seen_interval: float = 60.0
     session_poll_interval: float = 2.0
     revocation_memory: float = 30 * 86400.0  # how long revoked/logged-out ids stay refused
+    # The blocklist is loaded before a process decides its first request that
+    # carries a session cookie (sessions/registry.py, docs/sessions.md): within
+    # ``revocation_load_timeout`` seconds; it is trusted for
+    # ``revocation_max_staleness`` seconds after its last refresh. When it cannot
+    # be known, "refuse" answers such requests as revoked ones, "allow" serves them.
+    revocation_unknown: str = "refuse"
+    revocation_load_timeout: float = 5.0
+    # None: 60 s, or twice session_poll_interval when that is longer (max_staleness()).
+    revocation_max_staleness: float | None = None
     enforce_session_timeouts: bool = False
     logout_routes: tuple[str, ...] = ()
     revoked_response: Callable[[Any], tuple[int, list[tuple[str, str]], bytes]] | None = None
@@ -127,6 +136,12 @@ class Settings:
     # Schema migrations (storage/migrate.py): apply pending ones at the first storage
     # setup. Off: an older schema is left alone with a warning naming `leza migrate`.
     migrate: bool = False
+
+    def max_staleness(self) -> float:
+        """How long a refreshed blocklist is trusted (``revocation_max_staleness``)."""
+        if self.revocation_max_staleness is not None:
+            return self.revocation_max_staleness
+        return max(60.0, 2 * self.session_poll_interval)
 
     @classmethod
     def resolve(
@@ -243,9 +258,15 @@ class Settings:
                 label["machine_cookie_max_age"], raw["machine_cookie_max_age"], 1
             )
         for name in ("idle_timeout", "absolute_timeout", "session_seen_interval",
-                     "session_poll_interval", "revocation_memory"):  # fmt: skip
+                     "session_poll_interval", "revocation_memory", "revocation_load_timeout",
+                     "revocation_max_staleness"):  # fmt: skip
             if name in raw:
                 out[name] = _positive_float(label[name], raw[name])
+        if "revocation_unknown" in raw:
+            out["revocation_unknown"] = _choice(
+                label["revocation_unknown"], raw["revocation_unknown"], REVOCATION_UNKNOWN
+            )
+        _check_staleness(out, label)
         for name in ("sessions", "enforce_session_timeouts", "migrate"):
             if name in raw:
                 out[name] = _flag(label[name], raw[name])
@@ -323,6 +344,32 @@ _NOT_FROM_ENV = frozenset(
     {"performer", "revoked_response", "permissions", "has_permission", "advisory_rules"}
 )
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,64}")
+
+
+#: What ``revocation_unknown`` may say: refuse (the default) or allow requests
+#: carrying a session cookie while the blocklist cannot be known.
+REVOCATION_UNKNOWN = ("refuse", "allow")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if isinstance(value, str) and value.strip().lower() in choices:
+        return value.strip().lower()
+    raise LezaConfigError(
+        f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}"
+    )
+
+
+def _check_staleness(out: Mapping[str, Any], label: Mapping[str, str]) -> None:
+    """The blocklist must be allowed to age past one poll, or every poll that
+    comes a little late would make a request wait for a load (or be refused)."""
+    staleness = out.get("revocation_max_staleness")
+    poll = out.get("session_poll_interval", Settings.session_poll_interval)
+    if staleness is not None and staleness <= poll:
+        name = label["revocation_max_staleness"]
+        raise LezaConfigError(
+            f"{name} ({staleness:g} s) must be longer than session_poll_interval "
+            f"({poll:g} s): the blocklist is refreshed once per poll"
+        )
 
 
 def _severity(name: str, value: Any) -> str | None:

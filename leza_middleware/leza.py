@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["Leza"]
 
 log = logging.getLogger("leza_middleware")
+# Seconds between rollup upkeeps (storage.settle_traffic) on the recorder thread.
+_SETTLE_INTERVAL = 60.0
 
 
 class Leza:
@@ -124,6 +127,7 @@ class Leza:
         )
         # Warned about once the app serves requests with it (see _tick), not
         # here: init_app() may still bring the key from the app's config.
+        self._next_settle = 0.0
         self._warn_ephemeral_key = self.keyring.ephemeral and bool(
             settings.machine_cookie
             or settings.sessions
@@ -315,6 +319,18 @@ class Leza:
         if self.settings.sessions:
             self.sessions.poll()
         self.privacy.tick()  # retention: a bounded slice of batched purges when due
+        self._settle_traffic()
+
+    def _settle_traffic(self) -> None:
+        """About once a minute: the storage's rollup upkeep (SQL sums past hours)."""
+        now = time.monotonic()
+        if now < self._next_settle or not self.storage.keeps_rollups:
+            return
+        self._next_settle = now + _SETTLE_INTERVAL
+        try:
+            self.storage.settle_traffic()
+        except Exception as exc:  # storage down: the next write says so too
+            log.debug("leza: traffic rollup upkeep failed: %s", exc)
 
     def forget(self, performer_id: str, *, identifiers: Iterable[str] = ()) -> ForgetReport:
         """Erase what is recorded about one person (``leza forget --performer ID``).
@@ -375,6 +391,8 @@ class Leza:
         out["notify"] = self.notify.stats()
         out["logs"] = _sum_stats(h.stats() for h in self._log_handlers)
         out["advisories"] = None if self.advisories is None else self.advisories.stats()
+        # The blocklist of ended sessions: loaded or not, requests decided without it.
+        out["revocations"] = self.sessions.blocklist.stats()
         monitor = self.availability.monitor
         out["availability"] = {
             "checks": len(monitor.checks()),

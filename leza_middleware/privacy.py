@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from .leza import Leza
 
 __all__ = [
+    "DEFAULT_RETENTION",
     "DENIED_HEADERS",
     "DENIED_HEADER_PARTS",
     "FORGOTTEN",
@@ -62,6 +63,7 @@ __all__ = [
     "IpAnonymizer",
     "Privacy",
     "compile_identifiers",
+    "effective_retention",
     "forget_event",
     "identifiers_of",
     "parse_anonymize_ip",
@@ -282,7 +284,11 @@ def _replace_in(value: Any, old: str, new: str) -> Any:
 
 # --------------------------------------------------------------------------- retention
 
-RETENTION_KINDS = ("access", "session", "audit", "log", "advisory", "check")
+RETENTION_KINDS = ("access", "session", "audit", "log", "advisory", "check", "traffic")
+#: Retention applied unless the setting names the kind: traffic rollups (kept
+#: by SQL and memory storage) outlive the raw events' retention by default.
+#: ``{"traffic": "off"}`` keeps them forever.
+DEFAULT_RETENTION: dict[str, int] = {"traffic": 400 * 86_400}
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", re.IGNORECASE)
 
@@ -315,9 +321,21 @@ def parse_retention(label: str, value: Any) -> tuple[tuple[str, int], ...]:
     out: dict[str, int] = {}
     for kind, duration in mapping.items():
         if duration in (None, "", "off", False):
+            if kind in DEFAULT_RETENTION:
+                out[kind] = 0  # kept forever, instead of the default
             continue
         out[kind] = max(1, int(parse_duration(f"{label}[{kind!r}]", duration)))
     return tuple(sorted(out.items()))
+
+
+def effective_retention(setting: Sequence[tuple[str, int]], keeps_rollups: bool) -> dict[str, int]:
+    """Seconds per kind to purge: the setting over :data:`DEFAULT_RETENTION`,
+    without kinds kept forever (0) and without ``traffic`` for a storage that
+    keeps no rollups."""
+    out = {**DEFAULT_RETENTION, **dict(setting)}
+    if not keeps_rollups:
+        out.pop("traffic", None)
+    return {kind: keep for kind, keep in out.items() if keep > 0}
 
 
 # Work per tick: batches this size, at most this share of the recorder's time.
@@ -551,7 +569,9 @@ class Privacy:
         self.anonymizers: dict[str, IpAnonymizer] = {
             kind: IpAnonymizer(mode, key) for kind, mode in s.anonymize_ip
         }
-        self.retention: dict[str, int] = dict(s.retention)
+        self.retention: dict[str, int] = effective_retention(
+            s.retention, leza.storage.keeps_rollups
+        )
         self.retention_interval = s.retention_interval
         self._reset()
 

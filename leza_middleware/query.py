@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import re
+import time as _time
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 from .errors import LezaError
+from .state.traffic import DAY, Traffic, TrafficUnsupported, bucket_seconds_for
 from .storage.base import QueryFilter, Storage
 
 __all__ = ["Query", "QueryPage", "parse_cursor", "to_us"]
@@ -69,6 +71,11 @@ def _in_range(us: int, given: object) -> int:
     return us
 
 
+def time_us() -> int:
+    """Now, in µs since the epoch."""
+    return _time.time_ns() // 1000
+
+
 def format_cursor(cursor: tuple[int, str] | None) -> str | None:
     return None if cursor is None else f"{cursor[0]}_{cursor[1]}"
 
@@ -119,6 +126,7 @@ class Query:
         performer_id: str | None,
         limit: int,
         cursor: str | None,
+        endpoint: str | None = None,
     ) -> QueryFilter:
         if not 1 <= int(limit) <= MAX_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
@@ -129,6 +137,7 @@ class Query:
             performer_id=performer_id or None,
             limit=int(limit),
             cursor=parse_cursor(cursor),
+            endpoint=endpoint if endpoint is None else str(endpoint),
         )
 
     def page(
@@ -141,8 +150,17 @@ class Query:
         performer_id: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        endpoint: str | None = None,
     ) -> QueryPage:
-        flt = self._filter(since, until, action, performer_id, limit, cursor)
+        """One page of ``kind`` records, newest first, and the cursor of the next.
+
+        ``endpoint`` (access only): ``"GET /items/{item_id}"`` (that method and
+        route template), ``"/items/{item_id}"`` (any method) or ``"(unmatched)"``
+        (requests no route matched); the labels STATE's endpoint rows carry
+        (``EndpointTraffic.endpoint``). ValueError for a malformed value or
+        another kind.
+        """
+        flt = self._filter(since, until, action, performer_id, limit, cursor, endpoint)
         self._ensure_ready()
         page = self._storage.query(kind, flt)
         return QueryPage([e.to_dict() for e in page.events], format_cursor(page.next_cursor))
@@ -190,13 +208,15 @@ class Query:
         performer_id: str | None = None,
         active: bool | None = None,
         cap: int | None = None,
+        endpoint: str | None = None,
     ) -> int | None:
-        """How many ``kind`` records match (``active`` for sessions only).
+        """How many ``kind`` records match (``active`` for sessions only,
+        ``endpoint`` for access only, as in :meth:`page`).
 
         With ``cap``, counting may stop past ``cap`` rows: a result above ``cap``
         means "more than ``cap``". None when the storage cannot count.
         """
-        flt = self._filter(since, until, action, performer_id, 1, None)
+        flt = self._filter(since, until, action, performer_id, 1, None, endpoint)
         self._ensure_ready()
         return self._storage.count(kind, replace(flt, active=active), cap)
 
@@ -230,9 +250,52 @@ class Query:
         performer_id: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        endpoint: str | None = None,
     ) -> list[dict[str, Any]]:
-        """ACCESS events, newest first. ``since``/``until`` are inclusive."""
-        return self._items("access", since, until, action, performer_id, limit, cursor)
+        """ACCESS events, newest first. ``since``/``until`` are inclusive.
+
+        ``endpoint``: ``"GET /items/{item_id}"`` (that method and route
+        template), ``"/items/{item_id}"`` (any method), ``"(unmatched)"``
+        (requests no route matched), ``"OTHER /x"`` (methods outside the
+        usual ones): the labels of STATE's endpoint rows.
+        """
+        return self.page(
+            "access", since=since, until=until, action=action, performer_id=performer_id,
+            limit=limit, cursor=cursor, endpoint=endpoint,
+        ).items  # fmt: skip
+
+    def traffic(
+        self,
+        since: TimeLike = None,
+        until: TimeLike = None,
+        bucket_seconds: int | None = None,
+    ) -> Traffic:
+        """Traffic of a window from the storage's rollups (``storage.traffic()``).
+
+        ``since``/``until`` as for the other reads (inclusive; default: the
+        last 24 hours up to now); ``bucket_seconds`` defaults to
+        :func:`~leza_middleware.state.bucket_seconds_for` of the window.
+        Raises :class:`~leza_middleware.state.TrafficUnsupported` when the
+        storage keeps no rollups (``storage.keeps_rollups``), ValueError for a
+        bad window.
+        """
+        until_us = to_us(until, end=True)
+        if until_us is None:
+            until_us = time_us()
+        since_us = to_us(since)
+        if since_us is None:
+            since_us = until_us - DAY
+        if since_us > until_us:
+            raise ValueError("since is after until")
+        if bucket_seconds is None:
+            bucket_seconds = bucket_seconds_for(since_us, until_us)
+        if not self._storage.keeps_rollups:
+            raise TrafficUnsupported(
+                f"{self._storage.describe()} keeps no traffic rollups: traffic needs a "
+                "backend that keeps them (SQL or memory)"
+            )
+        self._ensure_ready()
+        return self._storage.traffic(since_us, until_us, bucket_seconds)
 
     def logs(
         self,

@@ -248,6 +248,7 @@ class Recorder:
         with self._lock:
             if self._thread is not None or self._closed:
                 return
+            _load_prctl()
             t = threading.Thread(target=self._run, name="leza-recorder", daemon=True)
             # Started before the lock is released: shutdown() may join it at once.
             t.start()
@@ -414,8 +415,11 @@ class Recorder:
     # -- worker thread -------------------------------------------------------
 
     def _run(self) -> None:
-        _name_os_thread(b"leza-recorder")
         with self._busy:
+            # Under _busy, so a fork waits for it (ctypes was imported before the
+            # thread started, see _load_prctl: a child forked in the middle of
+            # that import would hang its own recorder on the import lock).
+            _name_os_thread(b"leza-recorder")
             self._replay()  # events spilled by an earlier run
         while True:
             self._wake.wait(self.flush_interval)
@@ -761,15 +765,37 @@ def _name_os_thread(name: bytes) -> None:
     """Show the thread as ``leza-recorder`` in top -H, ps -L and /proc (Linux).
 
     Python < 3.14 names threads only inside Python; operators looking at CPU
-    per thread should see which one is ours.
+    per thread should see which one is ours. Uses the prctl that
+    :func:`_load_prctl` found before the thread started.
     """
+    set_name = _set_thread_name
+    if set_name is not None:
+        with contextlib.suppress(Exception):
+            set_name(name[:15])
+
+
+_set_thread_name: Callable[[bytes], object] | None = None
+_prctl_loaded = False
+
+
+def _load_prctl() -> None:
+    """Find libc's prctl once, in the thread that starts the worker, not in the
+    worker: a ``fork()`` while a thread imports ctypes leaves the child that
+    module's import lock held by a thread it does not have, and its recorder
+    thread would block on ``import ctypes`` for ever (gunicorn ``--preload``
+    forks right after the app is loaded, when the master's recorder starts)."""
+    global _set_thread_name, _prctl_loaded
+    if _prctl_loaded:
+        return
+    _prctl_loaded = True
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(Exception):
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)  # 15 = PR_SET_NAME
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        char_p = ctypes.c_char_p
+        _set_thread_name = lambda name: prctl(15, char_p(name), 0, 0, 0)  # noqa: E731 - PR_SET_NAME
 
 
 # Every live recorder, for fork handling and interpreter exit.

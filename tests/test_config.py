@@ -643,3 +643,86 @@ def test_geoip_switch_words_are_not_paths(
 ) -> None:
     env(geoip_db=word)
     config_error(build, "$LEZA_GEOIP_DB", "give the path of a .mmdb file")
+
+
+# ----------------------------------------------------------------------------- revocation
+
+
+@pytest.mark.parametrize("value", ["deny", "", "open", 0, True, ["refuse"]])
+def test_revocation_unknown_takes_refuse_or_allow(
+    build: Build, quiet: dict[str, Any], value: Any
+) -> None:
+    config_error(
+        build, "revocation_unknown must be one of 'refuse', 'allow'", repr(value),
+        **{**quiet, "revocation_unknown": value},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["revocation_load_timeout", "revocation_max_staleness"])
+@pytest.mark.parametrize("value", [0, -1, "0", float("nan"), "inf", "soon"])
+def test_revocation_bounds_are_positive_seconds(
+    build: Build, quiet: dict[str, Any], name: str, value: Any
+) -> None:
+    config_error(build, name, "number of seconds", **{**quiet, name: value})
+
+
+def test_revocation_staleness_must_exceed_the_poll_interval(
+    build: Build, quiet: dict[str, Any]
+) -> None:
+    config_error(
+        build,
+        "revocation_max_staleness (5 s) must be longer than session_poll_interval (5 s)",
+        **quiet,
+        revocation_max_staleness=5,
+        session_poll_interval=5,
+    )
+
+
+def test_revocation_defaults_and_good_values(build: Build, quiet: dict[str, Any]) -> None:
+    s = build(**quiet).settings
+    assert (s.revocation_unknown, s.revocation_load_timeout) == ("refuse", 5.0)
+    assert s.max_staleness() == 60.0
+    # Unset, the staleness bound follows a long poll interval (two polls).
+    assert build(**quiet, session_poll_interval=600).settings.max_staleness() == 1200.0
+    leza = build(
+        **quiet, revocation_unknown=" Allow ", revocation_load_timeout="0.5",
+        revocation_max_staleness="30",
+    )  # fmt: skip
+    s = leza.settings
+    assert (s.revocation_unknown, s.revocation_load_timeout, s.max_staleness()) == (
+        "allow", 0.5, 30.0,
+    )  # fmt: skip
+    assert leza.sessions.blocklist.refuse_unknown is False
+    assert leza.stats()["revocations"]["unknown"] == "allow"
+
+
+def test_revocation_settings_from_the_environment(build: Build, env: Callable[..., None]) -> None:
+    env(revocation_unknown="allow", revocation_load_timeout="2.5", revocation_max_staleness="90")
+    s = build().settings
+    assert (s.revocation_unknown, s.revocation_load_timeout, s.max_staleness()) == (
+        "allow", 2.5, 90.0,
+    )  # fmt: skip
+    env(revocation_unknown="maybe")
+    config_error(build, "revocation_unknown (from $LEZA_REVOCATION_UNKNOWN) must be one of")
+    env(revocation_unknown="refuse", revocation_max_staleness="1")
+    config_error(
+        build,
+        "revocation_max_staleness (from $LEZA_REVOCATION_MAX_STALENESS) (1 s) must be longer",
+    )
+
+
+def test_revocation_settings_from_flask_config(build: Build, quiet: dict[str, Any]) -> None:
+    from flask import Flask
+
+    app = Flask("revocation_config")
+    app.config.update(LEZA_REVOCATION_UNKNOWN="allow", LEZA_REVOCATION_LOAD_TIMEOUT=1.5)
+    leza = build(**quiet)
+    leza.init_app(app)
+    assert (leza.settings.revocation_unknown, leza.settings.revocation_load_timeout) == (
+        "allow", 1.5,
+    )  # fmt: skip
+    assert leza.sessions.blocklist.load_timeout == 1.5
+    bad = Flask("revocation_config_bad")
+    bad.config.update(LEZA_REVOCATION_UNKNOWN="never")
+    with pytest.raises(LezaConfigError, match="revocation_unknown must be one of"):
+        build(**quiet).init_app(bad)

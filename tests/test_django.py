@@ -567,6 +567,36 @@ def test_system_checks_report_each_bad_setting_with_its_id(tmp_path: Path) -> No
     assert by_id == {}
 
 
+def test_system_checks_report_the_revocation_settings(leza_conf: dict[str, Any]) -> None:
+    found = leza_messages(
+        LEZA={**leza_conf, "revocation_unknown": "ignore", "revocation_load_timeout": 0}
+    )
+    assert sorted(msg for _, msg in found) == [
+        "revocation_load_timeout must be a positive, finite number of seconds, got 0",
+        "revocation_unknown must be one of 'refuse', 'allow', got 'ignore'",
+    ]
+    assert {check_id for check_id, _ in found} == {"leza.E004"}
+    # The staleness bound is checked against the poll interval it is given with.
+    fast = {"session_poll_interval": 1, "revocation_max_staleness": 1.5}
+    assert leza_messages(LEZA={**leza_conf, **fast}) == []
+    slow = {"session_poll_interval": 5, "revocation_max_staleness": 3}
+    assert leza_messages(LEZA={**leza_conf, **slow}) == [
+        (
+            "leza.E004",
+            "revocation_max_staleness (3 s) must be longer than session_poll_interval (5 s): "
+            "the blocklist is refreshed once per poll",
+        )
+    ]
+    # settings.LEZA carries them to the middleware's Leza like every other key.
+    assert leza_messages(LEZA={**leza_conf, "revocation_unknown": "allow"}) == []
+    with override_settings(LEZA={**leza_conf, "revocation_unknown": "allow"}):
+        from leza_middleware.django import get_leza
+
+        instance = get_leza()
+        assert instance.settings.revocation_unknown == "allow"
+    instance.shutdown(timeout=2)
+
+
 def test_system_checks_name_the_environment_variable(
     leza_conf: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

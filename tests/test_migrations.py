@@ -79,6 +79,9 @@ FIRST_TABLES = (
 )
 # The tables the later revisions add.
 NEW_TABLES = ("leza_advisory", "leza_audit_purge", "leza_audit_redaction", "leza_check", "leza_log")
+# 0004's rollups: backfilled from the access rows (tests/test_rollups.py checks the numbers).
+TRAFFIC_TABLES = ("leza_traffic_hour", "leza_traffic_minute")
+TRAFFIC_MARK = "leza_traffic_mark"
 CHROME_UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
     "(KHTML, like Gecko) Chrome/91.0.4472.124 Safari/537.36"
@@ -539,7 +542,9 @@ async def _ok(request: Request) -> PlainTextResponse:
 def test_revisions_are_one_line_from_0001_to_head() -> None:
     script = ScriptDirectory.from_config(alembic_config())
     oldest_first = list(reversed(list(script.walk_revisions())))
-    assert [s.revision for s in oldest_first] == list(REVISIONS) == ["0001", "0002", "0003", "0004"]
+    assert [s.revision for s in oldest_first] == list(REVISIONS) == [
+        "0001", "0002", "0003", "0004", "0005",
+    ]  # fmt: skip
     assert [s.down_revision for s in oldest_first] == [None, *REVISIONS[:-1]]
     assert script.get_heads() == [HEAD]
 
@@ -588,6 +593,10 @@ def test_upgrade_from_the_first_schema_loses_nothing(
     assert schema_diff(url) == []
     assert cli(["check", "--storage", url]) == 0
     assert f"OK    schema   at {HEAD} (head)" in capsys.readouterr().out
+    with engine_of(url) as engine, engine.connect() as conn:  # the history, backfilled
+        for table in TRAFFIC_TABLES:
+            total = conn.exec_driver_sql(f"SELECT SUM(requests) FROM {table}").scalar()
+            assert total == len(OLD_ROWS["leza_access"][1])
 
     # The upgraded database serves what the first version wrote ...
     leza = make_leza(
@@ -717,10 +726,13 @@ def test_adoption_takes_the_newest_revision_whose_additions_are_all_there() -> N
     assert SchemaState(None, second | {"leza_audit_redaction"}).detected == "0002"  # no column
     both = second | {"leza_audit_redaction"}
     assert SchemaState(None, both, frozenset({"leza_access.headers"})).detected == "0003"
+    rollups = both | {"leza_traffic_minute", "leza_traffic_hour"}
+    headers = frozenset({"leza_access.headers"})
+    assert SchemaState(None, rollups, headers).detected == "0004"
     trace = {"leza_access.headers", "leza_audit.session_id", "leza_advisory.request_id"}
-    assert SchemaState(None, both, frozenset(trace)).detected == "0003"  # half of 0004
+    assert SchemaState(None, rollups, frozenset(trace)).detected == "0004"  # half of 0005
     trace.add("leza_advisory.session_id")
-    assert SchemaState(None, both, frozenset(trace)).detected == "0004"
+    assert SchemaState(None, rollups, frozenset(trace)).detected == "0005"
     assert SchemaState("0001", both).revision == "0001"  # recorded wins
 
 
@@ -817,7 +829,7 @@ def test_migrating_twice_is_a_no_op(storage_url: str, capsys: pytest.CaptureFixt
     url = storage_url
     assert migrate(url) == MigrationResult(before=None, after=HEAD)
     reflected = shape(url)
-    assert set(reflected) == {*FIRST_TABLES, *NEW_TABLES}
+    assert set(reflected) == {*FIRST_TABLES, *NEW_TABLES, *TRAFFIC_TABLES, TRAFFIC_MARK}
     again = migrate(url)
     assert again == MigrationResult(before=HEAD, after=HEAD)
     assert not again.changed

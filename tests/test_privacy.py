@@ -659,7 +659,13 @@ def test_retention_purges_old_rows_on_the_recorder_tick(make_leza: Any) -> None:
     writer.shutdown(5)
 
     leza = make_leza(
-        retention={"access": "30d", "log": "30d", "session": "30d", "audit": "30d"},
+        retention={
+            "access": "30d",
+            "log": "30d",
+            "session": "30d",
+            "audit": "30d",
+            "traffic": "30d",
+        },
         retention_interval=0.05,
         sessions=False,
     )
@@ -673,7 +679,12 @@ def test_retention_purges_old_rows_on_the_recorder_tick(make_leza: Any) -> None:
     assert [e["request_id"] for e in leza.query.access()] == ["rid-9999"]
     assert [e["message"] for e in leza.query.logs()] == ["go", "new"]
     assert len(leza.query.audit()) == 1
+    traffic = leza.privacy.purged.pop("traffic")
     assert leza.privacy.purged == {"access": 2500, "audit": 2, "log": 1, "session": 1}
+    # The old events' rollups (their minute and hour rows), not the recent one's.
+    assert traffic >= 2
+    assert leza.storage.traffic(old - DAY_US, old + DAY_US, 3600).totals.requests == 0
+    assert leza.storage.traffic(recent - DAY_US, now, 3600).totals.requests == 1
     assert leza.audit.verify()  # purged behind a signed marker
 
 

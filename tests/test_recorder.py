@@ -539,3 +539,21 @@ def test_a_spill_file_of_only_unstorable_events_does_not_hold_back_later_ones(
     assert third.stats()["replay_refused"] == 1
     assert sqlite_count(db) == 4
     assert wait_for(lambda: not any(spill.glob("*.jsonl")))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc")
+def test_the_recorder_thread_is_named_for_the_os_without_importing_in_it(make_leza: Any) -> None:
+    """``leza-recorder`` in top -H and /proc; the lookup of prctl (an import of
+    ctypes) happens before the thread starts: an import in the new thread racing
+    a fork (gunicorn --preload forks as the master's recorder starts) left the
+    child's recorder blocked on ctypes' import lock for ever."""
+    from leza_middleware import recorder as recorder_module
+
+    leza = make_leza(flush_interval=0.05)
+    leza.recorder.offer(raw(1))
+    assert recorder_module._prctl_loaded  # looked up by the starting thread
+    thread = leza.recorder._thread
+    assert thread is not None
+    assert wait_for(
+        lambda: Path(f"/proc/self/task/{thread.native_id}/comm").read_text() == "leza-recorder\n"
+    )

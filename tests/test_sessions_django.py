@@ -552,6 +552,7 @@ def test_no_storage_query_per_request(configure: Callable[..., Leza], bob: Any) 
         event.remove(engine, "before_cursor_execute", count)
     assert [s for tid, s in statements if tid == request_thread] == []
     reads = [s for _, s in statements if s.lstrip().upper().startswith("SELECT")]
+    reads = [s for s in reads if "leza_traffic" not in s]  # the once-a-minute rollup upkeep
     polls = 2 + int(elapsed / leza.sessions.poll_interval)
     assert 0 < len(reads) <= 3 * polls < 50
     assert len(events(leza)) == 52

@@ -525,6 +525,7 @@ def test_no_storage_query_per_request(leza: Leza, browser: Callable[..., FlaskCl
         reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     finally:
         event.remove(engine, "before_cursor_execute", count)
+    reads = [s for s in reads if "leza_traffic" not in s]  # the once-a-minute rollup upkeep
     polls = elapsed / leza.settings.session_poll_interval + 2
     assert len(reads) <= 2 * polls  # per poll: timed-out sessions, ended sessions
 
@@ -694,3 +695,36 @@ def test_one_leza_two_apps_one_login_each(two_apps: tuple[Leza, Flask, Flask]) -
     assert leza.flush(5)
     assert sorted(r["performer"]["id"] for r in leza.sessions.active()) == ["ann", "ben"]
     assert [e["action"] for e in access_events(leza)] == ["login", "login"]
+
+
+def test_a_restarted_process_refuses_a_replayed_flask_cookie_from_its_first_request(
+    leza: Leza, browser: Callable[..., FlaskClient], make_leza: Any, tmp_path: Any
+) -> None:
+    """Only the Flask cookie (its binding names the session), against a new
+    process: refused when revoked; refused but left signed in when the
+    blocklist cannot be loaded (storage unreachable at start-up)."""
+    victim = browser()
+    victim.post("/login/alice")
+    stolen = cookie(victim, "session")
+    assert stolen is not None
+    assert leza.flush(5)
+    [record] = leza.sessions.active()
+    leza.sessions.revoke(record["_id"])
+
+    restarted = make_leza(trusted_proxies=["127.0.0.1"])  # same storage, nothing loaded
+    replay = login_app(restarted).test_client()
+    replay.set_cookie("session", stolen)
+    refused = replay.get("/items/1")  # its very first request
+    assert refused.status_code == 401
+    assert set_cookies(refused)["session"].startswith(";")  # signed out for Flask too
+    assert access_events(restarted)[-1]["reason"] == "session revoked"
+
+    down = tmp_path / "down.db"
+    down.write_bytes(b"not a SQLite database " * 100)
+    unknown = make_leza(storage=f"sqlite:///{down}")
+    client = login_app(unknown).test_client()
+    client.set_cookie("session", stolen)
+    refused = client.get("/items/1")
+    assert refused.status_code == 401
+    assert "session" not in set_cookies(refused)  # the session is kept: state unknown only
+    assert unknown.stats()["revocations"]["refused_unknown"] == 1

@@ -103,3 +103,35 @@ def test_refusal_empties_the_framework_session(make_leza: Any) -> None:
     assert anonymous.status_code == 200
     assert anonymous.text == "hello "
     assert SESSION_BINDING_KEY not in anonymous.text
+
+
+def test_a_restarted_process_refuses_a_replayed_starlette_cookie_from_its_first_request(
+    make_leza: Any, tmp_path: Any
+) -> None:
+    """The framework's cookie alone, against a new process: refused (and emptied)
+    when revoked; refused but kept while the blocklist cannot be loaded."""
+    leza = make_leza()
+    with TestClient(make_app(leza)) as victim:
+        victim.post("/login/alice")
+        stolen = victim.cookies["session"]
+        leza.flush(5)
+        [session] = leza.sessions.active()
+    assert leza.sessions.revoke(session["_id"])
+
+    restarted = make_leza()  # same storage, nothing loaded yet
+    with TestClient(make_app(restarted), cookies={"session": stolen}) as attacker:
+        replay = attacker.get("/page")
+    assert replay.status_code == 401
+    [emptied] = [h for h in replay.headers.get_list("set-cookie") if h.startswith("session=")]
+    assert emptied.startswith("session=null")  # emptied: signed out
+    assert events(restarted)[-1]["reason"] == "session revoked"
+
+    down = tmp_path / "down.db"
+    down.write_bytes(b"not a SQLite database " * 100)
+    unknown = make_leza(storage=f"sqlite:///{down}")
+    with TestClient(make_app(unknown), cookies={"session": stolen}) as attacker:
+        replay = attacker.get("/page")
+    assert replay.status_code == 401
+    # The session is kept (no new session cookie): its state is only unknown.
+    assert not [h for h in replay.headers.get_list("set-cookie") if h.startswith("session=")]
+    assert unknown.stats()["revocations"]["refused_unknown"] == 1

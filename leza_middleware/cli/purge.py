@@ -3,6 +3,8 @@
 Audit rows go chain by chain behind signed purge markers, so ``leza verify``
 still passes afterwards (``audit/purge.py``); that needs the secret key.
 Sessions go once they ended before the cutoff; active sessions stay.
+``--kind traffic`` purges the rollups STATE reads (hour by hour); purging
+access events leaves them as they are.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ HELP = "delete events older than a duration, in batches (asks first without --ye
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", choices=KINDS, required=True, help="event kind")
+    parser.add_argument(
+        "--kind", choices=(*KINDS, "traffic"), required=True,
+        help="event kind, or traffic: the rollups STATE reads (purging access events keeps them)",
+    )  # fmt: skip
     parser.add_argument(
         "--older-than", type=parse_duration, required=True, metavar="DURATION",
         help="age of the events to delete: 90d, 12h, 30m, 2w",
@@ -46,13 +51,17 @@ def _batch(text: str) -> int:
 
 
 def _describe(kind: str) -> str:
+    if kind == "traffic":
+        return "traffic rollup rows of hours that ended"
     return "sessions that ended" if kind == "session" else f"{kind} events"
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     kind: str = args.kind
     before = time.time_ns() // 1000 - args.older_than * 1_000_000
-    storage = ctx.storage(kind)
+    storage = ctx.storage(None if kind == "traffic" else kind)
+    if kind == "traffic" and not storage.keeps_rollups:
+        raise CliError(f"{storage.describe()} keeps no traffic rollups")
     what = f"{_describe(kind)} before {iso(before)} UTC from {storage.describe()}"
     if not args.yes and not _confirm(ctx, f"Delete {what}?"):
         ctx.note("leza purge: nothing deleted")

@@ -38,6 +38,8 @@ AUDIT_MODELS = "leza.E005"
 NO_MIDDLEWARE = "leza.W001"
 
 _IDS = {"storage": STORAGE, "geoip_db": GEOIP, "trusted_proxies": PROXIES}
+# Settings validated against others (config.py: the staleness bound must exceed the poll).
+_CHECKED_WITH = {"revocation_max_staleness": ("session_poll_interval",)}
 _HINTS = {
     STORAGE: (
         "Set settings.LEZA['storage'] (or $LEZA_STORAGE) to a storage URL such as "
@@ -99,11 +101,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     # One setting at a time (its environment variable included), so every bad
     # value is reported and each under the right id.
     env = os.environ
-    for name in sorted(known - bad):
-        var = "LEZA_" + name.upper()
-        own_env = {var: env[var]} if var in env else {}
+    # A setting bounded by another is checked with it, after it (when it is good).
+    for name in sorted(known - bad, key=lambda n: (n in _CHECKED_WITH, n)):
+        given = {name: options.get(name)}
+        for other in _CHECKED_WITH.get(name, ()):
+            if other not in bad:
+                given[other] = options.get(other)
+        own_env = {var: env[var] for var in ("LEZA_" + n.upper() for n in given) if var in env}
         try:
-            Settings.resolve({name: options.get(name)}, own_env)
+            Settings.resolve(given, own_env)
         except LezaConfigError as exc:
             errors.append(_error(exc, _IDS.get(name, OTHER)))
             bad.add(name)

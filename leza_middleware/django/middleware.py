@@ -21,8 +21,11 @@ Machine identifier and sessions (see docs/django.md, "Sessions"):
   sets *after* it (so ``login()``'s ``cycle_key()`` is followed). The raw key is
   never stored;
 * a request of a revoked (or logged-out) session is refused before the view, by
-  a lookup in ``leza.sessions.blocked``, an in-memory set the recorder thread
-  refreshes: no storage query per request;
+  ``leza.sessions.refusal`` (``arefusal`` in async mode): a lookup in an
+  in-memory set loaded before the process's first such decision and refreshed
+  by the recorder thread, no storage query per request. While that set cannot
+  be known the request gets the same answer with the reason "session state
+  unknown: …" (``revocation_unknown``), its Django session left alone;
 * ``user_logged_in`` / ``user_logged_out`` / ``user_login_failed`` (``signals.py``)
   and ``LEZA["logout_routes"]`` turn a request into a ``login``, ``logout`` or
   ``login_failed`` event.
@@ -145,7 +148,7 @@ class LezaDjangoMiddleware:
                 self._session_cookie = settings.SESSION_COOKIE_NAME
                 self._cookies = leza.cookies
                 self._keyring = leza.keyring
-                self._sessions = leza.sessions  # .blocked is replaced after a fork: read it per use
+                self._sessions = leza.sessions
                 self._machine_cookie = s.machine_cookie or ""
                 self._machine_max_age = s.machine_cookie_max_age
                 self._track_sessions = s.sessions
@@ -197,11 +200,12 @@ class LezaDjangoMiddleware:
         except Exception:  # a malformed request: serve it, record nothing
             leza._count_request_path_error()
             return self.get_response(request)
-        if sid is not None and sid in self._sessions.blocked:
-            response = self._refusal(request, rid)
-            with contextlib.suppress(Exception):
-                self._session_store(key).delete()
-            self._refused(request, response, rid, ts, start, mid, sid)
+        if sid is not None and (refused := self._sessions.refusal(sid)) is not None:
+            response = self._refusal(request, rid, refused)
+            if refused is REVOKED_REASON:
+                with contextlib.suppress(Exception):
+                    self._session_store(key).delete()
+            self._refused(request, response, rid, ts, start, mid, sid, refused)
             return response
         token = _current.set((rid, request))
         try:
@@ -231,11 +235,12 @@ class LezaDjangoMiddleware:
         except Exception:
             leza._count_request_path_error()
             return await self.get_response(request)
-        if sid is not None and sid in self._sessions.blocked:
-            response = self._refusal(request, rid)
-            with contextlib.suppress(Exception):
-                await _adelete(self._session_store(key))
-            self._refused(request, response, rid, ts, start, mid, sid)
+        if sid is not None and (refused := await self._sessions.arefusal(sid)) is not None:
+            response = self._refusal(request, rid, refused)
+            if refused is REVOKED_REASON:
+                with contextlib.suppress(Exception):
+                    await _adelete(self._session_store(key))
+            self._refused(request, response, rid, ts, start, mid, sid, refused)
             return response
         token = _current.set((rid, request))
         try:
@@ -532,13 +537,14 @@ class LezaDjangoMiddleware:
 
     # -- revoked sessions --------------------------------------------------------
 
-    def _refusal(self, request: Any, rid: str) -> Any:
+    def _refusal(self, request: Any, rid: str, reason: str) -> Any:
         """The response to a request of a revoked or logged-out session (no view runs).
 
         ``revoked_response(request)`` (or the default JSON 401) with the request
-        id, deleting Django's session cookie so the browser can sign in again.
-        Never raises: a response Django cannot send (a header with a newline)
-        becomes a plain 401.
+        id, deleting Django's session cookie so the browser can sign in again
+        (not when the session's state is only unknown: ``reason``). Never
+        raises: a response Django cannot send (a header with a newline) becomes
+        a plain 401.
         """
         from django.conf import settings
         from django.http import HttpResponse
@@ -554,6 +560,8 @@ class LezaDjangoMiddleware:
             response = HttpResponse(_REFUSED_BODY, status=401, content_type="application/json")
         try:
             response[self._rid_header] = rid
+            if reason is not REVOKED_REASON:
+                return response
             response.delete_cookie(
                 self._session_cookie,
                 path=settings.SESSION_COOKIE_PATH,
@@ -581,6 +589,7 @@ class LezaDjangoMiddleware:
         start: float,
         mid: str | None,
         sid: str,
+        reason: str,
     ) -> None:
         try:
             self._offer(
@@ -593,7 +602,7 @@ class LezaDjangoMiddleware:
                     None,
                     None,
                     "denied",
-                    REVOKED_REASON,
+                    reason,
                     mid,
                     sid,
                 )

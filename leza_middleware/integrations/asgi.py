@@ -85,10 +85,12 @@ class LezaMiddleware:
             # ... but never a protected endpoint undecided (no headers: no cookies).
             headers, rid, mid, sid, browser = {}, new_request_id_bytes(), None, None, False
         if sid is not None:
-            if sid in self._sessions.blocked:
+            refused = await self._sessions.arefusal(sid)
+            if refused is not None:
+                # A revoked session's cookie is cleared; an unknown one is kept.
                 await self._answer(
                     scope, send, headers, rid, ts, start, mid, sid,
-                    self.leza._revoked_response(scope), None, REVOKED_REASON, True,
+                    self.leza._revoked_response(scope), None, refused, refused is REVOKED_REASON,
                 )  # fmt: skip
                 return
             scope[REQUEST_KEY] = {"session_id": sid}  # for the session API in the app
@@ -458,6 +460,7 @@ class LezaMiddleware:
             record(403)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._sessions.prefetch()  # the first request then usually finds the blocklist loaded
         received: list[str] = []
         answered = False
 

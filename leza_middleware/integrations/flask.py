@@ -101,7 +101,7 @@ or removed without breaking the signature.
   is written if it differs. Flask then writes its cookie as it would anyway
   (it does for a sign-in); an unchanged binding costs nothing.
 * Every request's binding is checked first, against the in-memory blocklist
-  (``leza.sessions.blocked``; no storage query): a bound session that was
+  (``leza.sessions.refusal``; no storage query): a bound session that was
   revoked or logged out is refused with ``revoked_response`` (401), recorded as
   action ``denied`` with the reason "session revoked" — also when the request
   carries no ``leza_sid`` cookie, which is what a replayed Flask cookie looks
@@ -251,8 +251,9 @@ def _before_request(leza: Leza) -> Callable[[], flask.Response | None]:
                 return None
             environ = flask.request.environ
             sessions = leza.sessions
-            if bound in sessions.blocked:
-                return _refuse(leza, environ, bound)
+            refused = sessions.refusal(bound)
+            if refused is not None:
+                return _refuse(leza, environ, bound, refused)
             # The binding names the request's session, whatever the session
             # cookie says (or whether it came at all): Flask's session is the
             # credential; the cookie only names the session. (One that timed
@@ -267,13 +268,17 @@ def _before_request(leza: Leza) -> Callable[[], flask.Response | None]:
     return leza_before_request
 
 
-def _refuse(leza: Leza, environ: WSGIEnvironment, bound: str) -> flask.Response:
-    """The answer to a request whose Flask session is bound to an ended session."""
+def _refuse(leza: Leza, environ: WSGIEnvironment, bound: str, reason: str) -> flask.Response:
+    """The answer to a request whose Flask session is bound to an ended session
+    (or to one whose state is unknown: ``reason`` is UNKNOWN_REASON)."""
     state = environ.get(REQUEST_KEY)
     if state is None:
         state = environ[REQUEST_KEY] = {}
-    state.update(action="denied", reason=REVOKED_REASON, session_id=bound, revoked=True)
+    revoked = reason is REVOKED_REASON
+    state.update(action="denied", reason=reason, session_id=bound, revoked=revoked)
     status, headers, body = leza._revoked_response(flask.request)
+    if not revoked:  # probably a valid session: keep the browser signed in
+        return flask.current_app.response_class(body, status=status, headers=headers)
     # Sign the browser out: a copy of this cookie is refused again anyway, but
     # the browser it belongs to can sign in afresh.
     session = flask.session

@@ -15,7 +15,9 @@ it is signed with the rest and travels with every copy::
 
 A request whose bound session is revoked (or logged out) is answered with the
 revoked response before the app runs, and its framework session is emptied,
-so the browser is signed out rather than refused again and again.
+so the browser is signed out rather than refused again and again. While the
+blocklist cannot be known (``revocation_unknown``, docs/sessions.md) the
+same response goes out but the session is kept.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ class LezaSessionBinding:
         sessions = self.leza.sessions
         if bound is not None:
             state["session_id"] = bound
-            if bound in sessions.blocked:
-                await self._refuse(scope, send, session, state, bound)
+            refused = await sessions.arefusal(bound)
+            if refused is not None:
+                await self._refuse(scope, send, session, state, bound, refused)
                 return
 
         async def send_wrapper(message: Message) -> None:
@@ -92,10 +95,12 @@ class LezaSessionBinding:
         return None if user is None else performer_from_user(user)
 
     async def _refuse(
-        self, scope: Scope, send: Send, session: Any, state: dict[str, Any], bound: str
-    ) -> None:
-        session.clear()  # SessionMiddleware then expires the cookie: signed out for good
-        state.update(action="denied", reason=REVOKED_REASON, session_id=bound)
+        self, scope: Scope, send: Send, session: Any, state: dict[str, Any], bound: str,
+        reason: str,
+    ) -> None:  # fmt: skip
+        if reason is REVOKED_REASON:  # not when unknown: probably a valid session
+            session.clear()  # SessionMiddleware then expires the cookie: signed out for good
+        state.update(action="denied", reason=reason, session_id=bound)
         status, extra, body = self.leza._revoked_response(scope)
         headers = [
             (k.lower().encode("latin-1"), v.encode("latin-1"))

@@ -63,7 +63,11 @@ Machine identifier and sessions (``sessions/``), as the ASGI adapter:
   without calling the app: ``revoked_response`` (a JSON 401 by default), the
   session cookie cleared, recorded as action ``denied`` with the reason
   "session revoked". A framework integration may add headers to that answer
-  (``refusal_headers``: Flask clears its own session and remember-me cookies);
+  (``refusal_headers``: Flask clears its own session and remember-me cookies).
+  The decision is ``leza.sessions.refusal(sid)``: while the blocklist of ended
+  sessions cannot be known (not loaded yet and storage unreachable) the same
+  answer goes out with the reason "session state unknown: …", cookies kept
+  (``revocation_unknown``, docs/sessions.md);
 * when the response starts, the performer is known (authentication ran inside
   the app): a browser seen for the first time gets a machine id cookie; a
   signed-in user without a session cookie — or one the app just signed in
@@ -171,7 +175,7 @@ class _Conf:
         self.rid_lower = name
         self.offer: Callable[[Any], None] = leza.recorder.offer
         self.cookies: CookieJar = leza.cookies
-        self.sessions: Sessions = leza.sessions  # .blocked is replaced after a fork: read per use
+        self.sessions: Sessions = leza.sessions
         self.machine_ids = bool(settings.machine_cookie)
         self.track_sessions = settings.sessions
         self.logout_routes = frozenset(settings.logout_routes)
@@ -240,8 +244,9 @@ class LezaWSGIMiddleware:
             # ... but never a protected endpoint undecided
             rid, mid, sid, logout = new_request_id(), None, None, False
         if sid is not None:
-            if sid in conf.sessions.blocked:
-                return self._refuse(conf, environ, start_response, rid, ts, start, mid, sid)
+            reason = conf.sessions.refusal(sid)
+            if reason is not None:
+                return self._refuse(conf, environ, start_response, rid, ts, start, mid, sid, reason)
             environ[REQUEST_KEY] = {"session_id": sid}  # for the session API in the app
         if needed is not None:
             refused = self._decide(conf, needed, environ, start_response, rid, ts, start, mid, sid)
@@ -318,21 +323,24 @@ class LezaWSGIMiddleware:
         start: float,
         mid: str | None,
         sid: str,
+        reason: str,
     ) -> Iterable[bytes]:
-        """Answer a request of a revoked (or logged-out) session without the app."""
+        """Answer a request of a revoked (or logged-out) session without the app;
+        also one whose session's state is unknown (``reason``: UNKNOWN_REASON)."""
         status, extra, body = self.leza._revoked_response(_native_request(environ))
         headers = list(extra)  # (_answer drops a Content-Length of its own)
         try:
-            # so the browser can sign in afresh
-            headers.append(("Set-Cookie", conf.cookies.clear_session().decode("latin-1")))
-            more = self.refusal_headers
-            if more is not None:
-                headers += more(environ)
+            if reason is REVOKED_REASON:  # an unknown state keeps the browser's cookies
+                # so the browser can sign in afresh
+                headers.append(("Set-Cookie", conf.cookies.clear_session().decode("latin-1")))
+                more = self.refusal_headers
+                if more is not None:
+                    headers += more(environ)
         except Exception:
             self.leza._count_request_path_error()
         return self._answer(
             conf, environ, start_response, rid, ts, start, mid, sid,
-            (status, headers, body), None, REVOKED_REASON,
+            (status, headers, body), None, reason,
         )  # fmt: skip
 
     def _answer(

@@ -33,6 +33,14 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from ..errors import LezaConfigError
 from ..events import AccessEvent, CheckEvent, Event
+from ..state.labels import (
+    METHODS,
+    OTHER_METHOD,
+    UNMATCHED_ROUTE,
+    method_label,
+    outcome_index,
+    route_label,
+)
 
 if TYPE_CHECKING:
     from ..leza import Leza
@@ -55,18 +63,14 @@ log = logging.getLogger("leza_middleware")
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
-#: Method labels kept as they are (``WS``: a websocket); any other is ``OTHER``.
-METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "WS"}
-)
-OTHER_METHOD = "OTHER"
-#: The route label of a request no route matched (or whose framework names none).
-UNMATCHED = "(unmatched)"
+#: The route label of requests no route matched (``state.labels.UNMATCHED_ROUTE``).
+UNMATCHED = UNMATCHED_ROUTE
 #: The route label of the templates past ``max_routes``.
 OTHER_ROUTE = "(other)"
-#: The outcome label's values, mutually exclusive.
+#: The outcome label's values, mutually exclusive, in the order of
+#: ``state.labels``' outcome indexes (SUCCESS … DENIED): STATE's rollups and
+#: these metrics count every request under the same outcome.
 OUTCOMES = ("success", "client_error", "server_error", "denied")
-_MAX_ROUTE_LABEL = 200  # characters
 _LABEL_CACHE = 4096  # raw (method, route) pairs remembered; cleared when full
 # Held events are applied at the end of a round of batches at most this often
 # (seconds): under load one apply covers many batches, whose groups repeat.
@@ -76,20 +80,10 @@ _APPLY_EVERY = 8192
 _RECORDER_COUNTERS = ("enqueued", "written", "spilled", "replayed", "storage_errors")
 
 
-def outcome_of(action: str, status: int) -> str:
-    """The outcome label of an access event.
-
-    ``denied`` when it was recorded as a refusal (action ``denied``: leza's
-    endpoint permissions, a revoked session, or the app's own 401/403), else
-    by status: ``server_error`` (>= 500), ``client_error`` (>= 400), ``success``.
-    """
-    if action == "denied":
-        return "denied"
-    if status >= 500:
-        return "server_error"
-    if status >= 400:
-        return "client_error"
-    return "success"
+def outcome_of(outcome: str, status: int | None) -> str:
+    """The outcome label of an access event from its stored ``outcome`` and
+    status: the rule STATE's rollups use (:func:`..state.labels.outcome_index`)."""
+    return OUTCOMES[outcome_index(outcome, status) - 1]
 
 
 class _Instruments:
@@ -305,16 +299,7 @@ class LezaMetrics:
         for event in events:
             if type(event) is AccessEvent:
                 row = event.row
-                status = row[6]
-                if row[2] == "denied":
-                    outcome = "denied"
-                elif status >= 500:
-                    outcome = "server_error"
-                elif status >= 400:
-                    outcome = "client_error"
-                else:
-                    outcome = "success"
-                key = (row[3], row[5], outcome)
+                key = (row[3], row[5], OUTCOMES[outcome_index(row[8], row[6]) - 1])
                 durations = groups.get(key)
                 if durations is None:
                     groups[key] = [row[7]]
@@ -341,11 +326,9 @@ class LezaMetrics:
         labels = self._labels.get((method, route))
         if labels is not None:
             return labels
-        m = method if method in METHODS else OTHER_METHOD
-        if route is None:
-            r = UNMATCHED
-        else:
-            r = route[:_MAX_ROUTE_LABEL]
+        m = method_label(method)
+        r = route_label(route)
+        if r != UNMATCHED_ROUTE:
             if not r.isascii():  # a lone surrogate would break the exposition's UTF-8
                 r = r.encode("utf-8", "replace").decode("utf-8")
             if r not in self._routes:
@@ -466,3 +449,4 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+

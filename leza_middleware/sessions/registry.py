@@ -9,10 +9,12 @@ carries their identity until logout, a timeout or revocation. Three parts:
   changes of every process into one record per session;
 * the **blocklist** (request path) is an in-memory set of ended sessions whose
   next request is refused — revoked and logged-out ones, and timed-out ones
-  when ``enforce_session_timeouts`` is on. The recorder thread refreshes it
-  from storage every ``session_poll_interval`` seconds, so a revocation in one
-  process reaches every other within that bound, with no storage query per
-  request;
+  when ``enforce_session_timeouts`` is on. It is loaded from storage before
+  the process decides its first request carrying a session cookie, then the
+  recorder thread refreshes it every ``session_poll_interval`` seconds, so a
+  revocation in one process reaches every other within that bound, with no
+  storage query per request; when it cannot be known the request is refused
+  (``revocation_unknown``; see blocklist.py);
 * the **API**: ``active()``, ``find()``, ``get()``, ``revoke()``, ``revoke_all()``, and
   ``login()`` / ``logout()`` / ``login_failed()`` for code that signs users in.
 """
@@ -20,9 +22,9 @@ carries their identity until logout, a timeout or revocation. Three parts:
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from ..context import current_native
@@ -30,23 +32,22 @@ from ..events import AccessEvent, Event, SessionEvent, SessionRecord
 from ..ids import new_event_id
 from ..performer import Performer, coerce_performer
 from ..storage.base import QueryFilter
+from .blocklist import BLOCK_REASONS, REVOKED_REASON, UNKNOWN_REASON, Blocklist
 
 if TYPE_CHECKING:
     from ..leza import Leza
 
-__all__ = ["LOGIN_REASON", "LOGOUT_REASON", "REVOKED_REASON", "Sessions"]
+__all__ = ["LOGIN_REASON", "LOGOUT_REASON", "REVOKED_REASON", "UNKNOWN_REASON", "Sessions"]
 
 log = logging.getLogger("leza_middleware")
 
 LOGOUT_REASON = "User has the permission to logout"
 LOGIN_REASON = "User logged in"
-REVOKED_REASON = "session revoked"
 #: Where an adapter finds what the session API asked of the running request:
 #: this key of an ASGI scope or WSGI environ, or this attribute of a request object.
 REQUEST_KEY = "leza.session"
 REQUEST_ATTR = "_leza_session"
 
-_BLOCK_REASONS = frozenset({"revoked", "logout"})
 # Sessions timed out per poll and kind at most (the rest at the next poll).
 _EXPIRE_PAGE = 5_000
 
@@ -65,22 +66,56 @@ class Sessions:
         self.poll_interval = s.session_poll_interval
         self.enforce_timeouts = s.enforce_session_timeouts
         self.revocation_memory = max(s.revocation_memory, s.absolute_timeout + 60)
-        self._lock = threading.Lock()
+        self.blocklist = Blocklist(leza, enabled=s.sessions, memory=self.revocation_memory)
         self._reset()
 
     def _reset(self) -> None:
-        #: Session ids whose requests are refused (checked on the request path).
-        self.blocked: set[str] = set()
-        #: Sessions that timed out without enforcement: a signed-in request that
-        #: still carries one starts a new session instead of reviving it.
-        self.timed_out: set[str] = set()
         self._seen: dict[str, int] = {}  # session id -> last time this process wrote it
         self._polled_at = 0.0
-        self._poll_since = 0  # µs: ended sessions already loaded up to here
 
     def after_fork(self) -> None:
-        self._lock = threading.Lock()
+        self.blocklist.after_fork()
         self._reset()
+
+    @property
+    def blocked(self) -> set[str]:
+        """Session ids whose requests are refused (decide with :meth:`refusal`)."""
+        return self.blocklist.blocked
+
+    @property
+    def timed_out(self) -> set[str]:
+        """Sessions that timed out without enforcement: a signed-in request that
+        still carries one starts a new session instead of reviving it."""
+        return self.blocklist.timed_out
+
+    # -- the request path ---------------------------------------------------------
+
+    def refusal(self, sid: str) -> str | None:
+        """Why a request of session ``sid`` is refused, or None to serve it.
+
+        The one decision every adapter takes for a request carrying a session
+        cookie: :data:`REVOKED_REASON` for a revoked or logged-out session,
+        :data:`UNKNOWN_REASON` when the blocklist cannot be known and
+        ``revocation_unknown`` is "refuse". While the blocklist is current this
+        is a clock comparison and a set lookup; the first request of a process
+        (and of a forked child) waits for the blocklist to load, at most
+        ``revocation_load_timeout`` seconds. Async code calls :meth:`arefusal`.
+        """
+        b = self.blocklist
+        if monotonic() < b.fresh_until:
+            return REVOKED_REASON if sid in b.blocked else None
+        return b.decide(sid)
+
+    async def arefusal(self, sid: str) -> str | None:
+        """:meth:`refusal` for async adapters: a load is awaited, never blocking the loop."""
+        b = self.blocklist
+        if monotonic() < b.fresh_until:
+            return REVOKED_REASON if sid in b.blocked else None
+        return await b.adecide(sid)
+
+    def prefetch(self) -> None:
+        """Start loading the blocklist now (ASGI lifespan startup), without waiting."""
+        self.blocklist.prefetch()
 
     # -- read API --------------------------------------------------------------
 
@@ -154,11 +189,7 @@ class Sessions:
         ]
         self._leza.query._ensure_ready()
         self._leza.storage.write(changes)  # synchronously: revocation must be durable
-        with self._lock:
-            if reason in _BLOCK_REASONS or self.enforce_timeouts:
-                self.blocked.update(session_ids)
-            else:
-                self.timed_out.update(session_ids)
+        self.blocklist.add(session_ids, block=reason in BLOCK_REASONS)
 
     # -- the running request (login / logout) ------------------------------------
 
@@ -264,8 +295,7 @@ class Sessions:
                         end_reason="logout",
                     )
                 )
-                with self._lock:
-                    self.blocked.add(sid)
+                self.blocklist.add((sid,), block=True)
         if len(seen) > 100_000:  # bounded: forgetting only means one extra start row
             seen.clear()
         return out
@@ -279,30 +309,10 @@ class Sessions:
         if not force and now - self._polled_at < self.poll_interval:
             return
         self._polled_at = now
-        storage = self._leza.storage
+        # The blocklist first: a failure to end timed-out sessions (a write)
+        # must not keep revocations from reaching this process.
+        self.blocklist.refresh()
         self._expire()
-        # How far back ended sessions are loaded (at start, then incrementally):
-        # a revoked session key must stay refused as long as a browser may
-        # still hold it.
-        horizon = _now_us() - int(self.revocation_memory * 1_000_000)
-        since = max(self._poll_since, horizon)
-        # Ended sessions are only ever added, so "ended since my last look"
-        # (with a margin for clocks of other hosts) is all that changes.
-        page = storage.query("session", QueryFilter(active=False, ended_since=since, limit=10_000))
-        latest = since
-        fresh = []
-        stale = []
-        for r in page.events:
-            if r.end_reason in _BLOCK_REASONS or self.enforce_timeouts:
-                fresh.append(r.id)
-            else:
-                stale.append(r.id)
-            latest = max(latest, r.ended_at or latest)
-        if fresh or stale:
-            with self._lock:
-                self.blocked.update(fresh)
-                self.timed_out.update(stale)
-        self._poll_since = max(since, latest - 30_000_000)
 
     def _expire(self) -> None:
         # Only the sessions that are due, not every active one: an app with many

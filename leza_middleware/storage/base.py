@@ -10,6 +10,8 @@ from typing import Any
 
 from ..events import AccessEvent, AuditEvent, Device, Event, Geo, SessionEvent, SessionRecord
 from ..performer import Performer
+from ..state.labels import parse_endpoint
+from ..state.traffic import Traffic, TrafficUnsupported
 
 __all__ = [
     "Page",
@@ -17,6 +19,7 @@ __all__ = [
     "Sighting",
     "Storage",
     "audit_matches",
+    "check_endpoint_kind",
     "checkpoints_of",
     "count_by_query",
     "fold_session",
@@ -55,10 +58,15 @@ class QueryFilter:
     # Oldest first: the page holds the oldest rows, and the cursor marks where
     # the next (newer) page starts.
     ascending: bool = False
+    # Access only: "METHOD route-template", a route template alone (any method),
+    # or "(unmatched)"; see state/labels.py (parse_endpoint, EndpointFilter).
+    endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.limit < 1:
             raise ValueError(f"QueryFilter.limit must be >= 1, got {self.limit}")
+        if self.endpoint is not None:
+            parse_endpoint(self.endpoint)  # a malformed value fails here, not in a backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +114,11 @@ class Storage(abc.ABC):
 
     #: True when several processes can write to it at once (SQL backends).
     shared: bool = False
+
+    #: True when this backend keeps traffic rollups, so that :meth:`traffic`
+    #: answers (SQL and memory). Check it before calling: a backend without
+    #: rollups raises :class:`~leza_middleware.state.TrafficUnsupported`.
+    keeps_rollups: bool = False
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Create tables / files. Called once before the first write or read."""
@@ -166,6 +179,31 @@ class Storage(abc.ABC):
             cursor = page.next_cursor
         return [Sighting(*g) for g in groups.values()], seen
 
+    def traffic(self, since_us: int, until_us: int, bucket_seconds: int) -> Traffic:
+        """Requests, outcomes and latency of the window, per bucket and per endpoint.
+
+        Computed from rollups kept as access events are written (never from the
+        raw rows), so a backend implements it only if it keeps them, and sets
+        :attr:`keeps_rollups`. The window is every whole minute the inclusive
+        range ``[since_us, until_us]`` touches (µs since the epoch, UTC);
+        ``bucket_seconds`` a positive multiple of 60 (see
+        :func:`leza_middleware.state.bucket_seconds_for`). Raises ValueError for
+        a bad window, :class:`~leza_middleware.state.TrafficUnsupported` here.
+        Exactness contract for implementations: the counts equal a count over
+        the raw access rows written (each event id once, however often
+        written), also after those rows are purged.
+        """
+        raise TrafficUnsupported(
+            f"{self.describe()} keeps no traffic rollups: traffic needs a backend that "
+            "keeps them (SQL or memory)"
+        )
+
+    def settle_traffic(self, now_us: int | None = None) -> int:
+        """Periodic upkeep of the rollups, called by the recorder thread about
+        once a minute when :attr:`keeps_rollups` (SQL sums past hours' minutes
+        into hour rows). Returns the hours settled; the default does nothing."""
+        return 0
+
     def iter_audit(self) -> Iterator[AuditEvent]:
         """Every audit row, ordered by chain, then seq (for verification)."""
         raise NotImplementedError(f"{type(self).__name__} does not store audit rows")
@@ -179,7 +217,10 @@ class Storage(abc.ABC):
 
         For the ``"session"`` kind: sessions that ended before ``before``
         (active sessions are never purged). Audit rows are purged per chain
-        with :meth:`purge_audit_chains`, never by time alone.
+        with :meth:`purge_audit_chains`, never by time alone. ``"traffic"``
+        (backends that keep rollups): rollup rows of the hours that ended
+        before ``before`` rounded down to its hour; purging access events
+        leaves the rollups as they are.
         """
         raise NotImplementedError(f"{type(self).__name__} does not support purge")
 
@@ -332,6 +373,12 @@ def count_by_query(storage: Storage, kind: str, flt: QueryFilter, cap: int | Non
     scan anyway (memory, JSON Lines): one query of at most ``cap + 1`` rows."""
     limit = 2**62 if cap is None else cap + 1
     return len(storage.query(kind, replace(flt, cursor=None, limit=limit)).events)
+
+
+def check_endpoint_kind(kind: str, flt: QueryFilter) -> None:
+    """The ``endpoint`` filter selects access events: refuse it for other kinds."""
+    if flt.endpoint is not None and kind != "access":
+        raise ValueError(f"the endpoint filter applies to access events only, not {kind!r}")
 
 
 def checkpoints_of(events: Iterable[Event]) -> dict[str, dict[str, Any]]:

@@ -34,6 +34,7 @@ from .base import (
     QueryFilter,
     Storage,
     audit_matches,
+    check_endpoint_kind,
     checkpoints_of,
     count_by_query,
     fold_session,
@@ -51,6 +52,11 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 class JSONLStorage(Storage):
+    # No traffic rollups: ids are deduplicated within a process only (a bounded
+    # set), so counts kept here could not be exact, and a file has no atomic
+    # increment for several writers. STATE shows no traffic for it.
+    keeps_rollups = False
+
     def __init__(
         self,
         directory: str | os.PathLike[str],
@@ -184,6 +190,7 @@ class JSONLStorage(Storage):
 
     def query(self, kind: str, flt: QueryFilter) -> Page:
         self.path(kind)  # validates the kind
+        check_endpoint_kind(kind, flt)
         with self._lock:  # no half-appended last line
             if kind == "audit" and (flt.entity_type is not None or flt.entity_id is not None):
                 return select_page(

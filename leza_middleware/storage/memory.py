@@ -9,16 +9,20 @@ from dataclasses import replace
 from typing import Any
 
 from ..events import AccessEvent, AuditEvent, Event, SessionEvent, SessionRecord
+from ..state.labels import parse_endpoint
+from ..state.traffic import HOUR, Traffic, build_traffic, check_window
 from .base import (
     Page,
     QueryFilter,
     Storage,
     audit_matches,
+    check_endpoint_kind,
     checkpoints_of,
     count_by_query,
     fold_session,
     select_sessions,
 )
+from .rollups import Aggregator, fold_hours, in_window, merge_into
 
 __all__ = ["MemoryStorage", "select_page"]
 
@@ -48,10 +52,10 @@ def select_page(events: Iterable[Event], flt: QueryFilter) -> Page:
 
     Inclusive ``since``/``until``, exact ``action`` (or any of ``actions``),
     ``performer_id`` (or none, ``no_performer``), ``request_id`` and
-    ``session_id``, only ``ids``; rows
-    strictly older than ``cursor`` by ``(ts, id)``, newest first, ``limit``
-    rows (with ``ascending``: strictly newer, oldest first). ``events`` must
-    not repeat an id.
+    ``session_id``, only ``ids``; rows strictly older than ``cursor`` by
+    ``(ts, id)``, newest first, ``limit`` rows (with ``ascending``: strictly
+    newer, oldest first); ``endpoint`` keeps access events of that method and
+    route (only those). ``events`` must not repeat an id.
     """
     since, until, action, pid, cursor = (
         flt.since,
@@ -64,6 +68,7 @@ def select_page(events: Iterable[Event], flt: QueryFilter) -> Page:
     actions = None if flt.actions is None else frozenset(flt.actions)
     ids = None if flt.ids is None else frozenset(flt.ids)
     rid, sid, anonymous = flt.request_id, flt.session_id, flt.no_performer
+    ep = None if flt.endpoint is None else parse_endpoint(flt.endpoint)
 
     def keep(e: Event) -> bool:
         return (
@@ -77,6 +82,7 @@ def select_page(events: Iterable[Event], flt: QueryFilter) -> Page:
             and (rid is None or getattr(e, "request_id", None) == rid)
             and (sid is None or _session_id(e) == sid)
             and (cursor is None or ((e.ts, e.id) > cursor if ascending else (e.ts, e.id) < cursor))
+            and (ep is None or (isinstance(e, AccessEvent) and ep.matches(e.method, e.route)))
         )
 
     pick = heapq.nsmallest if ascending else heapq.nlargest
@@ -89,11 +95,20 @@ def select_page(events: Iterable[Event], flt: QueryFilter) -> Page:
 
 
 class MemoryStorage(Storage):
-    """Events kept in memory, idempotent by id (the first write of an id wins)."""
+    """Events kept in memory, idempotent by id (the first write of an id wins).
+
+    Keeps traffic rollups like SQL (per minute and per hour, counting each
+    access event id once), so :meth:`traffic` and STATE work in tests and demos.
+    """
+
+    keeps_rollups = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kinds: dict[str, dict[str, Event]] = {}
+        self._aggregator = Aggregator()
+        self._minutes: dict[tuple[int, str, str], list[int]] = {}
+        self._hours: dict[tuple[int, str, str], list[int]] = {}
         self._sessions: dict[str, SessionRecord] = {}
         self._checkpoints: dict[str, dict[str, Any]] = {}
         self._purge_marks: dict[str, dict[str, Any]] = {}
@@ -102,6 +117,7 @@ class MemoryStorage(Storage):
     def write(self, events: Sequence[Event]) -> None:
         with self._lock:
             kinds = self._kinds
+            new_access: list[tuple[Any, ...]] = []
             for e in events:
                 if isinstance(e, SessionEvent):
                     fold_session(self._sessions, e)
@@ -111,11 +127,18 @@ class MemoryStorage(Storage):
                     by_id = kinds[e.kind] = {}
                 if e.id not in by_id:
                     by_id[e.id] = e
+                    if isinstance(e, AccessEvent):
+                        new_access.append(e.row)
+            if new_access:
+                minutes = self._aggregator.increments(new_access)
+                merge_into(self._minutes, minutes)
+                merge_into(self._hours, fold_hours(minutes))
             for chain, cp in checkpoints_of(events).items():
                 if cp["seq"] > self._checkpoints.get(chain, {"seq": 0})["seq"]:
                     self._checkpoints[chain] = cp
 
     def query(self, kind: str, flt: QueryFilter) -> Page:
+        check_endpoint_kind(kind, flt)
         with self._lock:
             if kind == "session":
                 return select_sessions(
@@ -138,8 +161,32 @@ class MemoryStorage(Storage):
         with self._lock:
             return [dict(cp) for cp in self._checkpoints.values()]
 
+    def traffic(self, since_us: int, until_us: int, bucket_seconds: int) -> Traffic:
+        """Traffic of the window from the in-memory rollups (whole hours from the
+        hour table when the bucket is a multiple of an hour, like SQL)."""
+        start, end, step = check_window(since_us, until_us, bucket_seconds)
+        with self._lock:
+            minutes = list(self._minutes.items())
+            hours = list(self._hours.items())
+        rows = []
+        first_hour, last_hour = -(-start // HOUR) * HOUR, end - end % HOUR
+        if step % HOUR == 0 and first_hour < last_hour:
+            rows += in_window(hours, first_hour, last_hour, step)
+            rows += in_window(minutes, start, first_hour, step)
+            rows += in_window(minutes, last_hour, end, step)
+        else:
+            rows += in_window(minutes, start, end, step)
+        return build_traffic(rows, start, end, step)
+
     def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
         with self._lock:
+            if kind == "traffic":
+                cutoff = before - before % HOUR
+                old_keys = [(t, k) for t in (self._minutes, self._hours) for k in t
+                            if k[0] < cutoff]  # fmt: skip
+                for table, key in old_keys:
+                    del table[key]
+                return len(old_keys)
             if kind == "session":
                 ended = [
                     i
@@ -234,6 +281,8 @@ class MemoryStorage(Storage):
 
     def clear(self) -> None:
         with self._lock:
+            self._minutes.clear()
+            self._hours.clear()
             self._kinds.clear()
             self._sessions.clear()
             self._checkpoints.clear()

@@ -20,7 +20,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Index, MetaData, Table, Text, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    text,
+)
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -28,6 +39,8 @@ __all__ = [
     "REFUSED_ACTIONS",
     "REFUSED_PREDICATE",
     "SESSION_ANONYMOUS",
+    "TRAFFIC_COLUMNS",
+    "TRAFFIC_HISTOGRAM",
     "AccessRow",
     "AdvisoryRow",
     "AuditCheckpointRow",
@@ -54,6 +67,10 @@ __all__ = [
     "metadata",
     "performer_table",
     "session_table",
+    "traffic_hour_table",
+    "traffic_mark_table",
+    "traffic_minute_table",
+    "traffic_tables",
 ]
 
 #: The actions of the performer view's "denied requests and failed logins", and
@@ -145,6 +162,10 @@ class AccessRow(LezaModel, table=True):
             sqlite_where=text("performer_id IS NOT NULL"),
             postgresql_where=text("performer_id IS NOT NULL"),
         ),
+        # The ``endpoint`` filter (STATE's endpoint rows link to ACCESS with it):
+        # one route's rows newest first; a method narrows them as they are read,
+        # "(unmatched)" is ``route IS NULL``. No trailing id, as above.
+        Index("ix_leza_access_route_ts", "route", "ts"),
         # Traceability (trace/views.py, docs/dashboard.md "Traceability"): one
         # request's events; a session's requests are read by their performer
         # within the session's time (the performer index), and the few without
@@ -398,3 +419,60 @@ audit_redaction_table = _table(AuditRedactionRow)
 log_table = _table(LogRow)
 advisory_table = _table(AdvisoryRow)
 check_table = _table(CheckRow)
+
+
+# --------------------------------------------------------------------------- traffic rollups
+
+#: Histogram columns of the rollup tables, one per latency bucket:
+#: ``h00`` counts durations <= 0.25 ms, … ``h28`` those over 60 s
+#: (``state.traffic.LATENCY_BOUNDS_MS``).
+TRAFFIC_HISTOGRAM = tuple(f"h{i:02d}" for i in range(29))
+#: Every column of a rollup table, in the order of a rollup vector after the key.
+TRAFFIC_COLUMNS = (
+    "ts", "method", "route",
+    "requests", "success", "client_errors", "server_errors", "denied",
+    "logins", "login_failures", "duration_us", "last_seen",
+    *TRAFFIC_HISTOGRAM,
+)  # fmt: skip
+
+
+def _traffic_table(name: str) -> Table:
+    """One rollup table: a row per (bucket start, method label, route label).
+
+    Counts are added to in place by the write path's upsert (``n = n +
+    excluded.n``). Integer counts hold 2**31 - 1 requests per endpoint and
+    bucket; sums of µs need BIGINT. SQLite stores the rows in primary-key order
+    (WITHOUT ROWID): a window is one contiguous range of the table.
+    """
+    counts = [Column(c, Integer, nullable=False) for c in TRAFFIC_COLUMNS[3:10]]
+    return Table(
+        name,
+        metadata,
+        Column("ts", BigInteger, nullable=False),  # bucket start, µs since the epoch, UTC
+        Column("method", String, nullable=False),  # a METHODS name or "OTHER"
+        Column("route", Text, nullable=False),  # route template or "(unmatched)"
+        *counts,
+        Column("duration_us", BigInteger, nullable=False),  # sum of the durations
+        Column("last_seen", BigInteger, nullable=False),  # newest request's start, µs
+        *(Column(c, Integer, nullable=False) for c in TRAFFIC_HISTOGRAM),
+        PrimaryKeyConstraint("ts", "method", "route", name=f"pk_{name}"),
+        sqlite_with_rowid=False,
+    )
+
+
+#: Per-minute rollups, written with the events: windows up to a few hours, the
+#: edges of longer ones, and the hours not summed into ``leza_traffic_hour`` yet.
+traffic_minute_table = _traffic_table("leza_traffic_minute")
+#: Per-hour rollups: the minutes of each past hour summed once
+#: (``sql_rollups.settle``), read for the whole hours of long windows.
+traffic_hour_table = _traffic_table("leza_traffic_hour")
+traffic_tables = (traffic_minute_table, traffic_hour_table)
+#: One row (``id`` 1): ``hours_until`` (µs, an hour boundary) is where the hour
+#: table stops being complete. Hours before it are summed; a write adding to a
+#: minute before it (a late replay) adds to its hour row too, in its transaction.
+traffic_mark_table = Table(
+    "leza_traffic_mark",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("hours_until", BigInteger, nullable=False),
+)

@@ -52,7 +52,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from ..errors import LezaConfigError
+from ..errors import LezaConfigError, LezaError
 from ..events import (
     ACCESS_FIELDS,
     AccessEvent,
@@ -68,7 +68,9 @@ from ..events import (
     performer_key,
 )
 from ..performer import Performer
-from .base import Page, QueryFilter, Sighting, Storage, checkpoints_of
+from ..state.labels import METHODS, ROUTE_LABEL_MAX, EndpointFilter, parse_endpoint
+from ..state.traffic import Traffic, check_window
+from .base import Page, QueryFilter, Sighting, Storage, check_endpoint_kind, checkpoints_of
 from .flat import FLAT_KINDS
 from .models import (
     REFUSED_ACTIONS,
@@ -84,6 +86,16 @@ from .models import (
     metadata,
     performer_table,
     session_table,
+)
+from .rollups import Aggregator
+from .sql_rollups import (
+    SQLRollups,
+    create_mark,
+    purge_statements,
+    read_mark,
+    settle,
+    traffic_from,
+    traffic_statements,
 )
 
 __all__ = [
@@ -112,6 +124,8 @@ _CONFLICT: dict[str, tuple[str, str]] = {
     "mariadb": ("INSERT INTO", " ON DUPLICATE KEY UPDATE {pk} = {pk}"),
 }
 _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+# Tries of a batch whose access rows another writer keeps inserting meanwhile.
+_WRITE_ATTEMPTS = 3
 _DRIVER_HINTS = {
     "psycopg": "install leza-middleware[postgres] (pip install 'leza-middleware[postgres]')",
     "psycopg2": "pip install psycopg2-binary, or use postgresql+psycopg:// with "
@@ -649,7 +663,41 @@ def _event_conds(spec: KindSpec, flt: QueryFilter) -> list[Any]:
         conds.append(t.c[spec.performer_column] == flt.performer_id)
     if flt.no_performer:
         conds.append(t.c[spec.performer_column].is_(None))
+    if flt.endpoint is not None:
+        if t is not access_table:
+            raise ValueError("the endpoint filter applies to access events only")
+        conds.extend(_endpoint_conds(parse_endpoint(flt.endpoint)))
     return conds + _trace_conds(t, flt, spec.request_column, spec.session_column)
+
+
+_KNOWN_METHODS = tuple(sorted(METHODS))
+
+
+def _endpoint_conds(ep: EndpointFilter) -> list[Any]:
+    """SQL twin of :meth:`EndpointFilter.matches` (``ix_leza_access_route_ts``)."""
+    t = access_table
+    conds: list[Any] = []
+    if ep.method == "OTHER":
+        conds.append(t.c.method.not_in(_KNOWN_METHODS))
+    elif ep.method is not None:
+        conds.append(t.c.method == ep.method)
+    if ep.unmatched:
+        conds.append(t.c.route.is_(None))
+        return conds
+    prefix = ep.prefix
+    if prefix is None:
+        conds.append(t.c.route == ep.route)
+    else:  # a cut label: the longer templates it stands for (no LIKE: SQLite's ignores case)
+        conds.append(
+            or_(
+                t.c.route == ep.route,
+                and_(
+                    func.length(t.c.route) > ROUTE_LABEL_MAX,
+                    func.substr(t.c.route, 1, ROUTE_LABEL_MAX - 1) == prefix,
+                ),
+            )
+        )
+    return conds
 
 
 def _audit_conds(flt: QueryFilter) -> list[Any]:
@@ -694,7 +742,13 @@ class SQLStorage(Storage):
     ``SQLStorage("sqlite:///leza.db")``; the URL is validated without
     connecting (see :func:`parse_sql_url`). Tables are created by
     :meth:`setup` (called automatically before the first write or query).
+
+    Keeps traffic rollups (:meth:`traffic`): every write adds its new access
+    events to ``leza_traffic_minute`` in the same transaction; past hours are
+    summed into ``leza_traffic_hour`` by :meth:`settle_traffic` (:mod:`.sql_rollups`).
     """
+
+    keeps_rollups = True
 
     def __init__(
         self,
@@ -744,6 +798,8 @@ class SQLStorage(Storage):
         widest = max(len(spec.columns) for spec in KINDS.values())
         limit = 999 if self._sqlite and sqlite3.sqlite_version_info < (3, 32) else 32766
         self._chunk = 1 << ((min(256, limit // widest)).bit_length() - 1)
+        self._rollups = SQLRollups(backend, dialect.identifier_preparer, self._mark, limit)
+        self._aggregator = Aggregator()
 
         self._lock = threading.Lock()
         # An in-memory SQLite database is one connection shared by writer and
@@ -810,9 +866,11 @@ class SQLStorage(Storage):
             sql = self._insert_kind[key] = one
         return sql
 
-    def _insert_rows(self, cur: Any, kind: str, rows: list[tuple[Any, ...]]) -> None:
-        """SQLite: multi-row INSERTs, one statement per chunk instead of one per row.
+    def _insert_rows(self, cur: Any, kind: str, rows: list[tuple[Any, ...]]) -> int:
+        """Insert ``rows`` (idempotently); return how many were new (the driver's
+        rowcount: a row whose id is already stored is not counted).
 
+        SQLite: multi-row INSERTs, one statement per chunk instead of one per row.
         The SQLite driver releases the GIL around every statement step; with
         ``executemany`` that is once per row, and a recorder thread that gives
         the GIL away per row then waits for it behind the app's event loop.
@@ -821,17 +879,37 @@ class SQLStorage(Storage):
         if not self._sqlite:
             # psycopg 3 pipelines executemany (one round trip for the batch):
             # measured ~45k rows/s there against ~9k for multi-row VALUES.
+            # Its rowcount is the total over the rows.
             cur.executemany(self.insert_statement(kind), rows)
-            return
+            return int(cur.rowcount)
         n = len(rows)
-        i = 0
+        i = inserted = 0
         while i < n:
             size = self._chunk
             while size > n - i:
                 size >>= 1
             chunk = rows[i : i + size]
             cur.execute(self.insert_statement(kind, size), list(chain.from_iterable(chunk)))
+            inserted += cur.rowcount
             i += size
+        return inserted
+
+    def _new_access_rows(self, cur: Any, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """``rows`` without those whose id is already stored (or repeated in ``rows``):
+        the slow path of a replayed or retried batch, in the write's transaction."""
+        ids = [r[0] for r in rows]
+        stored: set[Any] = set()
+        name = self.engine.dialect.identifier_preparer.format_table(access_table)
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ", ".join([self._mark] * len(part))
+            cur.execute(f"SELECT id FROM {name} WHERE id IN ({marks})", part)
+            stored.update(r[0] for r in cur.fetchall())
+        fresh: dict[Any, tuple[Any, ...]] = {}
+        for r in rows:
+            if r[0] not in stored and r[0] not in fresh:
+                fresh[r[0]] = r
+        return list(fresh.values())
 
     def describe_url(self) -> str:
         url = self.url
@@ -884,11 +962,13 @@ class SQLStorage(Storage):
         self._ready = True
 
     def create_tables(self, conn: Connection) -> None:
-        """``CREATE TABLE / INDEX IF NOT EXISTS`` of every table of the models."""
+        """``CREATE TABLE / INDEX IF NOT EXISTS`` of every table of the models, and
+        the traffic mark's row."""
         for table in metadata.sorted_tables:
             conn.execute(CreateTable(table, if_not_exists=True))
             for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
                 conn.execute(CreateIndex(index, if_not_exists=True))
+        create_mark(conn)
 
     # -- write path
 
@@ -921,36 +1001,76 @@ class SQLStorage(Storage):
                 (kind, KINDS[kind].to_rows(group, refs, known)) for kind, group in groups.items()
             ]
             session_rows = _session_rows(changes, refs, known) if changes else []
-            raw = self._raw
-            try:
-                if raw is None:
-                    raw = self._raw = self.engine.raw_connection()
-                cur = raw.cursor()
+            # Rollups count the access rows this transaction inserts. The common
+            # case: the driver's rowcount says all of them. Otherwise (a replayed
+            # spill file, a batch retried after a commit whose answer was lost)
+            # the transaction is rolled back and written again with the rows
+            # whose id is not stored yet, until the rowcount agrees.
+            for attempt in range(_WRITE_ATTEMPTS):
+                raw = self._raw
                 try:
-                    if refs:
-                        self._write_refs(cur, refs)
-                    for kind, rows in batches:
-                        self._insert_rows(cur, kind, rows)
-                    if session_rows:
-                        # One statement per change, in order: several changes of
-                        # one session in a batch each merge into the row.
-                        cur.executemany(self._upsert_session, session_rows)
-                    if audits:
-                        # The rows and their chains' checkpoints in one transaction:
-                        # a checkpoint never runs ahead of the rows it vouches for.
-                        cur.executemany(self._insert_audit, [_audit_row(e) for e in audits])
-                        cur.executemany(
-                            self._upsert_checkpoint,
-                            [(c["chain"], c["seq"], c["hash"], c["ts"])
-                             for c in checkpoints_of(audits).values()],
-                        )  # fmt: skip
-                finally:
-                    cur.close()
-                raw.commit()
-            except BaseException:
-                self._discard_raw()
-                raise
+                    if raw is None:
+                        raw = self._raw = self.engine.raw_connection()
+                    cur = raw.cursor()
+                    try:
+                        done = self._write_rows(cur, refs, batches, session_rows, audits,
+                                                replay=attempt > 0)  # fmt: skip
+                    finally:
+                        cur.close()
+                    if done:
+                        raw.commit()
+                        break
+                    raw.rollback()
+                except BaseException:
+                    self._discard_raw()
+                    raise
+            else:
+                raise RuntimeError(
+                    f"access events of this batch kept being inserted by another writer "
+                    f"while it was written ({_WRITE_ATTEMPTS} attempts); retried later"
+                )
             known.remember(refs)
+
+    def _write_rows(
+        self,
+        cur: Any,
+        refs: Refs,
+        batches: list[tuple[str, list[tuple[Any, ...]]]],
+        session_rows: list[tuple[Any, ...]],
+        audits: list[AuditEvent],
+        *,
+        replay: bool,
+    ) -> bool:
+        """One write transaction's statements; False (nothing committed yet) when
+        fewer access rows went in than were sent: the caller rolls back and
+        retries with ``replay`` (only the rows not stored yet)."""
+        if refs:
+            self._write_refs(cur, refs)
+        for kind, rows in batches:
+            if kind != "access":
+                self._insert_rows(cur, kind, rows)
+                continue
+            if replay:
+                rows = self._new_access_rows(cur, rows)
+                if not rows:
+                    continue  # all stored already: nothing to count
+            if self._insert_rows(cur, kind, rows) != len(rows):
+                return False
+            self._rollups.write(cur, self._aggregator.increments(rows))
+        if session_rows:
+            # One statement per change, in order: several changes of
+            # one session in a batch each merge into the row.
+            cur.executemany(self._upsert_session, session_rows)
+        if audits:
+            # The rows and their chains' checkpoints in one transaction:
+            # a checkpoint never runs ahead of the rows it vouches for.
+            cur.executemany(self._insert_audit, [_audit_row(e) for e in audits])
+            cur.executemany(
+                self._upsert_checkpoint,
+                [(c["chain"], c["seq"], c["hash"], c["ts"])
+                 for c in checkpoints_of(audits).values()],
+            )  # fmt: skip
+        return True
 
     def _write_refs(self, cur: Any, refs: Refs) -> None:
         # In key order: two processes inserting the same new keys then wait for
@@ -983,6 +1103,7 @@ class SQLStorage(Storage):
     # -- read side
 
     def query(self, kind: str, flt: QueryFilter) -> Page:
+        check_endpoint_kind(kind, flt)
         if kind == "session":
             return self._query_sessions(flt)
         if kind == "audit":
@@ -1018,6 +1139,7 @@ class SQLStorage(Storage):
         """Rows of ``kind`` matching ``flt`` (its cursor and limit ignored), at most
         ``cap + 1``: the count runs over the same index range as the first page
         and stops there, so its cost is bounded whatever the table holds."""
+        check_endpoint_kind(kind, flt)
         if not self._ready:
             self.setup()
         flt = replace(flt, cursor=None)
@@ -1174,6 +1296,9 @@ class SQLStorage(Storage):
         return sum(self.purge_batches(kind, before, batch_size))
 
     def purge_batches(self, kind: str, before: int, batch_size: int = 10_000) -> Iterator[int]:
+        if kind == "traffic":
+            yield from self._purge_traffic(before, batch_size)
+            return
         if kind == "session":
             t = session_table
             old: Any = and_(t.c.ended_at.is_not(None), t.c.ended_at < before)
@@ -1194,6 +1319,61 @@ class SQLStorage(Storage):
         chunk = select(t.c.id).where(old).order_by(order).limit(batch_size)
         yield from self._delete_chunks(delete(t).where(t.c.id.in_(select(chunk.subquery().c.id))),
                                        batch_size)  # fmt: skip
+
+    def _purge_traffic(self, before: int, batch_size: int) -> Iterator[int]:
+        """Rollup rows of hours that ended before ``before`` (rounded down to its hour)."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not self._ready:
+            self.setup()
+        for _table, stmt in purge_statements(before, batch_size):
+            yield from self._delete_chunks(stmt, batch_size)
+
+    def traffic(self, since_us: int, until_us: int, bucket_seconds: int) -> Traffic:
+        """Traffic of the minutes ``[since_us, until_us]`` touches, from the rollup
+        tables (see :mod:`leza_middleware.state.traffic`): at most three grouped
+        index-range scans, whatever the number of stored events."""
+        start, end, step = check_window(since_us, until_us, bucket_seconds)
+        if not self._ready:
+            self.setup()
+        try:
+            if self._read_lock is not None:
+                with self._read_lock, self.engine.connect() as conn:
+                    settled = read_mark(conn)
+            else:
+                with self.engine.connect() as conn:
+                    settled = read_mark(conn)
+            statements = traffic_statements(start, end, step, settled)
+            results = [self._read(stmt) for stmt in statements]
+        except DBAPIError:
+            self._older_schema()
+            raise
+        return traffic_from(results, start, end, step)
+
+    def _older_schema(self) -> None:
+        """After a failed read of the rollups: a clear error when the tables are
+        at an older revision (not migrated yet) rather than a missing table."""
+        from .migrate import HEAD, schema_state
+
+        try:
+            revision = schema_state(self).revision
+        except Exception:
+            return  # unreachable: the original error says more
+        if revision != HEAD:
+            raise LezaError(
+                f"the Leza tables in {self.describe_url()} are at revision {revision}; "
+                f"traffic rollups need {HEAD}: run `leza migrate --storage URL`"
+            ) from None
+
+    def settle_traffic(self, now_us: int | None = None) -> int:
+        """Sum the minutes of past hours into ``leza_traffic_hour`` (long windows
+        read those); the recorder calls it every minute. Returns the hours summed."""
+        if not self._ready:
+            self.setup()
+        if self._read_lock is not None:
+            with self._read_lock:
+                return settle(self.engine, now_us)
+        return settle(self.engine, now_us)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:

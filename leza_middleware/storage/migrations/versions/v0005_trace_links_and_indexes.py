@@ -17,8 +17,8 @@ requests and failed logins (``performer_id``, ``action``, ``ts`` where
 advisories by request id and by session. Building the access indexes reads
 the whole table once (docs/migrations.md gives the time at 10,000,000 rows).
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-07 00:00:00
 """
 
@@ -30,8 +30,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlmodel.sql.sqltypes import AutoString
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
