@@ -766,8 +766,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.write_cost:
-        tmp = tempfile.mkdtemp(prefix="leza-bench-trace-writes-")
-        write_cost(lambda i: f"sqlite:///{tmp}/w{i}.db", args.write_cost, 3, "SQLite")
+        with tempfile.TemporaryDirectory(prefix="leza-bench-trace-writes-") as tmp:
+            write_cost(lambda i: f"sqlite:///{tmp}/w{i}.db", args.write_cost, 3, "SQLite")
         if args.postgres and args.postgres != "auto":
             admin = SQLStorage(args.postgres).engine
             made: list[str] = []
