@@ -613,7 +613,10 @@ def run_views(url: str, meta: dict[str, Any], repeat: int, label: str) -> list[s
     # minute (~30 µs a row: seconds of CPU at this size, in this process): keep
     # its first result, so that its work is not timed as part of the views.
     dashboard_core.CHAIN_TTL = 1e9
-    leza = Leza(storage=url, secret_key=SECRET, geoip_db=False, app_name="bench-trace")
+    # No session tracking nor advisories on the dashboard's own Leza: its recorder
+    # would expire the data's idle sessions mid-run (writing, and changing them).
+    leza = Leza(storage=url, secret_key=SECRET, geoip_db=False, app_name="bench-trace",
+                sessions=False, advisories=False)  # fmt: skip
     server = InProcess(make_asgi_app(leza, authorize=lambda request: True))
     direct = Dashboard(leza)  # the same renderer, called in this thread (CPU time)
     t = meta

@@ -287,3 +287,40 @@ def test_a_session_past_the_scan_is_counted_as_more(
         assert len(view["requests"]["items"]) == 6  # the timeline is paged, not scanned
     finally:
         leza.shutdown(2)
+
+
+@pytest.mark.both_databases
+@pytest.mark.parametrize("reason", [None, "logout", "revoked", "idle_timeout", "absolute_timeout"])
+def test_a_sessions_requests_are_found_however_it_ended(
+    tmp_path: Path, storage_url: str, reason: str | None
+) -> None:
+    """A session's signed-in requests are read by their performer within the
+    session's time: its end moves ``last_seen`` (to a late poll's time for a
+    timeout), and the performer's other session at the same time stays out."""
+    leza = Leza(storage=storage_url, secret_key=SECRET, geoip_db=False,
+                spill_dir=str(tmp_path / "spill"), sessions=False)  # fmt: skip
+    s1, s2 = "a" * 32, "b" * 32
+    day = 86_400 * S
+    mine = [access(n, f"m-{n}", sid=s1, performer=BOB) for n in (1, 2, 3)]
+    other = [access(n, f"o-{n}", sid=s2, performer=BOB) for n in (2, 4)]  # bob's phone
+    refused = access(5, "x-5", sid=s1)  # after a revocation: no performer
+    changes: list[Event] = [
+        SessionEvent(id=f"{T0 + S:013x}s1", ts=T0 + S, action="session_start", session_id=s1,
+                     performer=BOB),
+        SessionEvent(id=f"{T0 + 2 * S:013x}s2", ts=T0 + 2 * S, action="session_start",
+                     session_id=s2, performer=BOB),
+    ]  # fmt: skip
+    if reason is not None:
+        # A timeout is found by a poll, here long after (the app was down for days).
+        late = T0 + (3 * day if reason.endswith("timeout") else 4 * S)
+        changes.append(SessionEvent(id=f"{late:013x}e1", ts=late, action="session_end",
+                                    session_id=s1, end_reason=reason))  # fmt: skip
+    try:
+        leza.storage.write([*mine, *other, refused, *changes])
+        view = leza.trace.session(s1)
+        assert view is not None
+        found = [r["request_id"] for r in view["requests"]["items"]]
+        assert found == ["x-5", "m-3", "m-2", "m-1"]
+        assert view["request_count"] == 4
+    finally:
+        leza.shutdown(2)

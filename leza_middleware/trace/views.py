@@ -186,17 +186,37 @@ class Trace:
         their performer within the session's time — no index has every event of
         a session, which would cost every write (see storage/models.py).
 
-        ``last_seen`` is written at most every ``session_seen_interval``: the
-        session's events may run that much past it. Without its record (purged),
-        only the first range is read."""
+        Without its record (purged), only the first range is read."""
         parts = [QueryFilter(session_id=sid, no_performer=True)]
         pid = None if record is None else record.performer_id
         if record is not None and pid:
-            slack = int((self._leza.settings.session_seen_interval + 1) * 1_000_000)
-            until = max(record.ended_at or 0, record.last_seen + slack)
-            parts.append(QueryFilter(session_id=sid, performer_id=pid,
-                                     since=record.session_start, until=until))  # fmt: skip
+            until = self._session_end(record)
+            parts.append(
+                QueryFilter(
+                    session_id=sid, performer_id=pid, since=record.session_start, until=until
+                )
+            )
         return parts
+
+    def _session_end(self, record: SessionRecord) -> int:
+        """The latest time a signed-in request of the session can have (µs).
+
+        ``last_seen`` is written at most every ``session_seen_interval``, so the
+        session's requests may run that much past it. An end moves ``last_seen``
+        to the end's time: a logout is the session's last request, and after a
+        revocation its requests are refused (carrying no performer: the other
+        range); a timeout is found by a poll after the fact, an idle one at
+        least ``idle_timeout`` after the last request."""
+        s = self._leza.settings
+        slack = int((s.session_seen_interval + 1) * 1_000_000)
+        ended = record.ended_at
+        if ended is None:
+            return record.last_seen + slack
+        if record.end_reason == "idle_timeout":
+            end = ended - int(s.idle_timeout * 1_000_000) + slack
+        else:  # logout, revoked, absolute_timeout
+            end = ended + 1_000_000
+        return max(end, record.session_start)
 
     def _merged(
         self, kind: str, parts: Sequence[QueryFilter], limit: int, at: tuple[int, str] | None
