@@ -176,7 +176,10 @@ def session_table(
     now_us: int,
     revoke_form: Callable[[Mapping[str, Any]], Markup],
     empty: str = "",
+    cards: bool = True,
 ) -> Markup:
+    """``cards=False``: no MORE DETAILS (the session's id links to its view, which
+    shows the card): a performer's view lists many sessions."""
     heads = (
         "STATE",
         "SESSION",
@@ -214,7 +217,7 @@ def session_table(
                 fmt('<code title="{}">{}</code>', machine, machine[:12]) if machine else DASH,
                 when(s.get("session_start"), now_us),
                 when(s.get("last_seen"), now_us),
-                more(base, s),
+                more(base, s) if cards else Markup(""),
                 revoke_form(s) if s.get("active") else Markup(""),
             )
         )

@@ -389,7 +389,7 @@ def performer_page(
             _identity(performer),
             _section(
                 "SESSIONS",
-                session_table(page.base, sessions, now, revoke, NONE),
+                session_table(page.base, sessions, now, revoke, NONE, cards=False),
                 f"{active} active; active first, then the newest ended",
             ),
             _section(
