@@ -14,7 +14,11 @@
    the admin through the form, revokes carol's session from the SESSION tab
    (her phone's next request is refused: an ADVISORY), and saves a full-page
    PNG of each tab: access.png, session.png, audit.png, advisory.png, log.png,
-   plus access-details.png with one event's MORE DETAILS open.
+   plus access-details.png with one event's MORE DETAILS card open.
+4. From bob's rename on ACCESS the browser follows the links, as an admin
+   tracing it would: the request (trace-request.png), its session, seen from
+   Sydney and then from a second address (trace-session.png), bob
+   (trace-performer.png), and item 42's history (trace-entity.png).
 
 STATE (state.png, the landing page the admin signs in to) shows the demo's
 requests and checks over a day of generated history written through the
@@ -71,6 +75,11 @@ def use_the_app(url: str) -> dict[str, httpx.Client]:
     clients["bob"].get("/items/42")
     r = clients["bob"].post("/items/42/rename", data={"name": "Blue chair"})
     assert r.status_code == 200, r.text
+    clients["bob"].headers["X-Forwarded-For"] = "161.35.214.167"  # bob, later, elsewhere
+    clients["bob"].get("/items/42")
+    assert clients["bob"].get("/reports/7").status_code == 403  # refused: denied
+    r = clients["alice"].post("/items/42/rename", data={"name": "Red chair"})
+    assert r.status_code == 200, r.text
     clients["dave"].post("/logout")
     clients["carol"].post("/login", data={"username": ""})  # a failed sign-in
     return clients
@@ -84,6 +93,24 @@ def revoke(page: Any, url: str, leza: Leza, name: str) -> None:
     form = page.locator(f'form.revoke:has(input[name=session_id][value="{session["_id"]}"])')
     form.locator("button").click()
     page.wait_for_url("**revoked=*")
+
+
+def trace(page: Any, url: str, out: Path) -> None:
+    """ACCESS row -> its request -> the session -> the performer -> an entity's history."""
+    page.goto(f"{url}/leza/access")
+    row = page.locator("table.rows tbody tr", has_text="/items/42/rename").filter(has_text="Sydney")
+    steps = (
+        ("trace-request", row.locator("td.endpoint a.trace")),
+        ("trace-session", page.locator("p.summary a.trace").nth(1)),
+        ("trace-performer", page.locator("header.view-head a.trace")),
+        ("trace-entity", page.locator("section.trace-part a.trace", has_text="item #42").first),
+    )
+    for name, link in steps:
+        link.click()
+        page.wait_for_load_state("domcontentloaded")
+        path = out / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        print(f"wrote {path}")
 
 
 def main() -> int:
@@ -154,11 +181,13 @@ def main() -> int:
                 page.set_viewport_size({"width": args.width + 200, "height": 900})
                 page.click("nav.tabs >> text=ACCESS")
                 row = page.locator("table.rows tbody tr", has_text="Amsterdam").first
-                row.locator("summary").click()
+                row.locator("summary", has_text="MORE DETAILS").click()
                 row.scroll_into_view_if_needed()
                 path = out / "access-details.png"
                 page.screenshot(path=str(path))
                 print(f"wrote {path}")
+                page.set_viewport_size({"width": args.width, "height": 900})
+                trace(page, served.url, out)
                 browser.close()
         finally:
             served.stop()

@@ -690,6 +690,7 @@ class AuditEvent(Event):
         "reason",
         "request_id",
         "seq",
+        "session_id",
         "ts",
     )
     kind: ClassVar[str] = "audit"
@@ -714,6 +715,7 @@ class AuditEvent(Event):
         seq: int = 0,
         prev_hash: str = "",
         hash: str = "",
+        session_id: str | None = None,
     ) -> None:
         self.id = id
         self.ts = ts
@@ -732,6 +734,9 @@ class AuditEvent(Event):
         self.seq = seq
         self.prev_hash = prev_hash
         self.hash = hash
+        #: The public id of the session the change was made in (a keyed hash, as
+        #: on access events), None outside a signed-in request.
+        self.session_id = session_id
 
     @property
     def priority(self) -> bool:
@@ -752,8 +757,12 @@ class AuditEvent(Event):
         return f"AuditEvent({self.action} {self.entity_type}:{self.entity_id} #{self.seq})"
 
     def content(self) -> dict[str, Any]:
-        """What the chain hash covers: everything but the hash itself."""
-        return {
+        """What the chain hash covers: everything but the hash itself.
+
+        ``session_id`` only when set: rows written before it was recorded
+        (and rows made outside a session) hash as they always did.
+        """
+        content: dict[str, Any] = {
             "id": self.id,
             "ts": self.ts,
             "app": self.app,
@@ -771,6 +780,9 @@ class AuditEvent(Event):
             "client_ip": self.client_ip,
             "prev_hash": self.prev_hash,
         }
+        if self.session_id is not None:
+            content["session_id"] = self.session_id
+        return content
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -787,6 +799,7 @@ class AuditEvent(Event):
             "diff": self.diff,
             "reason": self.reason,
             "request_id": self.request_id,
+            "session_id": self.session_id,
             "ip": self.client_ip,
             "app": self.app,
             "chain": self.chain,
@@ -816,6 +829,7 @@ class AuditEvent(Event):
             seq=int(data.get("seq") or 0),
             prev_hash=data.get("prev_hash", ""),
             hash=data.get("hash", ""),
+            session_id=data.get("session_id"),
         )
 
 
@@ -953,6 +967,8 @@ class AdvisoryEvent(_SlotEvent):
         "ip",
         "message",
         "performer_id",
+        "request_id",
+        "session_id",
         "severity",
         "ts",
     )
@@ -971,6 +987,8 @@ class AdvisoryEvent(_SlotEvent):
         ip: str | None = None,
         details: Mapping[str, Any] | None = None,
         app: str = "app",
+        request_id: str | None = None,
+        session_id: str | None = None,
     ) -> None:
         if severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
@@ -984,6 +1002,10 @@ class AdvisoryEvent(_SlotEvent):
         self.ip = ip
         self.details = {} if details is None else dict(details)
         self.app = app
+        # The request and session of the event that raised it (None when that
+        # was not a request, e.g. a service check).
+        self.request_id = request_id
+        self.session_id = session_id
 
     @property
     def rule(self) -> str:
@@ -1009,6 +1031,8 @@ class AdvisoryEvent(_SlotEvent):
             "performer_id": self.performer_id,
             "ip": self.ip,
             "details": self.details,
+            "request_id": self.request_id,
+            "session_id": self.session_id,
             "app": self.app,
         }
 
@@ -1025,6 +1049,8 @@ class AdvisoryEvent(_SlotEvent):
             ip=data.get("ip"),
             details=data.get("details"),
             app=data.get("app", "app"),
+            request_id=data.get("request_id"),
+            session_id=data.get("session_id"),
         )
 
 

@@ -34,6 +34,7 @@ from .sessions.cookies import CookieJar, Keyring
 from .sessions.registry import Sessions
 from .spill import Spill, default_spill_dir
 from .storage import SQLStorage, Storage, open_storage
+from .trace import Trace
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -181,6 +182,7 @@ class Leza:
             for observer in previous_recorder.observers:
                 self.recorder.add_observer(observer)
         self.query = Query(self.storage)
+        self.trace = Trace(self)  # the traceability views' reads
         previous_availability: Availability | None = getattr(self, "availability", None)
         self.availability = Availability(self)
         if previous_availability is not None:  # an init_app() rebuild: carry the checks over

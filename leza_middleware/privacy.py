@@ -442,7 +442,7 @@ def redact_audit_event(
         id=e.id, ts=e.ts, action=e.action, entity_type=e.entity_type,
         entity_id=entity_id or "", actor=actor, before=before, after=after, diff=diff,
         reason=reason, request_id=e.request_id, client_ip=client_ip, app=e.app,
-        chain=e.chain, seq=e.seq, prev_hash=e.prev_hash, hash=e.hash,
+        chain=e.chain, seq=e.seq, prev_hash=e.prev_hash, hash=e.hash, session_id=e.session_id,
     )  # fmt: skip
 
 
@@ -530,7 +530,7 @@ def forget_event(
         return AdvisoryEvent(
             id=e.id, ts=e.ts, rule=e.rule, severity=e.severity, message=message or "",
             evidence=e.evidence, performer_id=e.performer_id, ip=e.ip, details=details,
-            app=e.app,
+            app=e.app, request_id=e.request_id, session_id=e.session_id,
         )  # fmt: skip
     if isinstance(e, SessionEvent) and e.performer is not None and e.performer.id == performer_id:
         return SessionEvent(

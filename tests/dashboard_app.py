@@ -133,6 +133,13 @@ def build_app(leza: Leza, authorize: Any = is_admin) -> FastAPI:
         log.info("item %s renamed to %r", item_id, name)
         return JSONResponse({"item": item_id, "name": name})
 
+    @app.get("/reports/{report_id}")
+    async def report(report_id: int, request: Request) -> PlainTextResponse:
+        # Refused (403, recorded as ``denied``) unless an admin asks.
+        if not request.user.is_authenticated or request.user.identity != ADMIN:
+            return PlainTextResponse("reports are for admins", status_code=403)
+        return PlainTextResponse(f"report {report_id}")
+
     app.mount("/leza", make_asgi_app(leza, authorize=authorize))
     app.add_middleware(AuthenticationMiddleware, backend=SessionUser())
     app.add_middleware(SessionMiddleware, secret_key="dashboard-tests-secret")

@@ -226,11 +226,18 @@ def test_sign_in_open_every_tab_filter_and_more_details(page: Any, site: Site) -
     assert "No sessions started in this period." in page.inner_text("main")
     page.go_back()
 
-    # MORE DETAILS shows the full event as JSON.
+    # MORE DETAILS shows the event's card; its raw JSON is one click further.
     first = rows(page).first
-    pre = first.locator("details pre")
-    assert not pre.is_visible()
+    card = first.locator("details.more .card")
+    pre = first.locator("details.raw pre")
+    assert not card.is_visible()
     first.locator("summary", has_text="MORE DETAILS").click()
+    assert card.is_visible()
+    fields = card.locator("dl.fields").inner_text()
+    for shown in ("/archive/20-3", "Bob Builder", "Public page"):
+        assert shown in fields
+    assert not pre.is_visible()
+    first.locator("summary", has_text="RAW JSON").click()
     assert pre.is_visible()
     event = json.loads(pre.inner_text())
     assert event["endpoint"] == "/archive/20-3"
@@ -312,6 +319,10 @@ def test_a_script_in_a_user_agent_stays_text(page: Any, site: Site) -> None:
     page.goto(f"{site.url}/leza/access")
     assert page.evaluate("typeof window.__xss") == "undefined"
     assert XSS_UA in page.inner_text("main")  # shown as text (the endpoint column)
-    page.locator("tr", has_text="/items/7").first.locator("summary").click()
+    row = page.locator("tr", has_text="/items/7").first
+    row.locator("summary", has_text="MORE DETAILS").click()
     assert page.evaluate("typeof window.__xss") == "undefined"
-    assert XSS_UA in page.locator("tr", has_text="/items/7").first.locator("pre").inner_text()
+    assert XSS_UA in row.locator("dl.fields").inner_text()  # the card's DEVICE
+    row.locator("summary", has_text="RAW JSON").click()
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    assert XSS_UA in row.locator("pre").inner_text()

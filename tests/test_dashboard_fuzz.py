@@ -4,12 +4,16 @@
 Hypothesis builds requests to every route of the ASGI, WSGI and Django mounts
 — each tab as HTML and JSON, STATE (``/state``, ``/api/state``: its ``sort``,
 ``refresh`` and ``last`` too) and ACCESS's ``endpoint`` filter,
-``/api/availability``, ``/``, the health checks,
-made-up paths, and the revoke form — whose query parameters, form fields
-(``csrf_token``, ``session_id``, ``back``, ``confirm``), path segments and
-origin headers hold hostile values: non-ASCII digits, numbers past 64 bits,
-negatives, floats, 10 KB strings, lone surrogates and percent-encoded invalid
-UTF-8, control characters, nested percent-encodings, open-redirect shapes.
+``/api/availability``, ``/``, the health checks, the traceability views
+(issue 15: ``/requests/<id>``, ``/sessions/<id>``, ``/performers/<id>``,
+``/audit/<type>/<id>``, ``/records/<id>``, with hostile ids in the path, raw
+or percent-encoded), made-up paths, the revoke form and the REVOKE ALL
+SESSIONS form — whose query parameters, form fields (``csrf_token``,
+``session_id``, ``back``, ``confirm``, ``view``, ``performer_id``), path
+segments and origin headers hold hostile values: non-ASCII digits, numbers
+past 64 bits, negatives, floats, 10 KB strings, lone surrogates and
+percent-encoded invalid UTF-8, control characters, nested percent-encodings,
+open-redirect shapes.
 Values are sent percent-encoded, raw, double-encoded or as random bytes.
 
 The view stops at the first input it refuses, so each example sends one
@@ -52,28 +56,41 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from leza_middleware import Leza, Performer
-from leza_middleware.events import SessionEvent
+from leza_middleware.events import AccessEvent, AuditEvent, SessionEvent
 from leza_middleware.ids import new_event_id
 
 pytestmark = pytest.mark.both_databases
 
 SESSION = "sess0000000000000001"
+REQUEST = "req-fuzz-0001"
 TABS = ("access", "sessions", "audit", "advisories", "logs")
+#: The traceability views (issue 15), with ids that name recorded things.
+TRACED = (
+    f"/requests/{REQUEST}",
+    f"/sessions/{SESSION}",
+    "/performers/bob",
+    "/audit/item/42",
+)
 ROUTES = (
     *(f"/{t}" for t in TABS),
     *(f"/api/{t}" for t in TABS),
     "/state",
     "/api/state",
+    *TRACED,
+    *(f"/api{t}" for t in TRACED),
     "/api/availability",
     "/",
     "/health/live",
     "/health/ready",
 )
+#: Where a view's id goes in its path: the root, then the hostile id.
+ID_ROOTS = ("/requests/", "/sessions/", "/performers/", "/audit/", "/audit/item/", "/records/")
 #: What the view answers; a 500 (or a 503: the storage is up) is a failure.
 EXPECTED = {200, 303, 400, 403, 404, 405, 413}
 PARAMS = ("from", "to", "action", "performer", "limit", "cursor", "revoked", "gone",
-          "endpoint", "sort", "refresh", "last")  # fmt: skip
-FIELDS = ("csrf_token", "session_id", "back", "confirm")
+          "endpoint", "sort", "refresh", "last", "revoked_all")  # fmt: skip
+FIELDS = ("csrf_token", "session_id", "back", "confirm", "view")
+ALL_FIELDS = ("csrf_token", "performer_id", "confirm")  # REVOKE ALL SESSIONS
 
 SPECIAL = [
     "", " ", "²", "٣", "\uff11\uff12", "߁", "0", "-1", "+5", "1.5", "1e3", "0x10", "NaN", "inf",
@@ -145,6 +162,27 @@ CORPUS = {
     "cursor": CURSORS,
     "back": BACKS,
     "session_id": [SESSION + "²", SESSION[:7], "x" * 129, "../" * 10, SESSION.upper(), *SPECIAL],
+    "performer_id": ["bob", "b" * 513, "bob\x00", " bob", "bob/../x", "%2e%2e", *SPECIAL],
+    "view": ["session", "performer", "Session", "//evil.example", *SPECIAL],
+    "revoked_all": NUMBERS,
+    # A path id: a valid one with a twist, ids of the other views, and anything.
+    "id": [
+        REQUEST,
+        SESSION,
+        "bob",
+        "42",
+        REQUEST + "²",
+        "a" * 129,
+        "p" * 513,
+        "..",
+        ".",
+        "%2F",
+        "a/b",
+        "item/42/x",
+        "%00",
+        "a\u2028b",
+        *SPECIAL,
+    ],
 }
 ENCODINGS = ("pct", "pct", "raw", "double", "bytes")
 #: Valid filters sent along with one hostile parameter: the view stops at the first
@@ -198,10 +236,16 @@ def queries(draw: Any) -> bytes:
 
 @st.composite
 def paths(draw: Any) -> str:
-    """A route of the view, or segments of any text."""
+    """A route of the view, a traceability view with a hostile id, or segments of any text."""
     rnd = draw(st.randoms(use_true_random=True))
-    if rnd.random() < 0.5:
+    if rnd.random() < 0.4:
         return rnd.choice(ROUTES)
+    if rnd.random() < 0.6:
+        value = rnd.choice(CORPUS["id"]) if rnd.random() < 0.7 else draw(values)
+        how = rnd.choice(("raw", "raw", "pct", "double"))
+        if how != "raw":  # a client that sends the id percent-encoded, once or twice
+            value = _encoded(value, how, rnd).decode("ascii")
+        return rnd.choice(("", "/api")) + rnd.choice(ID_ROOTS) + value
     return "/" + "/".join(draw(st.lists(st.text(max_size=12), min_size=1, max_size=4)))
 
 
@@ -217,6 +261,7 @@ def focused(draw: Any) -> list[tuple[str, str, bytes]]:
         pairs.insert(rnd.randint(0, len(pairs)), (name, _hostile(draw, rnd, name)))
         sent.append((rnd.choice(("GET", "GET", "HEAD")), rnd.choice(ROUTES), _query(pairs)))
     sent.append(("GET", draw(paths()), draw(queries())))
+    sent.append((rnd.choice(("GET", "HEAD")), draw(paths()), b""))
     return sent
 
 
@@ -241,7 +286,8 @@ def forms(draw: Any, token: str) -> list[bytes]:
     """Revoke forms: one per field, that one hostile and the rest valid (a valid
     token, the active session, asking first); then one with any fields at all."""
     rnd = draw(st.randoms(use_true_random=True))
-    valid = {"csrf_token": token, "session_id": SESSION, "back": "action=active", "confirm": ""}
+    valid = {"csrf_token": token, "session_id": SESSION, "back": "action=active", "confirm": "",
+             "view": ""}  # fmt: skip
     bodies = []
     for name in (*FIELDS, "back", "back"):  # back, a query string, has the most to go wrong
         pairs = [(k, _pct(v.encode())) for k, v in valid.items() if k != name]
@@ -279,9 +325,18 @@ def mount(
 ) -> Iterator[Any]:
     leza: Leza = make_leza(app_name="shop")
     now = time.time_ns() // 1000
+    bob = Performer(id="bob", name="Bob")
     leza.storage.write(
         [SessionEvent(id=new_event_id(now), ts=now, action="session_start", session_id=SESSION,
-                      performer=Performer(id="bob", name="Bob"), ip="10.0.0.1")]
+                      performer=bob, ip="10.0.0.1"),
+         AccessEvent.build(id=new_event_id(now), ts=now, action="access", method="GET",
+                           endpoint="/items/42", route="/items/{id}", status=200, duration_us=9,
+                           outcome="success", reason="ok", request_id=REQUEST,
+                           client_ip="10.0.0.1", ip_valid=True, peer_ip="10.0.0.1",
+                           performer=bob, session_hash=SESSION),
+         AuditEvent(id=new_event_id(now), ts=now, action="update", entity_type="item",
+                    entity_id="42", actor=bob, request_id=REQUEST, session_id=SESSION,
+                    chain="c" * 16, seq=1, hash="h")]
     )  # fmt: skip
     if request.param == "django":
         request.getfixturevalue("_django")
@@ -338,5 +393,47 @@ def test_any_revoke_form(mount: Any) -> None:
             check(answer, (mount.name, method, body[:200], headers))
             location = answer.header("location")
             assert location is None or location.startswith("/leza/sessions?"), location
+
+    probe()
+
+
+@st.composite
+def all_forms(draw: Any, token: str) -> list[bytes]:
+    """REVOKE ALL SESSIONS forms: one per field hostile, the others valid."""
+    rnd = draw(st.randoms(use_true_random=True))
+    valid = {"csrf_token": token, "performer_id": "bob", "confirm": ""}
+    bodies = []
+    for name in ALL_FIELDS:
+        pairs = [(k, _pct(v.encode())) for k, v in valid.items() if k != name]
+        pairs.insert(rnd.randint(0, len(pairs)), (name, _hostile(draw, rnd, name)))
+        bodies.append(_query(pairs))
+    anything = [(k, _hostile(draw, rnd, k)) for k in rnd.choices(ALL_FIELDS, k=rnd.randint(0, 4))]
+    bodies.append(_query([("csrf_token", token.encode()), *anything]))
+    return bodies
+
+
+def test_any_revoke_all_form(mount: Any) -> None:
+    page = mount.request("GET", "/performers/bob")
+    assert page.status == 200, page.text[:300]
+    found = form_token(page.text)
+    assert found is not None
+    field, token = found
+    cookie = cookie_pair(page, "leza_dash_csrf")
+    browser = [("Origin", ORIGIN), *([] if cookie is None else [("Cookie", cookie)])]
+
+    @FUZZ
+    @given(all_forms(token), st.sampled_from(ORIGINS))
+    def probe(bodies: list[bytes], origin: list[Any]) -> None:
+        sent = [(browser, body) for body in bodies[:-1]] + [(origin, bodies[-1])]
+        for headers, body in sent:
+            if field != "csrf_token":  # Django's field name
+                body = body.replace(b"csrf_token=", field.encode() + b"=", 1)
+            answer = mount.request("POST", "/sessions/revoke-all", body=body, headers=headers)
+            check(answer, (mount.name, body[:200], headers))
+            location = answer.header("location")
+            if location is not None:  # a performer's view on this mount: one encoded segment
+                path = location.split("?", 1)[0]
+                assert path.startswith("/leza/performers/"), location
+                assert "/" not in path[len("/leza/performers/") :], location
 
     probe()

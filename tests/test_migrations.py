@@ -43,7 +43,7 @@ from leza_middleware import Leza, LezaMiddleware, Performer
 from leza_middleware.cli import main as cli
 from leza_middleware.config import Settings
 from leza_middleware.errors import LezaConfigError, LezaError
-from leza_middleware.events import AdvisoryEvent, CheckEvent
+from leza_middleware.events import AdvisoryEvent, CheckEvent, SessionEvent
 from leza_middleware.ids import new_event_id
 from leza_middleware.storage import SQLStorage
 from leza_middleware.storage.migrate import (
@@ -542,7 +542,9 @@ async def _ok(request: Request) -> PlainTextResponse:
 def test_revisions_are_one_line_from_0001_to_head() -> None:
     script = ScriptDirectory.from_config(alembic_config())
     oldest_first = list(reversed(list(script.walk_revisions())))
-    assert [s.revision for s in oldest_first] == list(REVISIONS) == ["0001", "0002", "0003", "0004"]
+    assert [s.revision for s in oldest_first] == list(REVISIONS) == [
+        "0001", "0002", "0003", "0004", "0005",
+    ]  # fmt: skip
     assert [s.down_revision for s in oldest_first] == [None, *REVISIONS[:-1]]
     assert script.get_heads() == [HEAD]
 
@@ -724,6 +726,13 @@ def test_adoption_takes_the_newest_revision_whose_additions_are_all_there() -> N
     assert SchemaState(None, second | {"leza_audit_redaction"}).detected == "0002"  # no column
     both = second | {"leza_audit_redaction"}
     assert SchemaState(None, both, frozenset({"leza_access.headers"})).detected == "0003"
+    rollups = both | {"leza_traffic_minute", "leza_traffic_hour"}
+    headers = frozenset({"leza_access.headers"})
+    assert SchemaState(None, rollups, headers).detected == "0004"
+    trace = {"leza_access.headers", "leza_audit.session_id", "leza_advisory.request_id"}
+    assert SchemaState(None, rollups, frozenset(trace)).detected == "0004"  # half of 0005
+    trace.add("leza_advisory.session_id")
+    assert SchemaState(None, rollups, frozenset(trace)).detected == "0005"
     assert SchemaState("0001", both).revision == "0001"  # recorded wins
 
 
@@ -769,15 +778,17 @@ def test_the_migrate_setting_upgrades_at_the_first_write(
     insert_old_rows(url)
     now = time.time_ns() // 1000
 
-    # Off (the default): left at 0001 with a warning; the first schema's kinds are still written.
+    # Off (the default): left at 0001 with a warning; the kinds whose tables no later
+    # revision changed are still written (sessions; audit rows gained a column in 0004).
     leza = make_leza(storage=url, secret_key=SECRET)
     assert leza.storage.auto_migrate is False
     with caplog.at_level(logging.WARNING, logger="leza_middleware"):
-        leza.audit.record(action="create", entity_type="role", entity_id="9", after={"n": 1})
+        leza.record(SessionEvent(id=new_event_id(now), ts=now, action="session_start",
+                                 session_id="s" * 32, performer=Performer(id="u-9")))  # fmt: skip
         assert leza.flush(5)
     assert "Run `leza migrate --storage URL`" in caplog.text
     assert schema_state(url).recorded == "0001"
-    assert [h["action"] for h in leza.audit.history("role", "9")] == ["create"]
+    assert [s["_id"] for s in leza.sessions.find(performer_id="u-9")] == ["s" * 32]
     leza.shutdown(2)
 
     # On: the first write (here a check, whose table 0002 adds) brings it to head.

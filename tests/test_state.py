@@ -139,7 +139,8 @@ def history(now: int = NOW) -> list[Any]:
         AdvisoryEvent(id=_id(now - 2 * HOUR), ts=now - 2 * HOUR, rule="burst", severity="high",
                       message="a burst of denials"),
         AdvisoryEvent(id=_id(now - 30 * MIN), ts=now - 30 * MIN, rule="new_country",
-                      severity="medium", message="a new country"),
+                      severity="medium", message="a new country", performer_id="carol",
+                      session_id="sess-carol-0001", request_id="req-carol-0001"),
         AdvisoryEvent(id=_id(now - 3 * DAY), ts=now - 3 * DAY, rule="impossible_travel",
                       severity="critical", message="outside the window"),
     ]  # fmt: skip

@@ -141,6 +141,13 @@ def test_page_shows_the_state(site: tuple[Any, Leza], now: int) -> None:
         text.index("a burst of denials") < text.index("a new country") < text.index("a new machine")
     )
     assert "NEWEST STORED" in text
+    # Each advisory links to whom, which session and which request it is about.
+    news = re.search(r"a new country</span>(.*?)</li>", page, re.S)
+    assert news is not None
+    assert 'href="/leza/performers/carol"' in news[1]
+    assert 'href="/leza/sessions/sess-carol-0001"' in news[1]
+    assert 'href="/leza/requests/req-carol-0001"' in news[1]
+    assert re.search(r'href="/leza/records/[^"]+">DETAILS<', news[1])
     # The chart: inline SVG with its numbers as text for screen readers.
     assert re.search(r'<svg class="chart"[^>]* role="img" aria-labelledby="traffic-chart-t', page)
     assert '<title id="traffic-chart-t">Requests per hour, by outcome</title>' in page

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import LezaConfigError
-from ..events import SEVERITIES, AccessEvent, AdvisoryEvent, Event
+from ..events import SEVERITIES, AccessEvent, AdvisoryEvent, Event, SessionEvent
 from ..ids import new_event_id
 from ..storage.base import Storage
 from .history import History
@@ -55,6 +55,16 @@ def _frozen(owner: str, attr: str, value: Any, *, allow_none: bool) -> frozenset
     if not items and not allow_none:
         raise LezaConfigError(f"advisory rule {owner}: {attr} must not be empty")
     return items
+
+
+def _request_of(event: Event) -> tuple[str | None, str | None]:
+    """(request id, session id) of the event an advisory is raised on: what
+    ties the advisory to the request and session views."""
+    if type(event) is AccessEvent:
+        return event.row[10], event.row[23]
+    if type(event) is SessionEvent:
+        return None, event.session_id
+    return None, None
 
 
 class AdvisoryEngine:
@@ -207,6 +217,7 @@ class AdvisoryEngine:
             if not found:
                 return
             made: list[AdvisoryEvent] = []
+            request_id, session_id = _request_of(event)
             for finding in found:
                 if not isinstance(finding, Finding):
                     raise TypeError(
@@ -225,6 +236,8 @@ class AdvisoryEngine:
                         ip=finding.ip,
                         details=finding.details,
                         app=self.app_name,
+                        request_id=request_id,
+                        session_id=session_id,
                     )
                 )
         except BaseException as exc:  # a rule's sys.exit() must not stop the recorder thread

@@ -14,6 +14,7 @@ from ..errors import LezaError
 from ..events import AuditEvent
 from ..ids import new_event_id
 from ..performer import Performer, coerce_performer, performer_from_user
+from ..sessions.registry import REQUEST_ATTR, REQUEST_KEY
 from ..storage.base import QueryFilter
 from .chain import Chain
 from .diff import diff, plain
@@ -102,6 +103,7 @@ class Audit:
             request_id=current_request_id(),
             client_ip=self.current_client_ip(),
             app=self._leza.settings.app_name,
+            session_id=_current_session_id(),
         )
         self._leza.record(event)
         return event
@@ -259,6 +261,23 @@ class Audit:
             return self._leza.proxies.resolve(peer, xff, fwd).client_ip or None
         except Exception:
             return None
+
+
+def _current_session_id() -> str | None:
+    """The public id of the running request's session (what its access event
+    carries), read without creating the request's session state."""
+    native = current_native()
+    if native is None:
+        return None
+    try:
+        if isinstance(native, dict):  # an ASGI scope or a WSGI environ
+            state = native.get(REQUEST_KEY)
+        else:  # a Django request
+            state = getattr(native, REQUEST_ATTR, None)
+        sid = state.get("session_id") if isinstance(state, dict) else None
+        return sid if isinstance(sid, str) and sid else None
+    except Exception:
+        return None
 
 
 def _flask_performer() -> Performer | None:

@@ -15,7 +15,19 @@ from dataclasses import dataclass
 
 from ..__about__ import __version__
 from ..errors import LezaError
-from . import check, dashboard, export, forget, migrate, purge, sessions, status, tail, verify
+from . import (
+    check,
+    dashboard,
+    export,
+    forget,
+    migrate,
+    purge,
+    sessions,
+    status,
+    tail,
+    trace,
+    verify,
+)
 from .common import CliError, Context, cli_context, storage_default
 
 __all__ = ["COMMANDS", "Command", "build_parser", "execute", "main"]
@@ -51,6 +63,7 @@ COMMANDS: dict[str, Command] = {
     "sessions": Command(sessions.SESSIONS_HELP, sessions.add_sessions_arguments, sessions.sessions),
     "revoke": Command(sessions.REVOKE_HELP, sessions.add_revoke_arguments, sessions.revoke),
     "verify": Command(verify.HELP, verify.add_arguments, verify.run),
+    "trace": Command(trace.HELP, trace.add_arguments, trace.run),
     "check": Command(check.HELP, check.add_arguments, check.run),
     "dashboard": Command(dashboard.HELP, dashboard.add_arguments, dashboard.run),
     "forget": Command(forget.HELP, forget.add_arguments, forget.run),

@@ -10,8 +10,10 @@ One renderer (:mod:`.core`) behind three mounts::
     path("leza/", include("leza_middleware.django.urls"))              # Django (staff only)
 
 Every request is refused (403) unless ``authorize(request)`` says yes; every
-view is recorded as an access event; the only write is revoking a session.
-See docs/dashboard.md.
+view is recorded as an access event; the only writes are revoking a session
+and revoking every session of a performer. Each request id, session,
+performer and entity links to its traceability view (:mod:`.links`,
+:mod:`.trace_routes`). See docs/dashboard.md.
 """
 
 from .asgi import DashboardASGI, make_asgi_app

@@ -15,9 +15,14 @@ Routes, under the mount:
 * ``GET /api/availability`` — each check's status and its stored probes;
 * ``GET /health/live``, ``GET /health/ready`` — liveness and readiness JSON,
   served without ``authorize`` (see availability/health.py);
+* ``GET /requests/<id>``, ``/sessions/<id>``, ``/performers/<id>``,
+  ``/audit/<type>/<id>``, ``/records/<id>`` and their ``/api/…`` twins — the
+  traceability views (:mod:`.trace_routes`);
 * ``POST /sessions/revoke`` — without ``confirm=1`` it answers with a
   confirmation page, with it the session is revoked and the revocation
-  recorded in AUDIT (and, through the request itself, in ACCESS).
+  recorded in AUDIT (and, through the request itself, in ACCESS);
+* ``POST /sessions/revoke-all`` — the same for every active session of one
+  performer (their view's REVOKE ALL SESSIONS).
 
 Every input is parsed strictly (:mod:`.inputs`): a bad one is a 400 naming
 the field. Every POST route is an *action* (:attr:`Dashboard.actions`) and
@@ -34,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from ..availability.health import liveness, readiness
@@ -45,7 +50,8 @@ from ..sessions.registry import _request_state
 from .csrf import CsrfToken
 from .filters import NAMES, Filters
 from .html import Markup, fmt
-from .inputs import EMPTY, BadInput, Params, session_id
+from .inputs import EMPTY, BadInput, Params, performer_id, session_id
+from .links import performer_url, session_url
 from .pages import Chain, Page, confirm_page, tab_page
 from .responses import (
     INTERNAL_TEXT,
@@ -59,6 +65,8 @@ from .responses import (
 )
 from .state_view import answer_state
 from .tabs import TABS_BY_SLUG, read_rows
+from .trace_pages import revoke_all_confirm_page
+from .trace_routes import answer_trace
 
 if TYPE_CHECKING:
     from ..leza import Leza
@@ -76,6 +84,8 @@ FIRST_WAIT = 0.03
 #: The longest ``back`` (the SESSION tab's filters, carried through a revoke).
 MAX_BACK = 2048
 _SESSION_STATES = ("", "active", "ended")
+#: Where a revoke form returns: the SESSION tab, the session's view, its performer's.
+_RETURN_VIEWS = ("", "session", "performer")
 #: A query string passed on by the ``/`` redirect as it is: visible ASCII only.
 _PLAIN_QUERY = re.compile(rb"[\x21-\x7e]{0,2048}")
 
@@ -170,6 +180,7 @@ class Dashboard:
         #: The state-changing routes (POST): reached only through :meth:`_refused`.
         self.actions: dict[str, Callable[[DashRequest], DashResponse]] = {
             "/sessions/revoke": self._revoke,
+            "/sessions/revoke-all": self._revoke_all,
         }
 
     def handle(self, req: DashRequest) -> DashResponse:
@@ -200,6 +211,9 @@ class Dashboard:
         if path == "/":
             query = req.raw_query if _PLAIN_QUERY.fullmatch(req.raw_query) else b""
             return redirect(f"{req.base}/state" + (f"?{query.decode()}" if query else ""))
+        traced = answer_trace(self, req, path, api)
+        if traced is not None:
+            return traced
         slug = path[len("/api/") :] if api else path[1:]
         if slug == "state":
             return answer_state(self, req, api)
@@ -219,7 +233,7 @@ class Dashboard:
         notice = self._notice(req)
         rows = read_rows(self.leza, tab, filters, count=True)
         chain = self.chain.get() if tab.slug == "audit" and rows.available else None
-        page = self._page(req)
+        page = self.page(req)
         return html_response(tab_page(page, tab, filters, rows, notice=notice, chain=chain))
 
     @staticmethod
@@ -271,7 +285,8 @@ class Dashboard:
             return None
         return finish(json_response(body, status), None, "GET")
 
-    def _page(self, req: DashRequest) -> Page:
+    def page(self, req: DashRequest) -> Page:
+        """What every page of this request shares (mount prefix, CSRF token, now)."""
         return Page(
             base=req.base,
             app=self.leza.settings.app_name,
@@ -324,14 +339,22 @@ class Dashboard:
         confirm = form.get("confirm")
         if confirm not in ("", "1"):
             raise BadInput("confirm", "confirm: 1 to revoke, empty to be asked first")
+        view = form.get("view")
+        if view not in _RETURN_VIEWS:
+            raise BadInput("view", "view: empty (the SESSION tab), session or performer")
         leza = self.leza
         session = leza.sessions.get(sid)
         if session is None:
             return error_response(404, "Not found", "No such session.", False)
+
+        def back_to(**notice: str) -> DashResponse:
+            return redirect(self._return_url(req, back, view, session, notice))
+
         if not session.get("active"):
-            return redirect(self._sessions_url(req, back, gone=sid))
+            return back_to(gone=sid)
         if confirm != "1":
-            return html_response(confirm_page(self._page(req), session, back))
+            cancel = self._return_url(req, back, view, session, {})
+            return html_response(confirm_page(self.page(req), session, back, view, cancel))
         revoked = leza.sessions.revoke(sid)
         if revoked:
             leza.audit.record(
@@ -343,9 +366,62 @@ class Dashboard:
                 reason="Revoked from the Leza dashboard",
             )
             note_request("revoke", f"Revoked session {sid} from the Leza dashboard")
-            return redirect(self._sessions_url(req, back, revoked=sid))
-        return redirect(self._sessions_url(req, back, gone=sid))
+            return back_to(revoked=sid)
+        return back_to(gone=sid)
 
     @staticmethod
     def _sessions_url(req: DashRequest, back: str, **notice: str) -> str:
         return f"{req.base}/sessions?" + "&".join(x for x in (back, urlencode(notice)) if x)
+
+    def _return_url(
+        self,
+        req: DashRequest,
+        back: str,
+        view: str,
+        session: dict[str, Any],
+        notice: dict[str, str],
+    ) -> str:
+        """Where a revoke returns: the SESSION tab with ``back``'s filters, or the
+        session's own view, or its performer's (taken from the stored session,
+        never from the form)."""
+        query = urlencode(notice)
+        tail = f"?{query}" if query else ""
+        pid = str((session.get("performer") or {}).get("id") or "")
+        if view == "performer" and pid:
+            try:
+                return performer_url(req.base, performer_id("performer_id", pid)) + tail
+            except BadInput:
+                pass  # an id no URL can carry: the session's view instead
+        if view in ("session", "performer"):
+            return session_url(req.base, str(session.get("_id"))) + tail
+        return self._sessions_url(req, back, **notice)
+
+    def _revoke_all(self, req: DashRequest) -> DashResponse:
+        """REVOKE ALL SESSIONS of one performer (their view): asks first, then
+        revokes every active session, audits it and returns to the view."""
+        form = req.form
+        pid = performer_id("performer_id", form.get("performer_id"))
+        confirm = form.get("confirm")
+        if confirm not in ("", "1"):
+            raise BadInput("confirm", "confirm: 1 to revoke, empty to be asked first")
+        leza = self.leza
+        active = leza.sessions.active(performer_id=pid, limit=10_000)
+        view = performer_url(req.base, pid)
+        if not active:
+            return redirect(f"{view}?revoked_all=0")
+        if confirm != "1":
+            performer = active[0].get("performer") or {"id": pid}
+            return html_response(revoke_all_confirm_page(self.page(req), performer, len(active)))
+        n = leza.sessions.revoke_all(pid)
+        if n:
+            leza.audit.record(
+                action="revoke_all",
+                entity_type="performer",
+                entity_id=pid,
+                before={"active_sessions": n},
+                after={"active_sessions": 0},
+                reason=f"Revoked every session ({n}) from the Leza dashboard",
+            )
+            note = f"Revoked {n} session(s) of {pid} from the Leza dashboard"
+            note_request("revoke", note[:300])
+        return redirect(f"{view}?revoked_all={n}")

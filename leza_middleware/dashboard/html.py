@@ -13,6 +13,7 @@ import base64
 import functools
 import hashlib
 import html
+import re
 from collections.abc import Iterable
 from importlib import resources
 from string import Template
@@ -26,16 +27,28 @@ class Markup(str):
     __slots__ = ()
 
 
+#: The characters escaping changes (``html.escape`` with ``quote=True``).
+_SPECIAL = re.compile("[&<>\"']").search
+
+
 def escape(value: object) -> Markup:
     """``value`` as HTML text: quotes escaped too, so it is safe in attributes."""
     if isinstance(value, Markup):
         return value
-    return Markup(html.escape("" if value is None else str(value), quote=True))
+    text = "" if value is None else value if type(value) is str else str(value)
+    # Most values (ids, names, paths) hold nothing to escape: one C-level search.
+    if _SPECIAL(text) is None:
+        return Markup(text)
+    return Markup(html.escape(text, quote=True))
 
 
 def fmt(template: str, /, *args: object, **kwargs: object) -> Markup:
     """``template.format(...)`` with every argument escaped (``template`` is trusted)."""
-    return Markup(template.format(*map(escape, args), **{k: escape(v) for k, v in kwargs.items()}))
+    if kwargs:
+        return Markup(
+            template.format(*map(escape, args), **{k: escape(v) for k, v in kwargs.items()})
+        )
+    return Markup(template.format(*map(escape, args)))
 
 
 def join(parts: Iterable[Markup], sep: str = "") -> Markup:

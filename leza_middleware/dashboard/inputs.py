@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import unquote_to_bytes
 
-from ..query import MAX_US, MIN_US, to_us
+from ..query import MAX_CURSOR, MAX_US, MIN_US, parse_cursor, to_us
 
 __all__ = [
     "EMPTY",
@@ -27,7 +27,12 @@ __all__ = [
     "BadInput",
     "Params",
     "clean_text",
+    "cursor",
+    "entity_part",
+    "event_id",
     "iso_time",
+    "performer_id",
+    "request_id",
     "session_id",
     "whole_number",
 ]
@@ -43,6 +48,13 @@ _ISO = re.compile(
 )
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _SESSION_ID = re.compile(r"[A-Za-z0-9_\-]{8,128}")
+#: What the request path stores as a request id (ids.parse_incoming_request_id).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
+#: A record's ``_id`` (time-sortable event ids, and ids written by other tools).
+_EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
+#: The longest performer id, entity type or entity id a path may name (they are
+#: stored cut to 512 characters).
+MAX_NAME = 512
 
 
 class BadInput(ValueError):
@@ -160,8 +172,58 @@ def iso_time(field: str, value: str, *, end: bool = False) -> int:
         ) from None
 
 
+def cursor(field: str, value: str) -> str:
+    """A page's cursor as ``next_cursor`` gave it (``""``: the first page)."""
+    text = value.strip()
+    try:
+        parse_cursor(text)
+    except ValueError:
+        raise BadInput(
+            field,
+            f"{field}: not a cursor returned by this dashboard (at most {MAX_CURSOR} characters)",
+        ) from None
+    return text
+
+
 def session_id(field: str, value: str) -> str:
     """A session's public ``_id`` (a keyed hash: ASCII letters, digits, ``_``, ``-``)."""
     if not _SESSION_ID.fullmatch(value):
         raise BadInput(field, f"{field}: not a session id")
     return value
+
+
+# --------------------------------------------------------------------------- path parameters
+# The traceability views' ids, from the URL path: a value that is not one is
+# answered with 404 (no such page), not 400.
+
+
+def request_id(field: str, value: str) -> str:
+    """A request id as stored: ASCII letters, digits and ``._:-``, at most 128."""
+    if not _REQUEST_ID.fullmatch(value):
+        raise BadInput(field, f"{field}: not a request id")
+    return value
+
+
+def event_id(field: str, value: str) -> str:
+    """A record's ``_id``: ASCII letters, digits and ``._:-``, at most 128."""
+    if not _EVENT_ID.fullmatch(value):
+        raise BadInput(field, f"{field}: not a record id")
+    return value
+
+
+def _name(field: str, value: str, what: str) -> str:
+    if not value or len(value) > MAX_NAME or _CONTROL.search(value):
+        raise BadInput(field, f"{field}: not {what} (1 to {MAX_NAME} characters, no control "
+                       "characters)")  # fmt: skip
+    return value
+
+
+def performer_id(field: str, value: str) -> str:
+    """A performer id: any text of 1 to 512 characters without control characters
+    or lone surrogates (kept exactly: spaces are part of an id)."""
+    return _name(field, value, "a performer id")
+
+
+def entity_part(field: str, value: str) -> str:
+    """An entity type or id, as :func:`performer_id`."""
+    return _name(field, value, "an entity type or id")

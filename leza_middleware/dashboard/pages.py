@@ -7,13 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .cards import raw_json
 from .filters import DEFAULT_LIMIT, Filters
 from .html import Markup, csp_hash, fmt, join, render, resource
 from .rows import (
     access_table,
     advisory_table,
     audit_table,
-    details,
     generic_table,
     log_table,
     session_table,
@@ -105,7 +105,9 @@ class Page:
             body=body,
         )
 
-    def revoke_form(self, session: Mapping[str, Any], back: str) -> Markup:
+    def revoke_form(self, session: Mapping[str, Any], back: str, view: str = "") -> Markup:
+        """REVOKE: ``back`` is the SESSION tab's filters to return to; ``view``
+        ("session", "performer") returns to that view of the session instead."""
         who = (session.get("performer") or {}).get("name") or (session.get("performer") or {}).get(
             "id"
         )
@@ -114,6 +116,7 @@ class Page:
             '<input type="hidden" name="{}" value="{}">'
             '<input type="hidden" name="session_id" value="{}">'
             '<input type="hidden" name="back" value="{}">'
+            '<input type="hidden" name="view" value="{}">'
             '<input type="hidden" name="confirm" value="">'
             '<button type="submit">REVOKE</button></form>',
             self.url("/sessions/revoke"),
@@ -122,6 +125,7 @@ class Page:
             self.csrf_token,
             session.get("_id") or "",
             back,
+            view,
         )
 
 
@@ -185,24 +189,24 @@ def tab_page(
     notice: Markup | None = None,
     chain: Chain | None = None,
 ) -> Markup:
-    now = page.now_us
+    now, base = page.now_us, page.base
     if tab.slug == "access":
-        table = access_table(rows.items, now)
+        table = access_table(base, rows.items, now)
     elif tab.slug == "audit":
-        table = audit_table(rows.items, now)
+        table = audit_table(base, rows.items, now)
     elif tab.sessions:
         back = filters.query()
 
         def revoke(s: Mapping[str, Any]) -> Markup:
             return page.revoke_form(s, back)
 
-        table = session_table(rows.items, now, revoke)
+        table = session_table(base, rows.items, now, revoke)
     elif tab.kind == "advisory":
-        table = advisory_table(rows.items, now)
+        table = advisory_table(base, rows.items, now)
     elif tab.kind == "log":
-        table = log_table(rows.items, now)
+        table = log_table(base, rows.items, now)
     else:
-        table = generic_table(rows.items, now, tab.plural)
+        table = generic_table(base, rows.items, now, tab.plural)
     if not rows.available:
         table = _not_recorded(tab)
     pager = (
@@ -258,7 +262,9 @@ def tab_page(
     return page.layout(tab.label, tab, filters, body)
 
 
-def confirm_page(page: Page, session: Mapping[str, Any], back: str) -> Markup:
+def confirm_page(
+    page: Page, session: Mapping[str, Any], back: str, view: str = "", cancel: str = ""
+) -> Markup:
     performer = session.get("performer") or {}
     browser = session.get("browser") or {}
     os_ = session.get("os") or {}
@@ -277,9 +283,10 @@ def confirm_page(page: Page, session: Mapping[str, Any], back: str) -> Markup:
         csrf_token=page.csrf_token,
         session_id=session.get("_id") or "",
         back=back,
-        cancel=page.url("/sessions", back),
+        view=view,
+        cancel=cancel or page.url("/sessions", back),
     )
-    return page.layout("Revoke session", None, None, Markup(body + details(session)))
+    return page.layout("Revoke session", None, None, Markup(body + raw_json(session)))
 
 
 def message_page(title: str, message: str) -> Markup:

@@ -11,16 +11,24 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .cards import card
 from .html import Markup, fmt, join
+from .links import entity_link, performer_link, request_link, session_link
 from .timefmt import absolute, relative
 
 __all__ = [
+    "DASH",
     "access_table",
     "advisory_table",
     "audit_table",
+    "badge",
+    "diff_cell",
     "generic_table",
     "log_table",
+    "more",
     "session_table",
+    "status_cell",
+    "when",
 ]
 
 DASH = Markup("&mdash;")
@@ -68,13 +76,9 @@ def status_cell(status: object) -> Markup:
     return fmt('<span class="status s{}">{}</span>', min(max(status // 100, 1), 5), status)
 
 
-def performer_cell(performer: Mapping[str, Any] | None) -> Markup:
-    if not performer:
-        return Markup('<span class="muted">anonymous</span>')
-    ident = str(performer.get("id") or "")
-    name = str(performer.get("name") or "") or ident
-    hover = " · ".join(x for x in (f"id {ident}", str(performer.get("email") or "")) if x)
-    return fmt('<span title="{}">{}</span>', hover, name)
+def performer_cell(base: str, performer: Mapping[str, Any] | None) -> Markup:
+    """The performer's name, linking to their view."""
+    return performer_link(base, performer)
 
 
 def location_cell(geo: Mapping[str, Any] | None, ip: str, ip_valid: bool = True) -> Markup:
@@ -107,10 +111,9 @@ def device_cell(item: Mapping[str, Any]) -> Markup:
     return fmt('<span title="{}">{}</span>', ua, text)
 
 
-def details(item: Mapping[str, Any]) -> Markup:
-    """MORE DETAILS: the record's full JSON, pretty and escaped."""
-    text = json.dumps(item, indent=2, ensure_ascii=False, sort_keys=False, default=str)
-    return fmt("<details><summary>MORE DETAILS</summary><pre>{}</pre></details>", text)
+def more(base: str, item: Mapping[str, Any]) -> Markup:
+    """MORE DETAILS: the record's card (cards.py), the raw JSON one click further."""
+    return card(base, item, diff_cell)
 
 
 def _code(value: object) -> Markup:
@@ -120,7 +123,15 @@ def _code(value: object) -> Markup:
 # --------------------------------------------------------------------------- ACCESS
 
 
-def access_table(items: Sequence[Mapping[str, Any]], now_us: int) -> Markup:
+def _endpoint(base: str, e: Mapping[str, Any]) -> Markup:
+    """The endpoint (route on hover), linking to its request's view."""
+    text = fmt('<code title="{}">{}</code>', e.get("route") or "", e.get("endpoint") or "")
+    return request_link(base, e.get("request_id"), text)
+
+
+def access_table(
+    base: str, items: Sequence[Mapping[str, Any]], now_us: int, empty: str = ""
+) -> Markup:
     heads = (
         "TIME",
         "ACTION",
@@ -140,32 +151,38 @@ def access_table(items: Sequence[Mapping[str, Any]], now_us: int) -> Markup:
             "<td>{}</td></tr>",
             when(e.get("timestamp"), now_us),
             badge(e.get("action")),
-            fmt('<code title="{}">{}</code>', e.get("route") or "", e.get("endpoint") or ""),
+            _endpoint(base, e),
             e.get("endpoint_type") or "",
             e.get("reason") or "",
             status_cell(e.get("status")),
-            performer_cell(e.get("performer")),
+            performer_cell(base, e.get("performer")),
             location_cell(
                 e.get("geoLocationInfoOfIp"), str(e.get("ip") or ""), bool(e.get("ip_valid", True))
             ),
             device_cell(e),
-            details(e),
+            more(base, e),
         )
         for e in items
     ]
-    return _table("access", heads, rows, "No requests in this period.")
+    return _table("access", heads, rows, empty or "No requests in this period.")
 
 
 # --------------------------------------------------------------------------- SESSION
 
 
 def session_table(
+    base: str,
     items: Sequence[Mapping[str, Any]],
     now_us: int,
     revoke_form: Callable[[Mapping[str, Any]], Markup],
+    empty: str = "",
+    cards: bool = True,
 ) -> Markup:
+    """``cards=False``: no MORE DETAILS (the session's id links to its view, which
+    shows the card): a performer's view lists many sessions."""
     heads = (
         "STATE",
+        "SESSION",
         "PERFORMER",
         "DEVICE",
         "LOCATION",
@@ -189,21 +206,22 @@ def session_table(
         machine = str(s.get("machine_identifier") or "")
         rows.append(
             fmt(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
                 "<td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 state,
-                performer_cell(s.get("performer")),
+                session_link(base, s.get("_id")),
+                performer_cell(base, s.get("performer")),
                 device_cell(s),
                 location_cell(s.get("geoLocationInfoOfIp"), str(s.get("ip") or "")),
                 _code(s.get("ip") or ""),
                 fmt('<code title="{}">{}</code>', machine, machine[:12]) if machine else DASH,
                 when(s.get("session_start"), now_us),
                 when(s.get("last_seen"), now_us),
-                details(s),
+                more(base, s) if cards else Markup(""),
                 revoke_form(s) if s.get("active") else Markup(""),
             )
         )
-    return _table("sessions", heads, rows, "No sessions started in this period.")
+    return _table("sessions", heads, rows, empty or "No sessions started in this period.")
 
 
 # --------------------------------------------------------------------------- AUDIT
@@ -274,27 +292,25 @@ def diff_cell(diff: Mapping[str, Any] | None) -> Markup:
     return fmt('<ul class="diff">{}</ul>', join(lines))
 
 
-def audit_table(items: Sequence[Mapping[str, Any]], now_us: int) -> Markup:
+def audit_table(
+    base: str, items: Sequence[Mapping[str, Any]], now_us: int, empty: str = ""
+) -> Markup:
     heads = ("TIME", "ACTOR", "ACTION", "ENTITY", "CHANGES", "REASON", "")
     rows = [
         fmt(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
             "<td>{}</td></tr>",
             when(a.get("timestamp"), now_us),
-            performer_cell(a.get("actor")),
+            performer_cell(base, a.get("actor")),
             badge(a.get("action")),
-            fmt(
-                "<code>{}</code> #<code>{}</code>",
-                a.get("entity_type") or "",
-                a.get("entity_id") or "",
-            ),
+            entity_link(base, a.get("entity_type"), a.get("entity_id")),
             diff_cell(a.get("diff")),
             a.get("reason") or "",
-            details(a),
+            more(base, a),
         )
         for a in items
     ]
-    return _table("audit", heads, rows, "No changes recorded in this period.")
+    return _table("audit", heads, rows, empty or "No changes recorded in this period.")
 
 
 # --------------------------------------------------------------------------- ADVISORY, LOG
@@ -303,15 +319,16 @@ _SEVERITY_CLASS = {"critical": "critical", "high": "error", "medium": "warning",
                    "info": "debug"}  # fmt: skip
 
 
-def _performer_id(e: Mapping[str, Any]) -> Markup:
+def _performer_id(base: str, e: Mapping[str, Any]) -> Markup:
     performer = e.get("performer")
     if isinstance(performer, Mapping):
-        return performer_cell(performer)
-    ident = e.get("performer_id")
-    return _code(ident) if ident else Markup('<span class="muted">anonymous</span>')
+        return performer_cell(base, performer)
+    return performer_link(base, None, e.get("performer_id"))
 
 
-def advisory_table(items: Sequence[Mapping[str, Any]], now_us: int) -> Markup:
+def advisory_table(
+    base: str, items: Sequence[Mapping[str, Any]], now_us: int, empty: str = ""
+) -> Markup:
     heads = ("TIME", "SEVERITY", "RULE", "ADVISORY", "PERFORMER", "IP", "EVIDENCE", "")
     rows = []
     for e in items:
@@ -329,18 +346,20 @@ def advisory_table(items: Sequence[Mapping[str, Any]], now_us: int) -> Markup:
                 ),
                 _code(e.get("rule") or e.get("action") or ""),
                 e.get("message") or "",
-                _performer_id(e),
+                _performer_id(base, e),
                 _code(e.get("ip") or "") if e.get("ip") else DASH,
                 fmt("{} event{}", len(evidence), "" if len(evidence) == 1 else "s")
                 if isinstance(evidence, list)
                 else DASH,
-                details(e),
+                more(base, e),
             )
         )
-    return _table("advisories", heads, rows, "No advisories in this period.")
+    return _table("advisories", heads, rows, empty or "No advisories in this period.")
 
 
-def log_table(items: Sequence[Mapping[str, Any]], now_us: int) -> Markup:
+def log_table(
+    base: str, items: Sequence[Mapping[str, Any]], now_us: int, empty: str = ""
+) -> Markup:
     heads = ("TIME", "LEVEL", "LOGGER", "MESSAGE", "ROUTE", "PERFORMER", "REQUEST ID", "")
     rows = []
     for e in items:
@@ -357,19 +376,19 @@ def log_table(items: Sequence[Mapping[str, Any]], now_us: int) -> Markup:
                 e.get("logger") or "",
                 message,
                 _code(e.get("route")) if e.get("route") else DASH,
-                _performer_id(e),
-                _code(e.get("request_id")) if e.get("request_id") else DASH,
-                details(e),
+                _performer_id(base, e),
+                request_link(base, e.get("request_id")) if e.get("request_id") else DASH,
+                more(base, e),
             )
         )
-    return _table("logs", heads, rows, "No log records in this period.")
+    return _table("logs", heads, rows, empty or "No log records in this period.")
 
 
 #: Where a record of a kind this module does not know says what it is about.
 _SUMMARY_KEYS = ("message", "summary", "title", "detail", "reason", "rule")
 
 
-def generic_table(items: Sequence[Mapping[str, Any]], now_us: int, noun: str) -> Markup:
+def generic_table(base: str, items: Sequence[Mapping[str, Any]], now_us: int, noun: str) -> Markup:
     """Rows of a kind without a table of its own, by their common fields."""
     heads = ("TIME", "ACTION", "SUMMARY", "PERFORMER", "REQUEST ID", "")
     rows = []
@@ -382,9 +401,9 @@ def generic_table(items: Sequence[Mapping[str, Any]], now_us: int, noun: str) ->
                 when(e.get("timestamp"), now_us),
                 badge(e.get("action")),
                 summary if isinstance(summary, str) else json.dumps(summary, default=str),
-                _performer_id(e),
-                _code(e.get("request_id") or ""),
-                details(e),
+                _performer_id(base, e),
+                request_link(base, e.get("request_id")) if e.get("request_id") else DASH,
+                more(base, e),
             )
         )
     return _table("generic", heads, rows, f"No {noun} in this period.")

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 from ..events import us_from_iso
 from .html import Markup, fmt, join
+from .links import performer_link, record_link, request_link, session_link
 from .rows import DASH, when
 from .svg import OUTCOMES, bar, duration, milliseconds, sparkline, traffic_chart
 from .timefmt import absolute
@@ -421,6 +422,18 @@ def recorder_panel(rec: Mapping[str, Any], now: int) -> Markup:
 # --------------------------------------------------------------------------- advisories
 
 
+def _trace_links(base: str, a: Mapping[str, Any]) -> Markup:
+    """The performer, session and request an advisory is about, each linking to its view."""
+    parts = []
+    if a.get("performer_id"):
+        parts.append(performer_link(base, None, a["performer_id"]))
+    if a.get("session_id"):
+        parts.append(fmt("session {}", session_link(base, a["session_id"])))
+    if a.get("request_id"):
+        parts.append(fmt("request {}", request_link(base, a["request_id"])))
+    return fmt(" · {}", join(parts, " · ")) if parts else Markup("")
+
+
 def advisories_panel(
     page: Page, q: StateQuery, items: Sequence[Mapping[str, Any]], now: int
 ) -> Markup:
@@ -438,15 +451,18 @@ def advisories_panel(
             Markup('<p class="muted">No advisories in this period.</p>'),
             link,
         )
+    base = page.base
     rows = join(
         fmt(
             '<li><span class="badge a-{}">{}</span> <span class="msg">{}</span> '
-            "<code>{}</code> {}</li>",
+            "<code>{}</code> {}{} {}</li>",
             _SEVERITY_CLASS.get(str(a.get("severity")), "other"),
             a.get("severity") or "-",
             a.get("message") or "",
             a.get("rule") or a.get("action") or "",
             when(a.get("timestamp"), now),
+            _trace_links(base, a),
+            record_link(base, a.get("_id") or a.get("id"), "DETAILS"),
         )
         for a in items
     )

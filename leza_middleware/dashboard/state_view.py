@@ -127,7 +127,7 @@ def answer_state(dashboard: Dashboard, req: DashRequest, api: bool) -> DashRespo
         if q.sort == "p95":
             state["endpoints"] = sort_endpoints(state["endpoints"], "p95")
         return json_response(state)
-    return html_response(state_page(dashboard._page(req), q, state))
+    return html_response(state_page(dashboard.page(req), q, state))
 
 
 def sort_endpoints(rows: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ keep the two in step.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 from ..events import us_from_iso
@@ -40,10 +41,16 @@ def relative(iso: str | None, now_us: int) -> str:
     return "JUST NOW"
 
 
+#: The UTC times the records give (``…T15:49:24.062093Z``, sessions' ``….062Z``).
+_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?Z")
+
+
 def absolute(iso: str | None) -> str:
     """``"2025-07-06 15:49:24 UTC"``."""
     if not iso:
         return ""
+    if _UTC.fullmatch(iso):  # the records' own form: no date arithmetic needed
+        return f"{iso[:10]} {iso[11:19]} UTC"
     try:
         dt = datetime.fromtimestamp(us_from_iso(iso) / 1_000_000, tz=timezone.utc)
     except ValueError:

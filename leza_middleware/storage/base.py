@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..events import AuditEvent, Event, SessionEvent, SessionRecord
+from ..events import AccessEvent, AuditEvent, Device, Event, Geo, SessionEvent, SessionRecord
 from ..performer import Performer
 from ..state.labels import parse_endpoint
 from ..state.traffic import Traffic, TrafficUnsupported
@@ -16,6 +16,7 @@ from ..state.traffic import Traffic, TrafficUnsupported
 __all__ = [
     "Page",
     "QueryFilter",
+    "Sighting",
     "Storage",
     "audit_matches",
     "check_endpoint_kind",
@@ -41,11 +42,22 @@ class QueryFilter:
     # Audit only.
     entity_type: str | None = None
     entity_id: str | None = None
-    # Sessions only ("session" kind: ts is the session start).
+    # Sessions ("session" kind: ts is the session start): that session. Access,
+    # audit and advisory events: those made in that session (the access event's
+    # ``session_id_hash``); no log record or check carries one.
     session_id: str | None = None
     active: bool | None = None  # True: not ended; False: ended
     ended_since: int | None = None  # ended at or after this time (µs)
     seen_until: int | None = None  # last seen at or before this time (µs): idle ones
+    # Traceability (trace/): the events of one request (access, audit, log,
+    # advisory), these events only (by id), any of these actions.
+    request_id: str | None = None
+    ids: tuple[str, ...] | None = None
+    actions: tuple[str, ...] | None = None
+    no_performer: bool = False  # only events without a performer (anonymous ones)
+    # Oldest first: the page holds the oldest rows, and the cursor marks where
+    # the next (newer) page starts.
+    ascending: bool = False
     # Access only: "METHOD route-template", a route template alone (any method),
     # or "(unmatched)"; see state/labels.py (parse_endpoint, EndpointFilter).
     endpoint: str | None = None
@@ -64,6 +76,21 @@ class Page:
     events: list[Any]
     # (ts, id) of the last event when more rows may follow, else None.
     next_cursor: tuple[int, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """Access events of one session or performer from one client IP, network,
+    device and machine: the trace views' places, devices and machine ids."""
+
+    ip: str
+    ip_valid: bool
+    geo: Geo | None
+    device: Device | None
+    machine_id: str | None
+    first: int  # µs since the epoch, the oldest of these requests
+    last: int  # the newest
+    requests: int
 
 
 class Storage(abc.ABC):
@@ -116,6 +143,41 @@ class Storage(abc.ABC):
         dashboard then shows no count. The default is None.
         """
         return None
+
+    def sightings(self, flt: QueryFilter, scan: int) -> tuple[list[Sighting], int]:
+        """The newest ``scan`` access events matching ``flt`` (a session's, a
+        performer's) grouped by client IP, network, device and machine id, and
+        how many events that was.
+
+        This default pages through :meth:`query`; SQL groups in the database.
+        """
+        groups: dict[tuple[Any, ...], list[Any]] = {}
+        seen = 0
+        cursor: tuple[int, str] | None = None
+        while seen < scan:
+            page = self.query(
+                "access", replace(flt, cursor=cursor, limit=min(1000, scan - seen), ascending=False)
+            )
+            for e in page.events:
+                # Checked again: a subclass's query() may not know the session filter.
+                if not isinstance(e, AccessEvent) or not _sighted(e, flt):
+                    continue
+                seen += 1
+                geo, device = e.geo, e.device
+                key = (e.client_ip, None if geo is None else geo.key,
+                       None if device is None else device.key, e.machine_id)  # fmt: skip
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [e.client_ip, e.ip_valid, geo, device, e.machine_id,
+                                   e.ts, e.ts, 1]  # fmt: skip
+                else:
+                    group[5] = min(group[5], e.ts)
+                    group[6] = max(group[6], e.ts)
+                    group[7] += 1
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        return [Sighting(*g) for g in groups.values()], seen
 
     def traffic(self, since_us: int, until_us: int, bucket_seconds: int) -> Traffic:
         """Requests, outcomes and latency of the window, per bucket and per endpoint.
@@ -263,6 +325,12 @@ class Storage(abc.ABC):
     def describe(self) -> str:
         """A short, secret-free description for logs and the CLI."""
         return type(self).__name__
+
+
+def _sighted(e: AccessEvent, flt: QueryFilter) -> bool:
+    return (flt.session_id is None or e.session_hash == flt.session_id) and (
+        flt.performer_id is None or e.performer_id == flt.performer_id
+    )
 
 
 def fold_session(records: dict[str, SessionRecord], change: SessionEvent) -> SessionRecord:

@@ -48,7 +48,7 @@ def _advisory_row(e: AdvisoryEvent) -> tuple[Any, ...]:
         "message": e.message, "evidence": json.dumps(list(e.evidence)),
         "performer_id": e.performer_id, "ip": e.ip,
         "details": json.dumps(e.details, ensure_ascii=False, sort_keys=True, default=str),
-        "app": e.app,
+        "app": e.app, "request_id": e.request_id, "session_id": e.session_id,
     }  # fmt: skip
     return tuple(values[c] for c in _ADVISORY_COLS)
 
@@ -58,7 +58,8 @@ def _advisory_from_row(r: Sequence[Any], _cache: dict[Any, Any]) -> AdvisoryEven
     return AdvisoryEvent(
         id=f["id"], ts=f["ts"], rule=f["action"], severity=f["severity"], message=f["message"],
         evidence=json.loads(f["evidence"]), performer_id=f["performer_id"], ip=f["ip"],
-        details=json.loads(f["details"]), app=f["app"],
+        details=json.loads(f["details"]), app=f["app"], request_id=f["request_id"],
+        session_id=f["session_id"],
     )  # fmt: skip
 
 
@@ -90,14 +91,16 @@ def _select(table: Table, columns: tuple[str, ...]) -> Callable[[], Select[Any]]
     return lambda: select(*(table.c[c] for c in columns))
 
 
-#: kind -> (table, columns, to_rows, select, from_row, performer column).
+#: kind -> (table, columns, to_rows, select, from_row, performer column,
+#: request id column, session id column).
 FLAT_KINDS: dict[str, tuple[Any, ...]] = {
     "log": (log_table, _LOG_COLS, _rows(_log_row), _select(log_table, _LOG_COLS),
-            _log_from_row, "performer_id"),
+            _log_from_row, "performer_id", "request_id", None),
     "advisory": (advisory_table, _ADVISORY_COLS, _rows(_advisory_row),
-                 _select(advisory_table, _ADVISORY_COLS), _advisory_from_row, "performer_id"),
+                 _select(advisory_table, _ADVISORY_COLS), _advisory_from_row, "performer_id",
+                 "request_id", "session_id"),
     # A check's subject is the check (CheckEvent.performer_id): the performer
     # filter selects one check's probes.
     "check": (check_table, _CHECK_COLS, _rows(_check_row), _select(check_table, _CHECK_COLS),
-              _check_from_row, "check_name"),
+              _check_from_row, "check_name", None, None),
 }  # fmt: skip

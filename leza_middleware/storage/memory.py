@@ -28,10 +28,19 @@ __all__ = ["MemoryStorage", "select_page"]
 
 
 def _performer_id(e: Event) -> str | None:
+    if isinstance(e, AuditEvent):
+        return e.actor_id  # the performer filter of audit rows is the actor
     performer = getattr(e, "performer", None)
     if performer is not None:
         return performer.id  # type: ignore[no-any-return]
     return getattr(e, "performer_id", None)
+
+
+def _session_id(e: Event) -> str | None:
+    """The session an event was made in (an access event's ``session_hash``)."""
+    if isinstance(e, AccessEvent):
+        return e.session_hash
+    return getattr(e, "session_id", None)
 
 
 def _sort_key(e: Event) -> tuple[int, str]:
@@ -41,10 +50,12 @@ def _sort_key(e: Event) -> tuple[int, str]:
 def select_page(events: Iterable[Event], flt: QueryFilter) -> Page:
     """Apply ``flt`` to ``events`` in Python: the query semantics of every backend.
 
-    Inclusive ``since``/``until``, exact ``action`` and ``performer_id``, rows
-    strictly older than ``cursor`` by ``(ts, id)``, newest first, ``limit`` rows;
-    ``endpoint`` keeps access events of that method and route (only those).
-    ``events`` must not repeat an id.
+    Inclusive ``since``/``until``, exact ``action`` (or any of ``actions``),
+    ``performer_id`` (or none, ``no_performer``), ``request_id`` and
+    ``session_id``, only ``ids``; rows strictly older than ``cursor`` by
+    ``(ts, id)``, newest first, ``limit`` rows (with ``ascending``: strictly
+    newer, oldest first); ``endpoint`` keeps access events of that method and
+    route (only those). ``events`` must not repeat an id.
     """
     since, until, action, pid, cursor = (
         flt.since,
@@ -53,6 +64,10 @@ def select_page(events: Iterable[Event], flt: QueryFilter) -> Page:
         flt.performer_id,
         flt.cursor,
     )
+    ascending = flt.ascending
+    actions = None if flt.actions is None else frozenset(flt.actions)
+    ids = None if flt.ids is None else frozenset(flt.ids)
+    rid, sid, anonymous = flt.request_id, flt.session_id, flt.no_performer
     ep = None if flt.endpoint is None else parse_endpoint(flt.endpoint)
 
     def keep(e: Event) -> bool:
@@ -60,12 +75,18 @@ def select_page(events: Iterable[Event], flt: QueryFilter) -> Page:
             (since is None or e.ts >= since)
             and (until is None or e.ts <= until)
             and (action is None or e.action == action)
+            and (actions is None or e.action in actions)
+            and (ids is None or e.id in ids)
             and (pid is None or _performer_id(e) == pid)
-            and (cursor is None or (e.ts, e.id) < cursor)
+            and (not anonymous or _performer_id(e) is None)
+            and (rid is None or getattr(e, "request_id", None) == rid)
+            and (sid is None or _session_id(e) == sid)
+            and (cursor is None or ((e.ts, e.id) > cursor if ascending else (e.ts, e.id) < cursor))
             and (ep is None or (isinstance(e, AccessEvent) and ep.matches(e.method, e.route)))
         )
 
-    top = heapq.nlargest(flt.limit + 1, filter(keep, events), key=_sort_key)
+    pick = heapq.nsmallest if ascending else heapq.nlargest
+    top = pick(flt.limit + 1, filter(keep, events), key=_sort_key)
     if len(top) <= flt.limit:
         return Page(top, None)
     del top[flt.limit :]

@@ -81,7 +81,7 @@ log = logging.getLogger("leza_middleware")
 #: Where Leza records its schema revision (never the application's ``alembic_version``).
 VERSION_TABLE = "leza_alembic_version"
 #: Every revision, oldest first (a straight line; tests check it against the scripts).
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005")
 #: The revision of the models in :mod:`.models`: what a fresh ``setup()`` records.
 HEAD = REVISIONS[-1]
 #: The Alembic script directory inside the package.
@@ -93,7 +93,9 @@ SCRIPT_LOCATION = str(Path(__file__).resolve().with_name("migrations"))
 # so that a database with only some of them is not taken for the newer revision.
 # Databases made since are recorded by setup(); later revisions' markers only
 # serve a database whose version table was lost.
+_TRACE_MARKERS = {"leza_audit.session_id", "leza_advisory.request_id", "leza_advisory.session_id"}
 _ADOPTION: tuple[tuple[str, frozenset[str]], ...] = (
+    ("0005", frozenset(_TRACE_MARKERS)),
     ("0004", frozenset({"leza_traffic_minute", "leza_traffic_hour"})),
     ("0003", frozenset({"leza_audit_redaction", "leza_access.headers"})),
     ("0002", frozenset({"leza_audit_purge", "leza_log", "leza_advisory", "leza_check"})),

@@ -36,6 +36,9 @@ from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "REFUSED_ACTIONS",
+    "REFUSED_PREDICATE",
+    "SESSION_ANONYMOUS",
     "TRAFFIC_COLUMNS",
     "TRAFFIC_HISTOGRAM",
     "AccessRow",
@@ -69,6 +72,14 @@ __all__ = [
     "traffic_minute_table",
     "traffic_tables",
 ]
+
+#: The actions of the performer view's "denied requests and failed logins", and
+#: the predicate of the partial index that finds them: a query names these
+#: actions with literal values so that SQLite and PostgreSQL use that index.
+REFUSED_ACTIONS = ("denied", "login_failed")
+REFUSED_PREDICATE = "action IN ('denied', 'login_failed')"
+#: The access events of a session that carry no performer.
+SESSION_ANONYMOUS = "session_hash IS NOT NULL AND performer_id IS NULL"
 
 _registry = registry()
 metadata: MetaData = _registry.metadata
@@ -145,6 +156,9 @@ class AccessRow(LezaModel, table=True):
             "ix_leza_access_performer_ts",
             "performer_id",
             "ts",
+            # Last, so a session's requests are told from the performer's other
+            # sessions' inside the index (trace/views.py), without reading rows.
+            "session_hash",
             sqlite_where=text("performer_id IS NOT NULL"),
             postgresql_where=text("performer_id IS NOT NULL"),
         ),
@@ -152,6 +166,32 @@ class AccessRow(LezaModel, table=True):
         # one route's rows newest first; a method narrows them as they are read,
         # "(unmatched)" is ``route IS NULL``. No trailing id, as above.
         Index("ix_leza_access_route_ts", "route", "ts"),
+        # Traceability (trace/views.py, docs/dashboard.md "Traceability"): one
+        # request's events; a session's requests are read by their performer
+        # within the session's time (the performer index), and the few without
+        # a performer (refused after a revocation, a logout already signed out)
+        # by the session: an index of every session's requests, keyed by a
+        # random hash, would dirty one page per active session per batch and
+        # double the write cost of an access event. And a performer's denied
+        # requests and failed logins (a few % of the rows: a partial index costs
+        # the other writes nothing; ``action`` in it, so that a query naming one
+        # of them prefers it to the performer index whatever the planner knows).
+        Index("ix_leza_access_request", "request_id"),
+        Index(
+            "ix_leza_access_session_anonymous",
+            "session_hash",
+            "ts",
+            sqlite_where=text(SESSION_ANONYMOUS),
+            postgresql_where=text(SESSION_ANONYMOUS),
+        ),
+        Index(
+            "ix_leza_access_performer_refused",
+            "performer_id",
+            "action",
+            "ts",
+            sqlite_where=text(REFUSED_PREDICATE),
+            postgresql_where=text(REFUSED_PREDICATE),
+        ),
     )
 
     id: str = Field(primary_key=True)
@@ -216,6 +256,8 @@ class AuditRow(LezaModel, table=True):
         Index("ix_leza_audit_entity", "entity_type", "entity_id", "ts"),
         Index("ix_leza_audit_actor_ts", "actor_id", "ts"),
         Index("ix_leza_audit_chain_seq", "chain", "seq", unique=True),
+        Index("ix_leza_audit_request", "request_id"),
+        Index("ix_leza_audit_session_ts", "session_id", "ts"),
     )
 
     id: str = Field(primary_key=True)
@@ -236,6 +278,8 @@ class AuditRow(LezaModel, table=True):
     client_ip: str | None = None
     prev_hash: str
     hash: str
+    # The public id of the session the change was made in (as on access rows).
+    session_id: str | None = None
 
 
 class AuditCheckpointRow(LezaModel, table=True):
@@ -316,6 +360,8 @@ class AdvisoryRow(LezaModel, table=True):
         Index("ix_leza_advisory_ts_id", "ts", "id"),
         Index("ix_leza_advisory_action_ts", "action", "ts"),
         Index("ix_leza_advisory_performer_ts", "performer_id", "ts"),
+        Index("ix_leza_advisory_request", "request_id"),
+        Index("ix_leza_advisory_session_ts", "session_id", "ts"),
     )
 
     id: str = Field(primary_key=True)
@@ -328,6 +374,9 @@ class AdvisoryRow(LezaModel, table=True):
     ip: str | None = None
     details: str = Field(sa_type=Text)  # JSON object
     app: str
+    # The request and session of the event that raised it (None: not a request).
+    request_id: str | None = None
+    session_id: str | None = None
 
 
 class CheckRow(LezaModel, table=True):

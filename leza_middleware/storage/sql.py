@@ -39,10 +39,12 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     literal_column,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -68,9 +70,11 @@ from ..events import (
 from ..performer import Performer
 from ..state.labels import METHODS, ROUTE_LABEL_MAX, EndpointFilter, parse_endpoint
 from ..state.traffic import Traffic, check_window
-from .base import Page, QueryFilter, Storage, check_endpoint_kind, checkpoints_of
+from .base import Page, QueryFilter, Sighting, Storage, check_endpoint_kind, checkpoints_of
 from .flat import FLAT_KINDS
 from .models import (
+    REFUSED_ACTIONS,
+    REFUSED_PREDICATE,
     access_table,
     audit_checkpoint_table,
     audit_purge_table,
@@ -444,13 +448,20 @@ class KindSpec:
     select: Callable[[], Select[Any]]
     from_row: Callable[[Sequence[Any], dict[Any, Any]], Event]
     performer_column: str = "performer_id"
+    #: The columns the ``request_id`` and ``session_id`` filters read (None: the
+    #: kind has none, and such a filter matches nothing).
+    request_column: str | None = "request_id"
+    session_column: str | None = None
 
 
 #: Event kind -> how it is stored. New kinds (audit, session, log, advisory)
 #: register a table (in :mod:`.models`) and a :class:`KindSpec` here.
 KINDS: dict[str, KindSpec] = {
-    "access": KindSpec(access_table, _ACCESS_COLS, _access_rows, _access_select, _access_from_row),
-}
+    "access": KindSpec(
+        access_table, _ACCESS_COLS, _access_rows, _access_select, _access_from_row,
+        session_column="session_hash",
+    ),
+}  # fmt: skip
 KINDS.update({kind: KindSpec(*spec) for kind, spec in FLAT_KINDS.items()})
 
 
@@ -551,6 +562,7 @@ def _session_select() -> Select[Any]:
 _AUDIT_COLS = (
     "id", "ts", "app", "chain", "seq", "action", "entity_type", "entity_id", "actor_id",
     "actor", "before", "after", "diff", "reason", "request_id", "client_ip", "prev_hash", "hash",
+    "session_id",
 )  # fmt: skip
 if set(_AUDIT_COLS) != set(audit_table.c.keys()):  # pragma: no cover - drift
     raise RuntimeError("leza_audit columns do not match the row codec")
@@ -566,7 +578,7 @@ def _audit_row(e: AuditEvent) -> tuple[Any, ...]:
         e.id, e.ts, e.app, e.chain, e.seq, e.action, e.entity_type, e.entity_id,
         None if actor is None else actor.id, None if actor is None else actor.to_json(),
         _dump(e.before), _dump(e.after), _dump(e.diff) or "{}", e.reason, e.request_id,
-        e.client_ip, e.prev_hash, e.hash,
+        e.client_ip, e.prev_hash, e.hash, e.session_id,
     )  # fmt: skip
 
 
@@ -591,6 +603,7 @@ def _audit_from_row(r: Sequence[Any]) -> AuditEvent:
         client_ip=f["client_ip"],
         prev_hash=f["prev_hash"],
         hash=f["hash"],
+        session_id=f["session_id"],
     )
 
 
@@ -598,7 +611,8 @@ def _audit_from_row(r: Sequence[Any]) -> AuditEvent:
 
 
 def _range_conds(ts: Any, id_: Any, flt: QueryFilter) -> list[Any]:
-    """Inclusive time range and the keyset cursor on ``(ts, id)``."""
+    """Inclusive time range and the keyset cursor on ``(ts, id)`` (rows after it
+    when ``ascending``)."""
     conds: list[Any] = []
     if flt.since is not None:
         conds.append(ts >= flt.since)
@@ -607,22 +621,53 @@ def _range_conds(ts: Any, id_: Any, flt: QueryFilter) -> list[Any]:
     if flt.cursor is not None:
         cts, cid = flt.cursor
         # The redundant ``ts <= cts`` gives the planner an index range bound.
-        conds.append(ts <= cts)
-        conds.append(or_(ts < cts, and_(ts == cts, id_ < cid)))
+        if flt.ascending:
+            conds.append(ts >= cts)
+            conds.append(or_(ts > cts, and_(ts == cts, id_ > cid)))
+        else:
+            conds.append(ts <= cts)
+            conds.append(or_(ts < cts, and_(ts == cts, id_ < cid)))
     return conds
 
 
-def _event_conds(t: Table, performer_column: str, flt: QueryFilter) -> list[Any]:
+def _order(ts: Any, id_: Any, flt: QueryFilter) -> tuple[Any, Any]:
+    return (ts.asc(), id_.asc()) if flt.ascending else (ts.desc(), id_.desc())
+
+
+def _trace_conds(t: Table, flt: QueryFilter, request: str | None, session: str | None) -> list[Any]:
+    """The traceability filters: one request, one session, these ids, these actions."""
+    conds: list[Any] = []
+    for value, column in ((flt.request_id, request), (flt.session_id, session)):
+        if value is not None:
+            conds.append(false() if column is None else t.c[column] == value)
+    if flt.ids is not None:
+        conds.append(t.c.id.in_(list(flt.ids)) if flt.ids else false())
+    if flt.actions is not None:
+        if t is access_table and tuple(flt.actions) == REFUSED_ACTIONS:
+            # Spelt as the partial index's predicate, literals included: only
+            # then do SQLite and PostgreSQL's generic plans use that index.
+            conds.append(text(f"{t.name}.{REFUSED_PREDICATE}"))
+        elif flt.actions:
+            conds.append(t.c.action.in_(list(flt.actions)))
+        else:
+            conds.append(false())
+    return conds
+
+
+def _event_conds(spec: KindSpec, flt: QueryFilter) -> list[Any]:
+    t = spec.table
     conds = _range_conds(t.c.ts, t.c.id, flt)
     if flt.action is not None:
         conds.append(t.c.action == flt.action)
     if flt.performer_id is not None:
-        conds.append(t.c[performer_column] == flt.performer_id)
+        conds.append(t.c[spec.performer_column] == flt.performer_id)
+    if flt.no_performer:
+        conds.append(t.c[spec.performer_column].is_(None))
     if flt.endpoint is not None:
         if t is not access_table:
             raise ValueError("the endpoint filter applies to access events only")
         conds.extend(_endpoint_conds(parse_endpoint(flt.endpoint)))
-    return conds
+    return conds + _trace_conds(t, flt, spec.request_column, spec.session_column)
 
 
 _KNOWN_METHODS = tuple(sorted(METHODS))
@@ -664,8 +709,11 @@ def _audit_conds(flt: QueryFilter) -> list[Any]:
         conds.append(t.c.entity_id == flt.entity_id)
     if flt.performer_id is not None:
         conds.append(t.c.actor_id == flt.performer_id)
+    if flt.no_performer:
+        conds.append(t.c.actor_id.is_(None))
     if flt.action is not None:
         conds.append(t.c.action == flt.action)
+    conds += _trace_conds(t, flt, "request_id", "session_id")
     return conds + _range_conds(t.c.ts, t.c.id, flt)
 
 
@@ -1066,8 +1114,8 @@ class SQLStorage(Storage):
         t = spec.table
         stmt = (
             spec.select()
-            .where(*_event_conds(t, spec.performer_column, flt))
-            .order_by(t.c.ts.desc(), t.c.id.desc())
+            .where(*_event_conds(spec, flt))
+            .order_by(*_order(t.c.ts, t.c.id, flt))
             .limit(flt.limit + 1)
         )
         rows = self._read(stmt)
@@ -1101,7 +1149,7 @@ class SQLStorage(Storage):
             table, conds = audit_table, _audit_conds(flt)
         else:
             spec = self._spec(kind)
-            table, conds = spec.table, _event_conds(spec.table, spec.performer_column, flt)
+            table, conds = spec.table, _event_conds(spec, flt)
         # A constant, not a column: the filter's index then covers the count
         # (the access table's indexes do not hold ``id``).
         inner: Select[Any] = select(literal_column("1")).select_from(table).where(*conds)
@@ -1110,6 +1158,52 @@ class SQLStorage(Storage):
         stmt = select(func.count()).select_from(inner.subquery())
         rows = self._read(stmt)
         return int(rows[0][0])
+
+    def sightings(self, flt: QueryFilter, scan: int) -> tuple[list[Sighting], int]:
+        """One statement: the newest ``scan`` matching rows by the index the
+        filter picks (a session's or a performer's, newest first), grouped, with
+        each group's device and network joined in."""
+        if not self._ready:
+            self.setup()
+        spec = KINDS["access"]
+        a = spec.table
+        flt = replace(flt, cursor=None, ascending=False)
+        cols = ("ts", "client_ip", "ip_valid", "geo_key", "device_key", "machine_id")
+        inner = (
+            select(*(a.c[c] for c in cols))
+            .where(*_event_conds(spec, flt))
+            .order_by(a.c.ts.desc())
+            .limit(scan)
+            .subquery()
+        )
+        keys = (inner.c.client_ip, inner.c.ip_valid, inner.c.geo_key, inner.c.device_key,
+                inner.c.machine_id)  # fmt: skip
+        grouped = (
+            select(*keys, func.min(inner.c.ts).label("first"),
+                   func.max(inner.c.ts).label("last"), func.count().label("n"))
+            .group_by(*keys)
+            .subquery()
+        )  # fmt: skip
+        d, g = device_table, geo_table
+        stmt = (
+            select(
+                grouped.c.client_ip, grouped.c.ip_valid, grouped.c.machine_id,
+                grouped.c.first, grouped.c.last, grouped.c.n, grouped.c.device_key,
+                *(d.c[n] for n in _DEVICE_FIELDS), grouped.c.geo_key,
+                *(g.c[n] for n in _GEO_FIELDS),
+            )
+            .select_from(grouped)
+            .outerjoin(d, d.c.key == grouped.c.device_key)
+            .outerjoin(g, g.c.key == grouped.c.geo_key)
+        )  # fmt: skip
+        found: list[Sighting] = []
+        at_geo = 7 + _N_DEVICE + 1  # after the device's columns and the geo key
+        for r in self._read(stmt):
+            # A key whose row is missing (never written, or deleted) joins as NULLs.
+            device = Device(*r[7 : at_geo - 1]) if r[7] is not None else None
+            geo = Geo(*r[at_geo:]) if r[at_geo] is not None else None
+            found.append(Sighting(r[0], bool(r[1]), geo, device, r[2], r[3], r[4], int(r[5])))
+        return found, sum(s.requests for s in found)
 
     def check_states(self, check: str, since: int) -> dict[str, int]:
         """Probes of ``check`` since ``since`` per resulting state (for uptime)."""
@@ -1143,7 +1237,7 @@ class SQLStorage(Storage):
         stmt = (
             select(*(t.c[n] for n in _AUDIT_COLS))
             .where(*_audit_conds(flt))
-            .order_by(t.c.ts.desc(), t.c.id.desc())
+            .order_by(*_order(t.c.ts, t.c.id, flt))
             .limit(flt.limit + 1)
         )
         rows = self._read(stmt)
