@@ -18,9 +18,10 @@ or wrap an application you already build (Channels' ``ProtocolTypeRouter``)::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
+
+from ..integrations.lifespan import answer_lifespan
 
 __all__ = ["LezaLifespan", "get_asgi_application"]
 
@@ -54,20 +55,12 @@ class LezaLifespan:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
-        global lifespan_seen
-        while True:
-            message = await receive()
-            kind = message["type"]
-            if kind == "lifespan.startup":
-                lifespan_seen = True
-                await send({"type": "lifespan.startup.complete"})
-            elif kind == "lifespan.shutdown":
-                try:
-                    await asyncio.get_running_loop().run_in_executor(None, flush_all)
-                except Exception:
-                    log.warning("leza: flush at lifespan shutdown failed", exc_info=True)
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send, flush_all, on_startup=_seen)
+
+
+def _seen() -> None:
+    global lifespan_seen
+    lifespan_seen = True
 
 
 def flush_all() -> None:
