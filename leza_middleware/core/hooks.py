@@ -52,18 +52,17 @@ class Faults:
 
     def request_path_error(self) -> None:
         """A request that could not be (fully) recorded; call from an ``except``."""
-        with self._lock:
-            self.request_path_errors += 1
-            first = self.request_path_errors == 1
-        if first:
-            log.warning("leza: could not record a request (counted in stats())", exc_info=True)
+        self._count("request_path_errors", "could not record a request")
 
     def performer_hook_error(self) -> None:
+        self._count("performer_hook_errors", "the performer hook raised")
+
+    def _count(self, counter: str, what: str) -> None:
         with self._lock:
-            self.performer_hook_errors += 1
-            first = self.performer_hook_errors == 1
-        if first:
-            log.warning("leza: the performer hook raised (counted in stats())", exc_info=True)
+            n = getattr(self, counter) + 1
+            setattr(self, counter, n)
+        if n == 1:
+            log.warning("leza: %s (counted in stats())", what, exc_info=True)
 
 
 class Hooks:

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..integrations.lifespan import answer_lifespan
 
-__all__ = ["LezaLifespan", "get_asgi_application"]
+__all__ = ["LezaLifespan", "get_asgi_application", "warn_without_lifespan"]
 
 log = logging.getLogger("leza_middleware")
 
@@ -72,3 +72,20 @@ def flush_all() -> None:
             leza.flush(leza.settings.shutdown_timeout)
         except Exception:
             log.warning("leza: flush at shutdown failed", exc_info=True)
+
+
+_lifespan_warned = False
+
+
+def warn_without_lifespan() -> None:
+    """Say once when served over ASGI without :class:`~.asgi.LezaLifespan`."""
+    global _lifespan_warned
+    if lifespan_seen or _lifespan_warned:
+        return
+    _lifespan_warned = True
+    log.warning(
+        "leza: this ASGI server ran no lifespan through LezaLifespan, so events queued when "
+        "it stops can be lost (uvicorn ends with the signal's default action, skipping "
+        "atexit). Serve leza_middleware.django.asgi.get_asgi_application() instead of "
+        "django.core.asgi.get_asgi_application() (see docs/django.md)."
+    )

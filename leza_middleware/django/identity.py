@@ -33,23 +33,21 @@ class Identity:
         self.session_cookie = session_cookie
 
     def deciding(self, request: Any, user: Any) -> Performer | None:
-        """Who asks for a protected endpoint: the hook's answer, else ``user`` (loaded)."""
+        """Who asks: the hook's answer, else ``user`` (loaded), without roles."""
         if self.hooks.performer_hook is not None:
             return self.hooks.performer(request)
         return None if user is None else performer_from_user(user)
 
     def performer(self, request: Any) -> Performer | None:
         try:
-            if self.hooks.performer_hook is not None:
-                return self.hooks.performer(request)
-            user = self._user(request)
-            if user is None:
-                return None
-            performer = performer_from_user(user)
+            user = self._user(request) if self.hooks.performer_hook is None else None
+            found = self.deciding(request, user)
         except Exception:
             self.faults.request_path_error()
             return None
-        return None if performer is None else with_roles(performer, user, self.faults)
+        if found is None or self.hooks.performer_hook is not None:
+            return found
+        return with_roles(found, user, self.faults)
 
     def _user(self, request: Any) -> Any:
         """``request.user``, read after the view ran; None when surely anonymous.
@@ -72,49 +70,30 @@ class Identity:
     async def aperformer(self, request: Any) -> Performer | None:
         """:meth:`performer` for async mode: the ORM is used only through await."""
         try:
-            user: Any = getattr(request, "user", None)
-            if type(user) is SimpleLazyObject and user._wrapped is empty:
-                d = request.__dict__
-                if "_cached_user" in d:
-                    user = d["_cached_user"]
-                elif "_acached_user" in d:
-                    user = d["_acached_user"]
-                elif self.session_cookie not in request.COOKIES:
-                    user = None
-                else:
-                    auser: Callable[[], Awaitable[Any]] | None = d.get("auser")
-                    if auser is not None:  # Django >= 5.0
-                        user = await auser()
-                    else:
-                        user = await sync_to_async(_unwrap)(user)
-                if user is not None:
-                    # The performer hook runs on the event loop: let it read
-                    # request.user without a (forbidden) synchronous query.
-                    request.user = user
-            if self.hooks.performer_hook is not None:
-                return self.hooks.performer(request)
-            if user is None:
-                return None
-            performer = performer_from_user(user)
+            # Loaded for the performer hook too: it runs on the event loop, and
+            # must read request.user without a (forbidden) synchronous query.
+            user = await aload_user(request, only_with=self.session_cookie)
+            found = self.deciding(request, user)
         except Exception:
             self.faults.request_path_error()
             return None
-        if performer is None:
-            return None
+        if found is None or self.hooks.performer_hook is not None:
+            return found
         try:
             roles = await arole_names(user)
-        except Exception:
+        except Exception:  # e.g. the database is down: keep who it was, without roles
             self.faults.request_path_error()
-            return performer
-        return replace(performer, role_name=roles) if roles else performer
+            return found
+        return replace(found, role_name=roles) if roles else found
 
 
-async def aload_user(request: Any) -> Any:
+async def aload_user(request: Any, only_with: str | None = None) -> Any:
     """``request.user``, loaded through await (Django's lazy object otherwise queries).
 
     The loaded user replaces the lazy object, so the performer hook, the
     ``has_permission`` hook and the view can read it without a synchronous
-    query on the event loop.
+    query on the event loop. ``only_with``: the session cookie's name; an
+    unloaded user of a request without it is surely anonymous (None), not loaded.
     """
     user: Any = getattr(request, "user", None)
     if type(user) is SimpleLazyObject and user._wrapped is empty:
@@ -123,6 +102,8 @@ async def aload_user(request: Any) -> Any:
             user = d["_cached_user"]
         elif "_acached_user" in d:
             user = d["_acached_user"]
+        elif only_with is not None and only_with not in request.COOKIES:
+            return None
         else:
             auser: Callable[[], Awaitable[Any]] | None = d.get("auser")
             user = await auser() if auser is not None else await sync_to_async(_unwrap)(user)

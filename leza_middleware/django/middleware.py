@@ -36,15 +36,16 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
 from ..context import _current
 from ..core import Request, RequestCore
-from ..core.hooks import Answer
-from ..permissions import Permissions
 from ..sessions.registry import REQUEST_ATTR, REVOKED_REASON
+from . import responses
+from .asgi import warn_without_lifespan
 from .conf import get_leza
-from .identity import Identity, ahas_perm, aload_user, django_has_perm
+from .endpoints import DjangoPermissions
+from .identity import Identity
 from .roles import forget_roles
 
 if TYPE_CHECKING:
@@ -99,19 +100,14 @@ class LezaDjangoMiddleware:
                 from .signals import connect_signals
 
                 leza = get_leza()
-                perms = leza.permissions
-                hook = perms.has_permission
                 self._session_cookie = settings.SESSION_COOKIE_NAME
                 self._identity = Identity(leza.hooks, leza.faults, self._session_cookie)
                 self._track_sessions = leza.settings.sessions
-                self._permission_hook = hook
-                # The decision's texts, when ahas_perm already answered (async).
-                self._holds = Permissions((), perms.app_name, _yes)
-                self._lacks = Permissions((), perms.app_name, _no)
+                self._permissions = DjangoPermissions(leza.permissions, self._identity)
                 core = RequestCore.for_leza(
                     leza,
                     asgi=False,
-                    permissions=Permissions(perms.rules, perms.app_name, hook or django_has_perm),
+                    permissions=self._permissions.permissions,
                     state_key=REQUEST_ATTR,
                     framework_sessions=True,
                     decide_at_begin=False,
@@ -132,7 +128,7 @@ class LezaDjangoMiddleware:
             self.leza = leza
             self.core = core
             if self.async_mode:
-                _warn_without_lifespan()
+                warn_without_lifespan()
             return core
 
     # -- the request ---------------------------------------------------------------
@@ -148,7 +144,7 @@ class LezaDjangoMiddleware:
             response = self._refuse(core, req, request)
             if req.reason is REVOKED_REASON:
                 with contextlib.suppress(Exception):
-                    self._session_store(request).delete()
+                    responses.session_store(request, self._session_cookie).delete()
             return response
         token = _current.set((req.rid, request))
         try:
@@ -173,7 +169,7 @@ class LezaDjangoMiddleware:
             response = self._refuse(core, req, request)
             if req.reason is REVOKED_REASON:
                 with contextlib.suppress(Exception):
-                    await _adelete(self._session_store(request))
+                    await responses.adelete(responses.session_store(request, self._session_cookie))
             return response
         token = _current.set((req.rid, request))
         try:
@@ -200,7 +196,7 @@ class LezaDjangoMiddleware:
             meta = request.META
             path = request.path
             if not core.begin(
-                req, request.__dict__, meta, request.method, path, _prefix(request),
+                req, request.__dict__, meta, request.method, path, responses.prefix(request),
                 meta.get("QUERY_STRING", ""), meta.get("REMOTE_ADDR") or None, request.scheme,
             ):  # fmt: skip
                 return False
@@ -236,7 +232,7 @@ class LezaDjangoMiddleware:
                     # Http404 and SuspiciousOperation (400) are ordinary outcomes.
                     req.error = request.__dict__.get(_ERROR_ATTR)
                 if core.wants_machine_id(req):
-                    self._set_machine_cookie(core, req, response)
+                    responses.set_machine_cookie(core, req, response)
                 if self._track_sessions and not core.ending(req):
                     morsel = response.cookies.get(self._session_cookie)
                     if morsel is not None:  # rotated, or deleted (empty)
@@ -259,24 +255,6 @@ class LezaDjangoMiddleware:
         except Exception:  # never let recording hurt the app
             core.faults.request_path_error()
 
-    def _set_machine_cookie(self, core: RequestCore, req: Request, response: Any) -> None:
-        """Give a browser without a (valid) machine cookie a new one."""
-        cookies = core.cookies
-        name = cookies.machine_cookie or ""
-        if name in response.cookies:  # the app set one itself: leave it alone
-            return
-        req.mid, value = cookies.new_machine_value()
-        # Set on the Morsel directly: ~3 us less than set_cookie() (it formats an
-        # Expires date too), for clients that never keep cookies.
-        response.cookies[name] = value
-        morsel = response.cookies[name]
-        morsel["max-age"] = cookies.machine_max_age
-        morsel["path"] = "/"
-        morsel["httponly"] = True
-        morsel["samesite"] = "Lax"
-        if req.scheme == "https":
-            morsel["secure"] = True
-
     def _refuse(self, core: RequestCore, req: Request, request: Any) -> Any:
         """The response to a request of a refused session (no view runs), recorded.
 
@@ -284,132 +262,43 @@ class LezaDjangoMiddleware:
         id; a revoked session's Django cookie is deleted so the browser can sign
         in again (not when its state is only unknown).
         """
-        from django.conf import settings
-
-        response = _response(core.revoked_answer(req, request))
+        response = responses.response(core.revoked_answer(req, request))
         if req.reason is REVOKED_REASON:
             try:
-                response.delete_cookie(
-                    self._session_cookie,
-                    path=settings.SESSION_COOKIE_PATH,
-                    domain=settings.SESSION_COOKIE_DOMAIN,
-                    samesite=settings.SESSION_COOKIE_SAMESITE,
-                )
+                responses.delete_session_cookie(response, self._session_cookie)
             except Exception:  # the refusal matters more than the cookie
                 core.faults.request_path_error()
         core.finish(req)
         return response
 
-    def _session_store(self, request: Any) -> Any:
-        """Django's session store of the refused session (to delete it server-side)."""
-        from importlib import import_module
-
-        from django.conf import settings
-
-        key = request.COOKIES.get(self._session_cookie)
-        return import_module(settings.SESSION_ENGINE).SessionStore(key)
-
     # -- endpoint permissions (before the view) ---------------------------------------
 
     def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> Any:
-        """Decide a protected endpoint: None lets the view run, else the refusal."""
-        core, req = self._protected(request)
+        """Decide a protected endpoint (``endpoints.py``): None lets the view run,
+        else the refusal."""
+        req = self._protected(request)
         if req is None:
             return None
-        try:
-            who = self._identity.deciding(request, getattr(request, "user", None))
-        except BaseException as exc:  # Django answers 500; recorded with this error
-            req.error = type(exc).__name__
-            raise
-        answer = core.decide(req, who, request)  # a hook that raised: marked, raised
-        return None if answer is None else _response(answer)
+        answer = self._permissions.decide(self.core, req, request)  # type: ignore[arg-type]
+        return None if answer is None else responses.response(answer)
 
     async def _aprocess_view(
         self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any
     ) -> Any:
         """:meth:`process_view` in async mode (the ORM only through await)."""
-        core, req = self._protected(request)
+        req = self._protected(request)
         if req is None:
             return None
-        who = None
-        try:
-            user = await aload_user(request)
-            who = self._identity.deciding(request, user)
-            hook = self._permission_hook
-            if who is None or (hook is None and who.permissions):
-                answer = core.decide(req, who, request)  # no I/O
-            elif hook is not None:
-                # The app's synchronous hook may query the database.
-                answer = await sync_to_async(core.decide)(req, who, request)
-            else:
-                granted = await ahas_perm(user, req.needed)  # type: ignore[arg-type]
-                lacks_or_holds = self._holds if granted else self._lacks
-                decision = lacks_or_holds.decide(req.needed, who, request)  # type: ignore[arg-type]
-                answer = core.decided(req, decision, who)
-        except BaseException as exc:  # Django answers 500; recorded with this error
-            req.error = type(exc).__name__
-            raise
-        return None if answer is None else _response(answer)
+        answer = await self._permissions.adecide(self.core, req, request)  # type: ignore[arg-type]
+        return None if answer is None else responses.response(answer)
 
-    def _protected(self, request: Any) -> tuple[RequestCore, Request | None]:
-        """The core and the request's state when its endpoint needs a permission."""
+    def _protected(self, request: Any) -> Request | None:
+        """The request's state when its endpoint needs a permission, else None."""
         core = self.core
         if core is None or core.endpoints.permissions is None:
-            return core, None  # type: ignore[return-value]
-        prefix = _prefix(request)
+            return None
+        prefix = responses.prefix(request)
         req: Request | None = request.__dict__.get(_REQUEST_ATTR)
         if req is None:  # malformed, served unrecorded; decided all the same
             req = core.detached({}, request.method, request.path, prefix)
-        return core, req if core.require(req, prefix) is not None else None
-
-
-def _prefix(request: Any) -> str:
-    """The ``SCRIPT_NAME`` the project is mounted at: ``request.path`` less ``path_info``."""
-    path, inner = request.path, request.path_info
-    return path[: len(path) - len(inner)] if path != inner and path.endswith(inner) else ""
-
-
-def _response(answer: Answer) -> Any:
-    """A refusal as Django's response, so it passes back through the middleware stack."""
-    from django.http import HttpResponse
-
-    status, headers, body = answer
-    response = HttpResponse(body, status=status)
-    for name, value in headers:
-        response[name] = value
-    return response
-
-
-async def _adelete(store: Any) -> None:
-    adelete = getattr(store, "adelete", None)
-    if adelete is not None:  # Django >= 5.0
-        await adelete()
-    else:
-        await sync_to_async(store.delete)()
-
-
-def _yes(performer: Any, request: Any, permission: str) -> bool:
-    return True
-
-
-def _no(performer: Any, request: Any, permission: str) -> bool:
-    return False
-
-
-_lifespan_warned = False
-
-
-def _warn_without_lifespan() -> None:
-    """Say once when served over ASGI without :class:`~.asgi.LezaLifespan`."""
-    global _lifespan_warned
-    from . import asgi
-
-    if asgi.lifespan_seen or _lifespan_warned:
-        return
-    _lifespan_warned = True
-    log.warning(
-        "leza: this ASGI server ran no lifespan through LezaLifespan, so events queued when "
-        "it stops can be lost (uvicorn ends with the signal's default action, skipping "
-        "atexit). Serve leza_middleware.django.asgi.get_asgi_application() instead of "
-        "django.core.asgi.get_asgi_application() (see docs/django.md)."
-    )
+        return req if core.require(req, prefix) is not None else None

@@ -37,13 +37,13 @@ from werkzeug.wsgi import ClosingIterator
 from ...config import Settings
 from ...core.binding import SESSION_BINDING_KEY
 from ...errors import LezaConfigError
-from ..wsgi import (
+from ..wsgi import LezaWSGIMiddleware
+from ..wsgi_exchange import (
     COMPLETE_KEY,
     ERROR_KEY,
     PERFORMER_KEY,
     REQUEST_STATE_KEY,
     ROUTE_KEY,
-    LezaWSGIMiddleware,
     mount,
 )
 from .identity import connect_flask_login, deciding_performer, performer
@@ -51,7 +51,7 @@ from .session import bind, check_binding, sign_out_headers
 
 if TYPE_CHECKING:
     from ...leza import Leza
-    from ..wsgi import _Response
+    from ..wsgi_exchange import Exchange
 
 __all__ = ["SESSION_BINDING_KEY", "config_settings", "init_app"]
 
@@ -127,9 +127,9 @@ def _move_first(funcs: list[Any], func: Any) -> None:
     funcs.insert(0, func)
 
 
-def _pending() -> _Response | None:
+def _pending() -> Exchange | None:
     """The WSGI middleware's state of the running request (None: unrecorded)."""
-    pending: _Response | None = flask.request.environ.get(REQUEST_STATE_KEY)
+    pending: Exchange | None = flask.request.environ.get(REQUEST_STATE_KEY)
     return pending
 
 

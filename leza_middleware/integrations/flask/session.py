@@ -26,14 +26,14 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
     from ...leza import Leza
-    from ..wsgi import _Response
+    from ..wsgi_exchange import Exchange
 
 __all__ = ["bind", "check_binding", "peek", "peek_session", "sign_out_headers"]
 
 _REMEMBER_COOKIE = "remember_token"  # Flask-Login's default REMEMBER_COOKIE_NAME
 
 
-def check_binding(leza: Leza, pending: _Response | None) -> flask.Response | None:
+def check_binding(leza: Leza, pending: Exchange | None) -> flask.Response | None:
     """Before the app's hooks: refuse a request whose bound session ended (or is
     unknown); else make the binding the request's session, whatever its
     ``leza_sid`` cookie says (one that timed out is not revived)."""
@@ -70,7 +70,7 @@ def _sign_out() -> None:
             session["_remember"] = "clear"  # Flask-Login deletes the cookie
 
 
-def bind(leza: Leza, pending: _Response, sid: str | None, performer: Performer | None) -> None:
+def bind(leza: Leza, pending: Exchange, sid: str | None, performer: Performer | None) -> None:
     """Keep ``flask.session[SESSION_BINDING_KEY]`` naming the request's session."""
     session = peek_session()
     if isinstance(session, NullSession) or not len(session):
