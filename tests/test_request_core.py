@@ -173,6 +173,23 @@ def test_machine_id_and_session_read_from_the_cookie_header(leza: Leza, asgi: bo
     assert req.mid is None  # a forged machine id is ignored, never trusted
 
 
+def test_sessions_off_reads_no_session_in_any_adapter(tmp_path: Path) -> None:
+    """ASGI and WSGI recorded a leftover leza_sid's session with sessions off; Django did not."""
+    off = Leza(
+        storage="memory://", geoip_db=False, secret_key="core-tests-secret-key-0123",
+        spill_dir=str(tmp_path / "spill"), sessions=False, flush_interval=3600,
+    )  # fmt: skip
+    try:
+        cookie, mid, _ = signed_cookie(off)
+        for asgi in (True, False):
+            core, _ = core_of(off, asgi)
+            headers = asgi_headers(cookie=cookie) if asgi else cgi_headers(cookie=cookie)
+            req, holder, _ = begin(core, headers)
+            assert (req.mid, req.sid, holder) == (mid, None, {})
+    finally:
+        off.shutdown(1)
+
+
 def test_a_framework_session_is_the_frameworks_not_leza_sid(leza: Leza) -> None:
     core, _ = core_of(leza, asgi=False, state_key=REQUEST_ATTR, framework_sessions=True)
     cookie, mid, _ = signed_cookie(leza)

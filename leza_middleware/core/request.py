@@ -211,8 +211,9 @@ class RequestCore:
                 if not f.asgi:  # CGI: the latin-1 text of the bytes the browser sent
                     cookie = cookie.encode("latin-1", "replace")
                 mid, sid, _ = self.cookies.read(cookie)
-                if self.framework_sessions:
-                    sid = None  # the framework's session is read by its adapter
+                if not self.track_sessions:
+                    # sessions off, or the framework's (read by its adapter)
+                    sid = None
             else:
                 mid = sid = None
         except Exception:  # malformed headers: nothing of them is used
@@ -482,22 +483,21 @@ class RequestCore:
         performer = req.performer
         sid = req.sid
         state = req.holder.get(self.state_key)
-        ended = True  # a refusal names the session it refused
-        if state is not None:
-            if not req.settled:  # the app failed before its response started
-                sid = state.get("session_id", sid)
-            if "action" in state:
-                action, reason = state["action"], state.get("reason")
-                performer = state.get("performer") or performer
-                ended = bool(state.get("end_session"))
-        if action is None:
+        if state is not None and not req.settled:  # the app failed before its response started
+            sid = state.get("session_id", sid)
+        if action is not None:  # refused: the session, or the endpoint's permission
+            ended = reason is REVOKED_REASON or reason is UNKNOWN_REASON
+        elif state is not None and "action" in state:
+            action, reason = state["action"], state.get("reason")
+            performer = state.get("performer") or performer
+            ended = bool(state.get("end_session"))
+        else:
             ended = req.logout
             if ended:
                 action, reason = "logout", LOGOUT_REASON
             elif req.granted is not None and status < 400:
                 reason = req.granted
-        elif action == "denied" and reason not in (REVOKED_REASON, UNKNOWN_REASON):
-            ended = False
+        # A refused or ended session is named, anonymous as the request may be.
         if self.framework_sessions and performer is None and not ended:
             sid = None  # the framework keeps sessions for anonymous visitors too
         headers = req.headers
