@@ -5,8 +5,9 @@ Adapters (``integrations/asgi.py``, ``integrations/wsgi.py``,
 native request into :meth:`RequestCore.begin`'s inputs, the core's decisions
 into a native response. See ``request.py`` for the order of the steps.
 
-* ``request.py``  — :class:`RequestCore`, :class:`Request`: begin, refusals,
-  permissions, cookies, the outcome and the raw record;
+* ``request.py``  — :class:`RequestCore`: begin, refusals, permissions,
+  cookies, the outcome and the raw record;
+* ``request_state.py`` — :class:`Request`, one request's state;
 * ``flavour.py``  — how ASGI and CGI (WSGI environ, Django META) spell headers;
 * ``routes.py``   — logout routes and protected endpoints, on mounted paths too;
 * ``answers.py``  — what a refused request is answered with;
@@ -18,6 +19,7 @@ into a native response. See ``request.py`` for the order of the steps.
 from __future__ import annotations
 
 from .hooks import Faults, Hooks
-from .request import Request, RequestCore
+from .request import RequestCore
+from .request_state import Request
 
 __all__ = ["Faults", "Hooks", "Request", "RequestCore"]

@@ -65,9 +65,9 @@ def _seen() -> None:
 
 def flush_all() -> None:
     """Flush every ``Leza`` the Django integration built in this process."""
-    from .conf import _instances
+    from .conf import built
 
-    for _, leza in list(_instances.values()):
+    for leza in built():
         try:
             leza.flush(leza.settings.shutdown_timeout)
         except Exception:

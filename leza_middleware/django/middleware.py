@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
-from ..context import _current
+from ..context import REQUEST
 from ..core import Request, RequestCore
 from ..sessions.registry import REQUEST_ATTR, REVOKED_REASON
 from . import responses
@@ -146,7 +146,7 @@ class LezaDjangoMiddleware:
                 with contextlib.suppress(Exception):
                     responses.session_store(request, self._session_cookie).delete()
             return response
-        token = _current.set((req.rid, request))
+        token = REQUEST.set((req.rid, request))
         try:
             response = self.get_response(request)
         except BaseException as exc:  # Django turns Exceptions into responses; not these
@@ -154,12 +154,15 @@ class LezaDjangoMiddleware:
             self._finish(core, req, request, None)
             raise
         finally:
-            _current.reset(token)
+            REQUEST.reset(token)
         req.end = perf_counter()
         req.performer = self._identity.performer(request)
         self._finish(core, req, request, response)
         return response
 
+    # The async twin of __call__, step for step (Django's hybrid middleware
+    # contract: each mode has its own, so neither costs a thread hop; the awaits
+    # are the only difference). Keep the two in step.
     async def __acall__(self, request: Any) -> Any:
         core = self.core or self._setup()
         req = Request()
@@ -171,7 +174,7 @@ class LezaDjangoMiddleware:
                 with contextlib.suppress(Exception):
                     await responses.adelete(responses.session_store(request, self._session_cookie))
             return response
-        token = _current.set((req.rid, request))
+        token = REQUEST.set((req.rid, request))
         try:
             response = await self.get_response(request)
         except BaseException as exc:  # e.g. CancelledError when the client went away
@@ -179,7 +182,7 @@ class LezaDjangoMiddleware:
             self._finish(core, req, request, None)
             raise
         finally:
-            _current.reset(token)
+            REQUEST.reset(token)
         req.end = perf_counter()
         req.performer = await self._identity.aperformer(request)
         self._finish(core, req, request, response)
@@ -248,8 +251,14 @@ class LezaDjangoMiddleware:
                 closers = getattr(response, "_resource_closers", None)
                 if type(closers) is list:
                     start = req.start
-                    offer = core.offer
-                    closers.append(lambda: offer((record[0], perf_counter() - start, *record[2:])))
+
+                    def closed() -> None:
+                        try:
+                            core.offer((record[0], perf_counter() - start, *record[2:]))
+                        except Exception:  # never let recording hurt the app
+                            core.faults.request_path_error()
+
+                    closers.append(closed)
                     return
             core.offer(record)
         except Exception:  # never let recording hurt the app

@@ -17,7 +17,7 @@ from __future__ import annotations
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from ..context import _current
+from ..context import REQUEST
 from ..core import Request, RequestCore
 from ..core.flavour import merge_repeated
 from ..performer import Performer, performer_from_user
@@ -96,14 +96,14 @@ class LezaMiddleware:
         req.send = send
         req.scope = scope
         req.adapter = self
-        token = _current.set((req.rid, scope))
+        token = REQUEST.set((req.rid, scope))
         try:
             await self.app(scope, receive, req.on_send)
         except BaseException as exc:
             req.error = type(exc).__name__
             raise
         finally:
-            _current.reset(token)
+            REQUEST.reset(token)
             self._finish(req, scope, root)
 
     def _decide(self, req: Request, scope: Scope) -> Answer | None:
@@ -121,6 +121,9 @@ class LezaMiddleware:
         try:
             if not req.settled:  # the app failed before its response started
                 req.performer = self._performer(scope)
+        except Exception:  # a user object that cannot be read: recorded anonymous
+            core.faults.request_path_error()
+        try:
             route = None if scope.get("route") is None else _route_template(scope, root)
             core.offer(core.record(req, route))
         except Exception:  # never let recording hurt the app
@@ -187,14 +190,14 @@ class LezaMiddleware:
                 record(message["status"])
             await send(message)
 
-        token = _current.set((req.rid, scope))
+        token = REQUEST.set((req.rid, scope))
         try:
             await self.app(scope, receive, send_wrapper)
         except BaseException as exc:
             record(500, type(exc).__name__)
             raise
         finally:
-            _current.reset(token)
+            REQUEST.reset(token)
             record(403)
 
 

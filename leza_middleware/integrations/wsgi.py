@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from ..context import _current
+from ..context import REQUEST
 from ..core import Request, RequestCore
 from ..core.answers import status_line
 from .wsgi_exchange import (
@@ -119,14 +119,14 @@ class LezaWSGIMiddleware:
                 return self._answer(req, start_response, refusal)
         req.start_wsgi(core, start_response)
         environ[REQUEST_STATE_KEY] = req
-        token = _current.set(req.ctx)
+        token = REQUEST.set(req.ctx)
         try:
             result = self.app(environ, req.start_response)
         except BaseException as exc:
             req.fail(exc)
             raise
         finally:
-            _current.reset(token)
+            REQUEST.reset(token)
         return req.wrap(result)
 
     def _answer(self, req: Request, start_response: StartResponse, answer: Answer) -> list[bytes]:

@@ -1,7 +1,7 @@
 """One WSGI request/response exchange: PEP 3333's side of the WSGI adapter.
 
 WSGI-specific, hence here rather than in the request core: the request stays
-current (``context._current``) while the app runs *and* while its body is
+current (``context.REQUEST``) while the app runs *and* while its body is
 produced, and its record is queued as soon as the last body chunk exists,
 whichever comes first of: the app returned a complete body (a list or tuple,
 or one the framework vouches for: ``leza.body_complete``); a streamed body ran
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from ..context import _current
+from ..context import REQUEST
 from ..core import Request, RequestCore
 from ..performer import Performer, coerce_performer
 
@@ -163,7 +163,7 @@ class Exchange(Request):
         return self
 
     def __next__(self) -> bytes:
-        token = _current.set(self.ctx)
+        token = REQUEST.set(self.ctx)
         try:
             iterator = self._iterator
             if iterator is None:
@@ -177,7 +177,7 @@ class Exchange(Request):
             self.fail(exc)
             raise
         finally:
-            _current.reset(token)
+            REQUEST.reset(token)
         if chunk:
             self.sent = True
         return chunk
@@ -193,14 +193,14 @@ class Exchange(Request):
         self.closed = True
         close = self._app_close
         if close is not None:
-            token = _current.set(self.ctx)
+            token = REQUEST.set(self.ctx)
             try:
                 close()
             except BaseException as exc:
                 self.fail(exc)
                 raise
             finally:
-                _current.reset(token)
+                REQUEST.reset(token)
         if not self.recorded:
             self._finish()
 
