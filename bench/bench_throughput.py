@@ -57,7 +57,7 @@ APP = textwrap.dedent(
         inner = LezaMiddleware(inner, leza=leza)
         if variant == "path":
             # The request path alone: records are built, then discarded.
-            inner._offer = lambda record: None
+            inner.core.offer = lambda record: None
 
     # Time spent in the garbage collector (every thread), and full collections.
     gc_time = [0.0, 0, 0.0]  # seconds, full collections, start of the current one

@@ -12,14 +12,16 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["current_native", "current_request_id"]
+__all__ = ["REQUEST", "current_native", "current_request_id"]
 
-_current: ContextVar[tuple[bytes | str, Any] | None] = ContextVar("leza_request", default=None)
+#: The running request: adapters ``set`` it when a request starts and ``reset``
+#: it when it ends (a C call each; no wrapper function on the request path).
+REQUEST: ContextVar[tuple[bytes | str, Any] | None] = ContextVar("leza_request", default=None)
 
 
 def current_request_id() -> str | None:
     """The id of the request being handled, or None outside a request."""
-    ctx = _current.get()
+    ctx = REQUEST.get()
     if ctx is None:
         return None
     rid = ctx[0]
@@ -28,5 +30,5 @@ def current_request_id() -> str | None:
 
 def current_native() -> Any:
     """The framework's request object of the running request, or None."""
-    ctx = _current.get()
+    ctx = REQUEST.get()
     return None if ctx is None else ctx[1]

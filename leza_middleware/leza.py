@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
@@ -15,6 +14,7 @@ from .advisories.rules import ALARM_RULES
 from .audit.api import Audit
 from .availability import Availability
 from .config import Settings
+from .core.hooks import Faults, Hooks
 from .enrich.access import AccessEnricher
 from .enrich.clientip import ProxyTrust
 from .enrich.geo import GeoResolver
@@ -23,7 +23,7 @@ from .errors import LezaConfigError
 from .events import SEVERITIES, AdvisoryEvent, AuditEvent, CheckEvent, Event, LogEvent
 from .logs import LezaLogHandler
 from .notify import Notification, Notify
-from .performer import Performer, coerce_performer
+from .performer import Performer
 from .permissions import Permissions
 from .privacy import ForgetReport, Privacy
 from .query import Query
@@ -82,9 +82,8 @@ class Leza:
         # Kept so init_app() can layer a Flask app's config under what the code
         # said explicitly (see _reconfigure).
         self._given = {name: value for name, value in given.items() if value is not None}
-        self._errors_lock = threading.Lock()
-        self._request_path_errors = 0
-        self._performer_hook_errors = 0
+        # Failures on the request path, counted across init_app() rebuilds.
+        self.faults = Faults()
         self._log_handlers: list[LezaLogHandler] = []
         self._configure(Settings.resolve(self._given))
 
@@ -108,6 +107,8 @@ class Leza:
             resolver = GeoResolver.disabled() if geo is False else GeoResolver.open(geo)
         self.settings = settings
         self.performer_hook = settings.performer
+        # The app's request-time callables, guarded (core/hooks.py).
+        self.hooks = Hooks(settings.performer, settings.revoked_response, self.faults)
         self.storage: Storage = storage
         self.proxies = proxies
         self.geo: GeoResolver = resolver
@@ -385,8 +386,8 @@ class Leza:
         ``enqueued == written + dropped + pending + spilled`` holds at all times.
         """
         out = self.recorder.stats()
-        out["request_path_errors"] = self._request_path_errors
-        out["performer_hook_errors"] = self._performer_hook_errors
+        out["request_path_errors"] = self.faults.request_path_errors
+        out["performer_hook_errors"] = self.faults.performer_hook_errors
         out["geo"] = self.geo.stats()
         out["user_agents"] = self.user_agents.cache_info()
         out["notify"] = self.notify.stats()
@@ -445,44 +446,6 @@ class Leza:
             # closes the storage it opened.
             old.shutdown(timeout=0)
         return True
-
-    # -- used by adapters ----------------------------------------------------
-
-    def _count_request_path_error(self) -> None:
-        with self._errors_lock:
-            self._request_path_errors += 1
-            first = self._request_path_errors == 1
-        if first:
-            log.warning("leza: could not record a request (counted in stats())", exc_info=True)
-
-    def _revoked_response(self, request: Any) -> tuple[int, list[tuple[str, str]], bytes]:
-        """What a refused session gets: ``revoked_response(request)`` or a JSON 401."""
-        handler = self.settings.revoked_response
-        if handler is not None:
-            try:
-                status, headers, body = handler(request)
-                return int(status), list(headers), bytes(body)
-            except Exception:
-                log.warning("leza: revoked_response raised; sending the default 401", exc_info=True)
-        return (
-            401,
-            [("content-type", "application/json"), ("www-authenticate", 'Session realm="app"')],
-            b'{"detail":"Session revoked: sign in again"}',
-        )
-
-    def _call_performer_hook(self, request: Any) -> Performer | None:
-        hook = self.performer_hook
-        if hook is None:
-            return None
-        try:
-            return coerce_performer(hook(request))
-        except Exception:
-            with self._errors_lock:
-                self._performer_hook_errors += 1
-                first = self._performer_hook_errors == 1
-            if first:
-                log.warning("leza: the performer hook raised (counted in stats())", exc_info=True)
-            return None
 
     def __repr__(self) -> str:
         return f"<Leza app={self.settings.app_name!r} storage={self.storage.describe()}>"

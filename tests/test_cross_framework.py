@@ -9,6 +9,7 @@ must differ (event id, timestamp, duration), the stored ACCESS events are equal.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,135 @@ def test_same_request_same_event_in_every_framework(
             if event.get(key) != reference.get(key)
         }
         assert differing == {}, f"{framework} differs from fastapi: {differing}"
+
+
+# --------------------------------------------------------------------------- drifts
+#
+# Each adapter used to spell these steps its own way; they now go through the
+# one request core (leza_middleware/core), and read the same everywhere.
+
+
+@pytest.fixture
+def django_client(tmp_path: Path, city_db: Path) -> Iterator[Callable[..., tuple[Any, Leza]]]:
+    """A Django test client (WSGI) on a Leza of its own settings."""
+    django = pytest.importorskip("django")
+    from django.conf import settings
+    from django.test import Client, override_settings
+
+    from leza_middleware.django import get_leza
+
+    if not settings.configured:
+        from djangoproject import settings as project
+
+        settings.configure(**{k: getattr(project, k) for k in dir(project) if k.isupper()})
+        django.setup()
+    made: list[tuple[Any, Leza]] = []
+
+    def client(**extra: Any) -> tuple[Any, Leza]:
+        overrides = override_settings(LEZA={**settings_for(tmp_path, city_db, "dj"), **extra})
+        overrides.enable()
+        leza = get_leza()
+        made.append((overrides, leza))
+        return Client(REMOTE_ADDR="127.0.0.1"), leza
+
+    yield client
+    for overrides, leza in made:
+        leza.shutdown(2)
+        overrides.disable()
+
+
+def test_an_app_chosen_request_id_is_stored_only_when_well_formed_everywhere(
+    tmp_path: Path, city_db: Path, django_client: Callable[..., tuple[Any, Leza]]
+) -> None:
+    """Django stored whatever its view set; the others stored their own id."""
+    from flask import Flask
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    bad = "not an id <b>"
+    stored: dict[str, tuple[str, str]] = {}
+
+    leza = Leza(**settings_for(tmp_path, city_db, "asgi-rid"))
+    app = Starlette(routes=[Route("/bad-request-id/", lambda r: PlainTextResponse(
+        "mine", headers={"x-request-id": bad}))])  # fmt: skip
+    with TestClient(LezaMiddleware(app, leza=leza)) as client:
+        sent = client.get("/bad-request-id/").headers["x-request-id"]
+    stored["fastapi"] = (sent, only_event(leza)["request_id"])
+    leza.shutdown(2)
+
+    leza = Leza(**settings_for(tmp_path, city_db, "flask-rid"))
+    flask_app = Flask(__name__)
+    leza.init_app(flask_app)
+    flask_app.get("/bad-request-id/")(lambda: ("mine", 200, {"X-Request-ID": bad}))
+    sent = flask_app.test_client().get("/bad-request-id/").headers["X-Request-ID"]
+    stored["flask"] = (sent, only_event(leza)["request_id"])
+    leza.shutdown(2)
+
+    client, leza = django_client()
+    sent = client.get("/bad-request-id/").headers["X-Request-ID"]
+    stored["django"] = (sent, only_event(leza)["request_id"])
+
+    for framework, (sent, rid) in stored.items():
+        assert sent == bad, framework  # the app's header is left alone
+        assert re.fullmatch(r"[0-9a-f]{32}", rid), (framework, rid)  # never stored
+
+
+def test_a_custom_request_id_header_is_spelled_alike(
+    tmp_path: Path, city_db: Path, django_client: Callable[..., tuple[Any, Leza]]
+) -> None:
+    """Django answered ``X-Correlation-Id``, WSGI and Flask ``X-Correlation-ID``."""
+    from flask import Flask
+
+    leza = Leza(
+        **settings_for(tmp_path, city_db, "flask-hdr"), request_id_header="x-correlation-id"
+    )
+    flask_app = Flask(__name__)
+    leza.init_app(flask_app)
+    flask_app.get("/")(lambda: "hi")
+    flask_names = [k for k, _ in flask_app.test_client().get("/").headers.items()]
+    leza.shutdown(2)
+    client, _ = django_client(request_id_header="x-correlation-id")
+    django_names = [k for k, _ in client.get("/").items()]
+    assert "X-Correlation-ID" in flask_names
+    assert "X-Correlation-ID" in django_names
+
+
+def test_a_mounted_app_records_the_path_the_client_asked_for_everywhere(
+    tmp_path: Path, city_db: Path, django_client: Callable[..., tuple[Any, Leza]]
+) -> None:
+    """Django recorded ``path_info`` (without its ``SCRIPT_NAME``), the others the full path."""
+    from fastapi import FastAPI
+    from flask import Flask
+    from starlette.testclient import TestClient
+
+    events: dict[str, dict[str, Any]] = {}
+    leza = Leza(**settings_for(tmp_path, city_db, "asgi-mount"))
+    api = FastAPI()
+    api.get("/items/{item_id}/")(lambda item_id: {"id": item_id})
+    with TestClient(LezaMiddleware(api, leza=leza), root_path="/shop") as asgi_client:
+        assert asgi_client.get("/shop/items/42/?color=red").status_code == 200
+    events["fastapi"] = only_event(leza)
+    leza.shutdown(2)
+
+    leza = Leza(**settings_for(tmp_path, city_db, "flask-mount"))
+    flask_app = Flask(__name__)
+    leza.init_app(flask_app)
+    flask_app.get("/items/<int:item_id>/")(lambda item_id: {"id": item_id})
+    response = flask_app.test_client().get(
+        "/items/42/?color=red", base_url="http://testserver/shop"
+    )
+    assert response.status_code == 200
+    events["flask"] = only_event(leza)
+    leza.shutdown(2)
+
+    client, leza = django_client()
+    assert client.get("/items/42/?color=red", SCRIPT_NAME="/shop").status_code == 200
+    events["django"] = only_event(leza)
+
+    for framework, event in events.items():
+        assert (event["endpoint"], event["route"]) == (
+            "/shop/items/42/?color=red",
+            "/items/{item_id}/",
+        ), framework

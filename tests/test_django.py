@@ -478,7 +478,7 @@ async def test_async_streaming_response_recorded_when_consumed(leza: Leza) -> No
 async def test_lifespan_wrapper_flushes_at_shutdown_and_passes_http_through(
     leza_conf: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from leza_middleware.django import asgi, middleware
+    from leza_middleware.django import asgi
 
     calls: list[str] = []
 
@@ -491,7 +491,7 @@ async def test_lifespan_wrapper_flushes_at_shutdown_and_passes_http_through(
 
     monkey = pytest.MonkeyPatch()
     monkey.setattr(asgi, "lifespan_seen", False)
-    monkey.setattr(middleware, "_lifespan_warned", False)
+    monkey.setattr(asgi, "_lifespan_warned", False)
     try:
         with override_settings(LEZA={**leza_conf, "flush_interval": 60}):
             leza = get_leza()

@@ -21,11 +21,12 @@ from typing import Any
 import httpx
 import pytest
 from conftest import wait_for
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response, WebSocket
 from mmdb_factory import FRANKFURT_IP, LONDON_IP
 from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from leza_middleware import Leza, LezaMiddleware, Performer
 
@@ -81,6 +82,12 @@ def make_app(leza: Leza) -> FastAPI:
     @app.get("/items/{item_id}")
     async def item(item_id: int) -> dict[str, int]:
         return {"id": item_id}
+
+    @app.websocket("/live")
+    async def live(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("live")
+        await websocket.close()
 
     app.add_middleware(AuthenticationMiddleware, backend=CookieUser())
     app.add_middleware(LezaMiddleware, leza=leza)
@@ -612,3 +619,24 @@ def test_the_last_of_repeated_cookies_wins_and_costs_one_hash(
     assert jar.read(b"; ".join([b, a]))[1] == sid_a  # later duplicate wins
     # a last copy too short or long to be ours means no session, not an older copy
     assert jar.read(b"; ".join([a, b"leza_sid=short"]))[1] is None
+
+
+def test_a_revoked_sessions_websocket_is_refused_at_the_handshake(
+    leza: Leza, browser: Callable[..., TestClient]
+) -> None:
+    """A handshake is a request: HTTP and websocket refuse a revoked session alike."""
+    client = browser()
+    client.post("/login/alice")
+    with client.websocket_connect("/live") as ws:  # the session is valid: accepted
+        assert ws.receive_text() == "live"
+    leza.flush(5)
+    [session] = leza.sessions.active()
+    assert leza.sessions.revoke(session["_id"])
+    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/live"):
+        pass
+    assert refused.value.code == 1008
+    *_, accepted, denied = access_events(leza)
+    assert (accepted["endpoint_type"], accepted["status"]) == ("WS", 101)
+    assert accepted["session_id_hash"] == session["_id"]
+    assert (denied["endpoint_type"], denied["status"], denied["action"]) == ("WS", 403, "denied")
+    assert (denied["reason"], denied["session_id_hash"]) == ("session revoked", session["_id"])

@@ -234,7 +234,7 @@ class Audit:
             cached = getattr(native, _HOOK_ATTR, None)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
-        found = self._leza._call_performer_hook(request)
+        found = self._leza.hooks.performer(request)
         if found is not None:
             if isinstance(native, dict):
                 native[_HOOK_KEY] = found

@@ -18,11 +18,12 @@ or wrap an application you already build (Channels' ``ProtocolTypeRouter``)::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
-__all__ = ["LezaLifespan", "get_asgi_application"]
+from ..integrations.lifespan import answer_lifespan
+
+__all__ = ["LezaLifespan", "get_asgi_application", "warn_without_lifespan"]
 
 log = logging.getLogger("leza_middleware")
 
@@ -54,28 +55,37 @@ class LezaLifespan:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
-        global lifespan_seen
-        while True:
-            message = await receive()
-            kind = message["type"]
-            if kind == "lifespan.startup":
-                lifespan_seen = True
-                await send({"type": "lifespan.startup.complete"})
-            elif kind == "lifespan.shutdown":
-                try:
-                    await asyncio.get_running_loop().run_in_executor(None, flush_all)
-                except Exception:
-                    log.warning("leza: flush at lifespan shutdown failed", exc_info=True)
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send, flush_all, on_startup=_seen)
+
+
+def _seen() -> None:
+    global lifespan_seen
+    lifespan_seen = True
 
 
 def flush_all() -> None:
     """Flush every ``Leza`` the Django integration built in this process."""
-    from .conf import _instances
+    from .conf import built
 
-    for _, leza in list(_instances.values()):
+    for leza in built():
         try:
             leza.flush(leza.settings.shutdown_timeout)
         except Exception:
             log.warning("leza: flush at shutdown failed", exc_info=True)
+
+
+_lifespan_warned = False
+
+
+def warn_without_lifespan() -> None:
+    """Say once when served over ASGI without :class:`~.asgi.LezaLifespan`."""
+    global _lifespan_warned
+    if lifespan_seen or _lifespan_warned:
+        return
+    _lifespan_warned = True
+    log.warning(
+        "leza: this ASGI server ran no lifespan through LezaLifespan, so events queued when "
+        "it stops can be lost (uvicorn ends with the signal's default action, skipping "
+        "atexit). Serve leza_middleware.django.asgi.get_asgi_application() instead of "
+        "django.core.asgi.get_asgi_application() (see docs/django.md)."
+    )

@@ -22,7 +22,7 @@ from ..errors import LezaConfigError
 if TYPE_CHECKING:
     from ..leza import Leza
 
-__all__ = ["get_leza", "leza_options"]
+__all__ = ["built", "get_leza", "leza_options"]
 
 log = logging.getLogger("leza_middleware")
 
@@ -37,6 +37,11 @@ def _raw_setting() -> object:
     from django.conf import settings
 
     return getattr(settings, "LEZA", None)
+
+
+def built() -> list[Leza]:
+    """Every Leza :func:`get_leza` built in this process (to flush them at shutdown)."""
+    return [leza for _, leza in list(_instances.values())]
 
 
 def get_leza() -> Leza:

@@ -114,14 +114,11 @@ def _username(credentials: Any) -> str | None:
 def _performer(leza: Any, request: Any, user: Any) -> Performer | None:
     """Who logs out: the ``performer`` hook (``request.user`` is still them), else ``user``."""
     if leza.performer_hook is not None:
-        result: Performer | None = leza._call_performer_hook(request)
+        result: Performer | None = leza.hooks.performer(request)
         return result
     performer = performer_from_user(user)
     if performer is None:
         return None
-    from .middleware import _role_names, _with_roles
+    from .identity import with_roles
 
-    try:
-        return _with_roles(performer, _role_names(user))
-    except Exception:  # e.g. the database is down: who it was, without roles
-        return performer
+    return with_roles(performer, user)

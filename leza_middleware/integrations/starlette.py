@@ -22,11 +22,14 @@ same response goes out but the session is kept.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
+from ..core.answers import answer
+from ..core.binding import SESSION_BINDING_KEY, bound_id, needs_new_binding, new_session_id, refuse
+from ..core.flavour import Flavour
+from ..core.routes import Endpoints, request_paths
 from ..performer import Performer, performer_from_user
-from ..sessions.registry import REQUEST_KEY, REVOKED_REASON
+from ..sessions.registry import REQUEST_KEY
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,14 +38,13 @@ if TYPE_CHECKING:
 
 __all__ = ["SESSION_BINDING_KEY", "LezaSessionBinding"]
 
-SESSION_BINDING_KEY = "_leza_sid"
-
 
 class LezaSessionBinding:
     def __init__(self, app: ASGIApp, leza: Leza) -> None:
         self.app = app
         self.leza = leza
-        self._logout_routes = frozenset(leza.settings.logout_routes)
+        self._logout = Endpoints(leza.settings.logout_routes, None)
+        self._flavour = Flavour(True, leza.settings.request_id_header, ())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         session = scope.get("session") if scope["type"] == "http" else None
@@ -54,13 +56,14 @@ class LezaSessionBinding:
             state = scope[REQUEST_KEY] = {}
         # Tells LezaMiddleware the session lives here, not in its leza_sid cookie.
         state["bound"] = True
-        bound = session.get(SESSION_BINDING_KEY)
-        sessions = self.leza.sessions
+        bound = bound_id(session.get(SESSION_BINDING_KEY))
         if bound is not None:
             state["session_id"] = bound
-            refused = await sessions.arefusal(bound)
-            if refused is not None:
-                await self._refuse(scope, send, session, state, bound, refused)
+            reason = await self.leza.sessions.arefusal(bound)
+            if reason is not None:
+                if refuse(state, bound, reason):
+                    session.clear()  # SessionMiddleware then expires the cookie: signed out
+                await self._refuse(scope, send)
                 return
 
         async def send_wrapper(message: Message) -> None:
@@ -72,41 +75,29 @@ class LezaSessionBinding:
         await self.app(scope, receive, send_wrapper)
 
     def _bind(self, scope: Scope, session: Any, state: dict[str, Any], bound: str | None) -> None:
-        method, path = scope.get("method", ""), scope.get("path", "")
-        routes = self._logout_routes
-        if state.get("end_session") or path in routes or f"{method} {path}" in routes:
+        paths = request_paths(scope.get("path", ""), scope.get("root_path", ""))
+        if state.get("end_session") or self._logout.is_logout(scope.get("method", ""), paths):
             session.pop(SESSION_BINDING_KEY, None)  # the session ended with this request
             return
         performer = state.get("performer") or self._performer(scope)
-        if performer is None:
-            return
-        if bound is None or state.get("new_session") or bound in self.leza.sessions.timed_out:
-            # A public id, like any session's: a keyed hash of a fresh random key.
-            sid = self.leza.keyring.session_id(os.urandom(18))
-            session[SESSION_BINDING_KEY] = sid
+        if performer is not None and needs_new_binding(self.leza.sessions, state, bound):
+            sid = session[SESSION_BINDING_KEY] = new_session_id(self.leza.keyring)
             state["session_id"] = sid
 
     def _performer(self, scope: Scope) -> Performer | None:
-        if self.leza.performer_hook is not None:
+        if self.leza.hooks.performer_hook is not None:
             from starlette.requests import HTTPConnection
 
-            return self.leza._call_performer_hook(HTTPConnection(scope))
+            return self.leza.hooks.performer(HTTPConnection(scope))
         user = scope.get("user")
         return None if user is None else performer_from_user(user)
 
-    async def _refuse(
-        self, scope: Scope, send: Send, session: Any, state: dict[str, Any], bound: str,
-        reason: str,
-    ) -> None:  # fmt: skip
-        if reason is REVOKED_REASON:  # not when unknown: probably a valid session
-            session.clear()  # SessionMiddleware then expires the cookie: signed out for good
-        state.update(action="denied", reason=reason, session_id=bound)
-        status, extra, body = self.leza._revoked_response(scope)
-        headers = [
-            (k.lower().encode("latin-1"), v.encode("latin-1"))
-            for k, v in extra
-            if k.lower() != "content-length"
-        ]
-        headers.append((b"content-length", str(len(body)).encode()))
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        from starlette.requests import HTTPConnection
+
+        # The request id header comes from LezaMiddleware, outside.
+        status, headers, body = answer(
+            self._flavour, *self.leza.hooks.revoked(HTTPConnection(scope)), None
+        )
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

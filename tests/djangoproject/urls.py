@@ -13,6 +13,7 @@ urlpatterns = [
     path("file/", views.file),
     path("async/", views.async_view),
     path("own-request-id/", views.own_request_id),
+    path("bad-request-id/", views.bad_request_id),
     path("request-id/", views.request_id),
     path("api/v1/", include("djangoproject.api_urls")),
     path("login/", views.login_view),

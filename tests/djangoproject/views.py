@@ -73,6 +73,12 @@ def own_request_id(request: HttpRequest) -> HttpResponse:
     return response
 
 
+def bad_request_id(request: HttpRequest) -> HttpResponse:
+    response = HttpResponse("mine")
+    response["x-request-id"] = "not an id <b>"
+    return response
+
+
 def request_id(request: HttpRequest) -> HttpResponse:
     return HttpResponse(current_request_id() or "")
 
