@@ -38,10 +38,10 @@ leza = Leza(  # storage, secret key, flush interval, spill dir: LEZA_* variables
     has_permission=lambda who, request, permission: who.id == "alice",
 )
 leza.notify.webhook(os.environ["STATE_WEBHOOK"])
-leza.availability.http("billing", os.environ["STATE_UP_URL"], interval=0.2, timeout=0.2, retries=1)
-leza.availability.http(
-    "payments", os.environ["STATE_FLAKY_URL"], interval=0.2, timeout=0.2, retries=2
-)
+# Probes every second with a 1 s timeout (not 0.2 s), so a loaded test machine does not turn a
+# slow answer into an outage the test did not make (the outage is the 503s).
+leza.availability.http("billing", os.environ["STATE_UP_URL"], interval=1, timeout=1, retries=1)
+leza.availability.http("payments", os.environ["STATE_FLAKY_URL"], interval=1, timeout=1, retries=2)
 
 
 async def item(request: Request) -> Any:
