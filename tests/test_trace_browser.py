@@ -110,7 +110,9 @@ def test_fastapi_access_row_to_request_session_performer_entity_history_and_back
     page.goto(f"{url}/login")
     page.fill("input[name=username]", "admin")
     page.click("button[type=submit]")
-    page.wait_for_url(f"{url}/leza/access")
+    page.wait_for_url(f"{url}/leza/state")  # STATE is the landing page
+    page.locator("nav.tabs a", has_text="ACCESS").click()
+    page.wait_for_url(f"**{url}/leza/access*")
 
     # ACCESS: bob's rename (Frankfurt, Chrome); its endpoint links to the request.
     row = page.locator("table.rows tbody tr", has_text="/items/42/rename").filter(
