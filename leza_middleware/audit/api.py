@@ -182,7 +182,7 @@ class Audit:
             marks,
             self.key,
             storage.audit_purge_marks(),
-            storage.audit_redactions(),  # erasure's signed entries (privacy.py)
+            storage.audit_redactions(),  # erasure's signed entries (privacy/forget.py)
         )
 
     def purge_batches(self, before: int, batch_size: int = 10_000) -> Iterator[int]:

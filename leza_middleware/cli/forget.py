@@ -1,6 +1,6 @@
 """``leza forget --performer ID [--identifier TEXT …] [--yes]``: erase one person's data.
 
-Runs :meth:`Leza.forget` (``privacy.py``): their events deleted, their sessions
+Runs :meth:`Leza.forget` (``privacy/forget.py``): their events deleted, their sessions
 ended and made anonymous, and their audit rows redacted under signed
 redaction entries, so ``leza verify`` still passes. Audit redaction needs the
 app's secret key (``LEZA_SECRET_KEY``), as ``leza verify`` does.

@@ -123,7 +123,7 @@ class RequestCore:
         # Hot-path copies: one attribute load each instead of two.
         self._get_keys = (f.request_id, f.traceparent, f.cookie)
         self._record_keys = (f.user_agent, f.x_forwarded_for, f.forwarded, f.host)
-        # record_headers (privacy.py): None unless configured, one test per request.
+        # record_headers (privacy/headers.py): None unless configured, one test per request.
         self._pick = f.pick if f.record_keys else None
 
     @classmethod

@@ -198,7 +198,7 @@ class AccessEnricher:
         self.proxies = proxies
         self.redactor = redactor
         self.app_name = app_name
-        # anonymize_ip (privacy.py): applied per distinct address, after the real
+        # anonymize_ip (privacy/anonymize.py): applied per distinct address, after the real
         # IP was kept aside for geolocation, so it costs nothing per event.
         self.anonymize = anonymize_ip
         self._devices = _Memo(self._device)
