@@ -126,7 +126,7 @@ class Settings:
     advisories: bool = True
     advisory_rules: tuple[Any, ...] | None = None
     advisory_notify: str | None = "high"
-    # Privacy (privacy.py, docs/privacy.md): headers stored with access events
+    # Privacy (privacy/, docs/privacy.md): headers stored with access events
     # (never a credential-bearing one), IP anonymisation per kind as (kind, mode)
     # pairs, retention per kind as (kind, seconds) pairs, purged every interval.
     record_headers: tuple[str, ...] = ()

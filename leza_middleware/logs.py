@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .context import current_native, current_request_id
@@ -31,7 +32,8 @@ from .events import LogEvent
 from .ids import new_event_id
 
 if TYPE_CHECKING:
-    from .leza import Leza
+    from .performer import Performer
+    from .recorder import Recorder
 
 __all__ = ["LezaLogHandler"]
 
@@ -40,11 +42,13 @@ _formatter = logging.Formatter()
 
 
 class LezaLogHandler(logging.Handler):
-    """A :class:`logging.Handler` that records into a :class:`~leza_middleware.Leza`."""
+    """A :class:`logging.Handler` that records into a recorder (``leza.logging_handler()``)."""
 
     def __init__(
         self,
-        leza: Leza,
+        recorder: Recorder,
+        performer: Callable[[], Performer | None],
+        app_name: str,
         level: int | str = logging.NOTSET,
         *,
         rate: float = 500.0,
@@ -55,7 +59,9 @@ class LezaLogHandler(logging.Handler):
         super().__init__(level)
         if not rate > 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")
-        self.leza = leza
+        self.recorder = recorder  # queue it records into (and whose room it leaves to requests)
+        self.performer = performer  # who makes the running request (leza.audit's answer)
+        self.app_name = app_name
         self.rate = float(rate)
         self.burst = int(burst)
         self.max_message = max_message
@@ -106,8 +112,7 @@ class LezaLogHandler(logging.Handler):
         if not self._take_token():
             self._count("rate_limited")
             return
-        leza = self.leza
-        recorder = leza.recorder
+        recorder = self.recorder
         if recorder.pending * 2 >= recorder.queue_size:
             self._count("backpressure")  # keep room for access events
             return
@@ -123,11 +128,11 @@ class LezaLogHandler(logging.Handler):
         request_id = current_request_id()
         performer_id = route = None
         if request_id is not None:
-            performer = leza.audit.current_performer()
+            performer = self.performer()
             performer_id = None if performer is None else performer.id
             route = _route(current_native())
         ts = int(record.created * 1_000_000)
-        leza.record(
+        recorder.offer(
             LogEvent(
                 id=new_event_id(ts),
                 ts=ts,
@@ -139,7 +144,7 @@ class LezaLogHandler(logging.Handler):
                 performer_id=performer_id,
                 route=route,
                 origin=f"{record.module}.py:{record.lineno} in {record.funcName}",
-                app=leza.settings.app_name,
+                app=self.app_name,
             )
         )
         self._count(None)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import math
 import re
 import time as _time
-import weakref
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from .errors import LezaError
+from .ready import ReadyStorage
 from .state.traffic import DAY, Traffic, TrafficUnsupported, bucket_seconds_for
 from .storage.base import QueryFilter, Storage
 
 if TYPE_CHECKING:
-    from .leza import Leza
+    from .state.build import Live
 
 __all__ = ["Query", "QueryPage", "parse_cursor", "to_us"]
 
@@ -108,31 +107,20 @@ class QueryPage:
 class Query:
     """Newest-first reads over recorded events. Each record is a plain dict."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(
+        self, storage: Storage, *, ready: ReadyStorage | None = None, live: Live | None = None
+    ) -> None:
+        """``ready``: the storage's set-up gate, shared with the other readers of
+        one Leza (default: this query API's own). ``live``: this process's
+        recorder and availability monitor, which STATE reports on."""
         self._storage = storage
-        self._ready = False
-        # The Leza this query API belongs to (see :attr:`live`), weakly: no cycle.
-        self._live: weakref.ref[Leza] | None = None
+        self._gate = ReadyStorage(storage) if ready is None else ready
+        #: The running parts STATE reports on (None: a query API over storage alone).
+        self.live = live
 
-    @property
-    def live(self) -> Leza | None:
-        """The Leza this query API belongs to, if any: STATE reports its recorder's
-        counters and its monitor's view of the checks."""
-        return None if self._live is None else self._live()
-
-    @live.setter
-    def live(self, leza: Leza | None) -> None:
-        self._live = None if leza is None else weakref.ref(leza)
-
-    def _ensure_ready(self) -> None:
-        if not self._ready:
-            try:
-                self._storage.setup()
-            except Exception as exc:
-                raise LezaError(
-                    f"storage {self._storage.describe()} is not reachable: {exc}"
-                ) from exc
-            self._ready = True
+    def ensure_ready(self) -> Storage:
+        """The storage, set up before its first read (LezaError when unreachable)."""
+        return self._gate.ready()
 
     @staticmethod
     def _filter(
@@ -177,7 +165,7 @@ class Query:
         another kind.
         """
         flt = self._filter(since, until, action, performer_id, limit, cursor, endpoint)
-        self._ensure_ready()
+        self.ensure_ready()
         page = self._storage.query(kind, flt)
         return QueryPage([e.to_dict() for e in page.events], format_cursor(page.next_cursor))
 
@@ -210,7 +198,7 @@ class Query:
         """Sessions, active and ended (``active=True`` / ``False`` for one state),
         newest start first; ``since``/``until`` bound the start, inclusive."""
         flt = self._filter(since, until, None, performer_id, limit, cursor)
-        self._ensure_ready()
+        self.ensure_ready()
         page = self._storage.query("session", replace(flt, active=active))
         return QueryPage([r.to_dict() for r in page.events], format_cursor(page.next_cursor))
 
@@ -233,7 +221,7 @@ class Query:
         means "more than ``cap``". None when the storage cannot count.
         """
         flt = self._filter(since, until, action, performer_id, 1, None, endpoint)
-        self._ensure_ready()
+        self.ensure_ready()
         return self._storage.count(kind, replace(flt, active=active), cap)
 
     def audit(
@@ -250,7 +238,7 @@ class Query:
     ) -> list[dict[str, Any]]:
         """Audit records across every entity type, newest first."""
         flt = self._filter(since, until, action, actor_id or performer_id, limit, cursor)
-        self._ensure_ready()
+        self.ensure_ready()
         flt = replace(
             flt,
             entity_type=entity_type or None,
@@ -310,7 +298,7 @@ class Query:
                 f"{self._storage.describe()} keeps no traffic rollups: traffic needs a "
                 "backend that keeps them (SQL or memory)"
             )
-        self._ensure_ready()
+        self.ensure_ready()
         return self._storage.traffic(since_us, until_us, bucket_seconds)
 
     def state(self, since: TimeLike = None, until: TimeLike = None) -> dict[str, Any]:
@@ -327,7 +315,7 @@ class Query:
 
         now = time_us()
         since_us, until_us = state_window(to_us(since), to_us(until, end=True), now)
-        self._ensure_ready()
+        self.ensure_ready()
         return build_state(self._storage, since_us, until_us, now=now, live=self.live)
 
     def logs(

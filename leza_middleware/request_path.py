@@ -105,7 +105,7 @@ def is_priority(raw: tuple[Any, ...]) -> bool:
     return raw[ACTION] in PRIORITY_ACTIONS
 
 
-# Header capture for ``record_headers`` (privacy.py): adapters call these only
+# Header capture for ``record_headers`` (privacy/headers.py): adapters call these only
 # when the allow-list is not empty, so an app without it pays one truth test.
 
 

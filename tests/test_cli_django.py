@@ -68,7 +68,7 @@ def leza(leza_conf: dict[str, Any]) -> Iterator[Leza]:
     """settings.LEZA for one test, and the project's Leza the commands use."""
     with override_settings(LEZA=leza_conf):
         instance = get_leza()
-        instance.query._ensure_ready()  # the file exists, as after the app's first write
+        instance.query.ensure_ready()  # the file exists, as after the app's first write
         yield instance
     instance.shutdown(timeout=2)
 

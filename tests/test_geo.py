@@ -423,7 +423,7 @@ def test_pathlike_is_accepted(city_db: Path) -> None:
 
 
 def test_default_database_when_installed(caplog: pytest.LogCaptureFixture) -> None:
-    if geo_module._find_default_database() is None:
+    if geo_module.find_default_database() is None:
         pytest.skip("maxminddb-geolite2 is not installed")
     with caplog.at_level(logging.WARNING, logger="leza_middleware"):
         resolver = GeoResolver.open(None)
@@ -445,7 +445,7 @@ def test_default_database_when_installed(caplog: pytest.LogCaptureFixture) -> No
 def test_default_database_missing_warns_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(geo_module, "_find_default_database", lambda: None)
+    monkeypatch.setattr(geo_module, "find_default_database", lambda: None)
     with caplog.at_level(logging.WARNING, logger="leza_middleware"):
         resolver = GeoResolver.open(None)
         assert resolver.lookup("8.8.8.8") is None
@@ -466,7 +466,7 @@ def test_default_database_missing_warns_once(
 
 def test_finder_without_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(geo_module, "_DEFAULT_MODULE", "_leza_no_such_module_")
-    assert geo_module._find_default_database() is None
+    assert geo_module.find_default_database() is None
 
 
 def test_unusable_default_database_disables_geo(
@@ -474,7 +474,7 @@ def test_unusable_default_database_disables_geo(
 ) -> None:
     junk = tmp_path / "GeoLite2-City.mmdb"
     junk.write_text("junk")
-    monkeypatch.setattr(geo_module, "_find_default_database", lambda: str(junk))
+    monkeypatch.setattr(geo_module, "find_default_database", lambda: str(junk))
     with caplog.at_level(logging.WARNING, logger="leza_middleware"):
         resolver = GeoResolver.open(None)
     assert not resolver.enabled

@@ -672,7 +672,7 @@ def test_retention_purges_old_rows_on_the_recorder_tick(make_leza: Any) -> None:
     leza.record(LogEvent(id=new_event_id(now), ts=now, level=20, logger="a", message="go"))
 
     def purged() -> bool:  # every kind's purge has finished
-        return all(leza.privacy.purged.values()) and not leza.privacy._running
+        return all(leza.privacy.purged.values()) and not leza.privacy.purging
 
     assert wait_for(lambda: purged() and len(leza.query.access(limit=10)) == 1, timeout=30)
     assert wait_for(lambda: {s["_id"] for s in leza.sessions.find(limit=10)} == {"s-on"})

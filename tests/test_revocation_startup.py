@@ -386,7 +386,7 @@ def test_more_ended_sessions_than_one_page_are_all_loaded_and_polled(make_leza: 
     now = time.time_ns() // 1000
     hour = 3_600_000_000
     writer = make_leza(geoip_db=False)
-    writer.query._ensure_ready()
+    writer.query.ensure_ready()
     # The revoked session started first (two hours ago), then 10,050 sessions
     # started and timed out; all ended in the last minutes.
     old = _ended_sessions(1, start_us=now - 2 * hour, end_us=now - 60_000_000, reason="revoked")

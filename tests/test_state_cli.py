@@ -170,7 +170,7 @@ def project(tmp_path: Path) -> Iterator[Leza]:
             "spill_dir": str(tmp_path / "spill"), "app_name": "djangoproject"}  # fmt: skip
     with override_settings(LEZA=conf):
         leza = get_leza()
-        leza.query._ensure_ready()
+        leza.query.ensure_ready()
         leza.storage.write(history(time_us()))
         yield leza
     leza.shutdown(timeout=2)

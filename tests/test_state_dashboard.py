@@ -63,13 +63,13 @@ def site(
         request.getfixturevalue("_django")
         with django_leza(storage_url, tmp_path) as leza:
             _keep_sessions(leza)
-            leza.query._ensure_ready()
+            leza.query.ensure_ready()
             leza.storage.write(history(now))
             yield DjangoMount(), leza
         return
     leza = make_leza(app_name="shop")
     _keep_sessions(leza)
-    leza.query._ensure_ready()
+    leza.query.ensure_ready()
     leza.storage.write(history(now))
     mount = AsgiMount(leza) if request.param == "asgi" else WsgiMount(leza)
     yield mount, leza
@@ -256,7 +256,7 @@ def test_access_filtered_by_endpoint(site: tuple[Any, Leza]) -> None:
 
 def test_recorded_text_is_escaped(make_leza: Any, now: int) -> None:
     leza: Leza = make_leza()
-    leza.query._ensure_ready()
+    leza.query.ensure_ready()
     route = f"/x/{XSS}/{{id}}"
     leza.storage.write([
         access(now - HOUR, "GET", route, 500),
@@ -303,7 +303,7 @@ def test_a_backend_without_rollups(make_leza: Any, tmp_path: Path, now: int) -> 
     storage = JSONLStorage(str(tmp_path / "jsonl"))
     leza: Leza = make_leza(storage=storage)
     _keep_sessions(leza)
-    leza.query._ensure_ready()
+    leza.query.ensure_ready()
     storage.write(history(now))
     mount = AsgiMount(leza)
     try:

@@ -22,7 +22,7 @@ import pytest
 from conftest import balanced
 from mmdb_factory import LONDON_IP
 
-from leza_middleware import LezaWSGIMiddleware, Performer, current_request_id
+from leza_middleware import LezaConfigError, LezaWSGIMiddleware, Performer, current_request_id
 from leza_middleware.integrations.wsgi import PERFORMER_KEY, ROUTE_KEY
 
 CHROME_WIN = (
@@ -483,14 +483,33 @@ def test_configured_from_environment_alone(
         app.leza.shutdown(2)
 
 
-def test_follows_a_leza_reconfigured_after_it_was_built(make_leza: Any) -> None:
-    leza = make_leza()
-    app = LezaWSGIMiddleware(hello, leza=leza)
-    # what Leza.init_app does with a Flask app's config, before any request
-    assert leza._reconfigure({"app_name": "after"}, source="test") is True
-    serve(app)
+def test_a_leza_in_use_is_not_reconfigured_by_a_flask_config(make_leza: Any) -> None:
+    """The middleware's core is built once, from the Leza's final settings: a
+    Flask app's config may configure a Leza only before its parts are built
+    (``init_app`` before use), never rebuild a live one under a middleware."""
+    from flask import Flask
+
+    leza = make_leza()  # app_name from the environment or the default: "app"
+    flask_app = Flask("wrapped_by_hand")
+    flask_app.config["LEZA_APP_NAME"] = "after"
+    wrapped = LezaWSGIMiddleware(flask_app.wsgi_app, leza=leza)  # builds the Leza's parts
+    flask_app.wsgi_app = wrapped  # type: ignore[method-assign]
+    with pytest.raises(LezaConfigError, match="already in use"):
+        leza.init_app(flask_app)
+    assert leza.settings.app_name == "app"
+    serve(LezaWSGIMiddleware(hello, leza=leza))
     [event] = access(leza)
-    assert event["app"] == "after"
+    assert event["app"] == "app"
+
+    # Before its first use, the app's config is what the parts are built from.
+    fresh = make_leza()
+    other = Flask("configured_first")
+    other.config["LEZA_APP_NAME"] = "after"
+    fresh.init_app(other)
+    other.add_url_rule("/", "home", lambda: "hi")
+    other.test_client().get("/")
+    # (one storage for the test: the first Leza's event is there too, older)
+    assert [e["app"] for e in access(fresh)] == ["after", "app"]
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..context import current_native, current_request_id
@@ -22,7 +22,12 @@ from .purge import plan_purge
 from .verify import VerifyResult, verify_chains
 
 if TYPE_CHECKING:
-    from ..leza import Leza
+    from ..core.hooks import Hooks
+    from ..enrich.clientip import ProxyTrust
+    from ..events import Event
+    from ..ready import ReadyStorage
+    from ..redact import Redactor
+    from ..sessions.cookies import Keyring
 
 __all__ = ["Audit"]
 
@@ -36,15 +41,38 @@ _HOOK_ATTR = "_leza_hook_performer"
 
 
 class Audit:
-    def __init__(self, leza: Leza) -> None:
-        self._leza = leza
-        self.key = leza.keyring.subkey(b"audit")
+    """``leza.audit``: the parts it uses, not the Leza.
+
+    ``record`` queues an event (the recorder's ``offer``); ``storage`` is the
+    read side's set-up gate; ``hooks`` and ``proxies`` find the running
+    request's performer and client IP; the chain is keyed from ``keyring``.
+    """
+
+    def __init__(
+        self,
+        *,
+        app_name: str,
+        keyring: Keyring,
+        redactor: Redactor,
+        record: Callable[[Event], None],
+        storage: ReadyStorage,
+        hooks: Hooks,
+        proxies: ProxyTrust,
+    ) -> None:
+        self.app_name = app_name
+        self._keyring = keyring
+        self._redactor = redactor
+        self._record = record
+        self._storage = storage
+        self._hooks = hooks
+        self._proxies = proxies
+        self.key = keyring.subkey(b"audit")
         self.chain = Chain(self.key)
 
     def masks(self, name: str) -> bool:
         """True when a field's values are stored as ``[Filtered]`` (leza_middleware.redact's rules,
         with ``audit_mask`` and ``redact_query_keys``)."""
-        return self._leza.redactor.is_secret_field(name)
+        return self._redactor.is_secret_field(name)
 
     def after_fork(self) -> None:
         self.chain.after_fork()
@@ -102,10 +130,10 @@ class Audit:
             reason=None if reason is None else clean_lines(str(reason)),
             request_id=current_request_id(),
             client_ip=self.current_client_ip(),
-            app=self._leza.settings.app_name,
+            app=self.app_name,
             session_id=_current_session_id(),
         )
-        self._leza.record(event)
+        self._record(event)
         return event
 
     def watch(self, target: Any, models: Iterable[Any] | None = None) -> Any:
@@ -130,8 +158,7 @@ class Audit:
         ``statement.ids`` names this entity are part of its history too.
         """
         key = str(entity_id)
-        self._leza.query._ensure_ready()
-        storage = self._leza.storage
+        storage = self._storage.ready()
         own = storage.query("audit", QueryFilter(entity_type=str(entity_type), entity_id=key,
                                                  limit=limit)).events  # fmt: skip
         bulk = storage.query("audit", QueryFilter(entity_type=str(entity_type), entity_id="*",
@@ -143,13 +170,11 @@ class Audit:
     def checkpoints(self) -> list[dict[str, Any]]:
         """The last (seq, hash) of every chain: keep a copy elsewhere to prove no tail
         was cut later (pass it back to :meth:`verify`)."""
-        self._leza.query._ensure_ready()
-        return self._leza.storage.audit_checkpoints()
+        return self._storage.ready().audit_checkpoints()
 
     def verify(self, checkpoints: Iterable[Mapping[str, Any]] | None = None) -> VerifyResult:
         """Check every chain; truthy when intact, else ``.reason`` names the first break."""
-        storage = self._leza.storage
-        self._leza.query._ensure_ready()
+        storage = self._storage.ready()
         stored = storage.audit_checkpoints()
         marks = list(stored) + list(checkpoints or ())
         return verify_chains(
@@ -157,7 +182,7 @@ class Audit:
             marks,
             self.key,
             storage.audit_purge_marks(),
-            storage.audit_redactions(),  # erasure's signed entries (privacy.py)
+            storage.audit_redactions(),  # erasure's signed entries (privacy/forget.py)
         )
 
     def purge_batches(self, before: int, batch_size: int = 10_000) -> Iterator[int]:
@@ -168,7 +193,7 @@ class Audit:
         configured secret key (the markers are signed with it) and when the log
         does not verify now: purging would erase the evidence.
         """
-        if self._leza.keyring.ephemeral:
+        if self._keyring.ephemeral:
             raise LezaError(
                 "purging audit rows needs the secret key the app writes with "
                 "(secret_key / LEZA_SECRET_KEY): the purge markers are signed with it"
@@ -179,7 +204,7 @@ class Audit:
                 f"the audit log does not verify ({result.reason}); purging now would erase "
                 "the evidence: investigate with `leza verify` first"
             )
-        storage = self._leza.storage
+        storage = self._storage.ready()
         marks = plan_purge(
             storage.iter_audit(),
             storage.audit_purge_marks(),
@@ -197,14 +222,14 @@ class Audit:
         native = current_native()
         if native is None:
             return None
-        leza = self._leza
+        hooked = self._hooks.performer_hook is not None
         try:
             if isinstance(native, dict):
                 if native.get("type") in ("http", "websocket"):  # an ASGI scope
                     state = native.get("leza.session") or {}
                     if state.get("performer") is not None:
                         return state["performer"]  # type: ignore[no-any-return]
-                    if leza.performer_hook is not None:
+                    if hooked:
                         from starlette.requests import HTTPConnection
 
                         return self._hook_once(native, HTTPConnection(native))
@@ -213,10 +238,10 @@ class Audit:
                 found = native.get("leza.performer")  # a WSGI environ (Flask sets it)
                 if found is not None:
                     return coerce_performer(found)
-                if leza.performer_hook is not None:
+                if hooked:
                     return self._hook_once(native, native)
                 return _flask_performer()
-            if leza.performer_hook is not None:
+            if hooked:
                 return self._hook_once(native, native)
             return performer_from_user(getattr(native, "user", None))  # Django
         except Exception:
@@ -234,7 +259,7 @@ class Audit:
             cached = getattr(native, _HOOK_ATTR, None)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
-        found = self._leza.hooks.performer(request)
+        found = self._hooks.performer(request)
         if found is not None:
             if isinstance(native, dict):
                 native[_HOOK_KEY] = found
@@ -258,7 +283,7 @@ class Audit:
                 meta = native if isinstance(native, dict) else native.META
                 peer = meta.get("REMOTE_ADDR")
                 xff, fwd = meta.get("HTTP_X_FORWARDED_FOR"), meta.get("HTTP_FORWARDED")
-            return self._leza.proxies.resolve(peer, xff, fwd).client_ip or None
+            return self._proxies.resolve(peer, xff, fwd).client_ip or None
         except Exception:
             return None
 

@@ -53,7 +53,7 @@ def verify_chains(
     starts after the marker's row; rows up to it (left by an interrupted
     purge) are skipped. A marker not signed with ``key`` breaks the chain.
 
-    ``redactions`` are the signed redaction entries of erasure (privacy.py): a
+    ``redactions`` are the signed redaction entries of erasure (privacy/forget.py): a
     row whose content no longer matches its hash is accepted when an entry
     signed with ``key`` names it (id, chain, seq), carries its hash (the link,
     unchanged) and the hash of exactly its present content. Editing a redacted

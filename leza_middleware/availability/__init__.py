@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,7 +32,9 @@ from .monitor import Maintenance, Monitor
 from .uptime import WINDOWS, last_result, uptime
 
 if TYPE_CHECKING:
-    from ..leza import Leza
+    from ..events import Event
+    from ..notify import Notify
+    from ..storage.base import Storage
 
 __all__ = [
     "Availability",
@@ -63,14 +65,28 @@ class Availability:
     (None: never), as keywords.
     """
 
-    def __init__(self, leza: Leza, *, autostart: bool = True) -> None:
-        self._leza = leza
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        record: Callable[[Event], None],
+        flush: Callable[[float], bool],
+        notify: Notify,
+        app_name: str,
+        autostart: bool = True,
+    ) -> None:
+        """``record`` queues a probe's result and ``flush`` writes what is queued
+        (the recorder's ``offer`` and ``flush``); ``storage`` is read for uptime
+        and leadership; state changes go to ``notify``."""
+        self._storage = storage
+        self._flush = flush
+        self._notify = notify
         self.autostart = autostart
         self.monitor = Monitor(
-            record=leza.record,
+            record=record,
             notify=self._alarm,
-            leadership=leadership_for(leza.storage, leza.settings.app_name),
-            app_name=leza.settings.app_name,
+            leadership=leadership_for(storage, app_name),
+            app_name=app_name,
             last_result=self._stored_result,
             before_release=self._write_results,
         )
@@ -149,7 +165,7 @@ class Availability:
         is also the share of time. Works in every process: what the leader
         stored is read back from storage.
         """
-        storage = self._leza.storage
+        storage = self._storage
         now = time.time_ns() // 1000
         out: dict[str, dict[str, Any]] = {}
         for check in self.monitor.checks():
@@ -190,11 +206,11 @@ class Availability:
 
     def _stored_result(self, name: str, since: int) -> CheckEvent | None:
         """What a new leader goes on from: the newest stored probe of ``name``."""
-        return last_result(self._leza.storage, name, since)
+        return last_result(self._storage, name, since)
 
     def _write_results(self, timeout: float) -> bool:
         """Before stepping down: the check results still queued go to storage."""
-        return self._leza.recorder.flush(timeout)
+        return self._flush(timeout)
 
     # -- alarms ------------------------------------------------------------------
 
@@ -207,7 +223,7 @@ class Availability:
             "recovered": f"{check.name} has RECOVERED",
         }[decision]
         detail = f": {event.error}" if event.error and decision != "recovered" else ""
-        self._leza.notify.notify(
+        self._notify.notify(
             Notification(
                 event=decision,
                 check=check.name,

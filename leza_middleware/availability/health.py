@@ -15,27 +15,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..leza import Leza
+    from ..recorder import Recorder
+    from .monitor import Monitor
 
 __all__ = ["liveness", "readiness"]
 
 
-def _recorder(leza: Leza) -> dict[str, Any]:
-    stats = leza.recorder.stats()
+def _recorder(recorder: Recorder) -> dict[str, Any]:
+    stats = recorder.stats()
     return {
-        "running": leza.recorder.running,
+        "running": recorder.running,
         "storage": "down" if stats.get("storage_down") else "up",
         "pending": stats["pending"],
         "dropped": stats["dropped"],
     }
 
 
-def liveness(leza: Leza) -> tuple[int, dict[str, Any]]:
-    return 200, {"status": "ok", "app": leza.settings.app_name, "recorder": _recorder(leza)}
+def liveness(app_name: str, recorder: Recorder) -> tuple[int, dict[str, Any]]:
+    return 200, {"status": "ok", "app": app_name, "recorder": _recorder(recorder)}
 
 
-def readiness(leza: Leza) -> tuple[int, dict[str, Any]]:
-    monitor = leza.availability.monitor
+def readiness(app_name: str, recorder: Recorder, monitor: Monitor) -> tuple[int, dict[str, Any]]:
     checks: dict[str, str] = {}
     for check in monitor.checks():
         local = monitor.local_state(check.name)
@@ -43,9 +43,9 @@ def readiness(leza: Leza) -> tuple[int, dict[str, Any]]:
     down = sorted(name for name, state in checks.items() if state == "down")
     body: dict[str, Any] = {
         "status": "not_ready" if down else "ready",
-        "app": leza.settings.app_name,
+        "app": app_name,
         "checks": checks,
         "down": down,
-        "recorder": _recorder(leza),
+        "recorder": _recorder(recorder),
     }
     return (503 if down else 200), body

@@ -136,13 +136,13 @@ def _reach(storage: Storage) -> tuple[str, str, str]:
 
 
 def _geoip(settings: Settings) -> tuple[str, str, str]:
-    from ..enrich.geo import GeoResolver, _find_default_database
+    from ..enrich.geo import GeoResolver, find_default_database
 
     path = settings.geoip_db
     if path is False:
         return (OK, "geoip", "disabled (geoip_db=off): no locations recorded")
     if path is None:
-        path = _find_default_database()
+        path = find_default_database()
         if path is None:
             return (WARN, "geoip", "no database: locations are not recorded (set geoip_db / "
                     "LEZA_GEOIP_DB, or pip install 'leza-middleware[geolite2]')")  # fmt: skip

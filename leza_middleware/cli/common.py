@@ -137,7 +137,7 @@ class Context:
                 )
         if kind is not None and not storage.stores(kind):
             raise CliError(f"{storage.describe()} keeps no {kind} events (no table for that kind)")
-        leza.query._ensure_ready()
+        leza.query.ensure_ready()
         return storage
 
     def close(self) -> None:

@@ -1,6 +1,6 @@
 """``leza forget --performer ID [--identifier TEXT …] [--yes]``: erase one person's data.
 
-Runs :meth:`Leza.forget` (``privacy.py``): their events deleted, their sessions
+Runs :meth:`Leza.forget` (``privacy/forget.py``): their events deleted, their sessions
 ended and made anonymous, and their audit rows redacted under signed
 redaction entries, so ``leza verify`` still passes. Audit redaction needs the
 app's secret key (``LEZA_SECRET_KEY``), as ``leza verify`` does.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from .common import CliError, Context
-from .purge import _confirm
+from .purge import confirm
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -40,7 +40,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         f"Erase everything recorded about performer {performer!r} from {storage.describe()}? "
         "This cannot be undone."
     )
-    if not args.yes and not _confirm(ctx, question):
+    if not args.yes and not confirm(ctx, question):
         ctx.note("leza forget: nothing erased")
         return 1
     report = ctx.leza().forget(performer, identifiers=args.identifier)

@@ -63,7 +63,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if kind == "traffic" and not storage.keeps_rollups:
         raise CliError(f"{storage.describe()} keeps no traffic rollups")
     what = f"{_describe(kind)} before {iso(before)} UTC from {storage.describe()}"
-    if not args.yes and not _confirm(ctx, f"Delete {what}?"):
+    if not args.yes and not confirm(ctx, f"Delete {what}?"):
         ctx.note("leza purge: nothing deleted")
         return 1
     batches: Iterator[int]
@@ -87,7 +87,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def _confirm(ctx: Context, question: str) -> bool:
+def confirm(ctx: Context, question: str) -> bool:
     """y/N on a terminal; refuse (exit 2) when nobody can answer."""
     if not isatty(ctx.stdin):
         raise CliError(

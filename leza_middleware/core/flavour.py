@@ -72,7 +72,7 @@ class Flavour:
             request_id_header.encode("latin-1") if asgi else header_case(request_id_header)
         )
         self.set_cookie: Any = b"set-cookie" if asgi else "Set-Cookie"
-        # record_headers (privacy.py): what to pick from the mapping, empty unless configured.
+        # record_headers (privacy/headers.py): what to pick from the mapping, or nothing.
         self.record_keys: Any = (
             tuple(n.encode("latin-1") for n in record_headers)
             if asgi

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from time import monotonic, perf_counter, time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..enrich.cache import bounded_put
 from ..ids import parse_incoming_request_id
@@ -47,12 +47,34 @@ from .routes import Endpoints, request_paths
 
 if TYPE_CHECKING:
     from ..config import Settings
-    from ..leza import Leza
     from ..permissions import Decision, Permissions
+    from ..recorder import Recorder
     from ..sessions.cookies import CookieJar, Keyring
     from ..sessions.registry import Sessions
 
-__all__ = ["Request", "RequestCore"]  # Request: request_state.py
+__all__ = ["CoreParts", "Request", "RequestCore"]  # Request: request_state.py
+
+
+class CoreParts(Protocol):
+    """The parts of a configuration the request core runs on (a ``Leza`` has them)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def recorder(self) -> Recorder: ...
+    @property
+    def cookies(self) -> CookieJar: ...
+    @property
+    def sessions(self) -> Sessions: ...
+    @property
+    def keyring(self) -> Keyring: ...
+    @property
+    def permissions(self) -> Permissions: ...
+    @property
+    def hooks(self) -> Hooks: ...
+    @property
+    def faults(self) -> Faults: ...
+
 
 _SID_MEMO_SIZE = 8192
 _NONE: tuple[()] = ()  # no cookies to set
@@ -101,12 +123,12 @@ class RequestCore:
         # Hot-path copies: one attribute load each instead of two.
         self._get_keys = (f.request_id, f.traceparent, f.cookie)
         self._record_keys = (f.user_agent, f.x_forwarded_for, f.forwarded, f.host)
-        # record_headers (privacy.py): None unless configured, one test per request.
+        # record_headers (privacy/headers.py): None unless configured, one test per request.
         self._pick = f.pick if f.record_keys else None
 
     @classmethod
-    def for_leza(cls, leza: Leza, *, asgi: bool, **options: Any) -> RequestCore:
-        """The core of ``leza``'s current configuration, built from its parts."""
+    def for_leza(cls, leza: CoreParts, *, asgi: bool, **options: Any) -> RequestCore:
+        """The core of a configuration (an adapter's ``Leza``), built from its parts."""
         options.setdefault("permissions", leza.permissions)
         return cls(
             settings=leza.settings,

@@ -46,7 +46,7 @@ from ..availability.health import liveness, readiness
 from ..context import current_native
 from ..errors import LezaError
 from ..events import iso_from_us
-from ..sessions.registry import _request_state
+from ..sessions.registry import request_state
 from .csrf import CsrfToken
 from .filters import NAMES, Filters
 from .html import Markup, fmt
@@ -111,7 +111,7 @@ def note_request(action: str, reason: str) -> None:
     (the host app's, or the one the dashboard wraps itself in).
     """
     native = current_native()
-    state = None if native is None else _request_state(native)
+    state = None if native is None else request_state(native)
     if state is not None:
         state["action"] = action
         state["reason"] = reason
@@ -277,10 +277,13 @@ class Dashboard:
         """``/health/live`` and ``/health/ready``, answered before ``authorize``
         (load balancers do not sign in); None for any other path."""
         path = path.rstrip("/")
+        leza = self.leza
         if path == "/health/live":
-            status, body = liveness(self.leza)
+            status, body = liveness(leza.settings.app_name, leza.recorder)
         elif path == "/health/ready":
-            status, body = readiness(self.leza)
+            status, body = readiness(
+                leza.settings.app_name, leza.recorder, leza.availability.monitor
+            )
         else:
             return None
         return finish(json_response(body, status), None, "GET")

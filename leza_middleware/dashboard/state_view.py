@@ -121,7 +121,7 @@ def answer_state(dashboard: Dashboard, req: DashRequest, api: bool) -> DashRespo
     now = time_us()
     q = StateQuery.parse(req.query, now)
     leza = dashboard.leza
-    leza.query._ensure_ready()
+    leza.query.ensure_ready()
     state = build_state(leza.storage, q.since_us, q.until_us, now=now, live=leza.query.live)
     if api:
         if q.sort == "p95":

@@ -20,7 +20,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from ..context import current_native
-from ..integrations.wsgi import LezaWSGIMiddleware, _native_request, _wsgi_text
+from ..integrations.wsgi import LezaWSGIMiddleware
+from ..integrations.wsgi_exchange import native_request, wsgi_text
 from .core import note_request
 from .guard import DENIED_REASON, MAX_BODY, Authorize, admin_identity, call_authorize
 from .mount import ORIGIN_HEADERS, Incoming, Mount
@@ -82,7 +83,7 @@ class DashboardWSGI(Mount):
         return _send(start_response, response)
 
     def _answer(self, environ: WSGIEnvironment) -> DashResponse:
-        path = _wsgi_text(environ.get("PATH_INFO", "")) or "/"
+        path = wsgi_text(environ.get("PATH_INFO", "")) or "/"
         api = path.startswith("/api/")
         method = environ.get("REQUEST_METHOD", "GET")
         if method in ("GET", "HEAD"):
@@ -90,7 +91,7 @@ class DashboardWSGI(Mount):
             if health is not None:
                 return health
         hook = self.authorize
-        request = _native_request(environ)
+        request = native_request(environ)
         allowed = None if hook is None else call_authorize(hook, request)
         if allowed is None:
             note_request("denied", DENIED_REASON)
@@ -106,7 +107,7 @@ class DashboardWSGI(Mount):
             Incoming(
                 method=method,
                 path=path,
-                base=_wsgi_text(environ.get("SCRIPT_NAME", "")).rstrip("/"),
+                base=wsgi_text(environ.get("SCRIPT_NAME", "")).rstrip("/"),
                 query=_raw(environ.get("QUERY_STRING", "")),
                 body=body,
                 cookie=environ.get("HTTP_COOKIE", ""),

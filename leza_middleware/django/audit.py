@@ -149,9 +149,9 @@ def _names(what: str, value: object) -> frozenset[str]:
 
 def _setting() -> dict[str, frozenset[str]]:
     global _parsed
-    from .conf import _raw_setting
+    from .conf import raw_setting
 
-    raw = _raw_setting()
+    raw = raw_setting()
     parsed = _parsed
     if parsed[0] is raw:
         return parsed[1]
@@ -232,7 +232,7 @@ def connect_audit() -> None:
             pre_save.connect(_pre_save, sender=model, dispatch_uid=_UID + "pre_save")
             post_save.connect(_post_save, sender=model, dispatch_uid=_UID + "post_save")
             deletions.add(model)
-            for field, _ in _relations(model._meta.concrete_model):
+            for field, _ in relations(model._meta.concrete_model):
                 through = field.remote_field.through
                 _through[through] = field
                 m2m_changed.connect(_m2m_changed, sender=through, dispatch_uid=_UID + "m2m")
@@ -252,7 +252,7 @@ def on_setting_changed(setting: str = "", **kwargs: Any) -> None:
             log.warning("leza: connecting the audited models failed", exc_info=True)
 
 
-def _relations(model: Any) -> list[tuple[Any, bool]]:
+def relations(model: Any) -> list[tuple[Any, bool]]:
     """The many-to-many fields ``model`` is on: (field, True when it declares it)."""
     out = [(f, True) for f in model._meta.many_to_many]
     for rel in model._meta.related_objects:
@@ -265,7 +265,7 @@ def _symmetrical(field: Any) -> bool:
     return bool(field.remote_field.symmetrical) and field.model is field.related_model
 
 
-def _side_key(field: Any, declaring: bool) -> str | None:
+def side_key(field: Any, declaring: bool) -> str | None:
     """How one side of a many-to-many relation names it (None: it has no name there)."""
     if declaring or _symmetrical(field):
         return str(field.name)
@@ -381,9 +381,9 @@ def _pre_delete(sender: Any, instance: Any, using: Any = None, **kwargs: Any) ->
             state.update({f.name: _value(f, row.get(f.attname)) for f in missing})
         instance.__dict__[_DELETED] = state
     links = []
-    for field, declaring in _relations(sender._meta.concrete_model):
+    for field, declaring in relations(sender._meta.concrete_model):
         other = field.related_model if declaring else field.model
-        key = _side_key(field, not declaring)
+        key = side_key(field, not declaring)
         spec = audit_spec(other)
         if key is None or spec is None or key in spec:
             continue
@@ -459,7 +459,7 @@ def _link_events(field: Any, declaring: bool, pk: Any, direction: str, ids: set[
     here_model, there_model = (
         (field.model, field.related_model) if declaring else (field.related_model, field.model)
     )
-    here_key, there_key = _side_key(field, declaring), _side_key(field, not declaring)
+    here_key, there_key = side_key(field, declaring), side_key(field, not declaring)
     if here and here_key is not None:
         spec = audit_spec(here_model)
         if spec is not None and here_key not in spec:

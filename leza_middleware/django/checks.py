@@ -26,7 +26,7 @@ from django.core import checks
 
 from ..config import Settings
 from ..errors import LezaConfigError
-from .conf import DJANGO_ONLY, HOOKS, _mapping, _raw_setting, import_hook
+from .conf import DJANGO_ONLY, HOOKS, as_mapping, import_hook, raw_setting
 
 __all__ = ["check_audit_models", "check_middleware", "check_settings", "register_checks"]
 
@@ -75,7 +75,7 @@ def _error(exc: LezaConfigError, check_id: str) -> Any:
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """Validate ``settings.LEZA`` and the ``LEZA_*`` environment like ``Leza(...)`` would."""
     try:
-        options = {k: v for k, v in _mapping(_raw_setting()).items() if k not in DJANGO_ONLY}
+        options = {k: v for k, v in as_mapping(raw_setting()).items() if k not in DJANGO_ONLY}
     except LezaConfigError as exc:
         return [_error(exc, OTHER)]
     errors: list[Any] = []
@@ -136,7 +136,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 
 def _check_dashboard_authorize() -> list[Any]:
     """``LEZA["dashboard_authorize"]``: a callable, or the dotted path of one."""
-    hook = _mapping(_raw_setting()).get("dashboard_authorize")
+    hook = as_mapping(raw_setting()).get("dashboard_authorize")
     try:
         if isinstance(hook, str):
             import_hook("dashboard_authorize", hook)
@@ -211,7 +211,7 @@ def check_audit_models(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     from .audit import parse_audit_models
 
     try:
-        raw = _mapping(_raw_setting())
+        raw = as_mapping(raw_setting())
     except LezaConfigError:
         return []  # check_settings reports it (leza.E004)
     try:
@@ -236,13 +236,13 @@ def check_audit_models(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 
 def _field_names(model: Any) -> set[str]:
     """What ``exclude`` may name: fields, their columns' attnames, many-to-many sides."""
-    from .audit import _relations, _side_key
+    from .audit import relations, side_key
 
     names: set[str] = set()
     for f in model._meta.concrete_fields:
         names.update((f.name, f.attname))
-    for field, declaring in _relations(model._meta.concrete_model):
-        key = _side_key(field, declaring)
+    for field, declaring in relations(model._meta.concrete_model):
+        key = side_key(field, declaring)
         if key is not None:
             names.add(key)
     return names

@@ -33,7 +33,7 @@ _instances: dict[int, tuple[object, Leza]] = {}
 _lock = threading.Lock()
 
 
-def _raw_setting() -> object:
+def raw_setting() -> object:
     from django.conf import settings
 
     return getattr(settings, "LEZA", None)
@@ -56,7 +56,7 @@ def get_leza() -> Leza:
     Raises :class:`~leza_middleware.LezaConfigError` when the settings are invalid
     (``manage.py check`` reports the same problems as ``leza.E00x`` errors).
     """
-    raw = _raw_setting()
+    raw = raw_setting()
     entry = _instances.get(id(raw))
     if entry is not None and entry[0] is raw:
         return entry[1]
@@ -100,7 +100,7 @@ def leza_options(raw: object = None) -> dict[str, Any]:
       set, is derived from Django's ``SECRET_KEY`` (an HMAC, never the key itself),
       so every worker of the site shares it without another secret to manage.
     """
-    options = {k: v for k, v in _mapping(raw).items() if k not in DJANGO_ONLY}
+    options = {k: v for k, v in as_mapping(raw).items() if k not in DJANGO_ONLY}
     for name in HOOKS:
         if isinstance(options.get(name), str):
             options[name] = import_hook(name, options[name])
@@ -111,7 +111,7 @@ def leza_options(raw: object = None) -> dict[str, Any]:
     return options
 
 
-def _mapping(raw: object) -> Mapping[str, Any]:
+def as_mapping(raw: object) -> Mapping[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):

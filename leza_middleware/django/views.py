@@ -36,7 +36,7 @@ from ..dashboard.guard import DENIED_REASON, call_authorize
 from ..dashboard.inputs import BadInput, Params
 from ..dashboard.responses import DashResponse, bad_input, finish, forbidden, internal_error
 from ..errors import LezaConfigError
-from .conf import HOOKS, _mapping, _raw_setting, get_leza, import_hook
+from .conf import HOOKS, as_mapping, get_leza, import_hook, raw_setting
 
 if TYPE_CHECKING:
     from ..leza import Leza
@@ -61,7 +61,7 @@ def is_staff(request: Any) -> bool:
 
 
 def _authorize_hook() -> Callable[[Any], Any]:
-    hook = _mapping(_raw_setting()).get("dashboard_authorize")
+    hook = as_mapping(raw_setting()).get("dashboard_authorize")
     if hook is None:
         return is_staff
     if isinstance(hook, str):

@@ -32,7 +32,7 @@ from .cache import bounded_put
 from .clientip import ProxyTrust
 from .geo import GeoResolver
 from .text import UNSAFE, clean
-from .useragent import _RAW_LIMIT, UserAgentParser
+from .useragent import RAW_LIMIT, UserAgentParser
 
 __all__ = ["AccessEnricher", "derive_outcome", "stored_performer"]
 
@@ -198,7 +198,7 @@ class AccessEnricher:
         self.proxies = proxies
         self.redactor = redactor
         self.app_name = app_name
-        # anonymize_ip (privacy.py): applied per distinct address, after the real
+        # anonymize_ip (privacy/anonymize.py): applied per distinct address, after the real
         # IP was kept aside for geolocation, so it costs nothing per event.
         self.anonymize = anonymize_ip
         self._devices = _Memo(self._device)
@@ -234,8 +234,8 @@ class AccessEnricher:
         return anon(a.client_ip), a.ip_valid, anon(a.peer_ip), chain, geo_ip
 
     def _device(self, ua: bytes | str | None) -> tuple[Device, str]:
-        if (type(ua) is bytes or type(ua) is str) and len(ua) > _RAW_LIMIT:
-            ua = ua[:_RAW_LIMIT]  # a 100 KB header: only what the parser looks at is decoded
+        if (type(ua) is bytes or type(ua) is str) and len(ua) > RAW_LIMIT:
+            ua = ua[:RAW_LIMIT]  # a 100 KB header: only what the parser looks at is decoded
         device = self.user_agents.parse(_text(ua) or "")
         return device, device.key
 

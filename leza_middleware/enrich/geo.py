@@ -71,7 +71,7 @@ _PROBE_RECORDS = 64
 _MISS = Geo(key="\x00miss")
 
 
-def _find_default_database() -> str | None:
+def find_default_database() -> str | None:
     """Path of the GeoLite2-City database of ``maxminddb-geolite2``, if installed.
 
     Imports only ``_maxminddb_geolite2`` (a path helper), never ``geolite2``,
@@ -268,7 +268,7 @@ class GeoResolver:
         if path is False:
             return cls.disabled()
         if path is None:
-            default = _find_default_database()
+            default = find_default_database()
             if default is None:
                 logger.warning(
                     "GeoIP lookups are disabled: no GeoIP database is configured and the "

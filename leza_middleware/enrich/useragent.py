@@ -45,7 +45,7 @@ MAX_UA_LENGTH = 512
 # Raw characters looked at (and the longest cache key): a 100 KB header is cut
 # before anything scans it, leaving room for control characters that cleaning
 # removes.
-_RAW_LIMIT = 4 * MAX_UA_LENGTH
+RAW_LIMIT = 4 * MAX_UA_LENGTH
 
 # Only consulted when "arm" occurs at all: "ARM;", "armv7l", "armhf", not "Charm".
 _ARM_RE = re.compile(r"\barm(?:v\d+\w*|hf|el)?\b", re.IGNORECASE)
@@ -325,7 +325,7 @@ class UserAgentParser:
         """The :class:`Device` for ``user_agent``; the same object while cached. Never raises."""
         if type(user_agent) is str:
             # Key by the raw string (no sanitising on a hit), bounded in length.
-            key = user_agent if len(user_agent) <= _RAW_LIMIT else user_agent[:_RAW_LIMIT]
+            key = user_agent if len(user_agent) <= RAW_LIMIT else user_agent[:RAW_LIMIT]
             device = self._cache.get(key)
             if device is not None:
                 self._hits += 1

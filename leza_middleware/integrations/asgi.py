@@ -48,9 +48,11 @@ class LezaMiddleware:
         self.app = app
         self.leza = leza
         self.core = RequestCore.for_leza(leza, asgi=True)
-        self._rid_name = self.core.flavour.request_id_out
+        #: The request-id response header (bytes, lower-case) and the app's
+        #: performer hook (None: Starlette's ``scope["user"]``), read per response.
+        self.rid_header = self.core.flavour.request_id_out
         self._recorded = self.core.flavour.record_keys
-        self._hook = leza.hooks.performer_hook
+        self.performer_hook = leza.hooks.performer_hook
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -111,7 +113,7 @@ class LezaMiddleware:
         the HTTPConnection the performer hook gets. A failed decision is
         recorded as a 500 and goes to the server; the app is not called."""
         try:
-            return self.core.decide(req, self._performer(scope), _connection(scope))
+            return self.core.decide(req, self.performer_of(scope), _connection(scope))
         except BaseException:
             self.core.finish(req)
             raise
@@ -120,7 +122,7 @@ class LezaMiddleware:
         core = self.core
         try:
             if not req.settled:  # the app failed before its response started
-                req.performer = self._performer(scope)
+                req.performer = self.performer_of(scope)
         except Exception:  # a user object that cannot be read: recorded anonymous
             core.faults.request_path_error()
         try:
@@ -138,8 +140,10 @@ class LezaMiddleware:
         finally:
             self.core.finish(req)
 
-    def _performer(self, scope: Scope) -> Performer | None:
-        if self._hook is None:
+    def performer_of(self, scope: Scope) -> Performer | None:
+        """Who makes the request of ``scope``: the performer hook's answer, or the
+        user authentication left in the scope."""
+        if self.performer_hook is None:
             # Starlette's AuthenticationMiddleware sets scope["user"]; read after
             # authentication ran inside the app, so it counts.
             user = scope.get("user")
@@ -217,7 +221,7 @@ class _Exchange(Request):
             self.status = message["status"]
             adapter = self.adapter
             core = adapter.core
-            rid_name = adapter._rid_name
+            rid_name = adapter.rid_header
             # A new list: never mutate the app's (it may be a reused Response's).
             out = list(message.get("headers") or ())
             for key, value in out:
@@ -227,11 +231,11 @@ class _Exchange(Request):
             else:
                 out.append((rid_name, self.rid))
             # The performer is known now (authentication ran inside the app).
-            if adapter._hook is None:  # Starlette's AuthenticationMiddleware sets scope["user"]
+            if adapter.performer_hook is None:  # Starlette's authentication sets scope["user"]
                 user = self.scope.get("user")
                 out += core.settle(self, None if user is None else performer_from_user(user))
             else:
-                out += core.settle(self, adapter._performer(self.scope))
+                out += core.settle(self, adapter.performer_of(self.scope))
             message["headers"] = out
         elif mtype == "http.response.body" and not message.get("more_body", False):
             self.end = perf_counter()

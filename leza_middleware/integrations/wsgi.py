@@ -25,7 +25,6 @@ from .wsgi_exchange import (
     coerce,
     mount,
     native_request,
-    wsgi_text,
 )
 
 if TYPE_CHECKING:
@@ -36,10 +35,6 @@ if TYPE_CHECKING:
 
 # PERFORMER_KEY and ROUTE_KEY: the environ keys a WSGI layer may set (wsgi_exchange.py).
 __all__ = ["PERFORMER_KEY", "ROUTE_KEY", "LezaWSGIMiddleware", "mount"]
-
-# dashboard/wsgi.py imports these two under their former private names.
-_native_request = native_request
-_wsgi_text = wsgi_text
 
 SignOutHeaders = Callable[["WSGIEnvironment"], list[tuple[str, str]]]
 
@@ -81,10 +76,6 @@ class LezaWSGIMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         core = self.core
-        if core.settings is not self.leza.settings:
-            # Leza.init_app rebuilt the Leza from a Flask app's config after this
-            # middleware was made (Leza._reconfigure): follow it.
-            core = self.core = self._build()
         req = Exchange()
         get = environ.get
         try:

@@ -44,6 +44,7 @@ from ..state.labels import (
 
 if TYPE_CHECKING:
     from ..leza import Leza
+    from ..recorder import Recorder
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -165,8 +166,8 @@ _lock = threading.Lock()
 _instruments: weakref.WeakKeyDictionary[CollectorRegistry, _Instruments] = (
     weakref.WeakKeyDictionary()
 )
-# (Leza, registry) → its LezaMetrics; weak on both sides.
-_feeds: weakref.WeakKeyDictionary[Leza, dict[int, LezaMetrics]] = weakref.WeakKeyDictionary()
+# (a Leza's recorder, registry) → its LezaMetrics; weak on both sides.
+_feeds: weakref.WeakKeyDictionary[Recorder, dict[int, LezaMetrics]] = weakref.WeakKeyDictionary()
 _live: weakref.WeakSet[LezaMetrics] = weakref.WeakSet()
 
 
@@ -213,8 +214,9 @@ def register(
             f"metrics registry must be a prometheus_client CollectorRegistry, "
             f"got {type(target).__name__}"
         )
+    recorder, app_name = leza.recorder, leza.settings.app_name
     with _lock:
-        mine = _feeds.setdefault(leza, {})
+        mine = _feeds.setdefault(recorder, {})
         feed = mine.get(id(target))
         if feed is not None and feed.registry is target:
             if feed.instruments.buckets != bounds or feed.max_routes != max_routes:
@@ -237,9 +239,9 @@ def register(
                 f"metrics: this registry already has leza's latency histogram with buckets "
                 f"{instruments.buckets}; every Leza in one registry shares them"
             )
-        feed = LezaMetrics(leza, target, instruments, max_routes)
+        feed = LezaMetrics(recorder, app_name, target, instruments, max_routes)
         mine[id(target)] = feed
-    leza.recorder.add_observer(feed)
+    recorder.add_observer(feed)
     return feed
 
 
@@ -252,12 +254,15 @@ class LezaMetrics:
 
     def __init__(
         self,
-        leza: Leza,
+        recorder: Recorder,
+        app_name: str,
         registry: CollectorRegistry,
         instruments: _Instruments,
         max_routes: int,
     ) -> None:
-        self._leza = weakref.ref(leza)
+        # Weakly: the recorder holds this feed (an observer), not the other way round.
+        self._recorder = weakref.ref(recorder)
+        self.app_name = app_name
         self.registry = registry
         self.instruments = instruments
         self.max_routes = max_routes
@@ -283,16 +288,16 @@ class LezaMetrics:
     # -- the recorder thread -----------------------------------------------------
 
     def __call__(self, events: Sequence[Event]) -> None:
-        leza = self._leza()
-        if leza is None:
+        recorder = self._recorder()
+        if recorder is None:
             return
-        app = leza.settings.app_name
+        app = self.app_name
         if not events:  # the end of a round of batches
             now = time.monotonic()
             if now - self._applied_at >= _APPLY_INTERVAL:
                 self._applied_at = now
                 self._apply(app)
-                self._sync_recorder(leza, app)
+                self._sync_recorder(recorder, app)
             return
         groups = self._pending
         checks: list[CheckEvent] = []
@@ -407,9 +412,9 @@ class LezaMetrics:
             latency.set(event.latency_ms / 1000)
         probed.set(event.ts / 1_000_000)
 
-    def _sync_recorder(self, leza: Leza, app: str) -> None:
+    def _sync_recorder(self, recorder: Recorder, app: str) -> None:
         """Bring the recorder's counters over: add what they grew by since last time."""
-        stats = leza.recorder.stats()
+        stats = recorder.stats()
         inst = self.instruments
         last = self._last
         for name in _RECORDER_COUNTERS:
@@ -427,13 +432,14 @@ class LezaMetrics:
         last: dict[tuple[str, str], int],
     ) -> None:
         before = last.get(key, 0)
-        # Lower than before: a new recorder (an init_app() rebuild) started from 0.
+        # Lower than before: the counters restarted from 0 (a forked child's recorder).
         grew = value - before if value >= before else value
         if grew:
             counter.labels(*labels).inc(grew)
         last[key] = value
 
-    def _after_fork(self) -> None:
+    def after_fork(self) -> None:
+        """In a forked child: start from zero like its recorder."""
         # The child's recorder starts from zero; so do its counters (multiprocess
         # mode: its own files), so nothing of the parent's is carried over.
         self._last = {}
@@ -444,7 +450,7 @@ class LezaMetrics:
 
 def _after_fork_in_child() -> None:
     for feed in list(_live):
-        feed._after_fork()
+        feed.after_fork()
 
 
 if hasattr(os, "register_at_fork"):

@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING, Any
 from ..storage.base import QueryFilter
 
 if TYPE_CHECKING:
-    from ..leza import Leza
+    from ..config import Settings
+    from ..storage.base import Storage
 
 __all__ = ["REVOKED_REASON", "UNKNOWN_REASON", "Blocklist"]
 
@@ -73,9 +74,11 @@ def _now_us() -> int:
 class Blocklist:
     """Ended sessions known to this process, and whether that knowledge is current."""
 
-    def __init__(self, leza: Leza, *, enabled: bool, memory: float) -> None:
-        s = leza.settings
-        self._leza = leza
+    def __init__(
+        self, settings: Settings, storage: Storage, *, enabled: bool, memory: float
+    ) -> None:
+        s = settings
+        self._storage = storage
         #: False when sessions are off: nothing is loaded, nothing is ever unknown.
         self.enabled = enabled
         self.policy = s.revocation_unknown
@@ -240,7 +243,7 @@ class Blocklist:
                 "leza: revoked sessions could not be loaded from storage %s (%s): requests "
                 "carrying a session cookie are %s until they are (revocation_unknown=%r; "
                 "counted in stats()['revocations'])",
-                self._leza.storage.describe(),
+                self._storage.describe(),
                 cause,
                 "refused" if self.refuse_unknown else "served without the check",
                 self.policy,
@@ -303,7 +306,7 @@ class Blocklist:
 
     def _read_ended(self, since: int) -> tuple[list[str], list[str]]:
         """Every session ended at or after ``since`` (µs), page by page."""
-        query = self._leza.storage.query  # (a SQL storage sets itself up on first use)
+        query = self._storage.query  # (a SQL storage sets itself up on first use)
         blocked: list[str] = []
         timed_out: list[str] = []
         enforce = self.enforce_timeouts
@@ -320,6 +323,12 @@ class Blocklist:
             if page.next_cursor is None or page.next_cursor == cursor:
                 return blocked, timed_out
             cursor = page.next_cursor
+
+    def wait_for_load(self, deadline: float) -> None:
+        """Wait for a load in flight, if any, until ``deadline`` (monotonic) at most."""
+        load = self._load
+        if load is not None and not load.done():
+            concurrent.futures.wait((load,), max(0.0, deadline - monotonic()))
 
     def stats(self) -> dict[str, Any]:
         now = monotonic()
@@ -357,9 +366,7 @@ def _before_fork() -> None:
     loads in flight finish first (briefly). The child loads again anyway."""
     deadline = monotonic() + _FORK_WAIT
     for blocklist in list(_live):
-        load = blocklist._load
-        if load is not None and not load.done():
-            concurrent.futures.wait((load,), max(0.0, deadline - monotonic()))
+        blocklist.wait_for_load(deadline)
 
 
 os.register_at_fork(before=_before_fork)

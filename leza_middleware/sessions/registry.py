@@ -35,7 +35,8 @@ from ..storage.base import QueryFilter
 from .blocklist import BLOCK_REASONS, REVOKED_REASON, UNKNOWN_REASON, Blocklist
 
 if TYPE_CHECKING:
-    from ..leza import Leza
+    from ..config import Settings
+    from ..ready import ReadyStorage
 
 __all__ = ["LOGIN_REASON", "LOGOUT_REASON", "REVOKED_REASON", "UNKNOWN_REASON", "Sessions"]
 
@@ -57,16 +58,21 @@ def _now_us() -> int:
 
 
 class Sessions:
-    def __init__(self, leza: Leza) -> None:
-        self._leza = leza
-        s = leza.settings
+    """``leza.sessions``: built from the settings and the storage (its set-up gate)."""
+
+    def __init__(self, settings: Settings, storage: ReadyStorage) -> None:
+        s = settings
+        self._storage = storage
+        self.app_name = s.app_name
         self.idle_timeout = s.idle_timeout
         self.absolute_timeout = s.absolute_timeout
         self.seen_interval_us = int(s.session_seen_interval * 1_000_000)
         self.poll_interval = s.session_poll_interval
         self.enforce_timeouts = s.enforce_session_timeouts
         self.revocation_memory = max(s.revocation_memory, s.absolute_timeout + 60)
-        self.blocklist = Blocklist(leza, enabled=s.sessions, memory=self.revocation_memory)
+        self.blocklist = Blocklist(
+            s, storage.storage, enabled=s.sessions, memory=self.revocation_memory
+        )
         self._reset()
 
     def _reset(self) -> None:
@@ -136,8 +142,7 @@ class Sessions:
         return records[0].to_dict() if records else None
 
     def _records(self, flt: QueryFilter) -> list[SessionRecord]:
-        self._leza.query._ensure_ready()
-        records: list[SessionRecord] = self._leza.storage.query("session", flt).events
+        records: list[SessionRecord] = self._storage.ready().query("session", flt).events
         return records
 
     # -- revocation ------------------------------------------------------------
@@ -182,13 +187,12 @@ class Sessions:
                 ts=now,
                 action="session_end",
                 session_id=sid,
-                app=self._leza.settings.app_name,
+                app=self.app_name,
                 end_reason=reason,
             )
             for sid in session_ids
         ]
-        self._leza.query._ensure_ready()
-        self._leza.storage.write(changes)  # synchronously: revocation must be durable
+        self._storage.ready().write(changes)  # synchronously: revocation must be durable
         self.blocklist.add(session_ids, block=reason in BLOCK_REASONS)
 
     # -- the running request (login / logout) ------------------------------------
@@ -197,7 +201,7 @@ class Sessions:
         native = current_native()
         if native is None:
             return False
-        state = _request_state(native)
+        state = request_state(native)
         if state is None:
             return False
         state.update(changes)
@@ -206,7 +210,7 @@ class Sessions:
     def current_id(self) -> str | None:
         """The session id of the running request, if it has one."""
         native = current_native()
-        state = None if native is None else _request_state(native)
+        state = None if native is None else request_state(native)
         return None if state is None else state.get("session_id")
 
     def login(self, performer: Performer | dict[str, Any] | None = None) -> None:
@@ -319,7 +323,7 @@ class Sessions:
         # signed-in users would read them all at every poll (and, past the page
         # size, never see the oldest). What is left over goes at the next poll.
         now = _now_us()
-        query = self._leza.storage.query
+        query = self._storage.storage.query
         started_before = now - int(self.absolute_timeout * 1_000_000)
         too_old = query(
             "session", QueryFilter(active=True, until=started_before - 1, limit=_EXPIRE_PAGE)
@@ -338,7 +342,7 @@ class Sessions:
                     self._seen.pop(sid, None)
 
 
-def _request_state(native: Any) -> dict[str, Any] | None:
+def request_state(native: Any) -> dict[str, Any] | None:
     """The per-request dict the session API writes into (ASGI scope, environ, request)."""
     if isinstance(native, dict):  # ASGI scope or WSGI environ
         state = native.get(REQUEST_KEY)

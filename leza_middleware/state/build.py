@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..events import SEVERITIES, AdvisoryEvent, iso_from_us
@@ -28,13 +29,15 @@ from .traffic import DAY, HOUR, TrafficCounts, bucket_seconds_for
 from .who import who_is_on
 
 if TYPE_CHECKING:
-    from ..leza import Leza
+    from ..availability.monitor import Monitor
+    from ..recorder import Recorder
 
 __all__ = [
     "KINDS",
     "MAX_DAYS",
     "NO_ROLLUPS",
     "TOP_ADVISORIES",
+    "Live",
     "WindowError",
     "build_state",
     "state_window",
@@ -167,7 +170,16 @@ def _spill(directory: str) -> tuple[int, int]:
     return files, size
 
 
-def recorder(storage: Storage, live: Leza | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Live:
+    """The running parts of this process STATE reports on: the recorder's
+    counters and spill files, the monitor's registered checks (``leza.query.live``)."""
+
+    recorder: Recorder
+    monitor: Monitor | None = None
+
+
+def recorder(storage: Storage, live: Live | None) -> dict[str, Any]:
     """The recorder's own health: this process's counters (when it records), the
     spill files waiting, and the time of the newest stored event of each kind."""
     out: dict[str, Any] = {
@@ -232,7 +244,7 @@ def _part(what: str, read: Callable[[], _T], fallback: _T, storage: Storage) -> 
 
 
 def build_state(
-    storage: Storage, since: int, until: int, *, now: int, live: Leza | None = None
+    storage: Storage, since: int, until: int, *, now: int, live: Live | None = None
 ) -> dict[str, Any]:
     """The state of ``[since, until]`` (µs, inclusive; see :func:`state_window`)."""
     bucket = bucket_seconds_for(since, until)

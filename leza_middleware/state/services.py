@@ -34,7 +34,7 @@ from ..events import CheckEvent, iso_from_us
 from ..storage.base import QueryFilter, Storage
 
 if TYPE_CHECKING:
-    from ..leza import Leza
+    from .build import Live
 
 __all__ = [
     "MAX_CHANGES",
@@ -260,13 +260,13 @@ def _sparkline(samples: list[list[Probe]], slots: Sequence[tuple[int, int]]) -> 
 
 
 def services(
-    storage: Storage, since: int, until: int, now: int, live: Leza | None = None
+    storage: Storage, since: int, until: int, now: int, live: Live | None = None
 ) -> list[dict[str, Any]]:
     """One entry per check (see the module documentation), by name."""
     reads = reads_for(storage)
     month = now - WINDOWS["30d"] * _US
     lower = min(since, month)
-    monitor = None if live is None else live.availability.monitor
+    monitor = None if live is None else live.monitor
     registered = [] if monitor is None else [c.name for c in monitor.checks()]
     changes = reads.changes(lower, max(until, now))
     stored = reads.names(lower)

@@ -40,7 +40,8 @@ from ..storage.models import REFUSED_ACTIONS
 from .places import countries, devices, machines, places
 
 if TYPE_CHECKING:
-    from ..leza import Leza
+    from ..config import Settings
+    from ..ready import ReadyStorage
     from ..storage.base import Storage
 
 __all__ = [
@@ -81,14 +82,17 @@ def _statement_ids(e: AuditEvent) -> list[str]:
 class Trace:
     """The traceability reads of one :class:`~leza_middleware.Leza` (``leza.trace``)."""
 
-    def __init__(self, leza: Leza) -> None:
-        self._leza = leza
+    def __init__(self, settings: Settings, storage: ReadyStorage, audit_key: bytes | None) -> None:
+        """``audit_key``: the audit chain's key, None when the process has no
+        configured secret key (rows are then shown without an integrity mark)."""
+        self._settings = settings
+        self._gate = storage
+        self._audit_key = audit_key
 
     # -- reading, checked ----------------------------------------------------
 
     def _storage(self) -> Storage:
-        self._leza.query._ensure_ready()
-        return self._leza.storage
+        return self._gate.ready()
 
     def _page(self, kind: str, flt: QueryFilter) -> tuple[list[Event], str | None]:
         """One page of ``kind`` under ``flt`` (nothing when the kind is not stored),
@@ -207,7 +211,7 @@ class Trace:
         revocation its requests are refused (carrying no performer: the other
         range); a timeout is found by a poll after the fact, an idle one at
         least ``idle_timeout`` after the last request."""
-        s = self._leza.settings
+        s = self._settings
         slack = int((s.session_seen_interval + 1) * 1_000_000)
         ended = record.ended_at
         if ended is None:
@@ -344,10 +348,9 @@ class Trace:
     def _checker(self) -> Any:
         """``row -> bool``: the row's content matches its chain hash (or a signed
         redaction entry vouches for it); None without the writers' key."""
-        leza = self._leza
-        if leza.keyring.ephemeral:
+        key = self._audit_key
+        if key is None:
             return None
-        key = leza.audit.key
         try:
             entries = self._storage().audit_redactions()
         except NotImplementedError:

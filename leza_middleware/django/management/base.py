@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError
 from ...cli import COMMANDS
 from ...cli.common import CliError, Context
 from ...errors import LezaError
-from ..conf import _raw_setting, get_leza, leza_options
+from ..conf import get_leza, leza_options, raw_setting
 
 __all__ = ["LezaCommand"]
 
@@ -71,7 +71,7 @@ class LezaCommand(BaseCommand):  # type: ignore[misc]  # Django is untyped
             ctx = Context(
                 prog=f"manage.py leza_{name}",
                 make_leza=get_leza,
-                options=leza_options(_raw_setting()),
+                options=leza_options(raw_setting()),
                 owns_leza=False,  # the project's: it keeps recording after this command
                 # The streams under Django's OutputWrapper, which would add a
                 # newline to every write (the csv module writes whole lines itself).

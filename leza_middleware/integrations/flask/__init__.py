@@ -53,23 +53,29 @@ if TYPE_CHECKING:
     from ...leza import Leza
     from ..wsgi_exchange import Exchange
 
-__all__ = ["SESSION_BINDING_KEY", "config_settings", "init_app"]
+__all__ = ["SESSION_BINDING_KEY", "attach", "config_settings", "init_app", "needs_attaching"]
 
 _PREFIX = "LEZA_"
 
 
 def init_app(leza: Leza, app: flask.Flask) -> None:
-    """Record every request of ``app`` through ``leza`` (see the module docstring)."""
+    """Record every request of ``app`` through ``leza``: :meth:`Leza.init_app`."""
+    leza.init_app(app)
+
+
+def needs_attaching(leza: Leza, app: flask.Flask) -> bool:
+    """False when ``app`` already records through ``leza`` (init_app twice);
+    LezaConfigError when it records through another Leza."""
     attached = app.extensions.get("leza")
     if attached is leza:
-        return  # init_app twice: already set up
+        return False
     if attached is not None:
         raise LezaConfigError(f"Flask app {app.name!r} already records through another Leza")
-    overrides = config_settings(app.config)
-    if overrides:
-        # Rebuilds the Leza in place (allowed before it recorded anything).
-        leza._reconfigure(overrides, source=f"app.config of Flask app {app.name!r}")
+    return True
 
+
+def attach(leza: Leza, app: flask.Flask) -> None:
+    """Wrap ``app.wsgi_app`` and add Flask's hooks (``leza``'s settings are final)."""
     middleware = app.wsgi_app
     if isinstance(middleware, LezaWSGIMiddleware):
         if middleware.leza is not leza:
