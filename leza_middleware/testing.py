@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .events import Event
-from .recorder import _live, add_listener, remove_listener
+from .recorder import add_listener, live_recorders, remove_listener
 
 __all__ = ["CapturedEvents", "capture_events"]
 
@@ -49,7 +49,7 @@ def capture_events(flush_timeout: float = 5.0) -> Iterator[CapturedEvents]:
     try:
         yield captured
     finally:
-        for recorder in list(_live):
+        for recorder in live_recorders():
             recorder.flush(flush_timeout)
         remove_listener(listener)
         with lock:

@@ -35,10 +35,12 @@ from .refusals import refused_for_content as refused_for_content
 from .refusals import split_refused as split_refused
 from .worker import Recorder
 
-__all__ = ["Recorder", "add_listener", "remove_listener"]
+__all__ = ["Recorder", "add_listener", "live_recorders", "remove_listener"]
 
-#: Every live recorder (leza_middleware.testing imports it from here).
-_live = live
+
+def live_recorders() -> list[Recorder]:
+    """Every recorder of this process still referenced (``capture_events()`` flushes them)."""
+    return list(live)
 
 
 def __getattr__(name: str) -> Any:
