@@ -25,7 +25,7 @@ from .logs import LezaLogHandler
 from .notify import Notification, Notify
 from .performer import Performer
 from .permissions import Permissions
-from .privacy import ForgetReport, Privacy
+from .privacy import ForgetReport, Privacy, check_retention
 from .query import Query
 from .recorder import Recorder
 from .redact import Redactor
@@ -33,7 +33,7 @@ from .request_path import is_priority
 from .sessions.cookies import CookieJar, Keyring
 from .sessions.registry import Sessions
 from .spill import Spill, default_spill_dir
-from .storage import SQLStorage, Storage, open_storage
+from .storage import Capability, Storage, is_sql, open_storage
 from .trace import Trace
 
 if TYPE_CHECKING:
@@ -95,7 +95,8 @@ class Leza:
         bad app.config) leaves the Leza as it was.
         """
         storage = open_storage(settings.storage)
-        if settings.migrate and isinstance(storage, SQLStorage):
+        check_retention(settings.retention, storage)  # a purge it cannot do fails here
+        if settings.migrate and is_sql(storage):
             storage.auto_migrate = True  # applied by its first setup(): first write or read
         proxies = ProxyTrust(settings.trusted_proxies)
         geo = settings.geoip_db
@@ -326,7 +327,7 @@ class Leza:
     def _settle_traffic(self) -> None:
         """About once a minute: the storage's rollup upkeep (SQL sums past hours)."""
         now = time.monotonic()
-        if now < self._next_settle or not self.storage.keeps_rollups:
+        if now < self._next_settle or not self.storage.supports(Capability.ROLLUPS):
             return
         self._next_settle = now + _SETTLE_INTERVAL
         try:

@@ -47,9 +47,11 @@ from .events import (
 )
 from .performer import Performer
 from .redact import DENIED_HEADER_PARTS, DENIED_HEADERS, Redactor, header_refused
+from .storage.capabilities import Capability, require, require_for_setting
 
 if TYPE_CHECKING:
     from .leza import Leza
+    from .storage.base import Storage
 
 __all__ = [
     "DEFAULT_RETENTION",
@@ -62,6 +64,7 @@ __all__ = [
     "ForgetReport",
     "IpAnonymizer",
     "Privacy",
+    "check_retention",
     "compile_identifiers",
     "effective_retention",
     "forget_event",
@@ -338,6 +341,23 @@ def effective_retention(setting: Sequence[tuple[str, int]], keeps_rollups: bool)
     return {kind: keep for kind, keep in out.items() if keep > 0}
 
 
+def check_retention(setting: Sequence[tuple[str, int]], storage: Storage) -> None:
+    """At ``Leza(...)``: a retention the app configured needs a storage that can
+    purge that kind (LezaConfigError naming ``retention[kind]`` otherwise). The
+    default traffic retention is dropped instead for a backend without it, and
+    so is any ``traffic`` retention for one that keeps no rollups (nothing to
+    purge there)."""
+    for kind, keep in setting:
+        label = f"retention[{kind!r}]"
+        if keep <= 0:
+            continue
+        if kind == "audit":
+            require_for_setting(storage, Capability.AUDIT_CHAIN, label)
+            require_for_setting(storage, Capability.AUDIT_PURGE, label)
+        elif kind != "traffic" or storage.supports(Capability.ROLLUPS):
+            require_for_setting(storage, Capability.PURGE, label)
+
+
 # Work per tick: batches this size, at most this share of the recorder's time.
 _PURGE_BATCH = 1000
 _PURGE_SLICE = 0.1  # seconds of purging before the recorder writes again
@@ -569,8 +589,10 @@ class Privacy:
         self.anonymizers: dict[str, IpAnonymizer] = {
             kind: IpAnonymizer(mode, key) for kind, mode in s.anonymize_ip
         }
+        storage = leza.storage
         self.retention: dict[str, int] = effective_retention(
-            s.retention, leza.storage.keeps_rollups
+            s.retention,
+            storage.supports(Capability.ROLLUPS) and storage.supports(Capability.PURGE),
         )
         self.retention_interval = s.retention_interval
         self._reset()
@@ -686,31 +708,29 @@ class Privacy:
         if not pid:
             raise ValueError("forget() needs a performer id")
         leza = self._leza
-        leza.flush(timeout)  # their queued events are stored first, then erased
         storage = leza.storage
+        require(storage, Capability.ERASURE)  # before anything is flushed or revoked
+        leza.flush(timeout)  # their queued events are stored first, then erased
         leza.query._ensure_ready()
         idents = identifiers_of(pid, storage.performer_identities(pid), identifiers)
         redacted: list[AuditEvent] = []
         entries: list[dict[str, Any]] = []
         unverified = 0
-        try:  # planned before anything changes: a refusal leaves everything as it was
+        # Planned before anything changes: a refusal leaves everything as it was.
+        # Without an audit chain there is nothing to redact: audit rows it may
+        # keep are not read back whole, so they stay as they are.
+        if storage.supports(Capability.AUDIT_CHAIN):
             redacted, entries, unverified = plan_redactions(
                 storage.iter_audit(), storage.audit_redactions(), pid, idents,
                 leza.audit.key, time.time_ns() // 1000,
             )  # fmt: skip
-        except NotImplementedError:  # a storage without audit rows
-            pass
-        else:
             if redacted and leza.keyring.ephemeral:
                 raise LezaError(
                     "erasing a person from the audit log needs the secret key the app writes "
                     "with (secret_key / LEZA_SECRET_KEY): the redaction entries are signed with it"
                 )
         revoked = leza.sessions.revoke_all(pid)
-        try:
-            counts = storage.forget_performer(pid, sorted(idents))
-        except NotImplementedError:
-            raise LezaError(f"{storage.describe()} does not support erasure") from None
+        counts = storage.forget_performer(pid, sorted(idents))
         done = storage.redact_audit(redacted, entries) if redacted else 0
         return ForgetReport(
             access=counts.get("access", 0),
