@@ -7,6 +7,9 @@ to memory, JSON Lines or its own backend never loads them.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import os
 import sys
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -31,6 +34,7 @@ __all__ = [
     "capabilities_of",
     "is_sql",
     "open_storage",
+    "preload",
 ]
 
 
@@ -47,6 +51,21 @@ def is_sql(storage: object) -> TypeGuard[SQLStorage]:
     (if the SQL module was never imported, no SQLStorage exists)."""
     sql = sys.modules.get(f"{__name__}.sql")
     return sql is not None and isinstance(storage, sql.SQLStorage)
+
+
+def preload(spec: object) -> None:
+    """Import the SQL backend now when ``spec`` (a ``storage=`` setting; None: the
+    default, ``$LEZA_STORAGE`` or SQLite) names a SQL URL. For integrations that
+    build their Leza on the first request (Django): the server's start-up pays
+    for SQLAlchemy, not that request. Never raises."""
+    if spec is None:
+        spec = os.environ.get("LEZA_STORAGE") or "sqlite://"
+    if isinstance(spec, str) and spec.strip().partition("://")[0].lower() not in (
+        "memory",
+        "jsonl",
+    ):
+        with contextlib.suppress(Exception):
+            importlib.import_module(f"{__name__}.sql")
 
 
 def open_storage(spec: str | Storage) -> Storage:
