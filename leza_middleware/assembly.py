@@ -30,7 +30,7 @@ from .enrich.geo import GeoResolver
 from .enrich.useragent import UserAgentParser
 from .permissions import Permissions
 from .pipeline import Pipeline, priority
-from .privacy import Erasure, IpPolicy, Privacy, Retention
+from .privacy import Erasure, IpPolicy, Privacy, Retention, check_retention
 from .query import Query
 from .ready import ReadyStorage
 from .recorder import Recorder
@@ -39,7 +39,7 @@ from .sessions.cookies import CookieJar, Keyring
 from .sessions.registry import Sessions
 from .spill import Spill, default_spill_dir
 from .state.build import Live
-from .storage import SQLStorage, Storage, open_storage
+from .storage import Storage, is_sql, open_storage
 from .trace import Trace
 
 if TYPE_CHECKING:
@@ -70,7 +70,8 @@ def open_inputs(settings: Settings, previous: tuple[Settings, Inputs] | None = N
         storage = old.storage
     else:
         storage = open_storage(settings.storage)
-    if settings.migrate and isinstance(storage, SQLStorage):
+    check_retention(settings.retention, storage)  # a purge it cannot do fails here
+    if settings.migrate and is_sql(storage):
         storage.auto_migrate = True  # applied by its first setup(): first write or read
     proxies = ProxyTrust(settings.trusted_proxies)
     geo_setting = settings.geoip_db

@@ -19,6 +19,7 @@ from .advisories.rules import ALARM_RULES
 from .events import SEVERITIES, AdvisoryEvent, AuditEvent, CheckEvent, Event, LogEvent
 from .notify import Notification
 from .request_path import is_priority
+from .storage.capabilities import Capability
 
 if TYPE_CHECKING:
     from .advisories import AdvisoryEngine
@@ -203,7 +204,7 @@ class Pipeline:
     def _settle_traffic(self) -> None:
         """About once a minute: the storage's rollup upkeep (SQL sums past hours)."""
         now = time.monotonic()
-        if now < self._next_settle or not self.storage.keeps_rollups:
+        if now < self._next_settle or not self.storage.supports(Capability.ROLLUPS):
             return
         self._next_settle = now + _SETTLE_INTERVAL
         try:

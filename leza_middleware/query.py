@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .ready import ReadyStorage
 from .state.traffic import DAY, Traffic, TrafficUnsupported, bucket_seconds_for
 from .storage.base import QueryFilter, Storage
+from .storage.capabilities import Capability, missing_sentence
 
 if TYPE_CHECKING:
     from .state.build import Live
@@ -221,6 +222,8 @@ class Query:
         means "more than ``cap``". None when the storage cannot count.
         """
         flt = self._filter(since, until, action, performer_id, 1, None, endpoint)
+        if not self._storage.supports(Capability.COUNT):
+            return None
         self.ensure_ready()
         return self._storage.count(kind, replace(flt, active=active), cap)
 
@@ -280,7 +283,7 @@ class Query:
         last 24 hours up to now); ``bucket_seconds`` defaults to
         :func:`~leza_middleware.state.bucket_seconds_for` of the window.
         Raises :class:`~leza_middleware.state.TrafficUnsupported` when the
-        storage keeps no rollups (``storage.keeps_rollups``), ValueError for a
+        storage does not declare the ``rollups`` capability, ValueError for a
         bad window.
         """
         until_us = to_us(until, end=True)
@@ -293,11 +296,8 @@ class Query:
             raise ValueError("since is after until")
         if bucket_seconds is None:
             bucket_seconds = bucket_seconds_for(since_us, until_us)
-        if not self._storage.keeps_rollups:
-            raise TrafficUnsupported(
-                f"{self._storage.describe()} keeps no traffic rollups: traffic needs a "
-                "backend that keeps them (SQL or memory)"
-            )
+        if not self._storage.supports(Capability.ROLLUPS):
+            raise TrafficUnsupported(missing_sentence(self._storage, Capability.ROLLUPS), "rollups")
         self.ensure_ready()
         return self._storage.traffic(since_us, until_us, bucket_seconds)
 

@@ -16,6 +16,7 @@ from ..ids import new_event_id
 from ..performer import Performer, coerce_performer, performer_from_user
 from ..sessions.registry import REQUEST_ATTR, REQUEST_KEY
 from ..storage.base import QueryFilter
+from ..storage.capabilities import Capability, require
 from .chain import Chain
 from .diff import diff, plain
 from .purge import plan_purge
@@ -169,11 +170,17 @@ class Audit:
 
     def checkpoints(self) -> list[dict[str, Any]]:
         """The last (seq, hash) of every chain: keep a copy elsewhere to prove no tail
-        was cut later (pass it back to :meth:`verify`)."""
+        was cut later (pass it back to :meth:`verify`). Needs the storage's
+        ``audit_chain`` capability (StorageCapabilityError otherwise)."""
+        require(self._storage.storage, Capability.AUDIT_CHAIN, "cannot export audit checkpoints")
         return self._storage.ready().audit_checkpoints()
 
     def verify(self, checkpoints: Iterable[Mapping[str, Any]] | None = None) -> VerifyResult:
-        """Check every chain; truthy when intact, else ``.reason`` names the first break."""
+        """Check every chain; truthy when intact, else ``.reason`` names the first break.
+
+        Raises :class:`~leza_middleware.errors.StorageCapabilityError` before
+        reading anything when the storage does not declare ``audit_chain``."""
+        require(self._storage.storage, Capability.AUDIT_CHAIN)
         storage = self._storage.ready()
         stored = storage.audit_checkpoints()
         marks = list(stored) + list(checkpoints or ())
@@ -191,8 +198,12 @@ class Audit:
 
         Yields the count of each deleted batch. Raises :class:`LezaError` without a
         configured secret key (the markers are signed with it) and when the log
-        does not verify now: purging would erase the evidence.
+        does not verify now: purging would erase the evidence; and
+        StorageCapabilityError when the storage does not declare ``audit_chain``
+        and ``audit_purge``.
         """
+        require(self._storage.storage, Capability.AUDIT_CHAIN, "cannot purge audit rows")
+        require(self._storage.storage, Capability.AUDIT_PURGE)
         if self._keyring.ephemeral:
             raise LezaError(
                 "purging audit rows needs the secret key the app writes with "

@@ -149,9 +149,9 @@ class Context:
 
 
 def missing_sqlite_file(storage: Storage) -> str | None:
-    from ..storage.sql import SQLStorage
+    from ..storage import is_sql
 
-    if not isinstance(storage, SQLStorage) or storage.url.get_backend_name() != "sqlite":
+    if not is_sql(storage) or storage.url.get_backend_name() != "sqlite":
         return None
     db = storage.url.database or ""
     if not db or db == ":memory:" or db.startswith("file:") or "mode" in storage.url.query:

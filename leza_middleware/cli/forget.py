@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..storage.capabilities import Capability, require
 from .common import CliError, Context
 from .purge import confirm
 
@@ -36,6 +37,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if not performer:
         raise CliError("--performer must not be empty")
     storage = ctx.storage()
+    require(storage, Capability.ERASURE)  # said before the question, not after it
     question = (
         f"Erase everything recorded about performer {performer!r} from {storage.describe()}? "
         "This cannot be undone."

@@ -13,6 +13,7 @@ import argparse
 import time
 from collections.abc import Iterator
 
+from ..storage.capabilities import Capability, require
 from .common import KINDS, CliError, Context, Progress, isatty, iso, parse_duration
 
 __all__ = ["add_arguments", "run"]
@@ -60,8 +61,14 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     kind: str = args.kind
     before = time.time_ns() // 1000 - args.older_than * 1_000_000
     storage = ctx.storage(None if kind == "traffic" else kind)
-    if kind == "traffic" and not storage.keeps_rollups:
-        raise CliError(f"{storage.describe()} keeps no traffic rollups")
+    # What it cannot do is said in one sentence before the confirmation.
+    if kind == "traffic":
+        require(storage, Capability.ROLLUPS)
+    if kind == "audit":
+        require(storage, Capability.AUDIT_CHAIN, "cannot purge audit rows")
+        require(storage, Capability.AUDIT_PURGE)
+    else:
+        require(storage, Capability.PURGE)
     what = f"{_describe(kind)} before {iso(before)} UTC from {storage.describe()}"
     if not args.yes and not confirm(ctx, f"Delete {what}?"):
         ctx.note("leza purge: nothing deleted")

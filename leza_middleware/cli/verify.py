@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..storage.capabilities import Capability, require
 from .common import CliError, Context
 
 __all__ = ["add_arguments", "run"]
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     leza = ctx.leza()
+    require(leza.storage, Capability.AUDIT_CHAIN)  # one sentence, before anything else
     if leza.keyring.ephemeral:
         raise CliError(
             "set LEZA_SECRET_KEY to the key the app writes with (the chain is keyed with it)"

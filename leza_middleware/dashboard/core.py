@@ -47,6 +47,7 @@ from ..context import current_native
 from ..errors import LezaError
 from ..events import iso_from_us
 from ..sessions.registry import request_state
+from ..storage.capabilities import Capability, missing_sentence
 from .csrf import CsrfToken
 from .filters import NAMES, Filters
 from .html import Markup, fmt
@@ -156,11 +157,14 @@ class ChainCheck:
     def refresh(self) -> Chain:
         """Verify now (in the calling thread) and keep the result."""
         checked = iso_from_us(time.time_ns() // 1000)
+        storage = self._leza.storage
         try:
-            result = self._leza.audit.verify()
-            chain = Chain("ok" if result else "broken", result.reason, checked)
-        except NotImplementedError:
-            chain = Chain("unknown", "this storage keeps no audit chain", checked)
+            if not storage.supports(Capability.AUDIT_CHAIN):
+                why = missing_sentence(storage, Capability.AUDIT_CHAIN)
+                chain = Chain("unknown", why, checked)
+            else:
+                result = self._leza.audit.verify()
+                chain = Chain("ok" if result else "broken", result.reason, checked)
         except Exception as exc:  # a storage error: say so, do not fail the page
             log.warning("leza dashboard: audit verification failed", exc_info=True)
             chain = Chain("unknown", f"could not verify: {type(exc).__name__}", checked)

@@ -41,6 +41,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from ..context import REQUEST
 from ..core import Request, RequestCore
 from ..sessions.registry import REQUEST_ATTR, REVOKED_REASON
+from ..storage import preload
 from . import responses
 from .asgi import warn_without_lifespan
 from .conf import get_leza
@@ -59,6 +60,17 @@ log = logging.getLogger("leza_middleware")
 _ERROR_ATTR = "_leza_error"
 # Where __call__ leaves the request core's state, for process_view.
 _REQUEST_ATTR = "_leza_request"
+
+
+def _storage_setting() -> object:
+    """``settings.LEZA["storage"]`` when there is one (None: the default)."""
+    with contextlib.suppress(Exception):
+        from django.conf import settings
+
+        raw = getattr(settings, "LEZA", None)
+        if isinstance(raw, dict):
+            return raw.get("storage")
+    return None
 
 
 class LezaDjangoMiddleware:
@@ -86,6 +98,8 @@ class LezaDjangoMiddleware:
         self.core: RequestCore | None = None
         self._disabled = False
         self._setup_lock = threading.Lock()
+        # Leza is built on the first request: load a SQL storage's libraries now.
+        preload(_storage_setting())
 
     def _setup(self) -> RequestCore | None:
         """Build (or fetch) the process's Leza on the first request."""

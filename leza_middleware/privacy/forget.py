@@ -28,6 +28,7 @@ from ..events import (
     SessionRecord,
 )
 from ..performer import Performer
+from ..storage.capabilities import Capability, require
 
 if TYPE_CHECKING:
     from ..ready import ReadyStorage
@@ -294,30 +295,28 @@ class Erasure:
         pid = str(performer_id).strip()
         if not pid:
             raise ValueError("forget() needs a performer id")
+        require(self._storage.storage, Capability.ERASURE)  # before anything is flushed or revoked
         self._flush(timeout)  # their queued events are stored first, then erased
         storage = self._storage.ready()
         idents = identifiers_of(pid, storage.performer_identities(pid), identifiers)
         redacted: list[AuditEvent] = []
         entries: list[dict[str, Any]] = []
         unverified = 0
-        try:  # planned before anything changes: a refusal leaves everything as it was
+        # Planned before anything changes: a refusal leaves everything as it was.
+        # Without an audit chain there is nothing to redact: audit rows it may
+        # keep are not read back whole, so they stay as they are.
+        if storage.supports(Capability.AUDIT_CHAIN):
             redacted, entries, unverified = plan_redactions(
                 storage.iter_audit(), storage.audit_redactions(), pid, idents,
                 self._audit_key, time.time_ns() // 1000,
             )  # fmt: skip
-        except NotImplementedError:  # a storage without audit rows
-            pass
-        else:
             if redacted and self._keyring.ephemeral:
                 raise LezaError(
                     "erasing a person from the audit log needs the secret key the app writes "
                     "with (secret_key / LEZA_SECRET_KEY): the redaction entries are signed with it"
                 )
         revoked = self._revoke_all(pid)
-        try:
-            counts = storage.forget_performer(pid, sorted(idents))
-        except NotImplementedError:
-            raise LezaError(f"{storage.describe()} does not support erasure") from None
+        counts = storage.forget_performer(pid, sorted(idents))
         done = storage.redact_audit(redacted, entries) if redacted else 0
         return ForgetReport(
             access=counts.get("access", 0),

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LezaConfigError
+from ..storage.capabilities import Capability, require_for_setting
 from .kinds import by_kind
 
 if TYPE_CHECKING:
@@ -84,6 +85,23 @@ def effective_retention(setting: Sequence[tuple[str, int]], keeps_rollups: bool)
     return {kind: keep for kind, keep in out.items() if keep > 0}
 
 
+def check_retention(setting: Sequence[tuple[str, int]], storage: Storage) -> None:
+    """At ``Leza(...)``: a retention the app configured needs a storage that can
+    purge that kind (LezaConfigError naming ``retention[kind]`` otherwise). The
+    default traffic retention is dropped instead for a backend without it, and
+    so is any ``traffic`` retention for one that keeps no rollups (nothing to
+    purge there)."""
+    for kind, keep in setting:
+        label = f"retention[{kind!r}]"
+        if keep <= 0:
+            continue
+        if kind == "audit":
+            require_for_setting(storage, Capability.AUDIT_CHAIN, label)
+            require_for_setting(storage, Capability.AUDIT_PURGE, label)
+        elif kind != "traffic" or storage.supports(Capability.ROLLUPS):
+            require_for_setting(storage, Capability.PURGE, label)
+
+
 # Work per tick: batches this size, at most this share of the recorder's time.
 _PURGE_BATCH = 1000
 _PURGE_SLICE = 0.1  # seconds of purging before the recorder writes again
@@ -105,7 +123,9 @@ class Retention:
         storage: Storage,
         purge_audit: Callable[[int, int], Iterator[int]],
     ) -> None:
-        self.kinds: dict[str, int] = effective_retention(setting, storage.keeps_rollups)
+        self.kinds: dict[str, int] = effective_retention(
+            setting, storage.supports(Capability.ROLLUPS) and storage.supports(Capability.PURGE)
+        )
         self.interval = interval
         self._storage = storage
         self._purge_audit = purge_audit

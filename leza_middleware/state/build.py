@@ -9,7 +9,7 @@ newest stored event of each kind. A :class:`~leza_middleware.Leza` that is
 recording in this process adds its recorder's counters and its monitor's
 view of the checks (fresher, and maintenance windows).
 
-A backend without rollups (``keeps_rollups`` False: JSON Lines, most custom
+A backend without rollups (no ``rollups`` capability: JSON Lines, most custom
 backends) gets everything but the traffic: ``traffic`` says why, and the
 traffic numbers are None.
 """
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..events import SEVERITIES, AdvisoryEvent, iso_from_us
 from ..storage.base import QueryFilter, Storage
+from ..storage.capabilities import Capability
 from .services import services
 from .traffic import DAY, HOUR, TrafficCounts, bucket_seconds_for
 from .who import who_is_on
@@ -54,7 +55,8 @@ ADVISORY_SCAN = 1000
 KINDS = ("access", "session", "audit", "log", "advisory", "check")
 #: What a backend without rollups gets instead of traffic.
 NO_ROLLUPS = (
-    "Traffic needs a storage backend that keeps rollups (SQL or memory); {storage} keeps none."
+    "Traffic needs a storage backend that keeps rollups (SQL or memory; the 'rollups' "
+    "capability, docs/storage.md#capabilities); {storage} keeps none."
 )
 
 
@@ -100,7 +102,7 @@ def _counts(c: TrafficCounts) -> dict[str, int]:
 
 
 def _traffic(storage: Storage, since: int, until: int, bucket: int) -> dict[str, Any]:
-    if not storage.keeps_rollups:
+    if not storage.supports(Capability.ROLLUPS):
         return {
             "traffic": {"kept": False, "note": NO_ROLLUPS.format(storage=storage.describe())},
             "requests": None,
@@ -140,6 +142,8 @@ def _traffic(storage: Storage, since: int, until: int, bucket: int) -> dict[str,
 
 def _count(storage: Storage, action: str, since: int, until: int) -> int | None:
     """Logins without rollups: a count of the access events (None if it cannot)."""
+    if not storage.supports(Capability.COUNT):
+        return None
     try:
         return storage.count("access", QueryFilter(since=since, until=until, action=action))
     except (NotImplementedError, ValueError):
@@ -250,7 +254,7 @@ def build_state(
     bucket = bucket_seconds_for(since, until)
     if (
         bucket >= HOUR // 1_000_000
-        and storage.keeps_rollups
+        and storage.supports(Capability.ROLLUPS)
         and (live is None or not live.recorder.stats()["enqueued"])
     ):
         # No recorder here sums past hours into hour rows each minute (the command
@@ -263,7 +267,7 @@ def build_state(
     nobody = {"active": 0, "by_country": [], "by_device": [], "performers": 0, "capped": False}
     who = _part("sessions", lambda: who_is_on(storage, since, until), nobody, storage)
     logins, failures = traffic.pop("logins"), traffic.pop("login_failures")
-    if not storage.keeps_rollups:
+    if not storage.supports(Capability.ROLLUPS):
         logins = _count(storage, "login", since, until)
         failures = _count(storage, "login_failed", since, until)
     none: list[dict[str, Any]] = []

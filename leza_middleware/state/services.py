@@ -229,9 +229,9 @@ class CheckReads:
 
 def reads_for(storage: Storage) -> CheckReads:
     """The SQL reads for a SQL storage, the generic ones otherwise."""
-    from ..storage.sql import SQLStorage
+    from ..storage import is_sql
 
-    if isinstance(storage, SQLStorage):
+    if is_sql(storage):
         from ..storage.sql_state import SQLCheckReads
 
         return SQLCheckReads(storage)

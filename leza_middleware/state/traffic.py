@@ -1,6 +1,6 @@
 """Traffic numbers read from rollups: the types STATE is built from.
 
-A backend that keeps rollups (``Storage.keeps_rollups``: SQL and memory)
+A backend that keeps rollups (the ``rollups`` capability: SQL and memory)
 answers ``storage.traffic(since_us, until_us, bucket_seconds)`` with a
 :class:`Traffic`, computed from its per-minute and per-hour rollup rows,
 never from the raw access rows, so its cost depends on the window and the
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from operator import add
 from typing import ClassVar
 
-from ..errors import LezaError
+from ..errors import StorageCapabilityError
 
 __all__ = [
     "DAY",
@@ -85,8 +85,9 @@ MAX_BUCKETS = 10_000
 _STEPS = (60, 3600, 86400)
 
 
-class TrafficUnsupported(LezaError, NotImplementedError):
-    """The storage keeps no rollups, so it cannot tell traffic (``keeps_rollups`` is False)."""
+class TrafficUnsupported(StorageCapabilityError):
+    """The storage keeps no rollups, so it cannot tell traffic (it does not declare
+    the ``rollups`` capability: docs/storage.md#capabilities)."""
 
 
 @dataclass(frozen=True, slots=True)

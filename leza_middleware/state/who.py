@@ -73,9 +73,9 @@ def who_is_on(storage: Storage, since: int, until: int) -> dict[str, Any]:
         summary: dict[str, Any] = {"countries": [], "devices": [], "performers": 0}
         capped = False
     else:
-        from ..storage.sql import SQLStorage
+        from ..storage import is_sql
 
-        if isinstance(storage, SQLStorage):
+        if is_sql(storage):
             from ..storage.sql_state import session_summary
 
             summary, capped = session_summary(storage, since, until), False

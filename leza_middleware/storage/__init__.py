@@ -1,22 +1,71 @@
-"""Storage backends and :func:`open_storage`, which turns a ``storage=`` setting into one."""
+"""Storage backends and :func:`open_storage`, which turns a ``storage=`` setting into one.
+
+The SQL backend (and with it SQLAlchemy, SQLModel, Alembic) is imported only
+when a SQL URL is opened or ``SQLStorage`` is first named: an app that records
+to memory, JSON Lines or its own backend never loads them.
+"""
 
 from __future__ import annotations
 
-from ..errors import LezaConfigError
+import contextlib
+import importlib
+import os
+import sys
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+from ..errors import LezaConfigError, StorageCapabilityError
 from .base import Page, QueryFilter, Storage
+from .capabilities import Capability, capabilities_of, check_declared
 from .jsonl import JSONLStorage
 from .memory import MemoryStorage
-from .sql import SUPPORTED_URLS, SQLStorage, redact_url
+
+if TYPE_CHECKING:
+    from .sql import SQLStorage
 
 __all__ = [
+    "Capability",
     "JSONLStorage",
     "MemoryStorage",
     "Page",
     "QueryFilter",
     "SQLStorage",
     "Storage",
+    "StorageCapabilityError",
+    "capabilities_of",
+    "is_sql",
     "open_storage",
+    "preload",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SQLStorage":  # lazily: importing it loads SQLAlchemy
+        from .sql import SQLStorage
+
+        return SQLStorage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def is_sql(storage: object) -> TypeGuard[SQLStorage]:
+    """Whether ``storage`` is a :class:`SQLStorage`, without importing SQLAlchemy
+    (if the SQL module was never imported, no SQLStorage exists)."""
+    sql = sys.modules.get(f"{__name__}.sql")
+    return sql is not None and isinstance(storage, sql.SQLStorage)
+
+
+def preload(spec: object) -> None:
+    """Import the SQL backend now when ``spec`` (a ``storage=`` setting; None: the
+    default, ``$LEZA_STORAGE`` or SQLite) names a SQL URL. For integrations that
+    build their Leza on the first request (Django): the server's start-up pays
+    for SQLAlchemy, not that request. Never raises."""
+    if spec is None:
+        spec = os.environ.get("LEZA_STORAGE") or "sqlite://"
+    if isinstance(spec, str) and spec.strip().partition("://")[0].lower() not in (
+        "memory",
+        "jsonl",
+    ):
+        with contextlib.suppress(Exception):
+            importlib.import_module(f"{__name__}.sql")
 
 
 def open_storage(spec: str | Storage) -> Storage:
@@ -28,6 +77,7 @@ def open_storage(spec: str | Storage) -> Storage:
     path without connecting; raises :class:`LezaConfigError` naming the problem.
     """
     if isinstance(spec, Storage):
+        check_declared(spec)  # an unknown or unimplemented capability fails here
         return spec
     if isinstance(spec, type) and issubclass(spec, Storage):
         raise LezaConfigError(
@@ -41,6 +91,8 @@ def open_storage(spec: str | Storage) -> Storage:
     text = spec.strip()
     scheme, sep, rest = text.partition("://")
     if not sep:
+        from .sql import SUPPORTED_URLS, redact_url
+
         raise LezaConfigError(
             f"storage {redact_url(text)!r} is not a URL (no scheme://); expected one of: "
             f"{SUPPORTED_URLS}"
@@ -52,4 +104,6 @@ def open_storage(spec: str | Storage) -> Storage:
         return MemoryStorage()
     if scheme == "jsonl":
         return JSONLStorage.from_url(text)
+    from .sql import SQLStorage
+
     return SQLStorage(text)

@@ -6,14 +6,18 @@ import abc
 import heapq
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar, NoReturn
 
+from ..errors import StorageCapabilityError
 from ..events import AccessEvent, AuditEvent, Device, Event, Geo, SessionEvent, SessionRecord
 from ..performer import Performer
 from ..state.labels import parse_endpoint
 from ..state.traffic import Traffic, TrafficUnsupported
+from .capabilities import Capability, capabilities_of, missing_sentence
 
 __all__ = [
+    "REFUSED_ACTIONS",
+    "Capability",
     "Page",
     "QueryFilter",
     "Sighting",
@@ -25,6 +29,11 @@ __all__ = [
     "fold_session",
     "select_sessions",
 ]
+
+
+#: The actions of the performer view's "denied requests and failed logins" (SQL
+#: serves them from a partial index with this predicate: storage/models.py).
+REFUSED_ACTIONS = ("denied", "login_failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +105,14 @@ class Sighting:
 class Storage(abc.ABC):
     """Base class of storage backends. Subclass it to send events anywhere.
 
-    Only :meth:`write` and :meth:`query` are required. Every method is called
-    from the recorder's background thread or from the read side, never from
-    the request path, so blocking I/O is fine here.
+    Only :meth:`write` and :meth:`query` are required: with them a backend
+    records every event and serves every tab of the admin view. Anything more
+    is a :class:`Capability` the class declares in :attr:`capabilities`
+    together with the methods that implement it (docs/storage.md#capabilities);
+    a feature that needs one the backend does not declare says so in one
+    sentence before it starts. Every method is called from the recorder's
+    background thread or from the read side, never from the request path, so
+    blocking I/O is fine here.
 
     Contract:
 
@@ -115,10 +129,24 @@ class Storage(abc.ABC):
     #: True when several processes can write to it at once (SQL backends).
     shared: bool = False
 
-    #: True when this backend keeps traffic rollups, so that :meth:`traffic`
-    #: answers (SQL and memory). Check it before calling: a backend without
-    #: rollups raises :class:`~leza_middleware.state.TrafficUnsupported`.
-    keeps_rollups: bool = False
+    #: What this backend can do beyond write and query. A subclass that sets
+    #: nothing here gets the capabilities whose methods it overrides (and
+    #: ``rollups`` from ``keeps_rollups = True``): see
+    #: :func:`~leza_middleware.storage.capabilities.inferred`.
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
+    def supports(self, capability: Capability) -> bool:
+        """Whether this backend declares ``capability`` (or, declaring none,
+        implements it: see :attr:`capabilities`)."""
+        return capability in capabilities_of(self)
+
+    @property
+    def keeps_rollups(self) -> bool:
+        """True when it keeps traffic rollups: ``supports(Capability.ROLLUPS)``.
+
+        Kept for code written before capabilities; a subclass that sets
+        ``keeps_rollups = True`` instead of declaring still counts as keeping them."""
+        return self.supports(Capability.ROLLUPS)
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Create tables / files. Called once before the first write or read."""
@@ -193,10 +221,7 @@ class Storage(abc.ABC):
         the raw access rows written (each event id once, however often
         written), also after those rows are purged.
         """
-        raise TrafficUnsupported(
-            f"{self.describe()} keeps no traffic rollups: traffic needs a backend that "
-            "keeps them (SQL or memory)"
-        )
+        raise TrafficUnsupported(missing_sentence(self, Capability.ROLLUPS), "rollups")
 
     def settle_traffic(self, now_us: int | None = None) -> int:
         """Periodic upkeep of the rollups, called by the recorder thread about
@@ -205,12 +230,14 @@ class Storage(abc.ABC):
         return 0
 
     def iter_audit(self) -> Iterator[AuditEvent]:
-        """Every audit row, ordered by chain, then seq (for verification)."""
-        raise NotImplementedError(f"{type(self).__name__} does not store audit rows")
+        """Every audit row, ordered by chain, then seq (for verification).
+        Capability ``audit_chain``."""
+        self._missing(Capability.AUDIT_CHAIN)
 
     def audit_checkpoints(self) -> list[dict[str, Any]]:
-        """``{"chain", "seq", "hash", "ts"}`` of the last row written to each chain."""
-        raise NotImplementedError(f"{type(self).__name__} does not store audit rows")
+        """``{"chain", "seq", "hash", "ts"}`` of the last row written to each chain.
+        Capability ``audit_chain``."""
+        self._missing(Capability.AUDIT_CHAIN)
 
     def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
         """Delete events of ``kind`` older than ``before`` (µs); return how many.
@@ -220,9 +247,9 @@ class Storage(abc.ABC):
         with :meth:`purge_audit_chains`, never by time alone. ``"traffic"``
         (backends that keep rollups): rollup rows of the hours that ended
         before ``before`` rounded down to its hour; purging access events
-        leaves the rollups as they are.
+        leaves the rollups as they are. Capability ``purge``.
         """
-        raise NotImplementedError(f"{type(self).__name__} does not support purge")
+        self._missing(Capability.PURGE)
 
     def purge_batches(self, kind: str, before: int, batch_size: int = 10_000) -> Iterator[int]:
         """:meth:`purge`, yielding the count of each batch as it commits (progress).
@@ -262,9 +289,9 @@ class Storage(abc.ABC):
 
         The marks are committed before any row goes, so an interrupted purge
         leaves rows the verifier skips, never a chain it reports as cut.
-        Yields the count of each batch deleted.
+        Yields the count of each batch deleted. Capability ``audit_purge``.
         """
-        raise NotImplementedError(f"{type(self).__name__} does not support purging audit rows")
+        self._missing(Capability.AUDIT_PURGE)
 
     # -- erasure (privacy.py, ``leza forget``) -------------------------------------
 
@@ -272,24 +299,26 @@ class Storage(abc.ABC):
         """Every stored identity (name, email, …) of one performer.
 
         This default looks through the newest access events and sessions and
-        the audit actors; SQL reads its performer table.
+        the audit actors (every audit row with ``audit_chain``, else the newest
+        through :meth:`query`); SQL reads its performer table.
         """
         found: dict[str, Performer] = {}
-        for kind in ("access", "session"):
+        chain = self.supports(Capability.AUDIT_CHAIN)
+        for kind in ("access", "session") if chain else ("access", "session", "audit"):
+            if not self.stores(kind):
+                continue
             try:
                 page = self.query(kind, QueryFilter(performer_id=performer_id, limit=10_000))
             except (NotImplementedError, ValueError):
                 continue
             for e in page.events:
-                p = getattr(e, "performer", None)
+                p = e.actor if isinstance(e, AuditEvent) else getattr(e, "performer", None)
                 if isinstance(p, Performer) and p.id == performer_id:
                     found[p.to_json()] = p
-        try:
+        if chain:
             for a in self.iter_audit():
                 if a.actor is not None and a.actor.id == performer_id:
                     found[a.actor.to_json()] = a.actor
-        except NotImplementedError:
-            pass
         return list(found.values())
 
     def forget_performer(self, performer_id: str, identifiers: Sequence[str]) -> dict[str, int]:
@@ -302,9 +331,9 @@ class Storage(abc.ABC):
         (endpoint, reason, log message and exception, advisory message and
         details) replace ``identifiers`` (case-insensitively) with
         ``[Forgotten]``. Keys: ``access``, ``logs``, ``advisories``,
-        ``sessions``, ``performers``, ``scrubbed``.
+        ``sessions``, ``performers``, ``scrubbed``. Capability ``erasure``.
         """
-        raise NotImplementedError(f"{type(self).__name__} does not support erasure")
+        self._missing(Capability.ERASURE)
 
     def audit_redactions(self) -> list[dict[str, Any]]:
         """Signed redaction entries (``{"id", "chain", "seq", "hash", "redacted_hash",
@@ -313,8 +342,9 @@ class Storage(abc.ABC):
 
     def redact_audit(self, events: Sequence[AuditEvent], entries: Sequence[dict[str, Any]]) -> int:
         """Store ``entries`` and replace the audit rows of ``events`` (same ids) with
-        them, atomically where the backend can; return how many rows were replaced."""
-        raise NotImplementedError(f"{type(self).__name__} does not support audit redaction")
+        them, atomically where the backend can; return how many rows were replaced.
+        Needed by ``erasure`` on a backend that also declares ``audit_chain``."""
+        self._missing(Capability.ERASURE)
 
     def after_fork(self) -> None:  # noqa: B027 - optional hook
         """Drop connections inherited from the parent process (called in the child)."""
@@ -325,6 +355,9 @@ class Storage(abc.ABC):
     def describe(self) -> str:
         """A short, secret-free description for logs and the CLI."""
         return type(self).__name__
+
+    def _missing(self, capability: Capability) -> NoReturn:
+        raise StorageCapabilityError(missing_sentence(self, capability), capability.value)
 
 
 def _sighted(e: AccessEvent, flt: QueryFilter) -> bool:

@@ -30,6 +30,7 @@ from ..events import (
     event_from_dict,
 )
 from .base import (
+    Capability,
     Page,
     QueryFilter,
     Storage,
@@ -55,7 +56,7 @@ class JSONLStorage(Storage):
     # No traffic rollups: ids are deduplicated within a process only (a bounded
     # set), so counts kept here could not be exact, and a file has no atomic
     # increment for several writers. STATE shows no traffic for it.
-    keeps_rollups = False
+    capabilities = frozenset(Capability) - {Capability.ROLLUPS}
 
     def __init__(
         self,

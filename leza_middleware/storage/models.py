@@ -35,6 +35,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+from .base import REFUSED_ACTIONS
+
 __all__ = [
     "REFUSED_ACTIONS",
     "REFUSED_PREDICATE",
@@ -76,7 +78,7 @@ __all__ = [
 #: The actions of the performer view's "denied requests and failed logins", and
 #: the predicate of the partial index that finds them: a query names these
 #: actions with literal values so that SQLite and PostgreSQL use that index.
-REFUSED_ACTIONS = ("denied", "login_failed")
+#: (REFUSED_ACTIONS lives in base.py: trace/ reads it without SQLAlchemy.)
 REFUSED_PREDICATE = "action IN ('denied', 'login_failed')"
 #: The access events of a session that carry no performer.
 SESSION_ANONYMOUS = "session_hash IS NOT NULL AND performer_id IS NULL"

@@ -70,7 +70,15 @@ from ..events import (
 from ..performer import Performer
 from ..state.labels import METHODS, ROUTE_LABEL_MAX, EndpointFilter, parse_endpoint
 from ..state.traffic import Traffic, check_window
-from .base import Page, QueryFilter, Sighting, Storage, check_endpoint_kind, checkpoints_of
+from .base import (
+    Capability,
+    Page,
+    QueryFilter,
+    Sighting,
+    Storage,
+    check_endpoint_kind,
+    checkpoints_of,
+)
 from .flat import FLAT_KINDS
 from .models import (
     REFUSED_ACTIONS,
@@ -748,7 +756,7 @@ class SQLStorage(Storage):
     summed into ``leza_traffic_hour`` by :meth:`settle_traffic` (:mod:`.sql_rollups`).
     """
 
-    keeps_rollups = True
+    capabilities = frozenset(Capability)  # docs/storage.md#capabilities
 
     def __init__(
         self,

@@ -34,9 +34,8 @@ from ..audit.chain import row_hash
 from ..events import EVENT_TYPES, AccessEvent, AuditEvent, Event, SessionRecord
 from ..privacy import redaction_is_valid
 from ..query import format_cursor, parse_cursor
-from ..storage.base import QueryFilter, Sighting, audit_matches
+from ..storage.base import REFUSED_ACTIONS, QueryFilter, Sighting, audit_matches
 from ..storage.memory import select_page
-from ..storage.models import REFUSED_ACTIONS
 from .places import countries, devices, machines, places
 
 if TYPE_CHECKING:
@@ -287,10 +286,7 @@ class Trace:
         for s in sorted(sessions, key=lambda s: s.last_seen, reverse=True):
             if s.performer is not None:
                 return s.performer.to_dict()
-        try:
-            known = self._storage().performer_identities(pid)
-        except NotImplementedError:
-            known = []
+        known = self._storage().performer_identities(pid)
         for p in known:
             if p.id == pid:
                 return p.to_dict()
@@ -351,10 +347,7 @@ class Trace:
         key = self._audit_key
         if key is None:
             return None
-        try:
-            entries = self._storage().audit_redactions()
-        except NotImplementedError:
-            entries = []
+        entries = self._storage().audit_redactions()  # [] by default (no erasure)
         vouched = {str(m["id"]): m for m in entries if redaction_is_valid(key, m)}
 
         def intact(e: AuditEvent) -> bool:
