@@ -174,7 +174,9 @@ def start_server(
         LEZA_GEOIP_DB=geoip_db(),
         LEZA_SPILL_DIR=str(work / "spill"),
         LEZA_SECRET_KEY="bench-secret-key-0123456789",
-        PYTHONPATH=str(work),
+        # A PYTHONPATH given to the bench comes after the app's folder: point it at
+        # another checkout to measure that version of leza side by side.
+        PYTHONPATH=os.pathsep.join(p for p in (str(work), os.environ.get("PYTHONPATH")) if p),
     )
     pin = ["taskset", "-c", str(cpu)] if cpu >= 0 else []
     cmd = [
