@@ -14,7 +14,12 @@ with the requests the server answered (counted by an outermost counter present i
 every variant), and each variant reports the time its process spent in the
 garbage collector.
 
-    python bench/bench_throughput.py [--rounds 3] [--duration 8] [--connections 64]
+    python bench/bench_throughput.py [--rounds 3] [--duration 8] [--connections 64] [--pin]
+                                     [--variants bare,floor,path,leza]
+
+``PYTHONPATH=/path/to/other/checkout python bench/bench_throughput.py --variants
+leza`` measures another version of leza (its ``path`` variant needs the request
+core, 2026-12 onwards).
 
 Needs: wrk (Debian package), uvicorn (with uvloop + httptools for realistic numbers).
 """
@@ -254,7 +259,15 @@ def main() -> int:
         action="store_true",
         help="pin uvicorn (and its recorder thread) to CPU 0 and wrk to CPU 1",
     )
+    ap.add_argument(
+        "--variants",
+        default="bare,floor,path,leza",
+        help="comma-separated subset of bare,floor,path,leza (bare is always run)",
+    )
     args = ap.parse_args()
+    chosen = {"bare", *args.variants.split(",")}
+    if not chosen <= {"bare", "floor", "path", "leza"}:
+        ap.error(f"unknown variant in --variants {args.variants!r}")
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
@@ -275,7 +288,7 @@ def main() -> int:
     )
     print(f"# {placement}; {args.rounds} rounds x {args.duration}s, {args.connections} connections")
 
-    variants = ("bare", "floor", "path", "leza")
+    variants = tuple(v for v in ("bare", "floor", "path", "leza") if v in chosen)
     results: dict[str, list[float]] = {v: [] for v in variants}
     # µs of CPU per request, per thread of the server (leza-recorder is ours)
     cpu_per_request: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
@@ -321,6 +334,8 @@ def main() -> int:
         ("path", "bare"): "   (leza's request path alone: records built, then discarded)",
     }
     for (variant, base), note in notes.items():
+        if variant not in chosen or base not in chosen:
+            continue
         ratio = statistics.median(results[variant]) / statistics.median(results[base])
         per_round = [v / b for b, v in zip(results[base], results[variant], strict=True)]
         print(f"ratio {variant}/{base}: {ratio:.3f}  (per round: "
@@ -338,6 +353,8 @@ def main() -> int:
         )
     )
     for variant in ("floor", "leza"):
+        if variant not in chosen:
+            continue
         stored, served = stored_total[variant], served_total[variant]
         print(
             f"events stored / requests served ({variant} rounds): {stored} / {served}"
