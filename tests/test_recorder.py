@@ -104,7 +104,9 @@ def test_hanging_storage_never_slows_requests_and_counts_stay_honest(
         return latencies
 
     latencies = anyio.run(run)
-    assert max(latencies) < 0.5, max(latencies)  # nothing waits on the hung storage
+    # Nothing waits on the storage, hung for 30 s: a request well under that (not
+    # 0.5 s, which a loaded 2-core test machine exceeded once by scheduling alone).
+    assert max(latencies) < 5.0, max(latencies)
     s = leza.stats()
     assert s["enqueued"] == 200
     assert s["written"] == 0
