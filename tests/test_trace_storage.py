@@ -324,3 +324,84 @@ def test_a_sessions_requests_are_found_however_it_ended(
         assert view["request_count"] == 4
     finally:
         leza.shutdown(2)
+
+
+def _rows_read(plan: dict[str, Any], table: str) -> int:
+    """Rows of ``table`` an EXPLAIN ANALYZE plan read: returned plus filtered out."""
+    own = 0
+    if plan.get("Relation Name") == table:
+        own = (plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)) * plan["Actual Loops"]
+    return int(own) + sum(_rows_read(p, table) for p in plan.get("Plans", []))
+
+
+def test_a_performer_who_stopped_long_ago_is_read_in_bounded_ranges(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A performer with 5 % of all requests, none in the newer half. Asked for
+    their newest request "newest first, limit 1", PostgreSQL's planner expects one
+    among the newest requests and walks the time index through every request
+    recorded since (0.4 s at 2,000,000 events): the view reads it at the newest
+    time its sightings found instead. No statement of the view reads more rows of
+    ``leza_access`` than the performer has (others' requests are not walked
+    through), and who they are is still taken from their newest request."""
+    from sqlalchemy import event, text
+
+    from leza_middleware.trace.views import SCAN
+
+    n, stale, newest = 200_000, "stale", 99_980  # theirs: every 20th of the first half
+    theirs = newest // 20
+    with postgres_schema(postgres_url) as url:
+        storage = SQLStorage(url)
+        storage.setup()
+        with storage.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO leza_access (id, ts, action, method, endpoint, status,"
+                    " duration_us, outcome, reason, request_id, client_ip, ip_valid, peer_ip,"
+                    " proxy_chain, scheme, host, app, performer_id, performer_key)"
+                    " SELECT lpad(i::text, 13, '0'), :t0 + i * :s, 'access', 'GET', '/x', 200,"
+                    " 1000, 'success', 'ok', 'r-' || i, '10.0.0.1', true, '10.0.0.1', '',"
+                    " 'https', 'h', 'app',"
+                    " CASE WHEN i % 20 = 0 AND i <= :newest THEN :p ELSE 'user-' || i % 500 END,"
+                    " CASE WHEN i = :newest THEN 'k-now' WHEN i % 20 = 0 AND i < :newest"
+                    " THEN 'k-before' END"
+                    " FROM generate_series(1::bigint, :n) AS g(i)"
+                ),
+                {"t0": T0, "s": S, "n": n, "newest": newest, "p": stale},
+            )
+            for key, name in (("k-before", "Stale (before)"), ("k-now", "Stale (now)")):
+                who = Performer(id=stale, name=name)
+                conn.execute(
+                    text(
+                        "INSERT INTO leza_performer (key, performer_id, name, email, json)"
+                        " VALUES (:k, :p, :name, '', :json)"
+                    ),
+                    {"k": key, "p": stale, "name": name, "json": who.to_json()},
+                )
+            conn.execute(text("ANALYZE leza_access"))
+        storage.close()
+        leza = Leza(storage=url, secret_key=SECRET, geoip_db=False, sessions=False,
+                    advisories=False, spill_dir=str(tmp_path / "spill"))  # fmt: skip
+        statements: list[tuple[str, Any]] = []
+
+        def seen(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+            if "leza_access" in sql:
+                statements.append((sql, params))
+
+        engine = leza.storage.engine  # type: ignore[attr-defined]
+        try:
+            event.listen(engine, "before_cursor_execute", seen)
+            view = leza.trace.performer(stale)
+            event.remove(engine, "before_cursor_execute", seen)
+            assert view is not None
+            assert view["performer"]["name"] == "Stale (now)"  # the newest request's
+            assert (view["request_count"], view["request_count_exact"]) == (SCAN, False)
+            assert len(statements) >= 4  # the refusals (2), the sightings, the newest request
+            with engine.connect() as conn:
+                cur = conn.connection.driver_connection.cursor()
+                for sql, params in statements:
+                    cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
+                    read = _rows_read(cur.fetchone()[0][0]["Plan"], "leza_access")
+                    assert read <= theirs, (read, sql)
+        finally:
+            leza.shutdown(2)

@@ -252,12 +252,24 @@ class Trace:
         refused = sorted(refused, key=lambda e: (e.ts, e.id), reverse=True)[:LIST]
         changes = self._read("audit", QueryFilter(performer_id=pid, limit=LIST))
         advisories = self._read("advisory", QueryFilter(performer_id=pid, limit=LIST))
-        latest = self._read("access", QueryFilter(performer_id=pid, limit=1))
+        seen, scanned = self._storage().sightings(QueryFilter(performer_id=pid), SCAN)
+        # Their newest request, read at the newest time the sightings found (one
+        # instant, bounded on both sides). Unbounded ("newest first, limit 1"),
+        # PostgreSQL's planner may walk the time index of every request when it
+        # expects a busy performer soon: for one who stopped long ago, it then
+        # reads every request recorded since (0.4 s at 2,000,000 events).
+        newest = max((s.last for s in seen), default=None)
+        latest = (
+            []
+            if newest is None
+            else self._read(
+                "access", QueryFilter(performer_id=pid, since=newest, until=newest, limit=1)
+            )
+        )
         identity = self._identity(pid, latest, [*active, *ended], changes)
         if identity is None and not advisories:
             return None
         sessions = [*active, *ended]
-        seen, scanned = self._storage().sightings(QueryFilter(performer_id=pid), SCAN)
         return {
             "performer": identity or {"id": pid},
             "sessions": _dicts(sessions),
