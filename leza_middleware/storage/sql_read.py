@@ -1,6 +1,6 @@
 """The SQL backend's reads: pages of a kind (newest first, keyset pagination on
 ``(ts, id)``), bounded counts, sightings, check states, oldest-first scans
-(``read_after``) and the audit chains read whole.
+(``read_after``), traffic from the rollup tables, and the audit chains read whole.
 
 SQLAlchemy Core ``select()`` with LEFT JOINs of the shared rows
 (:mod:`.sql_codecs`), the WHERE clauses of :mod:`.sql_filters`, and the indexes
