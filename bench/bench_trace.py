@@ -366,14 +366,14 @@ def other_rows(
     """The shared rows (device, geo, performer), sessions and logs: each table's
     columns and rows."""
     world = side["world"][0]
-    from leza_middleware.storage.sql import _DEVICE_FIELDS, _GEO_FIELDS, _SESSION_COLS
+    from leza_middleware.storage.sql_codecs import DEVICE_FIELDS, GEO_FIELDS, SESSION_COLS
 
     out: dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]] = {}
     out["leza_device"] = (
-        _DEVICE_FIELDS,
-        [tuple(getattr(d, f) for f in _DEVICE_FIELDS) for d in world.devices],
+        DEVICE_FIELDS,
+        [tuple(getattr(d, f) for f in DEVICE_FIELDS) for d in world.devices],
     )
-    out["leza_geo"] = (_GEO_FIELDS, [tuple(getattr(g, f) for f in _GEO_FIELDS) for g in world.geos])
+    out["leza_geo"] = (GEO_FIELDS, [tuple(getattr(g, f) for f in GEO_FIELDS) for g in world.geos])
     out["leza_performer"] = (
         ("key", "performer_id", "name", "email", "json"),
         [
@@ -399,8 +399,8 @@ def other_rows(
             "device_key": world.devices[d].key,
             "geo_key": world.geos[g].key,
         }
-        sessions.append(tuple(row[c] for c in _SESSION_COLS))
-    out["leza_session"] = (_SESSION_COLS, sessions)
+        sessions.append(tuple(row[c] for c in SESSION_COLS))
+    out["leza_session"] = (SESSION_COLS, sessions)
     cols = tuple(log_table.c.keys())
     logs = []
     for j, (ts, rid, pid, route) in enumerate(side["log"]):

@@ -1,5 +1,5 @@
 """Row codecs of the flat kinds — log, advisory, check: one table row per event,
-no shared device/geo/performer rows. ``sql.py`` registers them in ``KINDS``."""
+no shared device/geo/performer rows. ``sql_codecs.py`` registers them in ``KINDS``."""
 
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ class SQLRollups:
 
     def _execute(self, cur: Any, table: Table, params: list[Any], n: int) -> None:
         """SQLite: one multi-row statement per chunk (the driver releases the GIL
-        per statement step: per row with executemany; see SQLStorage._insert_rows)."""
+        per statement step: per row with executemany; see :mod:`.sql_write`)."""
         width = len(TRAFFIC_COLUMNS)
         i = 0
         while i < n:

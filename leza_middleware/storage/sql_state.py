@@ -30,11 +30,6 @@ from .sql import SQLStorage
 __all__ = ["SQLCheckReads", "session_summary"]
 
 
-def _ready(storage: SQLStorage) -> None:
-    if not storage._ready:
-        storage.setup()
-
-
 def _table(storage: SQLStorage) -> str:
     return storage.engine.dialect.identifier_preparer.format_table(check_table)
 
@@ -87,13 +82,13 @@ class SQLCheckReads(CheckReads):
         super().__init__(storage)
 
     def names(self, since: int) -> list[str]:
-        _ready(self.storage)
-        rows = self.storage._read(_names_sql(_table(self.storage)).bindparams(since=since))
+        self.storage.ensure_ready()
+        rows = self.storage.read(_names_sql(_table(self.storage)).bindparams(since=since))
         return [str(r[0]) for r in rows]
 
     def before(self, name: str, ts: int) -> CheckEvent | None:
-        _ready(self.storage)
-        rows = self.storage._read(_before_sql(_table(self.storage)).bindparams(before=ts, c=name))
+        self.storage.ensure_ready()
+        rows = self.storage.read(_before_sql(_table(self.storage)).bindparams(before=ts, c=name))
         if not rows:
             return self._latest(name, ts, None)  # no change stored: the latest probe (one seek)
         i, t, check, ok, state, previous, latency, error, app = rows[0]
@@ -103,13 +98,13 @@ class SQLCheckReads(CheckReads):
     def samples(self, name: str, slots: Sequence[tuple[int, int]]) -> list[list[Probe]]:
         if not slots:
             return []
-        _ready(self.storage)
+        self.storage.ensure_ready()
         params: dict[str, Any] = {"c": name}
         for i, (a, b) in enumerate(slots):
             params[f"a{i}"], params[f"b{i}"] = a, b
         stmt = _samples_sql(_table(self.storage), len(slots)).bindparams(**params)
         out: list[list[Probe]] = [[] for _ in slots]
-        for k, ts, latency, ok in self.storage._read(stmt):
+        for k, ts, latency, ok in self.storage.read(stmt):
             out[int(k)].append((int(ts), None if latency is None else float(latency), bool(ok)))
         return out
 
@@ -117,16 +112,16 @@ class SQLCheckReads(CheckReads):
 def session_summary(storage: SQLStorage, since: int, until: int) -> dict[str, Any]:
     """Active sessions per country and device type, and the distinct performers of the
     sessions seen in ``[since, until]`` (started by ``until``, last seen from ``since``)."""
-    _ready(storage)
+    storage.ensure_ready()
     s, g, d = session_table, geo_table, device_table
     active = s.c.ended_at.is_(None)
-    countries = storage._read(
+    countries = storage.read(
         select(g.c.country_code, func.max(g.c.country_name), func.count())
         .select_from(s.outerjoin(g, g.c.key == s.c.geo_key))
         .where(active)
         .group_by(g.c.country_code)
     )
-    devices = storage._read(
+    devices = storage.read(
         select(d.c.device_type, func.count())
         .select_from(s.outerjoin(d, d.c.key == s.c.device_key))
         .where(active)
@@ -145,7 +140,7 @@ def session_summary(storage: SQLStorage, since: int, until: int) -> dict[str, An
         )
 
     both = union_all(seen(s.c.ended_at.is_(None)), seen(s.c.ended_at >= since)).subquery()
-    performers = storage._read(select(func.count(distinct(both.c.p))))
+    performers = storage.read(select(func.count(distinct(both.c.p))))
     return {
         "countries": [(code or "", name or "", int(n)) for code, name, n in countries],
         "devices": [(kind or "", int(n)) for kind, n in devices],
