@@ -54,6 +54,24 @@ def storage_default() -> str:
     return os.environ.get("LEZA_STORAGE") or DEFAULT_STORAGE
 
 
+def bounded_int(what: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high``, else an error
+    naming ``what`` and the range."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = low - 1
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(
+                f"invalid {what} {text!r}: a whole number {low}..{high}"
+            )
+        return n
+
+    return parse
+
+
 def parse_duration(text: str) -> int:
     """Seconds in ``90d``, ``12h``, ``30m``, ``2w``, ``45s`` (argparse ``type=``)."""
     m = _DURATION.fullmatch(text)

@@ -14,7 +14,16 @@ import time
 from collections.abc import Iterator
 
 from ..storage.capabilities import Capability, require
-from .common import KINDS, CliError, Context, Progress, isatty, iso, parse_duration
+from .common import (
+    KINDS,
+    CliError,
+    Context,
+    Progress,
+    bounded_int,
+    isatty,
+    iso,
+    parse_duration,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -32,23 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     parser.add_argument(
-        "--batch-size", type=_batch, default=10_000, metavar="N",
+        "--batch-size", type=bounded_int("batch size", 1, 1_000_000), default=10_000, metavar="N",
         help="rows per delete transaction (10000)",
     )  # fmt: skip
     parser.add_argument(
         "--progress", action="store_true",
         help="show progress on stderr (default: only when stderr is a terminal)",
     )  # fmt: skip
-
-
-def _batch(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"invalid batch size {text!r}: 1..1000000")
-    return n
 
 
 def _describe(kind: str) -> str:

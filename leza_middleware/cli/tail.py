@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..storage.base import QueryFilter, Storage
-from .common import KINDS, Context
+from .common import KINDS, Context, bounded_int
 from .formats import jsonl_line, text_line
 
 __all__ = ["add_arguments", "run"]
@@ -30,23 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     parser.add_argument("--kind", choices=KINDS, default="access", help="event kind (access)")
     parser.add_argument(
-        "-n", "--lines", type=_lines, default=10, metavar="N", help="newest N events first (10)"
+        "-n",
+        "--lines",
+        type=bounded_int("count", 0, 10_000),
+        default=10,
+        metavar="N",
+        help="newest N events first (10)",
     )
     parser.add_argument("--format", choices=("text", "jsonl"), default="text")
     parser.add_argument(
         "--interval", type=_interval, default=1.0, metavar="SECONDS",
         help="how often -f polls storage (1.0)",
     )  # fmt: skip
-
-
-def _lines(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if not 0 <= n <= 10_000:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: a whole number 0..10000")
-    return n
 
 
 def _interval(text: str) -> float:
