@@ -28,6 +28,7 @@ __all__ = [
     "more",
     "session_table",
     "status_cell",
+    "table",
     "when",
 ]
 
@@ -39,7 +40,8 @@ _KNOWN_ACTIONS = frozenset(
 _SHORT = 120  # characters of a value shown in a diff before it is cut (all of it on hover)
 
 
-def _table(cls: str, heads: Sequence[str], rows: Sequence[Markup], empty: str) -> Markup:
+def table(cls: str, heads: Sequence[str], rows: Sequence[Markup], empty: str) -> Markup:
+    """A ``rows`` table (every tab's and view's); ``empty`` says why there are none."""
     head = join(fmt("<th>{}</th>", h) for h in heads)
     if not rows:
         body = fmt('<tr><td class="empty" colspan="{}">{}</td></tr>', len(heads), empty)
@@ -164,7 +166,7 @@ def access_table(
         )
         for e in items
     ]
-    return _table("access", heads, rows, empty or "No requests in this period.")
+    return table("access", heads, rows, empty or "No requests in this period.")
 
 
 # --------------------------------------------------------------------------- SESSION
@@ -221,7 +223,7 @@ def session_table(
                 revoke_form(s) if s.get("active") else Markup(""),
             )
         )
-    return _table("sessions", heads, rows, empty or "No sessions started in this period.")
+    return table("sessions", heads, rows, empty or "No sessions started in this period.")
 
 
 # --------------------------------------------------------------------------- AUDIT
@@ -310,7 +312,7 @@ def audit_table(
         )
         for a in items
     ]
-    return _table("audit", heads, rows, empty or "No changes recorded in this period.")
+    return table("audit", heads, rows, empty or "No changes recorded in this period.")
 
 
 # --------------------------------------------------------------------------- ADVISORY, LOG
@@ -354,7 +356,7 @@ def advisory_table(
                 more(base, e),
             )
         )
-    return _table("advisories", heads, rows, empty or "No advisories in this period.")
+    return table("advisories", heads, rows, empty or "No advisories in this period.")
 
 
 def log_table(
@@ -381,7 +383,7 @@ def log_table(
                 more(base, e),
             )
         )
-    return _table("logs", heads, rows, empty or "No log records in this period.")
+    return table("logs", heads, rows, empty or "No log records in this period.")
 
 
 #: Where a record of a kind this module does not know says what it is about.
@@ -406,4 +408,4 @@ def generic_table(base: str, items: Sequence[Mapping[str, Any]], now_us: int, no
                 more(base, e),
             )
         )
-    return _table("generic", heads, rows, f"No {noun} in this period.")
+    return table("generic", heads, rows, f"No {noun} in this period.")

@@ -31,6 +31,7 @@ from .rows import (
     badge,
     diff_cell,
     session_table,
+    table,
     when,
 )
 from .timefmt import absolute
@@ -200,22 +201,11 @@ def places_table(items: Sequence[Mapping[str, Any]], now_us: int) -> Markup:
         )
         for p in items
     ]
-    return _small_table(
+    return table(
         "places",
         ("IP", "LOCATION", "FIRST SEEN", "LAST SEEN", "REQUESTS"),
         rows,
         "No requests recorded.",
-    )
-
-
-def _small_table(cls: str, heads: Sequence[str], rows: Sequence[Markup], empty: str) -> Markup:
-    head = join(fmt("<th>{}</th>", h) for h in heads)
-    body = join(rows) or fmt('<tr><td class="empty" colspan="{}">{}</td></tr>', len(heads), empty)
-    return fmt(
-        '<table class="rows {}"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>',
-        cls,
-        head,
-        body,
     )
 
 
@@ -344,7 +334,7 @@ def _seen_table(
         )
         for i in items
     ]
-    return _small_table(cls, (label, "FIRST SEEN", "LAST SEEN", "REQUESTS"), rows, empty)
+    return table(cls, (label, "FIRST SEEN", "LAST SEEN", "REQUESTS"), rows, empty)
 
 
 def revoke_all_form(page: Page, performer: Mapping[str, Any], active: int) -> Markup:
@@ -524,7 +514,7 @@ def entity_page(
         )
         for a in view.get("items") or []
     ]
-    table = _small_table(
+    history = table(
         "audit history",
         ("TIME", "ACTOR", "ACTION", "CHANGES", "MADE BY", "ROW", ""),
         rows,
@@ -545,7 +535,7 @@ def entity_page(
         [
             _header("ENTITY", fmt("<code>{}</code> #<code>{}</code>", etype, eid)),
             fmt('<p class="summary">Every change, oldest first. {}</p>', state),
-            table,
+            history,
             _pager(
                 page, path, cursor, view.get("next_cursor"), limit, default_limit, "OLDEST", "NEWER"
             ),
