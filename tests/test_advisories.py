@@ -553,6 +553,24 @@ def test_bot_on_login_once_per_bot_and_ip_per_cooldown() -> None:
     assert [f.evidence for f in one_by_one(engine, [*hits, after])] == [(hits[0].id,), (after.id,)]
 
 
+def test_bot_on_login_remembers_each_path_once_and_stays_bounded() -> None:
+    """The route test is memoised per (route, endpoint): repeats give the same
+    answer as the first sighting, and a crawler of many distinct (or very long)
+    paths cannot grow the memo past its bound."""
+    rule = BotOnLogin(cooldown=0.0)
+    engine = AdvisoryEngine([rule], None)
+    paths = [f"/blog/post-{i}" for i in range(5000)] + ["/login", "/x/" + "a" * 5000 + "/login"]
+    events = [
+        access(ts=T0 + i * S, device=GOOGLEBOT, performer=None, endpoint=p, ip="66.249.66.1")
+        for i, p in enumerate(paths * 2)
+    ]
+    found = run(engine, events)
+    # Only the two login paths fire, on their first sighting and on the repeat.
+    assert sorted(f.details["endpoint"][:6] for f in found) == ["/login"] * 2 + ["/x/aaa"] * 2
+    assert 0 < len(rule._matched) <= 4096
+    assert all(len(endpoint) <= 256 for _, endpoint in rule._matched)
+
+
 # ----------------------------------------------------------------------------- ServiceState
 
 

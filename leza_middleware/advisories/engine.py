@@ -133,6 +133,8 @@ class AdvisoryEngine:
             history = History(storage, days=days, max_performers=max_performers, clock=clock)
         self.history = history
         self._routes: dict[tuple[str, str], _Entry] = {}
+        # The same, for access events keyed by action alone (no key tuple per event).
+        self._access: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         self._events = 0
         self._advisories = 0
@@ -160,7 +162,10 @@ class AdvisoryEngine:
         entry = (rules, bot_rules, record) if rules or bot_rules or record else _SKIP
         if len(self._routes) >= _ROUTE_CACHE_MAX:  # actions are few; bound it anyway
             self._routes.clear()
+            self._access.clear()
         self._routes[key] = entry
+        if kind == "access":
+            self._access[action] = entry
         return entry
 
     def process(self, events: Sequence[Event]) -> list[AdvisoryEvent]:
@@ -177,26 +182,38 @@ class AdvisoryEngine:
         with self._lock:
             self._events += len(events)
             routes = self._routes
+            access = self._access
             ctx: RuleContext | None = None
             for event in events:
-                # (an access event's action straight from its row: the hot path)
-                key = (
-                    ("access", event.row[2])
-                    if type(event) is AccessEvent
-                    else (event.kind, event.action)
-                )
-                entry = routes.get(key)
-                if entry is None:
-                    entry = self._route(key)
-                if entry is _SKIP:
-                    continue
-                rules, bot_rules, record = entry
-                if bot_rules:
-                    device = getattr(event, "device", None)
-                    if device is not None and device.bot_name is not None:
-                        rules += bot_rules
-                    elif not rules and not record:
+                if type(event) is AccessEvent:
+                    # The hot path: most events are plain accesses that reach no rule
+                    # or only the bot rules, which a non-bot device skips here.
+                    entry = access.get(event.row[2])
+                    if entry is None:
+                        entry = self._route(("access", event.row[2]))
+                    if entry is _SKIP:
                         continue
+                    rules, bot_rules, record = entry
+                    if bot_rules:
+                        device = event.device
+                        if device is not None and device.bot_name is not None:
+                            rules += bot_rules
+                        elif not rules and not record:
+                            continue
+                else:
+                    key = (event.kind, event.action)
+                    entry = routes.get(key)
+                    if entry is None:
+                        entry = self._route(key)
+                    if entry is _SKIP:
+                        continue
+                    rules, bot_rules, record = entry
+                    if bot_rules:
+                        device = getattr(event, "device", None)
+                        if device is not None and device.bot_name is not None:
+                            rules += bot_rules
+                        elif not rules and not record:
+                            continue
                 if ctx is None:
                     ctx = RuleContext(
                         self.history, events, clock=self.clock, app_name=self.app_name

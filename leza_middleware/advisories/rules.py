@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..enrich.cache import bounded_put
 from ..errors import LezaConfigError
 from ..events import SEVERITIES, AccessEvent, CheckEvent, Device, Event, SessionEvent, iso_from_us
 from ..performer import Performer
@@ -251,6 +252,11 @@ def _touch(cache: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> No
     cache.move_to_end(key)
     while len(cache) > limit:
         cache.popitem(last=False)
+
+
+# BotOnLogin's memo of paths matched: entries, and the longest path kept.
+_ROUTE_MEMO = 4096
+_MAX_MEMO_PATH = 256
 
 
 def _path_segments(path: str | None) -> tuple[str, ...]:
@@ -710,9 +716,21 @@ class BotOnLogin(Rule):
         self.cooldown = _number("BotOnLogin", "cooldown", cooldown)
         limit = int(_number("BotOnLogin", "max_keys", max_keys, minimum=1, integer=True))
         self._cooldown = _Cooldown(self.cooldown, limit)
+        # (route, endpoint) -> on a login route: a crawler requests the same few
+        # paths again and again, so each is split and matched once.
+        self._matched: dict[tuple[str | None, str], bool] = {}
 
     def _on_login_route(self, event: AccessEvent) -> bool:
-        for path in (event.route, event.endpoint):
+        key = (event.route, event.endpoint)
+        found = self._matched.get(key)
+        if found is None:
+            found = self._matches(key)
+            if len(key[1]) <= _MAX_MEMO_PATH:  # long, unique paths are matched, not kept
+                bounded_put(self._matched, key, found, _ROUTE_MEMO)
+        return found
+
+    def _matches(self, paths: tuple[str | None, str]) -> bool:
+        for path in paths:
             segments = _path_segments(path)
             if segments and any(_contains_run(segments, run) for run in self._runs):
                 return True
