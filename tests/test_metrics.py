@@ -507,7 +507,14 @@ def test_uvicorn_app_serves_its_metrics_over_http(uvicorn_server: str) -> None:
     def scraped() -> dict[tuple[str, tuple[Any, ...]], float]:
         return _scrape(f"{base}/metrics")
 
-    assert wait_for(lambda: _total(scraped(), "/hello/{name}") == n, timeout=10)
+    # The 68 requests can reach the metrics in more than one recorder batch: wait
+    # for the last of them (the 404s) too, not only for the first route.
+    def arrived() -> bool:
+        s = scraped()
+        totals = (_total(s, "/hello/{name}"), _total(s, "/broken"), _total(s, UNMATCHED))
+        return totals == (n, 3, 25)
+
+    assert wait_for(arrived, timeout=10)
     samples = scraped()
     assert _total(samples, "/broken") == 3
     assert _total(samples, UNMATCHED) == 25
