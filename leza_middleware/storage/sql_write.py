@@ -18,7 +18,6 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import Sequence
-from itertools import chain
 from typing import Any
 
 from sqlalchemy import Table
@@ -99,11 +98,9 @@ class SQLWriter:
         self._upsert_session = self._session_upsert_sql()
         self._insert_audit = self._insert_sql(audit_table, AUDIT_COLS)
         self._upsert_checkpoint = self._checkpoint_upsert_sql()
-        # Rows per INSERT: within every driver's parameter limit (SQLite >= 3.32:
-        # 32766, older 999; PostgreSQL 65535) for the widest table.
-        widest = max(len(spec.columns) for spec in KINDS.values())
+        # The rollups' multi-row upserts stay within every driver's parameter
+        # limit (SQLite >= 3.32: 32766, older 999; PostgreSQL 65535).
         limit = 999 if self._sqlite and sqlite3.sqlite_version_info < (3, 32) else 32766
-        self._chunk = 1 << ((min(256, limit // widest)).bit_length() - 1)
         self.rollups = SQLRollups(backend, dialect.identifier_preparer, self._mark, limit)
         self.aggregator = Aggregator()
 
@@ -170,31 +167,23 @@ class SQLWriter:
 
     def _insert_rows(self, cur: Any, kind: str, rows: list[tuple[Any, ...]]) -> int:
         """Insert ``rows`` (idempotently); return how many were new (the driver's
-        rowcount: a row whose id is already stored is not counted).
+        rowcount, summed over the rows: a row whose id is already stored is not
+        counted).
 
-        SQLite: multi-row INSERTs, one statement per chunk instead of one per row.
-        The SQLite driver releases the GIL around every statement step; with
-        ``executemany`` that is once per row, and a recorder thread that gives
-        the GIL away per row then waits for it behind the app's event loop.
-        Chunk sizes are powers of two so the statement cache stays small.
+        One ``executemany`` of the one-row statement, built once per kind; the
+        driver keeps it prepared for the connection (sqlite3's statement cache;
+        psycopg 3 prepares it after a few executions and pipelines the batch:
+        one round trip). The row tuples go to the driver as they are.
+
+        SQLite: this replaced multi-row ``INSERT … VALUES (…), (…)`` chunks,
+        which cost ~4 µs more CPU per row (SQLite runs a multi-row VALUES as a
+        co-routine, and the parameters had to be flattened into one list) and,
+        measured with a CPU-bound thread sharing the GIL and the core, took no
+        less from it despite releasing the GIL once per chunk instead of once
+        per row (bench/bench_write_cpu.py).
         """
-        if not self._sqlite:
-            # psycopg 3 pipelines executemany (one round trip for the batch):
-            # measured ~45k rows/s there against ~9k for multi-row VALUES.
-            # Its rowcount is the total over the rows.
-            cur.executemany(self.insert_statement(kind), rows)
-            return int(cur.rowcount)
-        n = len(rows)
-        i = inserted = 0
-        while i < n:
-            size = self._chunk
-            while size > n - i:
-                size >>= 1
-            chunk = rows[i : i + size]
-            cur.execute(self.insert_statement(kind, size), list(chain.from_iterable(chunk)))
-            inserted += cur.rowcount
-            i += size
-        return inserted
+        cur.executemany(self.insert_statement(kind), rows)
+        return int(cur.rowcount)
 
     def _new_access_rows(self, cur: Any, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """``rows`` without those whose id is already stored (or repeated in ``rows``):

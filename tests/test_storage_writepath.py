@@ -1,0 +1,81 @@
+"""The SQL write path's cost-saving properties, on SQLite and PostgreSQL: shared
+rows (device, geo, performer) are written once per key per process, and the
+INSERT statements are prepared once for the write connection."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, text
+from test_storage import CHROME, FRANKFURT, ev
+
+from leza_middleware.performer import Performer
+from leza_middleware.storage import QueryFilter, SQLStorage
+
+ALICE = Performer(id="u-1", name="Alice", email="alice@example.com")
+SHARED = ("leza_device", "leza_geo", "leza_performer")
+
+
+def _shared_counts(url: str) -> dict[str, int]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {
+                t: int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()) for t in SHARED
+            }
+    finally:
+        engine.dispose()
+
+
+def _delete_shared(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for t in SHARED:
+                conn.execute(text(f"DELETE FROM {t}"))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.both_databases
+def test_shared_rows_are_written_once_per_key_per_process(storage_url: str) -> None:
+    storage = SQLStorage(storage_url)
+    try:
+        storage.write([ev(i, performer=ALICE) for i in range(10)])
+        assert _shared_counts(storage_url) == dict.fromkeys(SHARED, 1)
+        assert storage._known.devices == {CHROME.key}
+        assert storage._known.geos == {FRANKFURT.key}
+
+        # Delete them behind the writer's back: a later batch with the same keys
+        # does not insert them again (this process stored them already) ...
+        _delete_shared(storage_url)
+        storage.write([ev(i, performer=ALICE) for i in range(10, 20)])
+        assert _shared_counts(storage_url) == dict.fromkeys(SHARED, 0)
+
+        # ... until it is told they are gone (what erasure does).
+        storage.forget_known_keys()
+        storage.write([ev(i, performer=ALICE) for i in range(20, 30)])
+        assert _shared_counts(storage_url) == dict.fromkeys(SHARED, 1)
+        assert storage.query("access", QueryFilter()).events[0].device == CHROME
+    finally:
+        storage.close()
+
+
+@pytest.mark.parametrize("storage_url", ["postgres"], indirect=True)
+def test_postgres_inserts_are_prepared_on_the_write_connection(storage_url: str) -> None:
+    storage = SQLStorage(storage_url)
+    try:
+        for n in range(3):  # batches: the statement is prepared once, then reused
+            storage.write([ev(n * 100 + i, performer=ALICE) for i in range(50)])
+        raw = storage._raw
+        assert raw is not None
+        cur = raw.cursor()
+        try:
+            cur.execute("SELECT statement FROM pg_prepared_statements")
+            prepared = [r[0] for r in cur.fetchall()]
+        finally:
+            cur.close()
+        access = [s for s in prepared if "INSERT INTO leza_access" in s]
+        assert len(access) == 1, prepared
+        assert storage.count("access", QueryFilter()) == 150
+    finally:
+        storage.close()
