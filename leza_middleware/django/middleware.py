@@ -44,7 +44,7 @@ from ..sessions.registry import REQUEST_ATTR, REVOKED_REASON
 from ..storage import preload
 from . import responses
 from .asgi import warn_without_lifespan
-from .conf import get_leza
+from .conf import as_mapping, get_leza, raw_setting
 from .endpoints import DjangoPermissions
 from .identity import Identity
 from .roles import forget_roles
@@ -63,13 +63,10 @@ _REQUEST_ATTR = "_leza_request"
 
 
 def _storage_setting() -> object:
-    """``settings.LEZA["storage"]`` when there is one (None: the default)."""
+    """``settings.LEZA["storage"]`` when there is one (None: the default; a bad
+    ``settings.LEZA`` is reported when the Leza is built, not here)."""
     with contextlib.suppress(Exception):
-        from django.conf import settings
-
-        raw = getattr(settings, "LEZA", None)
-        if isinstance(raw, dict):
-            return raw.get("storage")
+        return as_mapping(raw_setting()).get("storage")
     return None
 
 

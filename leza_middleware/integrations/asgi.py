@@ -235,11 +235,7 @@ class _Exchange(Request):
             else:
                 out.append((rid_name, self.rid))
             # The performer is known now (authentication ran inside the app).
-            if adapter.performer_hook is None:  # Starlette's authentication sets scope["user"]
-                user = self.scope.get("user")
-                out += core.settle(self, None if user is None else performer_from_user(user))
-            else:
-                out += core.settle(self, adapter.performer_of(self.scope))
+            out += core.settle(self, adapter.performer_of(self.scope))
             message["headers"] = out
         elif mtype == "http.response.body" and not message.get("more_body", False):
             self.end = perf_counter()
