@@ -39,7 +39,7 @@ from .sessions.cookies import CookieJar, Keyring
 from .sessions.registry import Sessions
 from .spill import Spill, default_spill_dir
 from .state.build import Live
-from .storage import Storage, is_sql, open_storage
+from .storage import Storage, backends_of, is_sql, open_storage
 from .trace import Trace
 
 if TYPE_CHECKING:
@@ -71,8 +71,10 @@ def open_inputs(settings: Settings, previous: tuple[Settings, Inputs] | None = N
     else:
         storage = open_storage(settings.storage)
     check_retention(settings.retention, storage)  # a purge it cannot do fails here
-    if settings.migrate and is_sql(storage):
-        storage.auto_migrate = True  # applied by its first setup(): first write or read
+    if settings.migrate:
+        for backend in backends_of(storage):
+            if is_sql(backend):
+                backend.auto_migrate = True  # applied by its first setup(): first write or read
     proxies = ProxyTrust(settings.trusted_proxies)
     geo_setting = settings.geoip_db
     if old is not None and old_settings is not None and old_settings.geoip_db == geo_setting:

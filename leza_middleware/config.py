@@ -76,7 +76,8 @@ def _secret_names(name: str, value: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Settings:
-    storage: str | Storage = DEFAULT_STORAGE
+    # A URL, a Storage, or {kind: URL or Storage, "default": ...} (storage/routed.py).
+    storage: str | Storage | Mapping[str, str | Storage] = DEFAULT_STORAGE
     # None: the bundled default database when installed, else no geo (one warning).
     # False: geo disabled on purpose, no warning.
     geoip_db: str | os.PathLike[str] | Literal[False] | None = None
@@ -169,6 +170,14 @@ class Settings:
                 label[name] = f"{name} (from ${var})"
             if value is not None:
                 raw[name] = value
+        if overrides.get("storage") is None:
+            per_kind = _storage_by_kind_from_env(env)
+            if per_kind:
+                # LEZA_STORAGE_<KIND> splits the stream; $LEZA_STORAGE (or the
+                # default) keeps every kind not named.
+                per_kind.setdefault("default", raw.get("storage", DEFAULT_STORAGE))
+                raw["storage"] = per_kind
+                label["storage"] = "storage (from $LEZA_STORAGE_<KIND>)"
         return cls._validated(raw, label)
 
     @classmethod
@@ -335,8 +344,28 @@ class Settings:
         if "spill_dir" in out:
             _check_spill_dir(label["spill_dir"], out["spill_dir"])
         if "storage" in raw:
-            out["storage"] = raw["storage"]
+            out["storage"] = _storage(raw["storage"])
         return cls(**out)
+
+
+def _storage_by_kind_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """``{kind: URL}`` from ``LEZA_STORAGE_ACCESS``, ``LEZA_STORAGE_LOG``, … (set, not empty)."""
+    from .storage.routed import KINDS
+
+    out: dict[str, Any] = {}
+    for kind in KINDS:
+        value = env.get(f"LEZA_STORAGE_{kind.upper()}")
+        if value is not None and value.strip():
+            out[kind] = value
+    return out
+
+
+def _storage(value: Any) -> Any:
+    """A URL or Storage as given (opened and checked by ``storage.open_storage``);
+    a mapping is copied (a later change to the caller's dict changes nothing)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
 
 
 # Settings that are code, not text: no LEZA_* variable.

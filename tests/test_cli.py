@@ -751,3 +751,23 @@ def test_log_advisory_and_check_kinds_export_and_tail(
     code, out, _ = run(["tail", "--storage", url, "--kind", "check"], capsys)
     assert code == 0
     assert "billing  down  failed  5.0  HTTP 503" in out
+
+
+def test_check_and_migrate_reach_every_store_of_storage_by_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    main_url, access_url = f"sqlite:///{tmp_path / 'main.db'}", f"sqlite:///{tmp_path / 'a.db'}"
+    monkeypatch.setenv("LEZA_STORAGE", main_url)
+    monkeypatch.setenv("LEZA_STORAGE_ACCESS", access_url)
+    monkeypatch.setenv("LEZA_GEOIP_DB", "off")
+    code, out, _ = run(["migrate"], capsys)
+    assert code == 0, out
+    assert f"{tmp_path / 'main.db'}: migrated" in out
+    assert f"{tmp_path / 'a.db'}: migrated" in out
+    code, out, _ = run(["check"], capsys)
+    assert code == 0, out
+    storage_lines = [line for line in out.splitlines() if line.split()[1:2] == ["storage"]]
+    schema_lines = [line for line in out.splitlines() if line.split()[1:2] == ["schema"]]
+    assert len(storage_lines) == 2
+    assert len(schema_lines) == 2
+    assert all(line.startswith("OK") for line in storage_lines + schema_lines), out

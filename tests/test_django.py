@@ -714,3 +714,25 @@ def _up(base: str, proc: subprocess.Popen[bytes]) -> bool:
     except httpx.TransportError:
         return False
     return True
+
+
+def test_storage_by_kind_from_settings_leza(leza_conf: dict[str, Any], tmp_path: Path) -> None:
+    """``LEZA = {"storage": {"access": …, "default": …}}``: each kind in its store."""
+    access_db, main_db = tmp_path / "access.db", tmp_path / "main.db"
+    conf = {
+        **leza_conf,
+        "storage": {"access": f"sqlite:///{access_db}", "default": f"sqlite:///{main_db}"},
+    }
+    with override_settings(LEZA=conf):
+        instance = get_leza()
+        try:
+            assert Client().get("/").status_code == 200
+            instance.audit.record(action="create", entity_type="note", entity_id=1, after={})
+            assert instance.flush(5)
+        finally:
+            instance.shutdown(timeout=2)
+    with sqlite3.connect(access_db) as con:
+        assert con.execute("select count(*) from leza_access").fetchone()[0] == 1
+    with sqlite3.connect(main_db) as con:
+        assert con.execute("select count(*) from leza_audit").fetchone()[0] == 1
+        assert con.execute("select count(*) from leza_access").fetchone()[0] == 0

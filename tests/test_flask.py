@@ -16,6 +16,7 @@ from flask import Flask, Response, abort, g, request, send_file, stream_with_con
 
 from leza_middleware import Leza, LezaConfigError, LezaWSGIMiddleware, Performer
 from leza_middleware.context import current_request_id
+from leza_middleware.integrations.flask import config_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -325,6 +326,29 @@ def test_init_app_reads_app_config(
     assert event["ip"] == "81.2.69.142"  # through the trusted proxy from the config
     assert event["geoLocationInfoOfIp"]["country_code"] == "GB"
     assert db.exists()
+
+
+def test_app_config_splits_storage_by_kind(bare_leza: Callable[..., Leza], tmp_path: Path) -> None:
+    main, access = tmp_path / "main.db", tmp_path / "access.db"
+    app = make_app()
+    app.config.update(
+        LEZA_STORAGE=f"sqlite:///{main}",
+        LEZA_STORAGE_ACCESS=f"sqlite:///{access}",
+        LEZA_SPILL_DIR=str(tmp_path / "spill"),
+        LEZA_FLUSH_INTERVAL="0.05",
+    )
+    leza = bare_leza()
+    leza.init_app(app)
+    assert leza.settings.storage == {
+        "access": f"sqlite:///{access}",
+        "default": f"sqlite:///{main}",
+    }
+    app.test_client().get("/")
+    assert len(events_of(leza)) == 1
+    assert access.exists()
+    app.config["LEZA_STORAGE_ACSESS"] = "memory://"
+    with pytest.raises(LezaConfigError, match="LEZA_STORAGE_ACSESS"):
+        config_settings(app.config)
 
 
 def test_explicit_arguments_win_over_app_config(

@@ -178,6 +178,10 @@ class PostgresLeadership:
 
 def leadership_for(storage: Any, name: str) -> Leadership:
     """The leadership that fits ``storage`` (see the module docstring)."""
+    from ..storage.routed import RoutedStorage
+
+    if isinstance(storage, RoutedStorage):
+        storage = storage.backend("check")  # storage by kind: the checks' store
     custom = getattr(storage, "monitor_leadership", None)
     if callable(custom):
         found: Leadership = custom(name)

@@ -47,7 +47,7 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
 def _demo(ctx: Context, args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
-    return run_demo(ctx.options["storage"])
+    return run_demo(ctx.options["storage"] or storage_default())
 
 
 COMMANDS: dict[str, Command] = {
@@ -109,7 +109,8 @@ def execute(name: str, ctx: Context, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    ctx = cli_context(args.storage or storage_default())
+    # No --storage: LEZA_STORAGE and LEZA_STORAGE_<KIND>, as the app reads them.
+    ctx = cli_context(args.storage)
     try:
         return execute(args.command, ctx, args)
     except BrokenPipeError:

@@ -13,7 +13,14 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import LezaError
-from ..storage import JSONLStorage, MemoryStorage, SQLStorage, Storage, open_storage
+from ..storage import (
+    JSONLStorage,
+    MemoryStorage,
+    SQLStorage,
+    Storage,
+    backends_of,
+    open_storage,
+)
 from .common import Context, iso, missing_sqlite_file
 
 __all__ = ["GEOIP_MAX_AGE_DAYS", "add_arguments", "checks", "run"]
@@ -66,11 +73,14 @@ def _storage(settings: Settings) -> list[tuple[str, str, str]]:
         storage = open_storage(settings.storage)
     except LezaError as exc:
         return [(FAIL, "storage", str(exc))]
+    out = []
     try:
-        reached = _reach(storage)
-        if reached[0] == FAIL or not isinstance(storage, SQLStorage):
-            return [reached]
-        return [reached, _schema(storage)]
+        for backend in backends_of(storage):  # storage by kind: each of its stores
+            reached = _reach(backend)
+            out.append(reached)
+            if reached[0] != FAIL and isinstance(backend, SQLStorage):
+                out.append(_schema(backend))
+        return out
     finally:
         storage.close()
 

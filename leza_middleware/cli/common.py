@@ -179,7 +179,7 @@ def missing_sqlite_file(storage: Storage) -> str | None:
 
 
 def cli_context(
-    storage: str, stdout: TextIO | None = None, stderr: TextIO | None = None
+    storage: str | None, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> Context:
     """The context of ``leza <command> --storage URL``: a Leza of its own, configured
     from ``LEZA_*`` like the app (same secret key), without geo or a machine cookie."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..storage.migrate import HEAD, migrate, migration_sql, schema_state
+from ..storage.routed import backends_of
 from ..storage.sql import SQLStorage
 from .common import CliError, Context, missing_sqlite_file
 
@@ -39,9 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     storage = ctx.leza().storage
-    if not isinstance(storage, SQLStorage):
+    stores = [b for b in backends_of(storage) if isinstance(b, SQLStorage)]
+    if not stores:
         print(f"{storage.describe()} has no SQL schema: nothing to migrate", file=ctx.stdout)
         return 0
+    # Storage by kind: each SQL store in turn (the worst exit status wins).
+    return max(_run_one(ctx, args, store) for store in stores)
+
+
+def _run_one(ctx: Context, args: argparse.Namespace, storage: SQLStorage) -> int:
     where = storage.describe_url()
     if args.current:
         missing = missing_sqlite_file(storage)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 from ..storage.capabilities import Capability, require
+from ..storage.routed import backend_of
 from .common import (
     KINDS,
     CliError,
@@ -60,7 +61,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     kind: str = args.kind
     before = time.time_ns() // 1000 - args.older_than * 1_000_000
     storage = ctx.storage(None if kind == "traffic" else kind)
-    # What it cannot do is said in one sentence before the confirmation.
+    # What it cannot do is said in one sentence before the confirmation
+    # (storage by kind: of the store that keeps this kind).
+    storage = backend_of(storage, kind)
     if kind == "traffic":
         require(storage, Capability.ROLLUPS)
     if kind == "audit":

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LezaConfigError
 from ..storage.capabilities import Capability, require_for_setting
+from ..storage.routed import backend_of
 from .kinds import by_kind
 
 if TYPE_CHECKING:
@@ -91,10 +92,12 @@ def check_retention(setting: Sequence[tuple[str, int]], storage: Storage) -> Non
     default traffic retention is dropped instead for a backend without it, and
     so is any ``traffic`` retention for one that keeps no rollups (nothing to
     purge there)."""
+    whole = storage
     for kind, keep in setting:
         label = f"retention[{kind!r}]"
         if keep <= 0:
             continue
+        storage = backend_of(whole, kind)  # storage by kind: the store that keeps it
         if kind == "audit":
             require_for_setting(storage, Capability.AUDIT_CHAIN, label)
             require_for_setting(storage, Capability.AUDIT_PURGE, label)
@@ -123,8 +126,9 @@ class Retention:
         storage: Storage,
         purge_audit: Callable[[int, int], Iterator[int]],
     ) -> None:
+        traffic = backend_of(storage, "traffic")
         self.kinds: dict[str, int] = effective_retention(
-            setting, storage.supports(Capability.ROLLUPS) and storage.supports(Capability.PURGE)
+            setting, traffic.supports(Capability.ROLLUPS) and traffic.supports(Capability.PURGE)
         )
         self.interval = interval
         self._storage = storage

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..events import Event
+from ..storage.routed import PartialWriteError
 
 __all__ = ["Split", "refused_by_value", "refused_for_content", "split_refused"]
 
@@ -24,14 +25,21 @@ def _named(exc: BaseException, names: frozenset[str]) -> bool:
     return any(cls.__name__ in names for cls in type(exc).__mro__)
 
 
+def _cause(exc: BaseException) -> BaseException:
+    # Storage by kind wraps what its failed backend raised.
+    return exc.cause if isinstance(exc, PartialWriteError) else exc
+
+
 def refused_for_content(exc: BaseException) -> bool:
     """Whether storage refused what it was given rather than failed to work."""
+    exc = _cause(exc)
     return isinstance(exc, (ValueError, TypeError)) or _named(exc, _CONTENT_ERRORS)
 
 
 def refused_by_value(exc: BaseException) -> bool:
     """Whether the refusal is about the values themselves (an unencodable
     string, NUL in PostgreSQL text): no other write is needed to prove it."""
+    exc = _cause(exc)
     return isinstance(exc, (ValueError, TypeError)) or _named(exc, _VALUE_ERRORS)
 
 

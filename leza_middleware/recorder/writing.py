@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..events import Event
+from ..storage.routed import PartialWriteError
 from .books import Books
 from .listeners import Listener, listeners, listeners_lock
 from .refusals import refused_for_content, split_refused
@@ -18,6 +19,12 @@ __all__ = ["Writer"]
 log = logging.getLogger("leza_middleware")
 
 _MAX_PROBE_DELAY = 30.0
+
+
+def _only(events: Sequence[Event], failed: Sequence[Event]) -> list[Event]:
+    """The events of ``events`` that are among ``failed`` (by identity)."""
+    ids = {id(e) for e in failed}
+    return [e for e in events if id(e) in ids]
 
 
 class Writer(Books):
@@ -89,6 +96,18 @@ class Writer(Books):
             if error is None:
                 self._mark_up()
                 return
+            if isinstance(error, PartialWriteError):
+                # Storage by kind: the other backends took their parts. The one
+                # that failed is paused by the routed storage, so its events are
+                # spilled now (the replay retries them) unless it refused values.
+                events, derived = _only(events, error.failed), _only(derived, error.failed)
+                if attempt == 0 and refused_for_content(error.cause):
+                    rest = self._isolate(events, derived, error.cause)
+                    if rest is None:
+                        return
+                    events, derived = rest
+                self._settle_spill(events, 0, derived=derived)
+                return
             if attempt == 0 and self._down_since is None and refused_for_content(error):
                 rest = self._isolate(events, derived, error)
                 if rest is None:
@@ -108,6 +127,16 @@ class Writer(Books):
         try:
             self._ensure_setup()
             self.storage.write([*events, *derived] if derived else events)
+        except PartialWriteError as exc:
+            failed = {id(e) for e in exc.failed}
+            with self._lock:
+                self.storage_errors += 1
+                if not self._abandoned:
+                    self.written += sum(1 for e in events if id(e) not in failed)
+                    self._inflight = [e for e in self._inflight if id(e) in failed]
+                self._done.notify_all()
+            self._log_storage_error(exc)
+            return exc
         except BaseException as exc:  # a storage's own SystemExit is a failed write too
             with self._lock:
                 self.storage_errors += 1

@@ -229,12 +229,13 @@ class CheckReads:
 
 def reads_for(storage: Storage) -> CheckReads:
     """The SQL reads for a SQL storage, the generic ones otherwise."""
-    from ..storage import is_sql
+    from ..storage import backend_of, is_sql
 
-    if is_sql(storage):
+    checks = backend_of(storage, "check")
+    if is_sql(checks):
         from ..storage.sql_state import SQLCheckReads
 
-        return SQLCheckReads(storage)
+        return SQLCheckReads(checks)
     return CheckReads(storage)
 
 

@@ -73,12 +73,13 @@ def who_is_on(storage: Storage, since: int, until: int) -> dict[str, Any]:
         summary: dict[str, Any] = {"countries": [], "devices": [], "performers": 0}
         capped = False
     else:
-        from ..storage import is_sql
+        from ..storage import backend_of, is_sql
 
-        if is_sql(storage):
+        sessions = backend_of(storage, "session")
+        if is_sql(sessions):
             from ..storage.sql_state import session_summary
 
-            summary, capped = session_summary(storage, since, until), False
+            summary, capped = session_summary(sessions, since, until), False
         else:
             summary, capped = _generic(storage, since, until)
     by_country: dict[str, list[Any]] = {}

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from ..errors import LezaConfigError, StorageCapabilityError
@@ -18,6 +19,7 @@ from .base import Page, QueryFilter, Storage
 from .capabilities import Capability, capabilities_of, check_declared
 from .jsonl import JSONLStorage
 from .memory import MemoryStorage
+from .routed import PartialWriteError, RoutedStorage, backend_of, backends_of
 
 if TYPE_CHECKING:
     from .sql import SQLStorage
@@ -27,10 +29,14 @@ __all__ = [
     "JSONLStorage",
     "MemoryStorage",
     "Page",
+    "PartialWriteError",
     "QueryFilter",
+    "RoutedStorage",
     "SQLStorage",
     "Storage",
     "StorageCapabilityError",
+    "backend_of",
+    "backends_of",
     "capabilities_of",
     "is_sql",
     "open_storage",
@@ -60,6 +66,10 @@ def preload(spec: object) -> None:
     for SQLAlchemy, not that request. Never raises."""
     if spec is None:
         spec = os.environ.get("LEZA_STORAGE") or "sqlite://"
+    if isinstance(spec, Mapping):
+        for value in spec.values():
+            preload(value if value is not None else "memory://")
+        return
     if isinstance(spec, str) and spec.strip().partition("://")[0].lower() not in (
         "memory",
         "jsonl",
@@ -68,14 +78,18 @@ def preload(spec: object) -> None:
             importlib.import_module(f"{__name__}.sql")
 
 
-def open_storage(spec: str | Storage) -> Storage:
+def open_storage(spec: str | Storage | Mapping[str, str | Storage]) -> Storage:
     """A :class:`Storage` from a URL, or ``spec`` itself when it is one.
 
     ``sqlite:///path.db`` (the default), any SQLAlchemy URL of SQLite, PostgreSQL
     (``postgresql://`` means psycopg 3), MySQL or MariaDB, ``memory://`` or
     ``jsonl:///path/to/dir``. Checks the URL, the driver and the SQLite/JSONL
     path without connecting; raises :class:`LezaConfigError` naming the problem.
+    A mapping of kind (``"access"``, ``"log"``, …, ``"default"``) to URL or
+    storage opens a :class:`RoutedStorage` (docs/storage.md#storage-by-kind).
     """
+    if isinstance(spec, Mapping):
+        return open_routed(spec)
     if isinstance(spec, Storage):
         check_declared(spec)  # an unknown or unimplemented capability fails here
         return spec
@@ -107,3 +121,50 @@ def open_storage(spec: str | Storage) -> Storage:
     from .sql import SQLStorage
 
     return SQLStorage(text)
+
+
+def open_routed(spec: Mapping[Any, Any]) -> Storage:
+    """A :class:`RoutedStorage` from ``{kind: URL or Storage, "default": …}``.
+
+    Each entry is opened like ``storage=`` (one error per bad entry, naming it);
+    equal URLs share one backend; ``"default"`` serves every kind not named and
+    may be left out only when every kind is. When every kind lands on one
+    backend, that backend itself is returned.
+    """
+    from .routed import KINDS, RoutedStorage
+
+    if not spec:
+        raise LezaConfigError("storage mapping is empty; give at least a 'default' entry")
+    opened: dict[str, Storage] = {}  # by URL: equal URLs share one backend
+    routes: dict[str, Storage] = {}
+    for key, value in spec.items():
+        if not isinstance(key, str) or key.strip().lower() not in (*KINDS, "default"):
+            raise LezaConfigError(
+                f"storage mapping: unknown key {key!r}; use kinds {', '.join(KINDS)} or 'default'"
+            )
+        kind = key.strip().lower()
+        if kind in routes:
+            raise LezaConfigError(f"storage mapping: {kind!r} is given twice")
+        if isinstance(value, Mapping):
+            raise LezaConfigError(f"storage[{kind!r}]: a mapping cannot nest another mapping")
+        text = value.strip() if isinstance(value, str) else None
+        try:
+            backend = opened.get(text) if text is not None else None
+            if backend is None:
+                backend = open_storage(value)
+                if text is not None:
+                    opened[text] = backend
+        except LezaConfigError as exc:
+            raise LezaConfigError(f"storage[{kind!r}]: {exc}") from None
+        routes[kind] = backend
+    default = routes.pop("default", None)
+    missing = [k for k in KINDS if k not in routes]
+    if missing and default is None:
+        raise LezaConfigError(
+            f"storage mapping: no backend for {', '.join(missing)}; add a 'default' entry"
+        )
+    for kind in missing:
+        routes[kind] = default  # type: ignore[assignment]
+    if len({id(b) for b in routes.values()}) == 1:
+        return routes["access"]
+    return RoutedStorage(routes)

@@ -23,6 +23,7 @@ WSGI adapter) and adds what only Flask knows, through Flask's own hooks:
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
@@ -34,9 +35,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without Flask
 
 from werkzeug.wsgi import ClosingIterator
 
-from ...config import Settings
+from ...config import DEFAULT_STORAGE, Settings
 from ...core.binding import SESSION_BINDING_KEY
 from ...errors import LezaConfigError
+from ...storage.routed import KINDS
 from ..wsgi import LezaWSGIMiddleware
 from ..wsgi_exchange import (
     COMPLETE_KEY,
@@ -115,16 +117,28 @@ def config_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """
     known = {f.name for f in fields(Settings)}
     out: dict[str, Any] = {}
+    by_kind: dict[str, Any] = {}
     for key, value in config.items():
         if not key.startswith(_PREFIX):
             continue
         name = key[len(_PREFIX) :].lower()
+        kind = name.removeprefix("storage_")
+        if kind != name and kind in KINDS:  # LEZA_STORAGE_ACCESS, …: storage by kind
+            by_kind[kind] = value
+            continue
         if name not in known:
             raise LezaConfigError(
                 f"app.config[{key!r}] is not a Leza setting; known: "
                 + ", ".join(_PREFIX + n.upper() for n in sorted(known))
             )
         out[name] = value
+    if by_kind:
+        given = out.get("storage")
+        if isinstance(given, Mapping):
+            out["storage"] = {**given, **by_kind}
+        else:
+            default = given or os.environ.get("LEZA_STORAGE") or DEFAULT_STORAGE
+            out["storage"] = {**by_kind, "default": default}
     return out
 
 
