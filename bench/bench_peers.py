@@ -1,10 +1,15 @@
-"""Peers, side by side: LezaMiddleware vs OpenTelemetry's ASGI instrumentation vs
-asgi-correlation-id, on the same Starlette hello-world and the same load.
+"""Peers, side by side: LezaMiddleware vs the floor vs starlette-exporter vs
+OpenTelemetry's ASGI instrumentation vs asgi-correlation-id, on the same
+Starlette hello-world and the same load.
 
 Variants (each added with ``app.add_middleware`` to the same Starlette app):
 
 * ``bare``: the hello-world alone;
+* ``floor``: bench/floor_middleware.py, the least a middleware can do and still
+  store every request, device and place in SQLite (see bench_throughput.py);
 * ``leza``: LezaMiddleware, every event enriched and written to SQLite;
+* ``exporter``: starlette-exporter's ``PrometheusMiddleware`` (request counts
+  and latency histograms per route, kept in memory: nothing stored per event);
 * ``otel``: OpenTelemetry's ``OpenTelemetryMiddleware`` (its defaults: a server
   span plus internal spans for the ASGI send/receive calls) with a
   ``TracerProvider`` and a ``BatchSpanProcessor`` whose exporter drops the
@@ -31,7 +36,7 @@ Two measurements:
     python bench/bench_peers.py [--rounds 3] [--duration 5] [--connections 64] [--pin]
 
 Needs: wrk (Debian package), uvicorn, opentelemetry-sdk,
-opentelemetry-instrumentation-asgi, asgi-correlation-id.
+opentelemetry-instrumentation-asgi, asgi-correlation-id, starlette-exporter.
 """
 
 from __future__ import annotations
@@ -67,10 +72,12 @@ from bench_throughput import (  # noqa: E402 - after the path tweak
     stored_events,
 )
 
-VARIANTS = ("bare", "leza", "otel", "correlation")
+VARIANTS = ("bare", "floor", "leza", "exporter", "otel", "correlation")
 LABELS = {
     "bare": "bare Starlette hello-world",
+    "floor": "+ the floor (floor_middleware.py: SQLite, every event)",
     "leza": "+ LezaMiddleware (SQLite, every event)",
+    "exporter": "+ starlette-exporter (Prometheus metrics)",
     "otel": "+ OpenTelemetry ASGI, BatchSpanProcessor",
     "correlation": "+ asgi-correlation-id",
 }
@@ -94,6 +101,13 @@ APP = textwrap.dedent(
         from leza_middleware import Leza, LezaMiddleware
         leza = Leza(trusted_proxies=["127.0.0.1"])   # storage, geo from LEZA_* env
         inner.add_middleware(LezaMiddleware, leza=leza)
+    elif variant == "floor":
+        from benchfloor import Floor
+        inner = Floor(inner, os.environ["LEZA_STORAGE"].removeprefix("sqlite:///"),
+                      os.environ["LEZA_GEOIP_DB"])
+    elif variant == "exporter":
+        from starlette_exporter import PrometheusMiddleware
+        inner.add_middleware(PrometheusMiddleware)
     elif variant == "otel":
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
         from opentelemetry.sdk.trace import TracerProvider
@@ -139,6 +153,7 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, list[float]]:
     ncpu = os.cpu_count() or 1
     server_cpu, wrk_cpu = (0, (1 if ncpu > 1 else 0)) if args.pin else (-1, -1)
     (work / "benchapp.py").write_text(APP)
+    shutil.copy(HERE / "floor_middleware.py", work / "benchfloor.py")
     uas, ips = real_uas(300), real_ips(500)
     script = work / "rotate.lua"
     script.write_text(WRK_LUA.format(UAS=lua_list(uas), IPS=lua_list(ips)))
@@ -163,8 +178,8 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, list[float]]:
                 served = stop_server(proc, count_file)
             results[variant].append(rps)
             line = f"round {rnd + 1} {variant:11s}: {rps:9.0f} req/s"
-            if variant == "leza":
-                stored = stored_events(db)
+            if variant in ("leza", "floor"):
+                stored = stored_events(db, "leza_access" if variant == "leza" else "floor_access")
                 exact = "exact" if stored == served else "MISMATCH"
                 line += f"   served {served}, events stored {stored} ({exact})"
             print(line, flush=True)
@@ -182,6 +197,7 @@ def build_apps(tmp: Path) -> tuple[dict[str, Any], dict[str, Drain], Drain]:
     """The four apps, a drain function per variant (background work, untimed
     for ``request path``) and a close function."""
     from asgi_correlation_id import CorrelationIdMiddleware
+    from floor_middleware import Floor
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import (
@@ -193,6 +209,7 @@ def build_apps(tmp: Path) -> tuple[dict[str, Any], dict[str, Drain], Drain]:
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
+    from starlette_exporter import PrometheusMiddleware
 
     from leza_middleware import Leza, LezaMiddleware
 
@@ -234,16 +251,29 @@ def build_apps(tmp: Path) -> tuple[dict[str, Any], dict[str, Drain], Drain]:
     with_otel.add_middleware(OpenTelemetryMiddleware, tracer_provider=provider)
     with_correlation = starlette()
     with_correlation.add_middleware(CorrelationIdMiddleware)
+    with_exporter = starlette()
+    with_exporter.add_middleware(PrometheusMiddleware)
+    floor = Floor(starlette(), str(tmp / "floor.db"), geoip_db())
 
-    apps = {"bare": bare, "leza": with_leza, "otel": with_otel, "correlation": with_correlation}
+    apps = {
+        "bare": bare,
+        "floor": floor,
+        "leza": with_leza,
+        "exporter": with_exporter,
+        "otel": with_otel,
+        "correlation": with_correlation,
+    }
     drains: dict[str, Drain] = {
         "bare": lambda: None,
+        "floor": floor.flush,
+        "exporter": lambda: None,
         "leza": lambda: None if leza.flush(60) else print("leza flush timed out"),
         "otel": lambda: None if provider.force_flush(60_000) else print("otel flush timed out"),
         "correlation": lambda: None,
     }
 
     def close() -> None:
+        floor.stop()
         leza.shutdown(10)
         provider.shutdown()
 
@@ -302,7 +332,9 @@ def machine() -> str:
     except OSError:
         pass
     versions = []
-    for dist in ("starlette", "uvicorn", "opentelemetry-sdk", "asgi-correlation-id"):
+    for dist in (
+        "starlette", "uvicorn", "opentelemetry-sdk", "asgi-correlation-id", "starlette-exporter",
+    ):  # fmt: skip
         try:
             from importlib.metadata import version
 

@@ -45,6 +45,7 @@ class Floor:
         self.devices: dict[bytes, int] = {}
         self.geos: dict[str, int] = {}
         self.geoip = geoip_db
+        self.writing = threading.Lock()  # held while a batch is written (flush())
         self.thread = threading.Thread(target=self._run, name="floor-writer", daemon=True)
         self.thread.start()
 
@@ -79,6 +80,14 @@ class Floor:
             if len(queue) >= 2000:
                 self.wake.set()
 
+    def flush(self) -> None:
+        """Wait until every queued record is written (in-process benches)."""
+        while self.queue:
+            self.wake.set()
+            time.sleep(0.0005)
+        with self.writing:
+            pass
+
     def stop(self) -> None:
         self.stopping = True
         self.wake.set()
@@ -103,7 +112,8 @@ class Floor:
         while True:
             self.wake.wait(1.0)
             self.wake.clear()
-            self._write(con)
+            with self.writing:
+                self._write(con)
             if self.stopping:
                 self._write(con)
                 con.close()
