@@ -217,8 +217,11 @@ class Rate:
         self.server_us = None if server is None else server / n * 1e6
 
     def cpu(self) -> str:
+        """CPU per event, and the rate it allows: what the wall-clock rate would
+        be with a core to itself (client and server one after the other)."""
         server = "" if self.server_us is None else f" + server {self.server_us:.1f}"
-        return f"CPU {self.cpu_us:.1f}{server} µs/event"
+        total = self.cpu_us + (self.server_us or 0.0)
+        return f"CPU {self.cpu_us:.1f}{server} µs/event = {1e6 / total:,.0f}/s of CPU"
 
 
 def no_server() -> float | None:
