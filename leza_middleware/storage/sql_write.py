@@ -210,11 +210,12 @@ class SQLWriter:
         as a replay) when one of them is stored already, or repeated in ``rows``.
 
         Measured against the pipelined ``executemany`` of the one-row INSERT
-        (bench/bench_storage.py, 100,000 events, PostgreSQL 15 on the same
-        2-core machine): client CPU 18 -> 6 µs per row, server CPU 31 -> 13 µs,
-        ~20,000 -> ~50,000 events/s. Through a temporary table and ``INSERT …
-        SELECT … ON CONFLICT DO NOTHING`` (idempotent in one pass) the server
-        spent ~19 µs; binary COPY saved nothing measurable: both reverted.
+        (bench/bench_storage.py, 100,000 events with rollups, PostgreSQL 15 on
+        the same 2-core machine, medians of 3 runs): CPU per event 16 -> 5.6 µs
+        in this process, 28 -> 13.5 µs in the server; twice the events/s. Tried
+        and reverted: a temporary table then ``INSERT … SELECT … ON CONFLICT DO
+        NOTHING`` (server ~19 µs), binary COPY (no gain), one INSERT from
+        ``unnest()`` of column arrays (client ~25 µs: arrays adapt per element).
 
         psycopg escapes every value for COPY's text format (tab, newline,
         backslash, carriage return) and refuses NUL in text as ``executemany``
