@@ -1,6 +1,6 @@
 """The SQL write path's cost-saving properties, on SQLite and PostgreSQL: shared
 rows (device, geo, performer) are written once per key per process, and the
-INSERT statements are prepared once for the write connection."""
+statements are prepared once for the write connection."""
 
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ def test_shared_rows_are_written_once_per_key_per_process(storage_url: str) -> N
 
 @pytest.mark.parametrize("storage_url", ["postgres"], indirect=True)
 def test_postgres_inserts_are_prepared_on_the_write_connection(storage_url: str) -> None:
+    """The rollup upsert is prepared once and reused; access rows go by COPY
+    (tests/test_storage_copy.py), no INSERT of them."""
     storage = SQLStorage(storage_url)
     try:
         for n in range(3):  # batches: the statement is prepared once, then reused
@@ -74,8 +76,9 @@ def test_postgres_inserts_are_prepared_on_the_write_connection(storage_url: str)
             prepared = [r[0] for r in cur.fetchall()]
         finally:
             cur.close()
-        access = [s for s in prepared if "INSERT INTO leza_access" in s]
-        assert len(access) == 1, prepared
+        rollups = [s for s in prepared if "INSERT INTO leza_traffic_minute" in s]
+        assert len(rollups) == 1, prepared
+        assert not [s for s in prepared if "INSERT INTO leza_access" in s], prepared
         assert storage.count("access", QueryFilter()) == 150
     finally:
         storage.close()

@@ -6,7 +6,8 @@ Write path (the recorder thread, hot): each batch is ONE transaction of
 of the engine's pool, with INSERT statements built once from the table
 metadata (the dialect's placeholder style and an idempotent conflict clause).
 No ORM objects, no SQLAlchemy statement compilation per row: an event becomes
-a plain tuple by attribute reads.
+a plain tuple by attribute reads. On PostgreSQL (psycopg 3) the access rows
+go in by ``COPY`` instead (:mod:`.sql_write`).
 
 Device, geo and performer values are shared by many events; they are stored
 once per key in their own tables (inserted the first time this process sees

@@ -10,6 +10,13 @@ merges session changes by upsert, moves audit checkpoints with their rows, and
 adds the batch's new access rows to the traffic rollups (:mod:`.sql_rollups`)
 in the same transaction. A replayed or retried batch is written again with only
 the access rows not stored yet, so the rollups count each row once.
+
+On PostgreSQL with psycopg 3 the access rows go in by ``COPY … FROM STDIN``
+straight into ``leza_access`` (:meth:`SQLWriter._copy_access`): ~3x less CPU
+per row than the pipelined ``executemany``, on both ends. COPY has no ``ON
+CONFLICT``: a batch holding an access row that is stored already fails with a
+unique violation, is rolled back whole and written again as a replay (the
+``executemany`` path, with only the rows not stored yet), as above.
 """
 
 from __future__ import annotations
@@ -98,6 +105,16 @@ class SQLWriter:
         self._upsert_session = self._session_upsert_sql()
         self._insert_audit = self._insert_sql(audit_table, AUDIT_COLS)
         self._upsert_checkpoint = self._checkpoint_upsert_sql()
+        # PostgreSQL through psycopg 3: access rows by COPY (see _copy_access).
+        # (the COPY statement, the driver's unique-violation error) or None.
+        self._copy: tuple[str, type[BaseException]] | None = None
+        if backend == "postgresql" and dialect.driver == "psycopg":
+            from psycopg.errors import UniqueViolation
+
+            quote = dialect.identifier_preparer
+            cols = ", ".join(quote.quote(c) for c in KINDS["access"].columns)
+            sql = f"COPY {quote.format_table(access_table)} ({cols}) FROM STDIN"
+            self._copy = (sql, UniqueViolation)
         # The rollups' multi-row upserts stay within every driver's parameter
         # limit (SQLite >= 3.32: 32766, older 999; PostgreSQL 65535).
         limit = 999 if self._sqlite and sqlite3.sqlite_version_info < (3, 32) else 32766
@@ -184,6 +201,35 @@ class SQLWriter:
         """
         cur.executemany(self.insert_statement(kind), rows)
         return int(cur.rowcount)
+
+    def _copy_access(
+        self, cur: Any, copy: tuple[str, type[BaseException]], rows: list[tuple[Any, ...]]
+    ) -> bool:
+        """PostgreSQL: ``COPY`` access ``rows`` into their table; False (the
+        transaction is aborted: the caller rolls back and writes the batch again
+        as a replay) when one of them is stored already, or repeated in ``rows``.
+
+        Measured against the pipelined ``executemany`` of the one-row INSERT
+        (bench/bench_storage.py, 100,000 events with rollups, PostgreSQL 15 on
+        the same 2-core machine, medians of 3 runs): CPU per event 16 -> 5.6 µs
+        in this process, 28 -> 13.5 µs in the server; twice the events/s. Tried
+        and reverted: a temporary table then ``INSERT … SELECT … ON CONFLICT DO
+        NOTHING`` (server ~19 µs), binary COPY (no gain), one INSERT from
+        ``unnest()`` of column arrays (client ~25 µs: arrays adapt per element).
+
+        psycopg escapes every value for COPY's text format (tab, newline,
+        backslash, carriage return) and refuses NUL in text as ``executemany``
+        does (a DataError: the recorder then finds and drops the one event).
+        """
+        sql, unique_violation = copy
+        try:
+            with cur.copy(sql) as stream:
+                write_row = stream.write_row
+                for row in rows:
+                    write_row(row)
+        except unique_violation:
+            return False
+        return True
 
     def _new_access_rows(self, cur: Any, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """``rows`` without those whose id is already stored (or repeated in ``rows``):
@@ -283,6 +329,11 @@ class SQLWriter:
                 rows = self._new_access_rows(cur, rows)
                 if not rows:
                     continue  # all stored already: nothing to count
+            elif self._copy is not None:
+                if not self._copy_access(cur, self._copy, rows):
+                    return False
+                self.rollups.write(cur, self.aggregator.increments(rows))
+                continue
             if self._insert_rows(cur, kind, rows) != len(rows):
                 return False
             self.rollups.write(cur, self.aggregator.increments(rows))
