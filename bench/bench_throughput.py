@@ -235,7 +235,10 @@ def gc_window(report: dict[str, Any]) -> dict[str, float]:
     first, last = report["marks"][0], report["marks"][-1]
     served = max(last["served"] - first["served"], 1)
     seconds = max(last["t"] - first["t"], 1e-9)
-    out = {"us": 0.0, "full_per_10s": (last["gc"][2][0] - first["gc"][2][0]) * 10 / seconds}
+    full = last["gc"][2][0] - first["gc"][2][0]
+    out = {"us": 0.0, "full_per_10s": full * 10 / seconds}
+    if full:  # CPU ms of one full collection: the pause it puts the app in
+        out["full_ms"] = (last["gc"][2][1] - first["gc"][2][1]) * 1e3 / full
     for gen in range(3):
         n = last["gc"][gen][0] - first["gc"][gen][0]
         out[f"gen{gen}"] = n * 10_000 / served
@@ -381,12 +384,15 @@ def main() -> int:
         print(f"server CPU µs per request, {variant}: {parts}")
     print("garbage collector during the measured runs (median of rounds; every thread):")
     for v in variants:
-        med = {k: statistics.median(run[k] for run in gc_runs[v]) for k in gc_runs[v][0]}
-        full = ", ".join(f"{run['full_per_10s']:.1f}" for run in gc_runs[v])
+        runs = gc_runs[v]
+        med = {k: statistics.median(run[k] for run in runs) for k in runs[0] if k != "full_ms"}
+        full = ", ".join(f"{run['full_per_10s']:.1f}" for run in runs)
+        ms = [run["full_ms"] for run in runs if "full_ms" in run]
         print(
             f"  {v:5s}: {med['us']:5.2f} µs per request; collections per 10k requests "
             f"gen0 {med['gen0']:.1f}, gen1 {med['gen1']:.1f}, gen2 {med['gen2']:.2f}; "
             f"full collections per 10 s {med['full_per_10s']:.1f} (rounds: {full})"
+            + (f", {statistics.median(ms):.0f} ms CPU each" if ms else "")
             + ("   budget <= 1 (issue 17)" if v == "leza" else "")
         )
     for variant in ("floor", "leza"):
