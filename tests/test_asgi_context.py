@@ -97,12 +97,14 @@ async def test_the_last_send_runs_without_the_request_and_the_app_keeps_it(
     assert (start, start_last, body, body_last) == (
         "http.response.start", False, "http.response.body", True,
     )  # fmt: skip
-    assert at_start is not None and at_start[1] is scope  # the request is current...
+    assert at_start is not None
+    assert at_start[1] is scope  # the request is current...
     assert at_body is None  # ...but not in what the server copies as it sends the last byte
     assert current_request_id() is None  # and gone once the request is over
     assert leza.flush(5)
     [event] = leza.query.access()
-    assert event["request_id"] == "ctx-test-0001" and event["status"] == 200
+    assert event["request_id"] == "ctx-test-0001"
+    assert event["status"] == 200
     assert leza.stats()["request_path_errors"] == 0
 
 
@@ -163,8 +165,10 @@ async def test_a_streamed_last_message_from_another_task_is_sent_as_is(make_leza
     assert seen == ["stream-req-0001"] * 3
     last = server.copies[-1]
     assert last[:2] == ("http.response.body", True)
-    assert last[2] is not None and last[2][0] == b"stream-req-0001"  # as is: still current
+    assert last[2] is not None
+    assert last[2][0] == b"stream-req-0001"  # as is: still current
     assert leza.flush(5)
     [event] = leza.query.access()
-    assert event["request_id"] == "stream-req-0001" and event["status"] == 200
+    assert event["request_id"] == "stream-req-0001"
+    assert event["status"] == 200
     assert leza.stats()["request_path_errors"] == 0

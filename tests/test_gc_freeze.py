@@ -93,8 +93,10 @@ def test_freezes_twice_per_process_and_afresh_after_fork(tmp_path: Path) -> None
     child = out["child"]
     # The parent's frozen objects stay frozen in the child (minus those freed since:
     # reference counting still frees frozen objects), and its own count starts at 0.
-    assert child["inherited"][0] == 0 and child["inherited"][1] > 10_000
-    assert child["first_tick"] == 1 and child["after_warmup"] == 2  # its own start-up, twice
+    assert child["inherited"][0] == 0
+    assert child["inherited"][1] > 10_000
+    assert child["first_tick"] == 1
+    assert child["after_warmup"] == 2  # its own start-up, twice
     assert child["count"] > child["inherited"][1] // 2
 
 
@@ -102,7 +104,8 @@ def test_off_never_freezes(tmp_path: Path) -> None:
     out = run("off", tmp_path)
     assert out["first_tick"] == out["after_warmup"] == 0
     assert out["later"] == [0, 0]
-    assert out["child"]["count"] == 0 and out["child"]["after_warmup"] == 0
+    assert out["child"]["count"] == 0
+    assert out["child"]["after_warmup"] == 0
 
 
 @pytest.fixture
