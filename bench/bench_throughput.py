@@ -11,8 +11,9 @@ leza/floor are printed side by side.
 Rounds alternate the variants so drift affects all alike. After each leza and
 floor round the server is stopped gracefully and the events stored are compared
 with the requests the server answered (counted by an outermost counter present in
-every variant), and each variant reports the time its process spent in the
-garbage collector.
+every variant), and each variant reports what the garbage collector did during
+the measured run (not start-up or warm-up): µs per request, collections per
+10,000 requests by generation, and full collections per 10 s (budget: <= 1).
 
     python bench/bench_throughput.py [--rounds 3] [--duration 8] [--connections 64] [--pin]
                                      [--variants bare,floor,path,leza]
@@ -48,7 +49,7 @@ SHARED = HERE.parents[1] / "shared" / "testdata"
 
 APP = textwrap.dedent(
     """
-    import gc, json, os, time
+    import gc, json, os, signal, time
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
@@ -72,18 +73,30 @@ APP = textwrap.dedent(
             # The request path alone: records are built, then discarded.
             inner.core.offer = lambda record: None
 
-    # Time spent in the garbage collector (every thread), and full collections.
-    gc_time = [0.0, 0, 0.0]  # seconds, full collections, start of the current one
+    # The garbage collector (every thread): collections and seconds by generation.
+    # The bench sends SIGUSR1 as its measured run starts and as it ends: each marks
+    # the counts, so start-up and warm-up collections are not charged to the run.
+    # Seconds of CPU of the collecting thread (thread_time): wall time would count the
+    # moments this busy machine gives the CPU to another process mid-collection.
+    gens = [[0, 0.0], [0, 0.0], [0, 0.0]]  # per generation: collections, seconds
+    gc_start = [0.0]
 
     def on_gc(phase, info):
         if phase == "start":
-            gc_time[2] = time.perf_counter()
+            gc_start[0] = time.thread_time()
         else:
-            gc_time[0] += time.perf_counter() - gc_time[2]
-            gc_time[1] += info["generation"] == 2
+            g = gens[info["generation"]]
+            g[0] += 1
+            g[1] += time.thread_time() - gc_start[0]
 
     gc.callbacks.append(on_gc)
     served = 0
+    marks = []
+
+    def mark(signum, frame):
+        marks.append({"t": time.monotonic(), "served": served, "gc": [list(g) for g in gens]})
+
+    signal.signal(signal.SIGUSR1, mark)
 
     async def app(scope, receive, send):
         # Outermost counter (same in every variant): requests answered.
@@ -92,7 +105,7 @@ APP = textwrap.dedent(
             async def send_wrapper(message):
                 if message["type"] == "lifespan.shutdown.complete":
                     with open(os.environ["BENCH_COUNT_FILE"], "w") as f:
-                        json.dump({"served": served, "gc_s": gc_time[0], "gc_full": gc_time[1]}, f)
+                        json.dump({"served": served, "marks": marks}, f)
                 await send(message)
             return await inner(scope, receive, send_wrapper)
         await inner(scope, receive, send)
@@ -202,11 +215,35 @@ def start_server(
 
 
 def stop_server(proc: subprocess.Popen[bytes], count_file: Path) -> dict[str, Any]:
-    """Stop gracefully; what the app counted: requests served, GC seconds, full GCs."""
+    """Stop gracefully; what the app counted: requests served, and its marks (requests
+    and collections by generation when :func:`mark` signalled it)."""
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     report: dict[str, Any] = json.loads(count_file.read_text())
     return report
+
+
+def mark(proc: subprocess.Popen[bytes]) -> None:
+    """Have the server note its requests and GC counts now (the window's edges)."""
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.1)  # an idle server handles it at once; let it, before wrk starts
+
+
+def gc_window(report: dict[str, Any]) -> dict[str, float]:
+    """What the garbage collector did between the two marks: collections per 10,000
+    requests by generation, µs per request, and full collections per 10 s."""
+    first, last = report["marks"][0], report["marks"][-1]
+    served = max(last["served"] - first["served"], 1)
+    seconds = max(last["t"] - first["t"], 1e-9)
+    full = last["gc"][2][0] - first["gc"][2][0]
+    out = {"us": 0.0, "full_per_10s": full * 10 / seconds}
+    if full:  # CPU ms of one full collection: the pause it puts the app in
+        out["full_ms"] = (last["gc"][2][1] - first["gc"][2][1]) * 1e3 / full
+    for gen in range(3):
+        n = last["gc"][gen][0] - first["gc"][gen][0]
+        out[f"gen{gen}"] = n * 10_000 / served
+        out["us"] += (last["gc"][gen][1] - first["gc"][gen][1]) * 1e6 / served
+    return out
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -292,9 +329,8 @@ def main() -> int:
     results: dict[str, list[float]] = {v: [] for v in variants}
     # µs of CPU per request, per thread of the server (leza-recorder is ours)
     cpu_per_request: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
-    # µs in the garbage collector per request served, and full collections per run
-    gc_per_k: dict[str, list[float]] = {v: [] for v in variants}
-    gc_full: dict[str, list[int]] = {v: [] for v in variants}
+    # the garbage collector during each measured run (gc_window)
+    gc_runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     served_total = {"floor": 0, "leza": 0}
     stored_total = {"floor": 0, "leza": 0}
     for rnd in range(args.rounds):
@@ -303,14 +339,15 @@ def main() -> int:
             proc, port, count_file = start_server(work, variant, server_cpu, db)
             try:
                 run_wrk(port, script, args.warmup, args.connections, wrk_cpu)
+                mark(proc)
                 before = thread_cpu(proc.pid)
                 rps, sent = run_wrk(port, script, args.duration, args.connections, wrk_cpu)
                 after = thread_cpu(proc.pid)
+                mark(proc)
             finally:
                 report = stop_server(proc, count_file)
             served = int(report["served"])
-            gc_per_k[variant].append(report["gc_s"] * 1e6 / max(served, 1))
-            gc_full[variant].append(int(report["gc_full"]))
+            gc_runs[variant].append(gc_window(report))
             for name, seconds in after.items():
                 spent = (seconds - before.get(name, 0.0)) * 1e6 / sent
                 if spent >= 0.05:
@@ -345,13 +382,19 @@ def main() -> int:
             f"{name} {statistics.median(v):.1f}" for name, v in sorted(threads.items())
         )
         print(f"server CPU µs per request, {variant}: {parts}")
-    print(
-        "garbage collector, µs per request (full collections per run): "
-        + ", ".join(
-            f"{v} {statistics.median(gc_per_k[v]):.2f} ({statistics.median(gc_full[v]):.0f})"
-            for v in variants
+    print("garbage collector during the measured runs (median of rounds; every thread):")
+    for v in variants:
+        runs = gc_runs[v]
+        med = {k: statistics.median(run[k] for run in runs) for k in runs[0] if k != "full_ms"}
+        full = ", ".join(f"{run['full_per_10s']:.1f}" for run in runs)
+        ms = [run["full_ms"] for run in runs if "full_ms" in run]
+        print(
+            f"  {v:5s}: {med['us']:5.2f} µs per request; collections per 10k requests "
+            f"gen0 {med['gen0']:.1f}, gen1 {med['gen1']:.1f}, gen2 {med['gen2']:.2f}; "
+            f"full collections per 10 s {med['full_per_10s']:.1f} (rounds: {full})"
+            + (f", {statistics.median(ms):.0f} ms CPU each" if ms else "")
+            + ("   budget <= 1 (issue 17)" if v == "leza" else "")
         )
-    )
     for variant in ("floor", "leza"):
         if variant not in chosen:
             continue

@@ -17,9 +17,11 @@ adapters → request core → recorder → enrichers → storage)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import gcfreeze
 from .advisories import AdvisoryEngine, default_rules
 from .audit.api import Audit
 from .availability import Availability
@@ -193,7 +195,7 @@ def build(settings: Settings, inputs: Inputs, *, faults: Faults, notify: Notify)
         prepare_batch=pipeline.prepare_batch,
         priority=priority,
         derive=pipeline.derive if pipeline.derives else None,
-        tick=pipeline.tick,
+        tick=_with_gc_freeze(pipeline.tick) if settings.gc_freeze else pipeline.tick,
         on_fork=(
             sessions.after_fork,
             cookies.after_fork,
@@ -240,3 +242,16 @@ def build(settings: Settings, inputs: Inputs, *, faults: Faults, notify: Notify)
         trace=trace,
         availability=availability,
     )
+
+
+def _with_gc_freeze(tick: Callable[[], None]) -> Callable[[], None]:
+    """The recorder's tick, then ``gc.freeze()`` when due (gcfreeze.py): after the
+    tick, so the first freeze finds the blocklist and caches it loads."""
+
+    def both() -> None:
+        try:
+            tick()
+        finally:
+            gcfreeze.tick()
+
+    return both

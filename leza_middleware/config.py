@@ -137,6 +137,8 @@ class Settings:
     # Schema migrations (storage/migrate.py): apply pending ones at the first storage
     # setup. Off: an older schema is left alone with a warning naming `leza migrate`.
     migrate: bool = False
+    # gc.freeze() twice after start-up, on the recorder thread (gcfreeze.py).
+    gc_freeze: bool = True
 
     def max_staleness(self) -> float:
         """How long a refreshed blocklist is trusted (``revocation_max_staleness``)."""
@@ -276,7 +278,7 @@ class Settings:
                 label["revocation_unknown"], raw["revocation_unknown"], REVOCATION_UNKNOWN
             )
         _check_staleness(out, label)
-        for name in ("sessions", "enforce_session_timeouts", "migrate"):
+        for name in ("sessions", "enforce_session_timeouts", "migrate", "gc_freeze"):
             if name in raw:
                 out[name] = _flag(label[name], raw[name])
         if "logout_routes" in raw:

@@ -85,6 +85,24 @@ def hooked(leza_conf: dict[str, Any], performer: str) -> Iterator[Leza]:
     instance.shutdown(timeout=2)
 
 
+def test_gc_freeze_is_read_from_settings_leza(leza_conf: dict[str, Any]) -> None:
+    """Like every setting, ``gc_freeze`` comes from ``settings.LEZA`` and a bad value
+    fails when the Leza is built, naming it."""
+    from leza_middleware import LezaConfigError
+
+    with override_settings(LEZA={**leza_conf, "gc_freeze": False}):
+        instance = get_leza()
+    try:
+        assert instance.settings.gc_freeze is False
+    finally:
+        instance.shutdown(timeout=2)
+    with (
+        override_settings(LEZA={**leza_conf, "gc_freeze": "sometimes"}),
+        pytest.raises(LezaConfigError, match="gc_freeze must be true or false"),
+    ):
+        get_leza()
+
+
 @pytest.fixture
 def user() -> Any:
     from django.contrib.auth.models import Group, User
