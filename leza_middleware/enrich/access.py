@@ -41,6 +41,10 @@ MAX_HOST = 255
 MAX_REASON = 512
 _CACHE_SIZE = 4096
 _MAX_KEY = 256  # longer client-controlled values are processed but not memoised
+# Per-peer address memos (see AccessEnricher._address_column): a few proxies,
+# each with a memo of its clients' X-Forwarded-For values.
+_MAX_PEER_MEMOS = 4
+_PEER_MEMO_SIZE = 2048
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -75,9 +79,10 @@ def derive_outcome(status: int, error: str | None = None) -> tuple[str, str, str
 class _Memo(dict[Any, Any]):
     """A bounded memo of one function, applied to a whole column at once."""
 
-    def __init__(self, fn: Callable[[Any], Any]) -> None:
+    def __init__(self, fn: Callable[[Any], Any], size: int = _CACHE_SIZE) -> None:
         super().__init__()
         self.fn = fn
+        self.size = size
 
     def column(self, keys: Sequence[Any]) -> list[Any]:
         values = list(map(self.get, keys, repeat(_MISSING)))
@@ -88,7 +93,7 @@ class _Memo(dict[Any, Any]):
                     key = keys[i]
                     values[i] = value = fn(key)
                     if _memoisable(key):
-                        bounded_put(self, key, value, _CACHE_SIZE)
+                        bounded_put(self, key, value, self.size)
         return values
 
 
@@ -168,6 +173,14 @@ def _text(value: bytes | str | None) -> str | None:
     return value.decode("latin-1") if type(value) is bytes else value  # type: ignore[return-value]
 
 
+def _text_column(values: Sequence[bytes | str | None]) -> list[str | None]:
+    """``_text`` over a column, decoded in C when the column is all bytes (ASGI)."""
+    try:
+        return list(map(bytes.decode, values, repeat("latin-1")))  # type: ignore[arg-type]
+    except TypeError:  # str (WSGI) or None among them
+        return list(map(_text, values))
+
+
 def _short_text(value: Any) -> str:
     """Method, scheme, host as stored: any type a malformed scope may hold."""
     if value is None:
@@ -203,6 +216,12 @@ class AccessEnricher:
         self.anonymize = anonymize_ip
         self._devices = _Memo(self._device)
         self._addresses = _Memo(self._address)
+        # Behind one proxy (every record of a batch from the same peer, no
+        # ``Forwarded``): the address keyed by the X-Forwarded-For value alone,
+        # one memo per peer, so no key tuple is built and hashed per event.
+        self._by_xff: dict[Any, _Memo] = {}
+        # Without an error (nearly always): the outcome keyed by the status alone.
+        self._outcome_of_status = _Memo(lambda status: _outcome((status, None)))
         self._geos = _Memo(self._geo)
         self._outcomes = _Memo(_outcome)
         self._short = _Memo(_short_text)  # method, scheme, host
@@ -259,12 +278,17 @@ class AccessEnricher:
         # (Columns of one batch always have the same length; strict=True only
         # guards the transposition above against a malformed record.)
         client_ips, valids, peer_ips, chains, geo_ips = zip(
-            *self._addresses.column(list(zip(peers, xffs, fwds, strict=True))), strict=True
+            *self._address_column(peers, xffs, fwds), strict=True
         )
         devices, device_keys = zip(*self._devices.column(uas), strict=True)
         geos, geo_keys = zip(*self._geos.column(geo_ips), strict=True)
         derived_actions, outcomes, derived_reasons = zip(
-            *self._outcomes.column(list(zip(statuses, errors, strict=True))), strict=True
+            *(
+                self._outcomes.column(list(zip(statuses, errors, strict=True)))
+                if errors.count(None) != n
+                else self._outcome_of_status.column(statuses)
+            ),
+            strict=True,
         )
         ts_us = list(map(int, map(mul, ts_s, repeat(1_000_000))))
 
@@ -326,7 +350,7 @@ class AccessEnricher:
             map(int, map(mul, durations, repeat(1_000_000))),
             outcomes,
             final_reasons,
-            map(_text, request_ids),
+            _text_column(request_ids),
             client_ips,
             valids,
             peer_ips,
@@ -343,6 +367,22 @@ class AccessEnricher:
             header_texts,
         )
         return list(map(AccessEvent, rows, devices, geos, stored_performers))
+
+    def _address_column(
+        self, peers: Sequence[Any], xffs: Sequence[Any], fwds: Sequence[Any]
+    ) -> list[_Address]:
+        peer = peers[0]
+        n = len(peers)
+        if peers.count(peer) == n and fwds.count(None) == n:
+            memo = self._by_xff.get(peer)
+            if memo is None:
+                if len(self._by_xff) >= _MAX_PEER_MEMOS:  # a direct deployment: peers vary
+                    self._by_xff.clear()
+                memo = self._by_xff[peer] = _Memo(
+                    lambda xff: self._address((peer, xff, None)), _PEER_MEMO_SIZE
+                )
+            return memo.column(xffs)
+        return self._addresses.column(list(zip(peers, xffs, fwds, strict=True)))
 
     def _performer_columns(
         self, performers: Sequence[Performer | None]
