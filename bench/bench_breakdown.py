@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import sqlite3
 import statistics
@@ -75,7 +74,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, os.environ.get("BENCH_SRC") or str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_throughput import FALLBACK_UAS, geoip_db, real_ips  # noqa: E402
+from bench_throughput import geoip_db, real_ips, real_uas  # noqa: E402
 from floor_middleware import Floor  # noqa: E402
 
 from leza_middleware import Leza, LezaMiddleware  # noqa: E402
@@ -122,17 +121,6 @@ class Timer:
 
 
 # -- traffic -------------------------------------------------------------------
-
-
-def real_uas(n: int) -> list[str]:
-    """bench_throughput's ~300 real User-Agents (the shared test data, found from a
-    checkout or from a worktree beside it), else its few fallbacks."""
-    for root in (HERE.parents[1], HERE.parents[2]):
-        path = root / "shared" / "testdata" / "ua" / "uas_1000.json"
-        if path.exists():
-            uas = [u for u in json.loads(path.read_text()) if '"' not in u and "\\" not in u]
-            return uas[:n]
-    return FALLBACK_UAS
 
 
 def make_raws(leza: Leza, n: int) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:

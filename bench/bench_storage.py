@@ -45,6 +45,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _testdata import testdata
 
 from leza_middleware.events import ACCESS_FIELDS, AccessEvent, Device, Geo, ua_key
 from leza_middleware.ids import new_request_id
@@ -53,7 +56,7 @@ from leza_middleware.storage import QueryFilter, SQLStorage
 from leza_middleware.storage.models import AccessRow, metadata
 from leza_middleware.storage.sql import KINDS
 
-UA_FILE = Path(__file__).resolve().parent.parent.parent / "shared/testdata/ua/uas_1000.json"
+UA_FILE = testdata("ua", "uas_1000.json")
 ACTIONS = ["access"] * 85 + ["denied"] * 8 + ["login"] * 3 + ["logout"] * 2 + ["login_failed"] * 2
 ROUTES = [
     ("GET", "/api/items", "/api/items"),
@@ -75,7 +78,7 @@ REASONS = {
 
 
 def user_agents(n: int, rng: random.Random) -> list[str]:
-    if UA_FILE.exists():
+    if UA_FILE is not None:
         uas: list[str] = json.loads(UA_FILE.read_text(encoding="utf-8"))
         return rng.sample(uas, min(n, len(uas)))
     return [

@@ -44,8 +44,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _testdata import testdata
+
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parents[1] / "shared" / "testdata"
 
 APP = textwrap.dedent(
     """
@@ -143,10 +145,13 @@ def lua_list(items: list[str]) -> str:
 
 
 def real_uas(n: int) -> list[str]:
-    path = SHARED / "ua" / "uas_1000.json"
-    if path.exists():
+    """Up to ``n`` real User-Agents from the shared corpus, else the few fallbacks
+    (with a note on stderr: ~5 User-Agents make the caches look better than real)."""
+    path = testdata("ua", "uas_1000.json")
+    if path is not None:
         uas = [u for u in json.loads(path.read_text()) if '"' not in u and "\\" not in u]
         return uas[:n]
+    print("# shared UA corpus not found: using 5 fallback User-Agents", file=sys.stderr)
     return FALLBACK_UAS
 
 
@@ -170,13 +175,13 @@ def free_port() -> int:
 
 
 def geoip_db() -> str:
-    city = SHARED / "geoip" / "GeoLite2-City-Test.mmdb"
     try:
         from _maxminddb_geolite2 import geolite2_database
 
         return str(geolite2_database())
     except ImportError:
-        return str(city) if city.exists() else "off"
+        city = testdata("geoip", "GeoLite2-City-Test.mmdb")
+        return str(city) if city is not None else "off"
 
 
 def start_server(
