@@ -75,7 +75,7 @@ sys.path.insert(0, os.environ.get("BENCH_SRC") or str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from bench_throughput import geoip_db, real_ips, real_uas  # noqa: E402
-from floor_middleware import Floor  # noqa: E402
+from floor_middleware import INSERT_ACCESS, Floor  # noqa: E402
 
 from leza_middleware import Leza, LezaMiddleware  # noqa: E402
 from leza_middleware.storage import SQLStorage  # noqa: E402
@@ -402,39 +402,13 @@ def floor_round(tmp: Path, records: list[tuple[Any, ...]], warm: list[tuple[Any,
         queue.extend(part)
         with timer("dequeue / batching"):
             taken = [queue.popleft() for _ in range(len(queue))]
-        new_devices: list[tuple[Any, ...]] = []
-        new_geos: list[tuple[Any, ...]] = []
-        devices, geos = floor.devices, floor.geos
-        rows = []
         with timer("lookups + rows"):
-            for ts, duration, method, path, status, headers in taken:
-                ua = headers.get(b"user-agent", b"")
-                device = devices.get(ua)
-                if device is None:
-                    device = devices[ua] = len(devices) + 1
-                    r = parse(ua.decode("latin-1"))
-                    new_devices.append((
-                        device,
-                        r.user_agent.family if r.user_agent else None,
-                        r.os.family if r.os else None,
-                        r.device.family if r.device else None,
-                        int(bool(r.device and r.device.family == "Spider")),
-                    ))  # fmt: skip
-                forwarded = headers.get(b"x-forwarded-for")
-                ip = forwarded.rsplit(b",", 1)[-1].strip().decode("latin-1") if forwarded else ""
-                geo = geos.get(ip)
-                if geo is None:
-                    geo = geos[ip] = len(geos) + 1
-                    new_geos.append((geo, *floor._locate(ip)))
-                rows.append((ts // 1000, duration // 1000, method, path, status, ip, device, geo))
+            new_devices, new_geos, rows = floor.rows(taken)
         con.execute("begin")
         with timer("dimension rows"):
-            if new_devices:
-                con.executemany("insert into floor_device values (?, ?, ?, ?, ?)", new_devices)
-            if new_geos:
-                con.executemany("insert into floor_geo values (?, ?, ?)", new_geos)
+            floor.store_dimensions(con, new_devices, new_geos)
         with timer("INSERT floor_access"):
-            con.executemany("insert into floor_access values (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            con.executemany(INSERT_ACCESS, rows)
         with timer("commit"):
             con.execute("commit")
 
