@@ -1,8 +1,10 @@
-"""Storage backends: one contract suite over memory, JSONL, SQLite and PostgreSQL.
+"""Storage backends: one contract suite over memory, JSONL, SQLite, PostgreSQL and
+ClickHouse (the access kind: the one it shares with the others here).
 
 PostgreSQL runs on the ``postgres_url`` fixture (``LEZA_TEST_POSTGRES_URL``, else a
 throwaway local cluster; each test gets its own schema through ``search_path``);
-without either those cases are skipped.
+without either those cases are skipped. ClickHouse likewise on ``clickhouse_urls``
+(each test gets a database of its own).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from leza_middleware.storage import (
     Storage,
     open_storage,
 )
+from leza_middleware.storage.clickhouse import ClickHouseStorage
 from leza_middleware.storage.models import (
     access_table,
     device_table,
@@ -207,13 +210,27 @@ def postgres_storage(postgres_url: str, pg_admin_url: str) -> Iterator[SQLStorag
 
 
 @pytest.fixture
+def clickhouse_storage(clickhouse_urls: tuple[str, str]) -> Iterator[ClickHouseStorage]:
+    """A ClickHouseStorage on the session's first server, in a database of its own
+    (dropped afterwards)."""
+    pytest.importorskip("clickhouse_driver", reason="the [clickhouse] extra is not installed")
+    url = clickhouse_urls[0].rsplit("/", 1)[0] + f"/leza_t_{uuid.uuid4().hex[:12]}"
+    storage = ClickHouseStorage(url)
+    try:
+        yield storage
+    finally:
+        storage.execute(f"DROP DATABASE IF EXISTS `{storage.database}`")
+        storage.close()
+
+
+@pytest.fixture
 def sqlite_storage(tmp_path: Path) -> Iterator[SQLStorage]:
     storage = SQLStorage(f"sqlite:///{tmp_path / 'leza.db'}")
     yield storage
     storage.close()
 
 
-BACKENDS = ["memory", "jsonl", "sqlite", "postgres"]
+BACKENDS = ["memory", "jsonl", "sqlite", "postgres", "clickhouse"]
 SQL_BACKENDS = ["sqlite", "postgres"]
 
 
@@ -366,7 +383,7 @@ def test_purge_counts_and_batches(storage: Storage) -> None:
 
 
 def test_unknown_kind_reads_empty_or_raises(storage: Storage) -> None:
-    if isinstance(storage, SQLStorage):
+    if isinstance(storage, (SQLStorage, ClickHouseStorage)):
         with pytest.raises(ValueError, match="kind"):
             storage.query("nonsense", QueryFilter())
     else:

@@ -63,6 +63,7 @@ def preload(spec: object) -> None:
     if isinstance(spec, str) and spec.strip().partition("://")[0].lower() not in (
         "memory",
         "jsonl",
+        "clickhouse",
     ):
         with contextlib.suppress(Exception):
             importlib.import_module(f"{__name__}.sql")
@@ -72,8 +73,9 @@ def open_storage(spec: str | Storage) -> Storage:
     """A :class:`Storage` from a URL, or ``spec`` itself when it is one.
 
     ``sqlite:///path.db`` (the default), any SQLAlchemy URL of SQLite, PostgreSQL
-    (``postgresql://`` means psycopg 3), MySQL or MariaDB, ``memory://`` or
-    ``jsonl:///path/to/dir``. Checks the URL, the driver and the SQLite/JSONL
+    (``postgresql://`` means psycopg 3), MySQL or MariaDB, ``memory://``,
+    ``jsonl:///path/to/dir`` or ``clickhouse://host:9000/db`` (access, log and
+    advisory events only). Checks the URL, the driver and the SQLite/JSONL
     path without connecting; raises :class:`LezaConfigError` naming the problem.
     """
     if isinstance(spec, Storage):
@@ -104,6 +106,10 @@ def open_storage(spec: str | Storage) -> Storage:
         return MemoryStorage()
     if scheme == "jsonl":
         return JSONLStorage.from_url(text)
+    if scheme == "clickhouse":
+        from .clickhouse import ClickHouseStorage  # lazily: its driver is an extra
+
+        return ClickHouseStorage(text)
     from .sql import SQLStorage
 
     return SQLStorage(text)
