@@ -37,12 +37,13 @@ DATABASE = "leza_test"
 
 
 def find_server() -> list[str] | None:
-    """The command that runs a ClickHouse server: Debian's ``clickhouse-server``
+    """The command that runs a ClickHouse server: ``$LEZA_TEST_CLICKHOUSE_SERVER``
+    when set, else Debian's ``clickhouse-server``
     (in /usr/sbin, often not on a user's PATH), or the single ``clickhouse``
     binary of current releases (``clickhouse server``); None when neither exists."""
     explicit = os.environ.get("LEZA_TEST_CLICKHOUSE_SERVER")
-    if explicit:
-        return [explicit]
+    if explicit:  # that binary, or none
+        return [explicit] if os.access(explicit, os.X_OK) else None
     path = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/usr/local/sbin:/usr/bin"
     found = shutil.which("clickhouse-server", path=path)
     if found:

@@ -336,6 +336,24 @@ def clickhouse_urls() -> Iterator[tuple[str, str]]:
             server.stop()
 
 
+@pytest.fixture
+def clickhouse_storage(clickhouse_urls: tuple[str, str]) -> Iterator[Any]:
+    """A ClickHouseStorage on the session's first server, in a database of its own
+    (dropped afterwards)."""
+    pytest.importorskip("clickhouse_driver", reason="the [clickhouse] extra is not installed")
+    import uuid
+
+    from leza_middleware.storage.clickhouse import ClickHouseStorage
+
+    url = clickhouse_urls[0].rsplit("/", 1)[0] + f"/leza_t_{uuid.uuid4().hex[:12]}"
+    storage = ClickHouseStorage(url)
+    try:
+        yield storage
+    finally:
+        storage.execute(f"DROP DATABASE IF EXISTS `{storage.database}`")
+        storage.close()
+
+
 # ----------------------------------------------------------------------------- webhook receiver
 
 

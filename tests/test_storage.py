@@ -210,20 +210,6 @@ def postgres_storage(postgres_url: str, pg_admin_url: str) -> Iterator[SQLStorag
 
 
 @pytest.fixture
-def clickhouse_storage(clickhouse_urls: tuple[str, str]) -> Iterator[ClickHouseStorage]:
-    """A ClickHouseStorage on the session's first server, in a database of its own
-    (dropped afterwards)."""
-    pytest.importorskip("clickhouse_driver", reason="the [clickhouse] extra is not installed")
-    url = clickhouse_urls[0].rsplit("/", 1)[0] + f"/leza_t_{uuid.uuid4().hex[:12]}"
-    storage = ClickHouseStorage(url)
-    try:
-        yield storage
-    finally:
-        storage.execute(f"DROP DATABASE IF EXISTS `{storage.database}`")
-        storage.close()
-
-
-@pytest.fixture
 def sqlite_storage(tmp_path: Path) -> Iterator[SQLStorage]:
     storage = SQLStorage(f"sqlite:///{tmp_path / 'leza.db'}")
     yield storage
