@@ -20,10 +20,12 @@ from .jsonl import JSONLStorage
 from .memory import MemoryStorage
 
 if TYPE_CHECKING:
+    from .clickhouse import ClickHouseStorage
     from .sql import SQLStorage
 
 __all__ = [
     "Capability",
+    "ClickHouseStorage",
     "JSONLStorage",
     "MemoryStorage",
     "Page",
@@ -43,6 +45,10 @@ def __getattr__(name: str) -> Any:
         from .sql import SQLStorage
 
         return SQLStorage
+    if name == "ClickHouseStorage":  # lazily, like SQLStorage (its driver loads on connect)
+        from .clickhouse import ClickHouseStorage
+
+        return ClickHouseStorage
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
