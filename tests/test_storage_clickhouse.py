@@ -317,9 +317,9 @@ def test_refuses_the_kinds_it_does_not_store(clickhouse_storage: ClickHouseStora
         with pytest.raises(ValueError, match="belong in a SQL storage"):
             ch.query(bad.kind, QueryFilter())
     assert ch.count("access", QueryFilter()) == 0
-    assert ch.supports(Capability.COUNT)
-    assert ch.supports(Capability.PURGE)
-    for missing in (Capability.ROLLUPS, Capability.AUDIT_CHAIN, Capability.ERASURE):
+    for has in (Capability.COUNT, Capability.PURGE, Capability.ROLLUPS):
+        assert ch.supports(has)
+    for missing in (Capability.AUDIT_CHAIN, Capability.AUDIT_PURGE, Capability.ERASURE):
         assert not ch.supports(missing)
     with pytest.raises(ValueError, match="endpoint filter applies to access"):
         ch.query("log", QueryFilter(endpoint="/x"))
@@ -536,3 +536,114 @@ def test_the_admin_views_api_pages_like_on_sqlite(
             seen.append(r.json())
         answers.append(seen)
     assert answers[0] == answers[1]
+
+
+# ----------------------------------------------------------------------------- STATE's traffic
+
+
+def traffic_events(base: int) -> list[AccessEvent]:
+    """The rollup suite's edge cases, and a few thousand ordinary requests."""
+    from test_rollups import event, tricky_events
+
+    rng = random.Random(5)
+    bulk = [
+        event(base + rng.randrange(0, 5 * 86_400_000_000), method=rng.choice(["GET", "POST", "X"]),
+              route=rng.choice(["/a", "/b/{id}", None]), status=rng.choice([200, 404, 500, 403]),
+              outcome=rng.choice(["success", "failure", "error", "denied"]),
+              duration_us=rng.randrange(0, 3_000_000),
+              action=rng.choice(["access", "login", "login_failed"]))
+        for _ in range(3000)
+    ]  # fmt: skip
+    return tricky_events(base) + bulk
+
+
+WINDOWS = [  # (since offset, until offset, bucket seconds) from the base, in µs
+    (0, 3 * 3_600_000_000 - 1, 60),
+    (90_000_000, 86_400_000_000 + 7, 3600),
+    (0, 5 * 86_400_000_000, 86_400),
+    (2 * 86_400_000_000 + 1, 4 * 86_400_000_000 + 30 * 60_000_000, 3600),
+]
+
+
+def test_traffic_is_exact_before_and_after_purges(clickhouse_storage: ClickHouseStorage) -> None:
+    from leza_middleware.storage import MemoryStorage
+
+    ch, reference = clickhouse_storage, MemoryStorage()  # the memory backend's rollups
+    base = T0 + 12 * 3_600_000_000 + 17
+    events = traffic_events(base)
+    reference.write(events)
+    ch.setup()
+    ch.execute(f"SYSTEM STOP MERGES `{ch.database}`.leza_access")  # copies stay in the table
+    for start in range(0, len(events), 500):
+        ch.write(events[start : start + 500])
+    ch.write(events[::5])  # replayed
+
+    def same(note: str) -> None:
+        for since, until, bucket in WINDOWS:
+            want = reference.traffic(base + since, base + until, bucket)
+            assert ch.traffic(base + since, base + until, bucket) == want, (note, since, bucket)
+
+    same("live")
+    assert ch.traffic(base, base + 5 * 86_400_000_000, 86_400).totals.requests == len(events)
+    # (a purge deletes through a mutation, which runs in the merge pool)
+    ch.execute(f"SYSTEM START MERGES `{ch.database}`.leza_access")
+    # Purge the first two and a half days: their traffic is settled, then the rows go.
+    cut = base + 2 * 86_400_000_000 + 12 * 3_600_000_000 + 123
+    assert ch.purge("access", cut) == reference.purge("access", cut)
+    same("after an access purge")
+    # a second purge (from another process) settles only the hours not settled yet
+    other = ClickHouseStorage(ch.url)
+    try:
+        cut2 = cut + 5 * 3_600_000_000
+        assert other.purge("access", cut2) == reference.purge("access", cut2)
+    finally:
+        other.close()
+    same("after a second purge")
+    # Rollup retention: the hours before its cut go, the rest stays exact.
+    cut3 = base + 86_400_000_000
+    assert ch.purge("traffic", cut3) > 0
+    reference.purge("traffic", cut3)
+    same("after a traffic purge")
+    assert ch.supports(Capability.ROLLUPS)
+
+
+def test_a_late_replay_into_a_settled_hour_is_not_counted_again(
+    clickhouse_storage: ClickHouseStorage,
+) -> None:
+    from test_rollups import event
+
+    ch = clickhouse_storage
+    base = T0 + 5 * 3_600_000_000
+    events = [event(base + i * 1_000_000, duration_us=i) for i in range(50)]
+    ch.write(events)
+    before = ch.traffic(base, base + 3_600_000_000 - 1, 3600)
+    assert before.totals.requests == 50
+    assert ch.purge("access", base + 10_000_000) == 10  # settles the hour
+    ch.write(events[:20])  # a spill replayed after the purge: 10 purged ids, 10 kept
+    assert ch.traffic(base, base + 3_600_000_000 - 1, 3600) == before
+
+
+def test_a_settlement_racing_a_purge_never_undercounts(
+    clickhouse_storage: ClickHouseStorage,
+) -> None:
+    from test_rollups import event
+
+    from leza_middleware.storage.clickhouse_traffic import settle_before
+
+    ch = clickhouse_storage
+    base = T0 + 7 * 3_600_000_000
+    ch.write([event(base + i * 1_000_000, duration_us=1000 * i) for i in range(600)])
+    hour = ch.traffic(base, base + 3_600_000_000 - 1, 60)
+    # settles the hour, deletes five and a half minutes of its ten
+    assert ch.purge("access", base + 330 * 1_000_000) == 330
+    # Another process that read "not settled" before that purge marked the hour
+    # settles it again from what is left: minute 5 has the same key, fewer requests.
+    ch.execute(f"SYSTEM STOP MERGES `{ch.database}`.leza_traffic")  # keep both settlements
+    ch.execute(f"ALTER TABLE `{ch.database}`.leza_traffic_hours DELETE WHERE 1")
+    ch.wait_mutations("leza_traffic_hours")
+    assert settle_before(ch, base + 3_600_000_000) == 1
+    rows, keys = ch.execute(
+        f"SELECT count(), uniqExact(minute, method, route) FROM `{ch.database}`.leza_traffic"
+    )[0]
+    assert rows > keys  # both settlements are in the table
+    assert ch.traffic(base, base + 3_600_000_000 - 1, 60) == hour

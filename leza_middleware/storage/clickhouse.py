@@ -23,9 +23,11 @@ from typing import Any
 
 from ..errors import LezaError
 from ..events import Event
+from ..state.traffic import Traffic
 from .base import Capability, Page, QueryFilter, Storage
 from .clickhouse_read import Where, count_sql, page_sql, read_after_sql, where
 from .clickhouse_schema import KINDS, MONTH, ChKind, create_table
+from .clickhouse_traffic import TRAFFIC_TABLES, purge_traffic, settle_before, traffic
 from .clickhouse_url import ClickHouseURL, connect, parse_clickhouse_url
 
 __all__ = ["ClickHouseStorage"]
@@ -38,7 +40,7 @@ class ClickHouseStorage(Storage):
     """Access, log and advisory events in ClickHouse tables (see the module docstring)."""
 
     shared = True
-    capabilities = frozenset({Capability.COUNT, Capability.PURGE})
+    capabilities = frozenset({Capability.COUNT, Capability.PURGE, Capability.ROLLUPS})
 
     def __init__(self, url: str | ClickHouseURL) -> None:
         self.url = url if isinstance(url, ClickHouseURL) else parse_clickhouse_url(url)
@@ -79,6 +81,8 @@ class ClickHouseStorage(Storage):
         self.execute(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
         for spec in KINDS.values():
             self.execute(create_table(self.database, spec))
+        for ddl in TRAFFIC_TABLES:
+            self.execute(ddl.format(db=self.database))
         self._ready = True
 
     def ensure_ready(self) -> None:
@@ -145,15 +149,25 @@ class ClickHouseStorage(Storage):
         cache: dict[Any, Any] = {}
         return [spec.from_row(r, cache) for r in self.execute(sql, params)]
 
+    def traffic(self, since_us: int, until_us: int, bucket_seconds: int) -> Traffic:
+        """STATE's traffic, aggregated by the server (see :mod:`.clickhouse_traffic`)."""
+        return traffic(self, since_us, until_us, bucket_seconds)
+
     # -- purge
 
     def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
         """Delete events of ``kind`` older than ``before`` (µs); how many events went.
 
-        Months wholly older are dropped as partitions (instant); the rest with
-        ``ALTER TABLE … DELETE`` (a mutation the server runs in the background:
-        this waits for it). ``batch_size`` does not apply: a mutation is one step.
+        Access rows' traffic is settled into the rollup table first, so STATE
+        still counts them after. Months wholly older are dropped as partitions
+        (instant); the rest with ``ALTER TABLE … DELETE`` (a mutation the server
+        runs in the background: this waits for it). ``batch_size`` does not
+        apply: a mutation is one step. ``"traffic"``: the rollups of the hours
+        that ended before ``before`` rounded down to its hour.
         """
+        if kind == "traffic":
+            self.ensure_ready()
+            return purge_traffic(self, before)
         spec = self._spec(kind)
         self.ensure_ready()
         table = f"`{self.database}`.{spec.table}"
@@ -162,6 +176,8 @@ class ClickHouseStorage(Storage):
         gone = int(self.execute(count_sql(self.database, spec, w, None), w.params)[0][0])
         if not gone:
             return 0
+        if kind == "access":
+            settle_before(self, before)
         # Only months that ended before ``before``: a row arriving now can
         # never belong to one of them (its month is over), so none is lost.
         months = self.execute(f"SELECT DISTINCT {MONTH} FROM {table} WHERE {w.sql()}", w.params)
@@ -172,10 +188,10 @@ class ClickHouseStorage(Storage):
         left = self.execute(f"SELECT count() FROM {table} WHERE {w.sql()}", w.params)
         if left[0][0]:
             self.execute(f"ALTER TABLE {table} DELETE WHERE {w.sql()}", w.params)
-            self._wait_mutations(spec.table)
+            self.wait_mutations(spec.table)
         return gone
 
-    def _wait_mutations(self, table: str) -> None:
+    def wait_mutations(self, table: str) -> None:
         """Until the table's mutations are done (18.16 has no ``mutations_sync``)."""
         reason = "any(latest_fail_reason)" if self._has_fail_reason() else "''"
         deadline = time.monotonic() + PURGE_WAIT_SECONDS
