@@ -647,3 +647,33 @@ def test_a_settlement_racing_a_purge_never_undercounts(
     )[0]
     assert rows > keys  # both settlements are in the table
     assert ch.traffic(base, base + 3_600_000_000 - 1, 60) == hour
+
+
+def test_state_on_clickhouse_equals_state_on_memory(clickhouse_storage: ClickHouseStorage) -> None:
+    from leza_middleware.state.build import build_state
+    from leza_middleware.storage import MemoryStorage
+
+    base = T0 + 12 * 3_600_000_000 + 17
+    events: list[Event] = [*traffic_events(base)]
+    events += [
+        AdvisoryEvent(id=f"A{n}", ts=base + n * 600_000_000, rule=("burst", "new_machine")[n % 2],
+                      severity=("high", "low", "critical")[n % 3], message=f"m{n}",
+                      performer_id="u-1")
+        for n in range(40)
+    ]  # fmt: skip
+    memory = MemoryStorage()
+    for storage in (memory, clickhouse_storage):
+        storage.write(events)
+    clickhouse_storage.write(events[:700])  # a replay
+    for since, until in ((base, base + 86_400_000_000), (base + 3 * 3_600_000_000, base + 4 *
+                                                         3_600_000_000)):  # fmt: skip
+        now = until + 1
+        want = build_state(memory, since, until, now=now)
+        got = build_state(clickhouse_storage, since, until, now=now)
+        for part in ("recorder",):  # the storage's description and kind
+            want.pop(part)
+            got.pop(part)
+        assert got == want
+        assert got["traffic"]["kept"]
+        assert got["requests"] > 0
+        assert got["advisories"]
