@@ -115,34 +115,31 @@ def where(kind: str, spec: ChKind, flt: QueryFilter) -> Where:
     return w
 
 
-def page_sql(database: str, spec: ChKind, w: Where, flt: QueryFilter) -> str:
+def page_sql(table: str, spec: ChKind, w: Where, flt: QueryFilter) -> str:
     """One page: ``limit + 1`` rows (the extra one says whether more follow),
     newest first (oldest first when ``ascending``), one row per id."""
     order = "ASC" if flt.ascending else "DESC"
     return (
-        f"SELECT {spec.names} FROM `{database}`.{spec.table} WHERE {w.sql()} "
+        f"SELECT {spec.names} FROM {table} WHERE {w.sql()} "
         f"ORDER BY ts {order}, id {order} LIMIT 1 BY id LIMIT {int(flt.limit) + 1}"
     )
 
 
-def count_sql(database: str, spec: ChKind, w: Where, cap: int | None) -> str:
+def count_sql(table: str, w: Where, cap: int | None) -> str:
     """Distinct ids matching, at most ``cap + 1`` of them when capped."""
     limit = "" if cap is None else f" LIMIT {int(cap) + 1}"
-    return (
-        f"SELECT count() FROM (SELECT DISTINCT id FROM `{database}`.{spec.table} "
-        f"WHERE {w.sql()}{limit})"
-    )
+    return f"SELECT count() FROM (SELECT DISTINCT id FROM {table} WHERE {w.sql()}{limit})"
 
 
 def read_after_sql(
-    database: str, spec: ChKind, after: tuple[int, str] | None, limit: int
+    table: str, spec: ChKind, after: tuple[int, str] | None, limit: int
 ) -> tuple[str, dict[str, Any]]:
     """Oldest first after ``(ts, id)``: a forward range of the primary key."""
     flt = QueryFilter(cursor=after, ascending=True, limit=max(1, limit))
     w = Where()
     _range(w, flt)
     sql = (
-        f"SELECT {spec.names} FROM `{database}`.{spec.table} WHERE {w.sql()} "
+        f"SELECT {spec.names} FROM {table} WHERE {w.sql()} "
         f"ORDER BY ts ASC, id ASC LIMIT 1 BY id LIMIT {int(limit)}"
     )
     return sql, w.params

@@ -31,7 +31,7 @@ from typing import Any
 from ..events import AccessEvent, AdvisoryEvent, Device, Event, Geo, LogEvent
 from ..performer import Performer
 
-__all__ = ["KINDS", "ChKind", "create_table"]
+__all__ = ["KINDS", "MONTH", "ChKind", "create_distributed", "create_table"]
 
 #: The month of an event (UTC) from its µs time: the partition key.
 MONTH = "toYYYYMM(toDateTime(intDiv(ts, 1000000), 'UTC'))"
@@ -57,11 +57,23 @@ class ChKind:
         return ", ".join(name for name, _ in self.columns)
 
 
-def create_table(database: str, kind: ChKind) -> str:
+def create_table(table: str, kind: ChKind) -> str:
+    """The DDL of ``kind``'s table (``table``: its qualified name)."""
     cols = ",\n    ".join(f"{name} {type_}" for name, type_ in kind.columns)
     return (
-        f"CREATE TABLE IF NOT EXISTS `{database}`.{kind.table} (\n    {cols}\n)\n"
+        f"CREATE TABLE IF NOT EXISTS {table} (\n    {cols}\n)\n"
         f"ENGINE = ReplacingMergeTree()\nPARTITION BY {MONTH}\nORDER BY (ts, id)"
+    )
+
+
+def create_distributed(table: str, local: str, cluster: str, database: str, key: str) -> str:
+    """A ``Distributed`` table over ``local`` on every shard of ``cluster``.
+    Events go to a shard by a hash of their id (``key``), so the copies of a
+    replayed event land on one shard, where the one-row-per-id rule folds them."""
+    name = local.rsplit(".", 1)[-1]
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} AS {local} "
+        f"ENGINE = Distributed({cluster}, `{database}`, {name}, {key})"
     )
 
 

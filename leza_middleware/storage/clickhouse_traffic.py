@@ -41,25 +41,35 @@ from ..state.traffic import (
 if TYPE_CHECKING:
     from .clickhouse import ClickHouseStorage
 
-__all__ = ["TRAFFIC_TABLES", "purge_traffic", "settle_before", "traffic"]
+__all__ = ["create_marks", "create_traffic", "purge_traffic", "settle_before", "traffic"]
 
 _COUNTS = ("requests", "success", "client_errors", "server_errors", "denied", "logins",
            "login_failures")  # fmt: skip
 _HIST = tuple(f"h{i:02d}" for i in range(N_BUCKETS))
-_KEY = "minute, method, route, unmatched"
+_KEY = "shard, minute, method, route, unmatched"
 
-TRAFFIC_TABLES = (
-    "CREATE TABLE IF NOT EXISTS `{db}`.leza_traffic (\n    minute Int64, method String, "
-    "route String, unmatched UInt8,\n    "
-    + ", ".join(f"{c} UInt64" for c in _COUNTS)
-    + ", duration_us Int64, last_seen Int64,\n    "
-    + ", ".join(f"{h} UInt64" for h in _HIST)
-    + "\n)\nENGINE = ReplacingMergeTree(requests)\n"
-    "PARTITION BY toYYYYMM(toDateTime(intDiv(minute, 1000000), 'UTC'))\n"
-    f"ORDER BY ({_KEY})",
-    "CREATE TABLE IF NOT EXISTS `{db}`.leza_traffic_hours (hour Int64)\n"
-    "ENGINE = ReplacingMergeTree() ORDER BY hour",
-)
+
+def create_traffic(table: str) -> str:
+    """The settled rollups: per shard (``shard``: the number of the shard whose
+    rows they count), minute and endpoint."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} (\n    shard UInt32, minute Int64, method String, "
+        "route String, unmatched UInt8,\n    "
+        + ", ".join(f"{c} UInt64" for c in _COUNTS)
+        + ", duration_us Int64, last_seen Int64,\n    "
+        + ", ".join(f"{h} UInt64" for h in _HIST)
+        + "\n)\nENGINE = ReplacingMergeTree(requests)\n"
+        "PARTITION BY toYYYYMM(toDateTime(intDiv(minute, 1000000), 'UTC'))\n"
+        f"ORDER BY ({_KEY})"
+    )
+
+
+def create_marks(table: str) -> str:
+    """The settled hours (of one server: never read through a Distributed table)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} (hour Int64) "
+        "ENGINE = ReplacingMergeTree() ORDER BY hour"
+    )
 
 
 def _floor(expr: str, step: int) -> str:
@@ -90,39 +100,39 @@ _SUM_VECTOR = ", ".join(
 )  # fmt: skip
 
 
-def _raw_rows(db: str, where: str) -> str:
-    """One row per access event id matching ``where``, with its labels."""
+def _raw_rows(table: str, where: str) -> str:
+    """One row per access event id of ``table`` matching ``where``, with its labels."""
     return (
         f"SELECT ts, action, duration_us, if(method IN ({_METHODS_SQL}), method, 'OTHER') "
         "AS ml, ifNull(route, '') AS rt, isNull(route) AS um, "
         f"{_OUTCOME} AS o, arrayCount(b -> b < duration_us, [{_BOUNDS_SQL}]) AS h "
-        f"FROM `{db}`.leza_access WHERE {where} LIMIT 1 BY id"
+        f"FROM {table} WHERE {where} LIMIT 1 BY id"
     )
 
 
-def _settled_rows(db: str, where: str) -> str:
+def _settled_rows(table: str, where: str) -> str:
     """The settled rollup rows matching ``where``: per key, the most complete."""
-    return (
-        f"SELECT * FROM `{db}`.leza_traffic WHERE {where} ORDER BY requests DESC LIMIT 1 BY {_KEY}"
-    )
+    return f"SELECT * FROM {table} WHERE {where} ORDER BY requests DESC LIMIT 1 BY {_KEY}"
 
 
 def traffic(storage: ClickHouseStorage, since_us: int, until_us: int, bucket: int) -> Traffic:
     start, end, step = check_window(since_us, until_us, bucket)
     storage.ensure_ready()
-    db = storage.database
-    marks = f"(SELECT hour FROM `{db}`.leza_traffic_hours)"
+    # Not GLOBAL IN: sharded, each shard reads the subquery from its own marks.
+    marks = f"(SELECT hour FROM {storage.local('leza_traffic_hours')})"
     unsettled = f"ts >= {int(start)} AND ts < {int(end)} AND {_floor('ts', HOUR)} NOT IN {marks}"
+    raw = _raw_rows(storage.table("leza_access"), unsettled)
     live = storage.execute(
         f"SELECT {_floor('ts', step)} AS bucket, ml, rt, um, {_RAW_VECTOR} "
-        f"FROM ({_raw_rows(db, unsettled)}) GROUP BY bucket, ml, rt, um"
+        f"FROM ({raw}) GROUP BY bucket, ml, rt, um"
     )
     settled_hours = (
         f"minute >= {int(start)} AND minute < {int(end)} AND {_floor('minute', HOUR)} IN {marks}"
     )
+    rollups = _settled_rows(storage.table("leza_traffic"), settled_hours)
     settled = storage.execute(
         f"SELECT {_floor('minute', step)} AS bucket, method, route, unmatched, {_SUM_VECTOR} "
-        f"FROM ({_settled_rows(db, settled_hours)}) GROUP BY bucket, method, route, unmatched"
+        f"FROM ({rollups}) GROUP BY bucket, method, route, unmatched"
     )
     rows = [
         (int(r[0]), r[1], route_label(None if r[3] else r[2]), [int(v) for v in r[4:]])
@@ -133,37 +143,44 @@ def traffic(storage: ClickHouseStorage, since_us: int, until_us: int, bucket: in
 
 def settle_before(storage: ClickHouseStorage, before: int, *, rollups: bool = True) -> int:
     """Settle every hour with access rows older than ``before`` that is not yet
-    settled (see the module docstring); the number of hours settled. Called by
-    :meth:`purge` before it deletes access rows. ``rollups=False`` marks the
-    hours without aggregating them (their traffic is being purged)."""
-    db = storage.database
-    marks = f"(SELECT hour FROM `{db}`.leza_traffic_hours)"
-    hours = sorted(
-        int(h)
-        for (h,) in storage.execute(
-            f"SELECT DISTINCT {_floor('ts', HOUR)} AS hour FROM `{db}`.leza_access "
-            f"WHERE ts < %(b)s AND hour NOT IN {marks}",
-            {"b": int(before)},
-        )
-    )
-    # A day of hours per statement: the server keeps one id per row of it in memory.
-    for i in range(0, len(hours), 24):
-        chunk = hours[i : i + 24]
-        listed = ", ".join(str(h) for h in chunk)
-        where = (
-            f"ts >= {chunk[0]} AND ts < {chunk[-1] + HOUR} AND {_floor('ts', HOUR)} IN ({listed})"
-        )
-        if rollups:
-            storage.execute(
-                f"INSERT INTO `{db}`.leza_traffic SELECT {_floor('ts', 60_000_000)} AS minute, "
-                f"ml, rt, um, {_RAW_VECTOR} FROM ({_raw_rows(db, where)}) "
-                "GROUP BY minute, ml, rt, um"
+    settled (see the module docstring), on every shard; the number of hours
+    settled. Called by :meth:`purge` before it deletes access rows.
+    ``rollups=False`` marks the hours without aggregating them (their traffic
+    is being purged)."""
+    access, rollup = storage.local("leza_access"), storage.local("leza_traffic")
+    marks = storage.local("leza_traffic_hours")
+    settled = 0
+    for shard in storage.shards():
+        hours = sorted(
+            int(h)
+            for (h,) in storage.execute(
+                f"SELECT DISTINCT {_floor('ts', HOUR)} AS hour FROM {access} "
+                f"WHERE ts < %(b)s AND hour NOT IN (SELECT hour FROM {marks})",
+                {"b": int(before)},
+                shard=shard,
             )
-        # Marked only once its rows are in: until then reads take the hour live.
-        storage.execute(
-            f"INSERT INTO `{db}`.leza_traffic_hours (hour) VALUES", [(h,) for h in chunk]
         )
-    return len(hours)
+        # A day of hours per statement: the server keeps one id per row of it in memory.
+        for i in range(0, len(hours), 24):
+            chunk = hours[i : i + 24]
+            listed = ", ".join(str(h) for h in chunk)
+            where = (
+                f"ts >= {chunk[0]} AND ts < {chunk[-1] + HOUR} "
+                f"AND {_floor('ts', HOUR)} IN ({listed})"
+            )
+            if rollups:
+                storage.execute(
+                    f"INSERT INTO {rollup} SELECT {int(shard.num)}, "
+                    f"{_floor('ts', 60_000_000)} AS minute, ml, rt, um, {_RAW_VECTOR} "
+                    f"FROM ({_raw_rows(access, where)}) GROUP BY minute, ml, rt, um",
+                    shard=shard,
+                )
+            # Marked only once its rows are in: until then reads take the hour live.
+            storage.execute(
+                f"INSERT INTO {marks} (hour) VALUES", [(h,) for h in chunk], shard=shard
+            )
+        settled += len(hours)
+    return settled
 
 
 def purge_traffic(storage: ClickHouseStorage, before: int) -> int:
@@ -172,13 +189,16 @@ def purge_traffic(storage: ClickHouseStorage, before: int) -> int:
     kept longer) are not counted live instead. Returns the rollup rows deleted."""
     cutoff = before - before % HOUR
     settle_before(storage, cutoff, rollups=False)
-    db = storage.database
-    table = f"`{db}`.leza_traffic"
+    table = storage.local("leza_traffic")
     where = f"minute < {int(cutoff)}"
-    gone = int(storage.execute(
-        f"SELECT count() FROM (SELECT 1 FROM {table} WHERE {where} LIMIT 1 BY {_KEY})"
-    )[0][0])  # fmt: skip
-    if gone:
-        storage.execute(f"ALTER TABLE {table} DELETE WHERE {where}")
-        storage.wait_mutations("leza_traffic")
+    gone = 0
+    for shard in storage.shards():
+        n = int(storage.execute(
+            f"SELECT count() FROM (SELECT 1 FROM {table} WHERE {where} LIMIT 1 BY {_KEY})",
+            shard=shard,
+        )[0][0])  # fmt: skip
+        if n:
+            storage.execute(f"ALTER TABLE {table} DELETE WHERE {where}", shard=shard)
+            storage.wait_mutations(table, shard)
+        gone += n
     return gone

@@ -1,9 +1,10 @@
 """The ClickHouse backend's URL, checked without connecting, and its driver,
 imported only when a ClickHouse storage is opened.
 
-``clickhouse://[user[:password]@]host[:port]/database[?connect_timeout=S&timeout=S]``:
+``clickhouse://[user[:password]@]host[:port]/database[?connect_timeout=S&timeout=S&cluster=NAME]``:
 the native protocol (port 9000 by default) through ``clickhouse-driver``
-(the ``[clickhouse]`` extra).
+(the ``[clickhouse]`` extra). ``cluster``: shard over that cluster of the
+server's ``<remote_servers>`` through ``Distributed`` tables.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ EXAMPLE = "clickhouse://host:9000/leza"
 DEFAULT_PORT = 9000
 #: Database names are spliced into statements (quoted): a plain identifier only.
 _DATABASE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-#: Query parameters: name -> the driver's keyword (seconds, > 0).
-_PARAMS = {"connect_timeout": "connect_timeout", "timeout": "send_receive_timeout"}
+#: Query parameters in seconds (> 0), and ``cluster``.
+_PARAMS = {"connect_timeout", "timeout", "cluster"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,7 @@ class ClickHouseURL:
     password: str = ""
     connect_timeout: float = 10.0
     timeout: float = 300.0
+    cluster: str | None = None  # shard over this cluster (Distributed tables)
 
     def describe(self) -> str:
         """The URL with its password hidden."""
@@ -42,7 +44,8 @@ class ClickHouseURL:
         auth = "" if self.user == "default" and not self.password else self.user
         if self.password:
             auth += ":***"
-        return f"clickhouse://{auth + '@' if auth else ''}{host}:{self.port}/{self.database}"
+        tail = "" if self.cluster is None else f"?cluster={self.cluster}"
+        return f"clickhouse://{auth + '@' if auth else ''}{host}:{self.port}/{self.database}{tail}"
 
 
 def _fail(text: str, problem: str) -> LezaConfigError:
@@ -81,13 +84,21 @@ def parse_clickhouse_url(text: str) -> ClickHouseURL:
     if parts.fragment:
         raise _fail(shown, "takes no #fragment")
     options: dict[str, float] = {}
+    cluster: str | None = None
+    seen: set[str] = set()
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name not in _PARAMS:
             raise _fail(
                 shown, f"unknown query parameter {name!r} (known: {', '.join(sorted(_PARAMS))})"
             )
-        if name in options:
+        if name in seen:
             raise _fail(shown, f"query parameter {name!r} is given twice")
+        seen.add(name)
+        if name == "cluster":
+            if not _DATABASE.fullmatch(value):
+                raise _fail(shown, f"cluster {value!r} must be letters, digits and _ (not first)")
+            cluster = value
+            continue
         try:
             seconds = float(value)
         except ValueError:
@@ -101,6 +112,7 @@ def parse_clickhouse_url(text: str) -> ClickHouseURL:
         database=database,
         user=unquote(parts.username) if parts.username else "default",
         password=unquote(parts.password) if parts.password else "",
+        cluster=cluster,
         **options,
     )
 
@@ -117,15 +129,16 @@ def driver() -> Any:
     return clickhouse_driver
 
 
-def connect(url: ClickHouseURL) -> Any:
-    """A ``clickhouse_driver.Client`` for ``url`` (connects on first use).
+def connect(url: ClickHouseURL, host: str | None = None, port: int | None = None) -> Any:
+    """A ``clickhouse_driver.Client`` for ``url`` (connects on first use), or for
+    one shard of its cluster (``host``, ``port``) with its credentials.
 
     No database on the connection: statements name ``database.table``, so
     setup can create the database before it exists.
     """
     return driver().Client(
-        host=url.host,
-        port=url.port,
+        host=url.host if host is None else host,
+        port=url.port if port is None else port,
         user=url.user,
         password=url.password,
         connect_timeout=url.connect_timeout,
