@@ -126,6 +126,7 @@ class ThrowawayClickHouse:
         self.root = Path(tempfile.mkdtemp(prefix="leza-test-ch-"))
         self.tcp_port = 0
         self.http_port = 0
+        self.shards: list[int] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -134,7 +135,7 @@ class ThrowawayClickHouse:
 
     def launch(self, tcp_port: int, http_port: int, shards: list[int]) -> None:
         """Write the config and start the server (not waiting for it)."""
-        self.tcp_port, self.http_port = tcp_port, http_port
+        self.tcp_port, self.http_port, self.shards = tcp_port, http_port, shards
         for sub in ("data", "tmp", "user_files", "format_schemas"):
             (self.root / sub).mkdir(exist_ok=True)
         (self.root / "users.xml").write_text(_USERS)
@@ -190,6 +191,17 @@ class ThrowawayClickHouse:
                 continue
             parts.append(f"\n{name}:\n{text}")
         return "".join(parts)
+
+    def kill(self) -> None:
+        """Kill the server at once (a crashed shard); its data stays for :meth:`restart`."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start it again on the same ports and data, and wait until it answers."""
+        self.launch(self.tcp_port, self.http_port, self.shards)
+        self.wait_ready(time.monotonic() + timeout)
 
     def stop(self) -> None:
         """Kill the server (SIGTERM, then SIGKILL after 10 s) and remove its directory."""

@@ -336,22 +336,44 @@ def clickhouse_urls() -> Iterator[tuple[str, str]]:
             server.stop()
 
 
-@pytest.fixture
-def clickhouse_storage(clickhouse_urls: tuple[str, str]) -> Iterator[Any]:
-    """A ClickHouseStorage on the session's first server, in a database of its own
-    (dropped afterwards)."""
+@contextmanager
+def clickhouse_database(url: str) -> Iterator[Any]:
+    """A ClickHouseStorage on ``url``'s server (and cluster), in a database of its
+    own, dropped afterwards from every server that has it."""
     pytest.importorskip("clickhouse_driver", reason="the [clickhouse] extra is not installed")
     import uuid
 
     from leza_middleware.storage.clickhouse import ClickHouseStorage
 
-    url = clickhouse_urls[0].rsplit("/", 1)[0] + f"/leza_t_{uuid.uuid4().hex[:12]}"
-    storage = ClickHouseStorage(url)
+    base, _, query = url.partition("?")
+    database = f"leza_t_{uuid.uuid4().hex[:12]}"
+    storage = ClickHouseStorage(
+        base.rsplit("/", 1)[0] + f"/{database}" + (f"?{query}" * bool(query))
+    )
     try:
         yield storage
     finally:
-        storage.execute(f"DROP DATABASE IF EXISTS `{storage.database}`")
+        servers = storage._shards or [None]
+        for shard in servers:
+            storage.execute(f"DROP DATABASE IF EXISTS `{database}`", shard=shard)
+        if storage.sharded:
+            storage.execute(f"DROP DATABASE IF EXISTS `{database}`")
         storage.close()
+
+
+@pytest.fixture
+def clickhouse_storage(clickhouse_urls: tuple[str, str]) -> Iterator[Any]:
+    """A ClickHouseStorage on the session's first server, in a database of its own."""
+    with clickhouse_database(clickhouse_urls[0]) as storage:
+        yield storage
+
+
+@pytest.fixture
+def sharded_storage(clickhouse_urls: tuple[str, str]) -> Iterator[Any]:
+    """A ClickHouseStorage sharded over both of the session's servers (the
+    ``leza_shards`` cluster), in a database of its own on each."""
+    with clickhouse_database(clickhouse_urls[0] + "?cluster=leza_shards") as storage:
+        yield storage
 
 
 # ----------------------------------------------------------------------------- webhook receiver

@@ -46,6 +46,22 @@ from leza_middleware.storage.clickhouse_url import parse_clickhouse_url
 
 pytest.importorskip("clickhouse_driver", reason="the [clickhouse] extra is not installed")
 
+
+@pytest.fixture(params=["one server", "two shards"])
+def ch_any(request: pytest.FixtureRequest) -> ClickHouseStorage:
+    """The ClickHouse storage on one server, and sharded over two."""
+    name = "clickhouse_storage" if request.param == "one server" else "sharded_storage"
+    storage: ClickHouseStorage = request.getfixturevalue(name)
+    return storage
+
+
+def merges(ch: ClickHouseStorage, table: str, on: bool) -> None:
+    """Start or stop background merges of ``table`` on every server of ``ch``."""
+    for shard in ch.shards():
+        verb = "START" if on else "STOP"
+        ch.execute(f"SYSTEM {verb} MERGES {ch.local(table)}", shard=shard)
+
+
 MONTH_US = 31 * 86_400 * 1_000_000
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 
@@ -94,7 +110,8 @@ def hostile_logs() -> list[Event]:
     ]  # fmt: skip
 
 
-def test_every_field_of_every_kind_round_trips(clickhouse_storage: ClickHouseStorage) -> None:
+def test_every_field_of_every_kind_round_trips(ch_any: ClickHouseStorage) -> None:
+    clickhouse_storage = ch_any
     access = hostile_access()
     others = hostile_logs()
     clickhouse_storage.write([*access, *others])
@@ -214,18 +231,25 @@ def sqlite_twin(tmp_path: Path) -> Iterator[SQLStorage]:
 
 
 def raw_rows(storage: ClickHouseStorage, table: str) -> tuple[int, int]:
-    """(rows in the table, distinct ids): duplicates not folded yet when they differ."""
-    rows = storage.execute(f"SELECT count(), uniqExact(id) FROM `{storage.database}`.{table}")
-    return int(rows[0][0]), int(rows[0][1])
+    """(rows in the table, distinct ids) over every server: duplicates not folded
+    yet when they differ. Sharded, every server must hold some."""
+    rows = ids = 0
+    for shard in storage.shards():
+        got = storage.execute(
+            f"SELECT count(), uniqExact(id) FROM {storage.local(table)}", shard=shard
+        )
+        assert got[0][0] > 0, (table, shard)  # the events are spread over every shard
+        rows, ids = rows + int(got[0][0]), ids + int(got[0][1])
+    return rows, ids
 
 
 def test_every_read_matches_sqlite_and_counts_a_replay_once(
-    clickhouse_storage: ClickHouseStorage, sqlite_twin: SQLStorage
+    ch_any: ClickHouseStorage, sqlite_twin: SQLStorage
 ) -> None:
-    ch = clickhouse_storage
+    ch = ch_any
     ch.setup()
     for table in ("leza_access", "leza_log", "leza_advisory"):  # keep the copies apart
-        ch.execute(f"SYSTEM STOP MERGES `{ch.database}`.{table}")
+        merges(ch, table, on=False)
     events = dataset()
     sqlite_twin.write(events)
     for start in range(0, len(events), 100):  # several batches, as the recorder writes them
@@ -255,8 +279,9 @@ def test_every_read_matches_sqlite_and_counts_a_replay_once(
 
     # and the same once the server has merged the copies away
     for table in ("leza_access", "leza_log", "leza_advisory"):
-        ch.execute(f"SYSTEM START MERGES `{ch.database}`.{table}")
-        ch.execute(f"OPTIMIZE TABLE `{ch.database}`.{table} FINAL")
+        merges(ch, table, on=True)
+        for shard in ch.shards():
+            ch.execute(f"OPTIMIZE TABLE {ch.local(table)} FINAL", shard=shard)
         assert raw_rows(ch, table)[0] == raw_rows(ch, table)[1]
     flt = QueryFilter(limit=7, action="denied")
     assert walk(ch, "access", flt) == walk(sqlite_twin, "access", flt)
@@ -266,10 +291,8 @@ def test_every_read_matches_sqlite_and_counts_a_replay_once(
 # ----------------------------------------------------------------------------- purge
 
 
-def test_purge_drops_old_months_and_deletes_inside_one(
-    clickhouse_storage: ClickHouseStorage,
-) -> None:
-    ch = clickhouse_storage
+def test_purge_drops_old_months_and_deletes_inside_one(ch_any: ClickHouseStorage) -> None:
+    ch = ch_any
     jan, feb, mar = T0, T0 + MONTH_US, T0 + 2 * MONTH_US  # 2026-01-01, 02-01, 03-04
     batch = [ev(i, ts=(jan, feb, mar)[i % 3] + i) for i in range(30)]
     ch.write(batch)
@@ -279,7 +302,7 @@ def test_purge_drops_old_months_and_deletes_inside_one(
     months = lambda: sorted(  # noqa: E731
         m for (m,) in ch.execute(
             f"SELECT DISTINCT toYYYYMM(toDateTime(intDiv(ts, 1000000), 'UTC')) "
-            f"FROM `{ch.database}`.leza_access"
+            f"FROM {ch.table('leza_access')}"
         )
     )  # fmt: skip
     assert months() == [202601, 202602, 202603]
@@ -566,15 +589,15 @@ WINDOWS = [  # (since offset, until offset, bucket seconds) from the base, in µ
 ]
 
 
-def test_traffic_is_exact_before_and_after_purges(clickhouse_storage: ClickHouseStorage) -> None:
+def test_traffic_is_exact_before_and_after_purges(ch_any: ClickHouseStorage) -> None:
     from leza_middleware.storage import MemoryStorage
 
-    ch, reference = clickhouse_storage, MemoryStorage()  # the memory backend's rollups
+    ch, reference = ch_any, MemoryStorage()  # the memory backend's rollups
     base = T0 + 12 * 3_600_000_000 + 17
     events = traffic_events(base)
     reference.write(events)
     ch.setup()
-    ch.execute(f"SYSTEM STOP MERGES `{ch.database}`.leza_access")  # copies stay in the table
+    merges(ch, "leza_access", on=False)  # the copies stay in the table
     for start in range(0, len(events), 500):
         ch.write(events[start : start + 500])
     ch.write(events[::5])  # replayed
@@ -587,7 +610,7 @@ def test_traffic_is_exact_before_and_after_purges(clickhouse_storage: ClickHouse
     same("live")
     assert ch.traffic(base, base + 5 * 86_400_000_000, 86_400).totals.requests == len(events)
     # (a purge deletes through a mutation, which runs in the merge pool)
-    ch.execute(f"SYSTEM START MERGES `{ch.database}`.leza_access")
+    merges(ch, "leza_access", on=True)
     # Purge the first two and a half days: their traffic is settled, then the rows go.
     cut = base + 2 * 86_400_000_000 + 12 * 3_600_000_000 + 123
     assert ch.purge("access", cut) == reference.purge("access", cut)
@@ -678,3 +701,42 @@ def test_state_on_clickhouse_equals_state_on_memory(clickhouse_storage: ClickHou
         assert got["traffic"]["kept"]
         assert got["requests"] > 0
         assert got["advisories"]
+
+
+# ----------------------------------------------------------------------------- a shard down
+
+
+@pytest.fixture
+def own_shards(clickhouse_urls: tuple[str, str]) -> Iterator[list[Any]]:
+    """Two servers of this test's own (one of them gets killed)."""
+    from clickhouse_server import find_server, start_servers
+
+    command = find_server()
+    if command is None:  # the session's servers came from CI's environment
+        pytest.skip("no ClickHouse server binary to start two more servers with")
+    servers = start_servers(command)
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def test_a_shard_down_fails_the_batch_and_its_replay_loses_nothing(own_shards: list[Any]) -> None:
+    first, second = own_shards
+    ch = ClickHouseStorage(f"clickhouse://127.0.0.1:{first.tcp_port}/leza?cluster=leza_shards")
+    try:
+        ch.write([ev(n) for n in range(100)])
+        second.kill()
+        batch = [ev(n) for n in range(100, 200)]
+        with pytest.raises(Exception, match=r"(?i)connect|refused|network|socket"):
+            ch.write(batch)  # the recorder retries, then spills it
+        with pytest.raises(Exception, match=r"(?i)connect|refused|network|socket"):
+            ch.query("access", QueryFilter())  # never a silent half answer
+        second.restart()
+        ch.write(batch)  # the replay: the rows the live shard took already are folded
+        for shard in ch.shards():  # both shards hold events
+            assert ch.execute(f"SELECT count() FROM {ch.local('leza_access')}", shard=shard)[0][0]
+        assert ch.count("access", QueryFilter()) == 200
+        got = [e.id for e in ch.query("access", QueryFilter(limit=1000)).events]
+        assert got == [f"e{n:06d}" for n in range(199, -1, -1)]
+    finally:
+        ch.close()

@@ -25,7 +25,15 @@ from ..errors import LezaConfigError, LezaError
 from ..events import Event
 from ..state.traffic import Traffic
 from .base import Capability, Page, QueryFilter, Storage
-from .clickhouse_read import Where, count_sql, page_sql, read_after_sql, where
+from .clickhouse_read import (
+    WHOLE_ON_SHARDS,
+    Where,
+    count_sql,
+    merged,
+    page_sql,
+    read_after_sql,
+    where,
+)
 from .clickhouse_schema import KINDS, MONTH, ChKind, create_distributed, create_table
 from .clickhouse_traffic import create_marks, create_traffic, purge_traffic, settle_before, traffic
 from .clickhouse_url import ClickHouseURL, connect, parse_clickhouse_url
@@ -212,7 +220,11 @@ class ClickHouseStorage(Storage):
         spec = self._spec(kind)
         w = where(kind, spec, flt)
         self.ensure_ready()
-        rows = self.execute(page_sql(self.table(spec.table), spec, w, flt), w.params)
+        sql = page_sql(self.table(spec.table), spec, w, flt)
+        if self.sharded:
+            order = "ASC" if flt.ascending else "DESC"
+            sql = merged(sql, f"ts {order}, id {order}", flt.limit + 1)
+        rows = self._read(sql, w.params)
         cache: dict[Any, Any] = {}
         events = [spec.from_row(r, cache) for r in rows[: flt.limit]]
         last = events[-1] if len(rows) > flt.limit else None
@@ -222,14 +234,22 @@ class ClickHouseStorage(Storage):
         spec = self._spec(kind)
         w = where(kind, spec, replace(flt, cursor=None))
         self.ensure_ready()
-        return int(self.execute(count_sql(self.table(spec.table), w, cap), w.params)[0][0])
+        rows = self._read(count_sql(self.table(spec.table), w, cap), w.params)
+        n = sum(int(r[0]) for r in rows)  # sharded: one count per shard
+        return n if cap is None else min(n, cap + 1)
 
     def read_after(self, kind: str, after: tuple[int, str] | None, limit: int = 1000) -> list[Any]:
         spec = self._spec(kind)
         self.ensure_ready()
         sql, params = read_after_sql(self.table(spec.table), spec, after, limit)
+        if self.sharded:
+            sql = merged(sql, "ts ASC, id ASC", limit)
         cache: dict[Any, Any] = {}
-        return [spec.from_row(r, cache) for r in self.execute(sql, params)]
+        return [spec.from_row(r, cache) for r in self._read(sql, params)]
+
+    def _read(self, sql: str, params: Any) -> Any:
+        """A read of the event tables (sharded: run whole on every shard)."""
+        return self.execute(sql, params, settings=WHOLE_ON_SHARDS if self.sharded else None)
 
     def traffic(self, since_us: int, until_us: int, bucket_seconds: int) -> Traffic:
         """STATE's traffic, aggregated by the server (see :mod:`.clickhouse_traffic`)."""
@@ -255,7 +275,9 @@ class ClickHouseStorage(Storage):
         self.ensure_ready()
         w = Where()
         w.add(f"ts < {w.bind(int(before))}")
-        gone = int(self.execute(count_sql(self.table(spec.table), w, None), w.params)[0][0])
+        gone = sum(
+            int(r[0]) for r in self._read(count_sql(self.table(spec.table), w, None), w.params)
+        )
         if not gone:
             return 0
         if kind == "access":

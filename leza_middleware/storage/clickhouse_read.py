@@ -8,6 +8,12 @@ a replayed batch may sit in the table twice until a background merge folds it
 
 Values are bound through the driver's ``%(name)s`` parameters (it quotes
 them); only column and table names from :mod:`.clickhouse_schema` are spliced.
+
+Sharded (a ``Distributed`` table), a shard would apply ``LIMIT`` before
+``LIMIT 1 BY id`` and send too few rows; so each shard runs the whole
+statement (:data:`WHOLE_ON_SHARDS`: the copies of an id are all on one
+shard, see :func:`.clickhouse_schema.create_distributed`) and the entry server
+merges the shards' answers in an outer statement (:func:`merged`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,12 @@ from ..state.labels import METHODS, ROUTE_LABEL_MAX, EndpointFilter, parse_endpo
 from .base import QueryFilter, check_endpoint_kind
 from .clickhouse_schema import ChKind
 
-__all__ = ["Where", "count_sql", "page_sql", "read_after_sql", "where"]
+__all__ = ["WHOLE_ON_SHARDS", "Where", "count_sql", "merged", "page_sql", "read_after_sql",
+           "where"]  # fmt: skip
+
+#: Sharded reads: every shard runs the whole statement; the entry server only
+#: concatenates (and the outer statement of :func:`merged` sorts and cuts).
+WHOLE_ON_SHARDS = {"distributed_group_by_no_merge": 1}
 
 _KNOWN_METHODS = tuple(sorted(METHODS))
 
@@ -125,8 +136,14 @@ def page_sql(table: str, spec: ChKind, w: Where, flt: QueryFilter) -> str:
     )
 
 
+def merged(sql: str, order: str, limit: int) -> str:
+    """``sql``'s rows from every shard, in ``order``, the first ``limit``."""
+    return f"SELECT * FROM ({sql}) ORDER BY {order} LIMIT {int(limit)}"
+
+
 def count_sql(table: str, w: Where, cap: int | None) -> str:
-    """Distinct ids matching, at most ``cap + 1`` of them when capped."""
+    """Distinct ids matching, at most ``cap + 1`` of them when capped (sharded,
+    with :data:`WHOLE_ON_SHARDS`: the shards' sum, up to ``cap + 1`` each)."""
     limit = "" if cap is None else f" LIMIT {int(cap) + 1}"
     return f"SELECT count() FROM (SELECT DISTINCT id FROM {table} WHERE {w.sql()}{limit})"
 
