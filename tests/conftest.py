@@ -376,6 +376,13 @@ def sharded_storage(clickhouse_urls: tuple[str, str]) -> Iterator[Any]:
         yield storage
 
 
+@pytest.fixture(params=["one server", "two shards"])
+def ch_any(request: pytest.FixtureRequest) -> Any:
+    """The ClickHouse storage on one server, and sharded over two."""
+    name = "clickhouse_storage" if request.param == "one server" else "sharded_storage"
+    return request.getfixturevalue(name)
+
+
 # ----------------------------------------------------------------------------- webhook receiver
 
 
