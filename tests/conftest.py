@@ -21,6 +21,10 @@ from leza_middleware.storage import MemoryStorage
 
 SHARED_TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 
+#: The test servers CI started: kept when a test clears LEZA_* from the environment.
+CLICKHOUSE_ENV = ("LEZA_TEST_CLICKHOUSE_URL", "LEZA_TEST_CLICKHOUSE_URL_2")
+KEPT_ENV = frozenset({"LEZA_TEST_POSTGRES_URL", *CLICKHOUSE_ENV})
+
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -28,7 +32,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import os
 
     for key in list(os.environ):
-        if key.startswith("LEZA_") and key != "LEZA_TEST_POSTGRES_URL":
+        if key.startswith("LEZA_") and key not in KEPT_ENV:
             monkeypatch.delenv(key)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
 
@@ -288,6 +292,95 @@ def postgres_url() -> Iterator[str]:
         yield url
     finally:
         server.stop()
+
+
+# ----------------------------------------------------------------------------- ClickHouse
+
+#: Set by .ci/run: no ClickHouse server is a failure there, not a skip.
+CLICKHOUSE_REQUIRED = os.environ.get("LEZA_REQUIRE_CLICKHOUSE") == "1"
+
+
+@pytest.fixture(scope="session")
+def clickhouse_urls() -> Iterator[tuple[str, str]]:
+    """Two ClickHouse servers for the whole session (two shards of the
+    ``leza_shards`` cluster), as ``clickhouse://127.0.0.1:PORT/leza_test`` URLs.
+
+    ``LEZA_TEST_CLICKHOUSE_URL`` and ``…_URL_2`` when set (.ci/run starts its
+    own); else two throwaway servers from the local binary
+    (tests/clickhouse_server.py), stopped at the end; else the requesting test
+    is skipped, or fails under ``LEZA_REQUIRE_CLICKHOUSE=1``.
+    """
+    from clickhouse_server import find_server, start_servers
+
+    given = [os.environ.get(name) for name in CLICKHOUSE_ENV]
+    if given[0] and given[1]:
+        yield given[0], given[1]
+        return
+    command = find_server()
+    if command is None:
+        reason = (
+            f"{CLICKHOUSE_ENV[0]} is not set and no ClickHouse server binary was found "
+            "(clickhouse-server or clickhouse on PATH or in /usr/sbin)"
+        )
+        if CLICKHOUSE_REQUIRED:
+            pytest.fail(f"{reason}; required under LEZA_REQUIRE_CLICKHOUSE=1")
+        pytest.skip(reason)
+    try:
+        servers = start_servers(command)
+    except RuntimeError as exc:
+        pytest.fail(f"could not start throwaway ClickHouse servers with {command}: {exc}")
+    try:
+        yield servers[0].url, servers[1].url
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@contextmanager
+def clickhouse_database(url: str) -> Iterator[Any]:
+    """A ClickHouseStorage on ``url``'s server (and cluster), in a database of its
+    own, dropped afterwards from every server that has it."""
+    pytest.importorskip("clickhouse_driver", reason="the [clickhouse] extra is not installed")
+    import uuid
+
+    from leza_middleware.storage.clickhouse import ClickHouseStorage
+
+    base, _, query = url.partition("?")
+    database = f"leza_t_{uuid.uuid4().hex[:12]}"
+    storage = ClickHouseStorage(
+        base.rsplit("/", 1)[0] + f"/{database}" + (f"?{query}" * bool(query))
+    )
+    try:
+        yield storage
+    finally:
+        servers = storage._shards or [None]
+        for shard in servers:
+            storage.execute(f"DROP DATABASE IF EXISTS `{database}`", shard=shard)
+        if storage.sharded:
+            storage.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        storage.close()
+
+
+@pytest.fixture
+def clickhouse_storage(clickhouse_urls: tuple[str, str]) -> Iterator[Any]:
+    """A ClickHouseStorage on the session's first server, in a database of its own."""
+    with clickhouse_database(clickhouse_urls[0]) as storage:
+        yield storage
+
+
+@pytest.fixture
+def sharded_storage(clickhouse_urls: tuple[str, str]) -> Iterator[Any]:
+    """A ClickHouseStorage sharded over both of the session's servers (the
+    ``leza_shards`` cluster), in a database of its own on each."""
+    with clickhouse_database(clickhouse_urls[0] + "?cluster=leza_shards") as storage:
+        yield storage
+
+
+@pytest.fixture(params=["one server", "two shards"])
+def ch_any(request: pytest.FixtureRequest) -> Any:
+    """The ClickHouse storage on one server, and sharded over two."""
+    name = "clickhouse_storage" if request.param == "one server" else "sharded_storage"
+    return request.getfixturevalue(name)
 
 
 # ----------------------------------------------------------------------------- webhook receiver

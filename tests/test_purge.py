@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from test_storage import (  # fixtures and events shared with the storage suite
     ALICE,
+    BACKENDS,
     T0,
+    _make,
     ev,
     pg_admin_url,
     postgres_storage,
@@ -28,12 +30,20 @@ from leza_middleware.errors import LezaError
 from leza_middleware.events import AuditEvent, SessionEvent
 from leza_middleware.ids import new_event_id
 from leza_middleware.performer import Performer
-from leza_middleware.storage import QueryFilter, Storage
+from leza_middleware.storage import QueryFilter, Storage, is_sql
 
 __all__ = ["pg_admin_url", "postgres_storage", "sqlite_storage", "storage"]
 
 SECRET = "purge-tests-secret-key-0123"
 DAY = 86_400_000_000
+
+
+@pytest.fixture(params=[b for b in BACKENDS if b != "clickhouse"])
+def every_kind(request: pytest.FixtureRequest, tmp_path: Any) -> Storage:
+    """The backends that store sessions and audit rows (ClickHouse stores neither)."""
+    s = _make(request, tmp_path)
+    s.setup()
+    return s
 
 
 # --------------------------------------------------------------------------- read_after
@@ -68,7 +78,7 @@ def test_purge_batches_commit_batch_by_batch(storage: Storage) -> None:
     storage.write([ev(n, ts=T0 + n) for n in range(30)])
     batches = list(storage.purge_batches("access", T0 + 17, batch_size=4))
     assert sum(batches) == 17
-    if storage.shared:  # SQL: one transaction per batch, the last one short
+    if is_sql(storage):  # SQL: one transaction per batch, the last one short
         assert batches == [4, 4, 4, 4, 1]
     left = storage.query("access", QueryFilter(limit=100)).events
     assert sorted(e.ts for e in left) == [T0 + n for n in range(17, 30)]
@@ -81,7 +91,8 @@ def _session(sid: str, ts: int, action: str, reason: str | None = None) -> Sessi
     )  # fmt: skip
 
 
-def test_purge_sessions_keeps_active_and_recent_ones(storage: Storage) -> None:
+def test_purge_sessions_keeps_active_and_recent_ones(every_kind: Storage) -> None:
+    storage = every_kind
     old, recent = T0 - 100 * DAY, T0 - DAY
     storage.write(
         [
@@ -101,8 +112,8 @@ def test_purge_sessions_keeps_active_and_recent_ones(storage: Storage) -> None:
 
 
 @pytest.fixture
-def leza(storage: Storage, make_leza: Any) -> Leza:
-    return make_leza(storage=storage, secret_key=SECRET)  # type: ignore[no-any-return]
+def leza(every_kind: Storage, make_leza: Any) -> Leza:
+    return make_leza(storage=every_kind, secret_key=SECRET)  # type: ignore[no-any-return]
 
 
 def changes(leza: Leza, times: list[int]) -> None:

@@ -1,8 +1,10 @@
-"""Storage backends: one contract suite over memory, JSONL, SQLite and PostgreSQL.
+"""Storage backends: one contract suite over memory, JSONL, SQLite, PostgreSQL and
+ClickHouse (the access kind: the one it shares with the others here).
 
 PostgreSQL runs on the ``postgres_url`` fixture (``LEZA_TEST_POSTGRES_URL``, else a
 throwaway local cluster; each test gets its own schema through ``search_path``);
-without either those cases are skipped.
+without either those cases are skipped. ClickHouse likewise on ``clickhouse_urls``
+(each test gets a database of its own).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from leza_middleware.storage import (
     Storage,
     open_storage,
 )
+from leza_middleware.storage.clickhouse import ClickHouseStorage
 from leza_middleware.storage.models import (
     access_table,
     device_table,
@@ -213,7 +216,7 @@ def sqlite_storage(tmp_path: Path) -> Iterator[SQLStorage]:
     storage.close()
 
 
-BACKENDS = ["memory", "jsonl", "sqlite", "postgres"]
+BACKENDS = ["memory", "jsonl", "sqlite", "postgres", "clickhouse"]
 SQL_BACKENDS = ["sqlite", "postgres"]
 
 
@@ -366,7 +369,7 @@ def test_purge_counts_and_batches(storage: Storage) -> None:
 
 
 def test_unknown_kind_reads_empty_or_raises(storage: Storage) -> None:
-    if isinstance(storage, SQLStorage):
+    if isinstance(storage, (SQLStorage, ClickHouseStorage)):
         with pytest.raises(ValueError, match="kind"):
             storage.query("nonsense", QueryFilter())
     else:

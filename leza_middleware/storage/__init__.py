@@ -22,10 +22,12 @@ from .memory import MemoryStorage
 from .routed import PartialWriteError, RoutedStorage, backend_of, backends_of
 
 if TYPE_CHECKING:
+    from .clickhouse import ClickHouseStorage
     from .sql import SQLStorage
 
 __all__ = [
     "Capability",
+    "ClickHouseStorage",
     "JSONLStorage",
     "MemoryStorage",
     "Page",
@@ -49,6 +51,10 @@ def __getattr__(name: str) -> Any:
         from .sql import SQLStorage
 
         return SQLStorage
+    if name == "ClickHouseStorage":  # lazily, like SQLStorage (its driver loads on connect)
+        from .clickhouse import ClickHouseStorage
+
+        return ClickHouseStorage
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -73,6 +79,7 @@ def preload(spec: object) -> None:
     if isinstance(spec, str) and spec.strip().partition("://")[0].lower() not in (
         "memory",
         "jsonl",
+        "clickhouse",
     ):
         with contextlib.suppress(Exception):
             importlib.import_module(f"{__name__}.sql")
@@ -82,8 +89,9 @@ def open_storage(spec: str | Storage | Mapping[str, str | Storage]) -> Storage:
     """A :class:`Storage` from a URL, or ``spec`` itself when it is one.
 
     ``sqlite:///path.db`` (the default), any SQLAlchemy URL of SQLite, PostgreSQL
-    (``postgresql://`` means psycopg 3), MySQL or MariaDB, ``memory://`` or
-    ``jsonl:///path/to/dir``. Checks the URL, the driver and the SQLite/JSONL
+    (``postgresql://`` means psycopg 3), MySQL or MariaDB, ``memory://``,
+    ``jsonl:///path/to/dir`` or ``clickhouse://host:9000/db`` (access, log and
+    advisory events only). Checks the URL, the driver and the SQLite/JSONL
     path without connecting; raises :class:`LezaConfigError` naming the problem.
     A mapping of kind (``"access"``, ``"log"``, …, ``"default"``) to URL or
     storage opens a :class:`RoutedStorage` (docs/storage.md#storage-by-kind).
@@ -118,6 +126,10 @@ def open_storage(spec: str | Storage | Mapping[str, str | Storage]) -> Storage:
         return MemoryStorage()
     if scheme == "jsonl":
         return JSONLStorage.from_url(text)
+    if scheme == "clickhouse":
+        from .clickhouse import ClickHouseStorage  # lazily: its driver is an extra
+
+        return ClickHouseStorage(text)
     from .sql import SQLStorage
 
     return SQLStorage(text)

@@ -59,7 +59,7 @@ _DRIVER_HINTS = {
 SUPPORTED_URLS = (
     "sqlite:///path/to/leza.db, postgresql+psycopg://user@host/db (postgresql:// is the "
     "same), mysql+pymysql://… (any installed SQLAlchemy driver of SQLite, PostgreSQL, "
-    "MySQL or MariaDB), memory://, jsonl:///path/to/dir"
+    "MySQL or MariaDB), memory://, jsonl:///path/to/dir, clickhouse://host:9000/db"
 )
 _ALIASES = {
     "postgresql": "postgresql+psycopg",
