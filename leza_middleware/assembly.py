@@ -30,6 +30,7 @@ from .enrich.access import AccessEnricher
 from .enrich.clientip import ProxyTrust
 from .enrich.geo import GeoResolver
 from .enrich.useragent import UserAgentParser
+from .errors import LezaConfigError
 from .permissions import Permissions
 from .pipeline import Pipeline, priority
 from .privacy import Erasure, IpPolicy, Privacy, Retention, check_retention
@@ -73,6 +74,14 @@ def open_inputs(settings: Settings, previous: tuple[Settings, Inputs] | None = N
     else:
         storage = open_storage(settings.storage)
     check_retention(settings.retention, storage)  # a purge it cannot do fails here
+    if settings.sessions and not storage.stores("session"):
+        # Without sessions in storage the revocation blocklist cannot load, and a
+        # request with a session cookie would be refused (revocation_unknown).
+        raise LezaConfigError(
+            f"storage {storage.describe()} keeps no session events, which sessions=True "
+            "(the default) needs: keep them elsewhere with storage={'access': …, 'log': …, "
+            "'default': '<SQL URL>'} (docs/storage.md#storage-by-kind), or set sessions=False"
+        )
     if settings.migrate:
         for backend in backends_of(storage):
             if is_sql(backend):

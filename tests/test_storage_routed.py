@@ -326,3 +326,22 @@ def test_a_refused_event_in_one_backend_is_isolated_not_spilled(make_leza: Any) 
     assert len(logs.query("log", QueryFilter(limit=50)).events) == 5
     assert stats["dropped_by_reason"].get("unstorable") == 1
     assert stats["spilled"] == 0
+
+
+class NoSessions(MemoryStorage):
+    """A store of access and logs only (as ClickHouse is)."""
+
+    def stores(self, kind: str) -> bool:
+        return kind not in ("session", "audit", "check")
+
+
+def test_a_storage_without_sessions_is_refused_while_sessions_are_on() -> None:
+    # The revocation blocklist could never load: every request with a session
+    # cookie would be refused. Said at start-up instead, with the way out.
+    with pytest.raises(LezaConfigError, match="keeps no session events.*storage-by-kind"):
+        Leza(storage=NoSessions())
+    leza = Leza(storage=NoSessions(), sessions=False)
+    leza.shutdown(1)
+    routed = Leza(storage={"access": NoSessions(), "log": NoSessions(), "default": "memory://"})
+    assert isinstance(routed.storage, RoutedStorage)
+    routed.shutdown(1)
