@@ -338,7 +338,7 @@ class NoSessions(MemoryStorage):
 def test_a_storage_without_sessions_is_refused_while_sessions_are_on() -> None:
     # The revocation blocklist could never load: every request with a session
     # cookie would be refused. Said at start-up instead, with the way out.
-    with pytest.raises(LezaConfigError, match="keeps no session events.*storage-by-kind"):
+    with pytest.raises(LezaConfigError, match=r"keeps no session events.*storage-by-kind"):
         Leza(storage=NoSessions())
     leza = Leza(storage=NoSessions(), sessions=False)
     leza.shutdown(1)
