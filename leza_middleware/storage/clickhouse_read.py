@@ -190,14 +190,14 @@ def slices(flt: QueryFilter, now_us: int) -> list[tuple[int | None, int | None]]
     if flt.ascending:
         if since is None:
             return [(None, until)]
-        lo = since
+        start = since
         for _ in range(SLICE_STEPS):
-            hi = lo + width - 1
-            if until is not None and hi >= until:
+            end = start + width - 1
+            if until is not None and end >= until:
                 break
-            out.append((lo, hi))
-            lo, width = hi + 1, width * SLICE_GROWTH
-        out.append((lo, until))
+            out.append((start, end))
+            start, width = end + 1, width * SLICE_GROWTH
+        out.append((start, until))
         return out
     anchor = now_us if until is None else until
     hi: int | None = until  # the newest slice is open above when the range is
