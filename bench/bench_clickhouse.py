@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -66,6 +67,7 @@ ACCESS = KINDS["access"]
 BUDGET_WRITE = 300_000
 BUDGET_STATE_MS = 200.0
 BUDGET_PAGE_MS = 100.0
+SMALL_BATCH_EVENTS = 30_000
 
 
 # -- measuring
@@ -149,16 +151,20 @@ def bench_write(
     server: ServerCPU,
     label: str,
 ) -> None:
-    n = len(events)
-    rows = [ACCESS.to_row(e) for e in events]
+    all_events = events
     insert = f"INSERT INTO {storage.table(ACCESS.table)} ({ACCESS.names}) VALUES"
     settings = {"insert_distributed_sync": 1} if storage.sharded else None
-    print(f"\nWrite {n:,} access events, {label} (budget >= {BUDGET_WRITE:,}/s):")
+    print(f"\nWrite access events, {label} (budget >= {BUDGET_WRITE:,}/s):")
     for size in sizes:
+        # Small batches: fewer events. Each INSERT is a part on disk; past ~150
+        # parts waiting to merge the server slows inserts down on purpose.
+        events = all_events if size >= 5000 else all_events[:SMALL_BATCH_EVENTS]
+        n = len(events)
+        rows = [ACCESS.to_row(e) for e in events]
         parts = batches(events, size)
         row_parts = [rows[i : i + size] for i in range(0, n, size)]
         col_parts = [list(zip(*p, strict=True)) for p in row_parts]
-        print(f" batches of {size:,}:")
+        print(f" {n:,} events in batches of {size:,}:")
 
         def ours(parts: list[list[AccessEvent]] = parts) -> None:
             for b in parts:
@@ -320,6 +326,8 @@ def main() -> None:
     ap.add_argument("--skip-write", action="store_true")
     ap.add_argument("--skip-reads", action="store_true")
     args = ap.parse_args()
+    # A SIGTERM (timeout, kill) still runs the finally below: no server left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     servers: list[ThrowawayClickHouse] = []
     if args.url:

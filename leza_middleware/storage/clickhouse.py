@@ -211,7 +211,8 @@ class ClickHouseStorage(Storage):
             for spec, group in specs:
                 client.execute(
                     f"INSERT INTO {self.table(spec.table)} ({spec.names}) VALUES",
-                    [spec.to_row(e) for e in group],
+                    spec.columns_of(group),
+                    columnar=True,
                     settings=settings,
                 )
 
