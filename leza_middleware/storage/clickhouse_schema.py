@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from operator import itemgetter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from ..events import AccessEvent, AdvisoryEvent, Device, Event, Geo, LogEvent
