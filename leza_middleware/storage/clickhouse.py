@@ -32,6 +32,7 @@ from .clickhouse_read import (
     merged,
     page_sql,
     read_after_sql,
+    slices,
     where,
 )
 from .clickhouse_schema import KINDS, MONTH, ChKind, create_distributed, create_table
@@ -210,21 +211,31 @@ class ClickHouseStorage(Storage):
             for spec, group in specs:
                 client.execute(
                     f"INSERT INTO {self.table(spec.table)} ({spec.names}) VALUES",
-                    [spec.to_row(e) for e in group],
+                    spec.columns_of(group),
+                    columnar=True,
                     settings=settings,
                 )
 
     # -- read
 
     def query(self, kind: str, flt: QueryFilter) -> Page:
+        """One page, read a time slice at a time (see :func:`.clickhouse_read.slices`):
+        the copies of an id share its time, so never straddle two slices."""
         spec = self._spec(kind)
-        w = where(kind, spec, flt)
+        where(kind, spec, flt)  # a bad filter fails before any read
         self.ensure_ready()
-        sql = page_sql(self.table(spec.table), spec, w, flt)
-        if self.sharded:
-            order = "ASC" if flt.ascending else "DESC"
-            sql = merged(sql, f"ts {order}, id {order}", flt.limit + 1)
-        rows = self._read(sql, w.params)
+        order = "ASC" if flt.ascending else "DESC"
+        want = flt.limit + 1
+        rows: list[Any] = []
+        for since, until in slices(flt, time.time_ns() // 1000):
+            part = replace(flt, since=since, until=until, limit=want - len(rows))
+            w = where(kind, spec, part)
+            sql = page_sql(self.table(spec.table), spec, w, part)
+            if self.sharded:
+                sql = merged(sql, f"ts {order}, id {order}", part.limit + 1)
+            rows.extend(self._read(sql, w.params))
+            if len(rows) >= want:
+                break
         cache: dict[Any, Any] = {}
         events = [spec.from_row(r, cache) for r in rows[: flt.limit]]
         last = events[-1] if len(rows) > flt.limit else None

@@ -24,8 +24,8 @@ from ..state.labels import METHODS, ROUTE_LABEL_MAX, EndpointFilter, parse_endpo
 from .base import QueryFilter, check_endpoint_kind
 from .clickhouse_schema import ChKind
 
-__all__ = ["WHOLE_ON_SHARDS", "Where", "count_sql", "merged", "page_sql", "read_after_sql",
-           "where"]  # fmt: skip
+__all__ = ["SLICE_US", "WHOLE_ON_SHARDS", "Where", "count_sql", "merged", "page_sql",
+           "read_after_sql", "slices", "where"]  # fmt: skip
 
 #: Sharded reads: every shard runs the whole statement; the entry server only
 #: concatenates (and the outer statement of :func:`merged` sorts and cuts).
@@ -160,3 +160,52 @@ def read_after_sql(
         f"ORDER BY ts ASC, id ASC LIMIT 1 BY id LIMIT {int(limit)}"
     )
     return sql, w.params
+
+
+#: Pages are read a time slice at a time, nearest the start of the page first,
+#: each slice 4x wider than the last (1 h, 4 h, … ~43 days, then the rest):
+#: 18.16 cannot read a primary-key range in order (``optimize_read_in_order``
+#: came in 19.x), so ``ORDER BY ts DESC LIMIT n`` sorts every row of the range
+#: it is given — over 10M rows, seconds for the 50 newest. A busy table fills
+#: a page from the first slice; a sparse filter costs a few more small reads.
+SLICE_US = 3_600_000_000
+SLICE_GROWTH = 4
+SLICE_STEPS = 6
+
+
+def slices(flt: QueryFilter, now_us: int) -> list[tuple[int | None, int | None]]:
+    """The ``(since, until)`` (inclusive µs, None: open) of each slice of
+    ``flt``'s range in reading order: newest first (oldest first when
+    ``ascending``), together exactly the range. One open slice when an
+    ascending read has no start (it begins at the oldest row, wherever that is)."""
+    since, until = flt.since, flt.until
+    if flt.cursor is not None:  # the rows past the cursor: the range shrinks to them
+        cts = flt.cursor[0]
+        if flt.ascending:
+            since = cts if since is None else max(since, cts)
+        else:
+            until = cts if until is None else min(until, cts)
+    out: list[tuple[int | None, int | None]] = []
+    width = SLICE_US
+    if flt.ascending:
+        if since is None:
+            return [(None, until)]
+        start = since
+        for _ in range(SLICE_STEPS):
+            end = start + width - 1
+            if until is not None and end >= until:
+                break
+            out.append((start, end))
+            start, width = end + 1, width * SLICE_GROWTH
+        out.append((start, until))
+        return out
+    anchor = now_us if until is None else until
+    hi: int | None = until  # the newest slice is open above when the range is
+    for _ in range(SLICE_STEPS):
+        lo = anchor - width + 1
+        if since is not None and lo <= since:
+            break
+        out.append((lo, hi))
+        anchor, hi, width = lo - 1, lo - 1, width * SLICE_GROWTH
+    out.append((since, hi))
+    return out
