@@ -183,9 +183,9 @@ def _probe(reader: maxminddb.Reader, ip_version: int) -> None:
             raise TypeError(f"record is a {type(record).__name__}, not a map")
     probes = _PROBE_V4 + _PROBE_V6 if ip_version == 6 else _PROBE_V4
     for ip in probes:
-        record, _prefix = reader.get_with_prefix_len(ip)
-        if record is not None and not isinstance(record, Mapping):
-            raise TypeError(f"record for {ip} is a {type(record).__name__}, not a map")
+        found, _prefix = reader.get_with_prefix_len(ip)
+        if found is not None and not isinstance(found, Mapping):
+            raise TypeError(f"record for {ip} is a {type(found).__name__}, not a map")
 
 
 class GeoResolver:
