@@ -172,21 +172,27 @@ def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 # -- leza ------------------------------------------------------------------------
 
 
+def bench_leza(tmp: Path, name: str, batch: int, **extra: Any) -> Leza:
+    """A Leza on a SQLite file of its own in ``tmp``, as the throughput bench
+    configures it, that writes only when asked (no timed flushes)."""
+    return Leza(
+        storage=f"sqlite:///{tmp / (name + '.db')}",
+        trusted_proxies=["127.0.0.1"],
+        geoip_db=geoip_db(),
+        spill_dir=str(tmp / f"spill-{name}"),
+        secret_key="bench-secret-key-0123456789abcdef",
+        flush_interval=3600,
+        batch_size=batch,
+        **extra,
+    )
+
+
 def leza_round(
     tmp: Path, raws: list[tuple[Any, ...]], warm: list[tuple[Any, ...]], batch: int
 ) -> tuple[dict[str, float], float, list[list[tuple[Any, ...]]]]:
     """Per-step CPU seconds of the recorder's path for ``raws``, and the SQL write of
     the same events timed whole (in another storage); also the access rows."""
-    leza = Leza(
-        storage=f"sqlite:///{tmp / 'leza.db'}",
-        trusted_proxies=["127.0.0.1"],
-        geoip_db=geoip_db(),
-        spill_dir=str(tmp / "spill"),
-        secret_key="bench-secret-key-0123456789abcdef",
-        flush_interval=3600,
-        batch_size=batch,
-        queue_size=len(raws) + len(warm) + 1,
-    )
+    leza = bench_leza(tmp, "leza", batch, queue_size=len(raws) + len(warm) + 1)
     leza._build()
     rec, storage = leza.recorder, leza.storage
     assert isinstance(storage, SQLStorage)
@@ -274,15 +280,7 @@ def leza_round(
     leza.shutdown(5)
 
     # The same path with the real SQLStorage.write, whole (a fresh file).
-    whole = Leza(
-        storage=f"sqlite:///{tmp / 'whole.db'}",
-        trusted_proxies=["127.0.0.1"],
-        geoip_db=geoip_db(),
-        spill_dir=str(tmp / "spill-whole"),
-        secret_key="bench-secret-key-0123456789abcdef",
-        flush_interval=3600,
-        batch_size=batch,
-    )
+    whole = bench_leza(tmp, "whole", batch)
     whole._build()
     ws = whole.storage
     ws.setup()
