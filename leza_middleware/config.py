@@ -173,7 +173,7 @@ class Settings:
             if value is not None:
                 raw[name] = value
         if overrides.get("storage") is None:
-            per_kind = _storage_by_kind_from_env(env)
+            per_kind = storage_by_kind(env)
             if per_kind:
                 # LEZA_STORAGE_<KIND> splits the stream; $LEZA_STORAGE (or the
                 # default) keeps every kind not named.
@@ -350,14 +350,15 @@ class Settings:
         return cls(**out)
 
 
-def _storage_by_kind_from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    """``{kind: URL}`` from ``LEZA_STORAGE_ACCESS``, ``LEZA_STORAGE_LOG``, … (set, not empty)."""
+def storage_by_kind(source: Mapping[str, Any]) -> dict[str, Any]:
+    """``{kind: URL}`` from ``LEZA_STORAGE_ACCESS``, ``LEZA_STORAGE_LOG``, … in
+    ``source`` (the environment, a Flask config), those set and not empty."""
     from .storage.routed import KINDS
 
     out: dict[str, Any] = {}
     for kind in KINDS:
-        value = env.get(f"LEZA_STORAGE_{kind.upper()}")
-        if value is not None and value.strip():
+        value = source.get(f"LEZA_STORAGE_{kind.upper()}")
+        if value is not None and (not isinstance(value, str) or value.strip()):
             out[kind] = value
     return out
 

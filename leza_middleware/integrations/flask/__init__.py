@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without Flask
 
 from werkzeug.wsgi import ClosingIterator
 
-from ...config import DEFAULT_STORAGE, Settings
+from ...config import DEFAULT_STORAGE, Settings, storage_by_kind
 from ...core.binding import SESSION_BINDING_KEY
 from ...errors import LezaConfigError
 from ...storage.routed import KINDS
@@ -117,14 +117,12 @@ def config_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """
     known = {f.name for f in fields(Settings)}
     out: dict[str, Any] = {}
-    by_kind: dict[str, Any] = {}
+    by_kind = storage_by_kind(config)  # LEZA_STORAGE_ACCESS, …: storage by kind
     for key, value in config.items():
         if not key.startswith(_PREFIX):
             continue
         name = key[len(_PREFIX) :].lower()
-        kind = name.removeprefix("storage_")
-        if kind != name and kind in KINDS:  # LEZA_STORAGE_ACCESS, …: storage by kind
-            by_kind[kind] = value
+        if name.startswith("storage_") and name[len("storage_") :] in KINDS:
             continue
         if name not in known:
             raise LezaConfigError(
