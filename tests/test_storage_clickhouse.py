@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -272,9 +273,17 @@ def test_every_read_matches_sqlite_and_counts_a_replay_once(
     # and the same once the server has merged the copies away
     for table in ("leza_access", "leza_log", "leza_advisory"):
         merges(ch, table, on=True)
-        for shard in ch.shards():
-            ch.execute(f"OPTIMIZE TABLE {ch.local(table)} FINAL", shard=shard)
-        assert raw_rows(ch, table)[0] == raw_rows(ch, table)[1]
+        # OPTIMIZE returns without merging when a background merge holds the
+        # parts (18.16 does not say so): ask again until the copies are gone.
+        deadline = time.monotonic() + 60
+        while True:
+            for shard in ch.shards():
+                ch.execute(f"OPTIMIZE TABLE {ch.local(table)} FINAL", shard=shard)
+            rows, distinct = raw_rows(ch, table)
+            if rows == distinct or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert rows == distinct, table
     flt = QueryFilter(limit=7, action="denied")
     assert walk(ch, "access", flt) == walk(sqlite_twin, "access", flt)
     assert ch.count("log", QueryFilter()) == 150
