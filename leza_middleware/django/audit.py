@@ -46,31 +46,20 @@ audited; the wrappers hand every other model straight to Django.
 
 from __future__ import annotations
 
-import contextvars
 import functools
-import hashlib
-import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from datetime import date, datetime, time, timezone
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar, overload
-from uuid import UUID
+from typing import Any, TypeVar, overload
 
 from ..errors import LezaConfigError
-
-if TYPE_CHECKING:
-    from ..audit.api import Audit
+from .audit_values import emit, on_commit, value_of
 
 __all__ = ["audit_spec", "audited", "connect_audit", "parse_audit_models"]
 
 log = logging.getLogger("leza_middleware")
 
 _UID = "leza_middleware.django.audit."
-#: ``QuerySet.update()``: the matched primary keys are listed up to this many rows.
-IDS_CAP = 1000
-_CHUNK = 500  # primary keys per query when reading the before state of bulk_update()
 _BEFORE = "_leza_audit_before"  # instance.__dict__ keys for what pre_* signals found
 _DELETED = "_leza_audit_deleted"
 _M2M = "_leza_audit_m2m"
@@ -83,12 +72,7 @@ _decorated: dict[str, frozenset[str]] = {}
 _parsed: tuple[object, dict[str, frozenset[str]]] = (object(), {})
 # Through model -> the ManyToManyField it belongs to (for m2m_changed).
 _through: dict[Any, Any] = {}
-# The QuerySet methods before they were wrapped, and their signatures.
-_originals: dict[str, Callable[..., Any]] = {}
-_signatures: dict[str, inspect.Signature] = {}
 _lock = threading.RLock()
-# Set while bulk_update() runs: the update() calls it makes are not recorded again.
-_quiet: contextvars.ContextVar[bool] = contextvars.ContextVar("leza_audit_quiet", default=False)
 
 
 # -- which models ---------------------------------------------------------------------
@@ -226,7 +210,9 @@ def connect_audit() -> None:
         models = [m for m in apps.get_models() if audit_spec(m) is not None]
         if not models:
             return
-        _install_queryset_hooks()
+        from .audit_bulk import install_queryset_hooks  # it imports this module
+
+        install_queryset_hooks()
         deletions = set()
         for model in models:
             pre_save.connect(_pre_save, sender=model, dispatch_uid=_UID + "pre_save")
@@ -292,11 +278,11 @@ def _guarded(receiver: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
-def _label(model: Any) -> str:
+def label_of(model: Any) -> str:
     return str(model._meta.concrete_model._meta.label_lower)
 
 
-def _fields(model: Any, excluded: frozenset[str]) -> list[Any]:
+def audited_fields(model: Any, excluded: frozenset[str]) -> list[Any]:
     return [
         f
         for f in model._meta.concrete_fields
@@ -323,7 +309,7 @@ def _pre_save(sender: Any, instance: Any, raw: bool = False, using: Any = None,
     instance.__dict__.pop(_BEFORE, None)
     if _inserting(sender, instance):
         return
-    fields = _fields(sender, excluded)
+    fields = audited_fields(sender, excluded)
     if update_fields is not None:
         wanted = set(update_fields)
         fields = [f for f in fields if f.name in wanted or f.attname in wanted]
@@ -343,42 +329,42 @@ def _post_save(sender: Any, instance: Any, created: bool = False, raw: bool = Fa
     if excluded is None:
         return
     found = instance.__dict__.pop(_BEFORE, None)
-    entity = (_label(sender), instance.pk)
+    entity = (label_of(sender), instance.pk)
     if created:
-        after = _state(instance, _fields(sender, excluded))
-        _later(using, _emit, "create", *entity, None, after)
+        after = state_of(instance, audited_fields(sender, excluded))
+        on_commit(using, emit, "create", *entity, None, after)
         return
     if found is None or found[1] is None:  # pre_save did not run, or found no row
         return
     fields, row = found
     before, after = {}, {}
     for f in fields:
-        old = _value(f, row[f.attname])
-        new = _value(f, instance.__dict__.get(f.attname))
+        old = value_of(f, row[f.attname])
+        new = value_of(f, instance.__dict__.get(f.attname))
         if old != new:
             before[f.name] = old
             after[f.name] = new
     if after:
-        _later(using, _emit, "update", *entity, before, after)
+        on_commit(using, emit, "update", *entity, before, after)
 
 
-def _state(instance: Any, fields: list[Any]) -> dict[str, Any]:
+def state_of(instance: Any, fields: list[Any]) -> dict[str, Any]:
     """The instance's loaded field values (deferred fields are not read)."""
     d = instance.__dict__
-    return {f.name: _value(f, d[f.attname]) for f in fields if f.attname in d}
+    return {f.name: value_of(f, d[f.attname]) for f in fields if f.attname in d}
 
 
 @_guarded
 def _pre_delete(sender: Any, instance: Any, using: Any = None, **kwargs: Any) -> None:
     excluded = audit_spec(sender)
     if excluded is not None:
-        fields = _fields(sender, excluded)
-        state = _state(instance, fields)
+        fields = audited_fields(sender, excluded)
+        state = state_of(instance, fields)
         missing = [f for f in fields if f.name not in state]
         if missing:  # deferred fields: read them while the row is still there
             rows = sender._base_manager.using(using).filter(pk=instance.pk)
             row = next(iter(rows.values(*[f.attname for f in missing])[:1]), None) or {}
-            state.update({f.name: _value(f, row.get(f.attname)) for f in missing})
+            state.update({f.name: value_of(f, row.get(f.attname)) for f in missing})
         instance.__dict__[_DELETED] = state
     links = []
     for field, declaring in relations(sender._meta.concrete_model):
@@ -398,7 +384,7 @@ def _pre_delete(sender: Any, instance: Any, using: Any = None, **kwargs: Any) ->
 def _post_delete(sender: Any, instance: Any, using: Any = None, **kwargs: Any) -> None:
     state = instance.__dict__.pop(_DELETED, None)
     if state is not None and audit_spec(sender) is not None:
-        _later(using, _emit, "delete", _label(sender), instance.pk, state, None)
+        on_commit(using, emit, "delete", label_of(sender), instance.pk, state, None)
     for field, declaring, ids in instance.__dict__.pop(_M2M + "_deleted", ()):
         _link_events(field, declaring, instance.pk, "removed", ids, using, here=False)
 
@@ -464,356 +450,20 @@ def _link_events(field: Any, declaring: bool, pk: Any, direction: str, ids: set[
         spec = audit_spec(here_model)
         if spec is not None and here_key not in spec:
             change = {here_key: _link_diff(direction, ids)}
-            _later(using, _emit, "update", _label(here_model), pk, None, None, change)
+            on_commit(using, emit, "update", label_of(here_model), pk, None, None, change)
     if there_key is not None:
         spec = audit_spec(there_model)
         if spec is not None and there_key not in spec:
             change = {there_key: _link_diff(direction, {pk})}
-            for other in _sorted(ids):
-                _later(using, _emit, "update", _label(there_model), other, None, None, change)
+            for other in sorted_ids(ids):
+                on_commit(using, emit, "update", label_of(there_model), other, None, None, change)
 
 
 def _link_diff(direction: str, ids: Iterable[Any]) -> dict[str, list[str]]:
-    listed = [str(i) for i in _sorted(ids)]
+    listed = [str(i) for i in sorted_ids(ids)]
     return {"added": listed if direction == "added" else [],
             "removed": listed if direction == "removed" else []}  # fmt: skip
 
 
-def _sorted(ids: Iterable[Any]) -> list[Any]:
+def sorted_ids(ids: Iterable[Any]) -> list[Any]:
     return sorted(ids, key=lambda v: (0, v, "") if isinstance(v, int) else (1, 0, str(v)))
-
-
-# -- QuerySet.update / bulk_update / bulk_create ---------------------------------------
-
-
-def _install_queryset_hooks() -> None:
-    from django.db.models.query import QuerySet
-
-    for name, wrapper in (("update", _update), ("bulk_update", _bulk_update),
-                          ("bulk_create", _bulk_create)):  # fmt: skip
-        current = QuerySet.__dict__[name]
-        if getattr(current, "_leza_audit", False):
-            continue
-        _originals[name] = current
-        hook = functools.wraps(current)(wrapper)
-        setattr(hook, "_leza_audit", True)  # noqa: B010
-        setattr(QuerySet, name, hook)
-
-
-def _write_db(qs: Any) -> Any:
-    from django.db import router
-
-    return qs._db or router.db_for_write(qs.model, **qs._hints)
-
-
-def _update(self: Any, **kwargs: Any) -> Any:
-    original = _originals["update"]
-    excluded = None if _quiet.get() or self.model is None else audit_spec(self.model)
-    if excluded is None or self.query.is_sliced:
-        return original(self, **kwargs)
-    from django.db import transaction
-
-    db = _write_db(self)
-    ids: list[Any] | None = None
-    try:  # the rows the update is about to change (a savepoint when in a transaction)
-        with transaction.atomic(using=db):
-            ids = list(self.using(db).order_by().values_list("pk", flat=True)[: IDS_CAP + 1])
-    except Exception:
-        log.debug("leza: the rows of an audited update() could not be listed", exc_info=True)
-    rows = original(self, **kwargs)
-    try:
-        audit = _audit()
-        if audit is not None:
-            statement = {
-                "criteria": _criteria(self, db, audit),
-                "rows": rows,
-                "values": _values(self.model, kwargs, audit),
-            }
-            if ids is not None and len(ids) <= IDS_CAP:
-                statement["ids"] = [str(i) for i in _sorted(ids)]
-            change = {"statement": statement}
-            _later(db, _emit, "bulk_update", _label(self.model), "*", None, None, change)
-    except Exception:
-        log.warning("leza: audit capture failed (update)", exc_info=True)
-    return rows
-
-
-def _arguments(name: str, self: Any, args: Any, kwargs: Any) -> dict[str, Any]:
-    """The arguments of a call of the original ``QuerySet.<name>``, by parameter name."""
-    signature = _signatures.get(name)
-    if signature is None:
-        signature = _signatures[name] = inspect.signature(_originals[name])
-    bound = signature.bind(self, *args, **kwargs)
-    bound.apply_defaults()
-    return dict(bound.arguments)
-
-
-def _bulk_update(self: Any, *args: Any, **kwargs: Any) -> Any:
-    original = _originals["bulk_update"]
-    excluded = None if _quiet.get() or self.model is None else audit_spec(self.model)
-    if excluded is None:
-        return original(self, *args, **kwargs)
-    call = _arguments("bulk_update", self, args, kwargs)
-    objs, fields = list(call.pop("objs")), call.pop("fields")
-    call.pop("self")
-    db = _write_db(self)
-    model = self.model
-    written: list[Any] = []
-    before: dict[Any, dict[str, Any]] | None = None
-    try:
-        named = {model._meta.get_field(name) for name in fields}
-        written = [f for f in _fields(model, excluded) if f in named]
-        pks = [o.pk for o in objs if o.pk is not None]
-        before = {}
-        for start in range(0, len(pks), _CHUNK):
-            chunk = model._base_manager.using(db).filter(pk__in=pks[start : start + _CHUNK])
-            for row in chunk.values("pk", *[f.attname for f in written]):
-                before[row["pk"]] = row
-    except Exception:
-        log.warning("leza: audit capture failed (bulk_update)", exc_info=True)
-    token = _quiet.set(True)
-    try:
-        rows = original(self, objs, fields, **call)
-    finally:
-        _quiet.reset(token)
-    if before:
-        try:
-            label = _label(model)
-            for obj in objs:
-                row = before.get(obj.pk)
-                if row is None:
-                    continue
-                old, new = {}, {}
-                for f in written:
-                    a, b = _value(f, row[f.attname]), _value(f, obj.__dict__.get(f.attname))
-                    if a != b:
-                        old[f.name], new[f.name] = a, b
-                if new:
-                    _later(db, _emit, "update", label, obj.pk, old, new)
-        except Exception:
-            log.warning("leza: audit capture failed (bulk_update)", exc_info=True)
-    return rows
-
-
-def _bulk_create(self: Any, *args: Any, **kwargs: Any) -> Any:
-    original = _originals["bulk_create"]
-    made = original(self, *args, **kwargs)
-    excluded = None if _quiet.get() or self.model is None else audit_spec(self.model)
-    if excluded is None:
-        return made
-    try:
-        call = _arguments("bulk_create", self, args, kwargs)
-        ignore_conflicts, update_conflicts = call["ignore_conflicts"], call["update_conflicts"]
-        db = _write_db(self)
-        label = _label(self.model)
-        if ignore_conflicts or update_conflicts or any(o.pk is None for o in made):
-            # Which rows were inserted (or updated) is not known: one record.
-            statement: dict[str, Any] = {
-                "rows": len(made),
-                "conflicts": "ignore" if ignore_conflicts else "update" if update_conflicts
-                else None,
-                "ids": [str(i) for i in _sorted(o.pk for o in made if o.pk is not None)],
-            }  # fmt: skip
-            change = {"statement": statement}
-            _later(db, _emit, "bulk_create", label, "*", None, None, change)
-        else:
-            fields = _fields(self.model, excluded)
-            for obj in made:
-                _later(db, _emit, "create", label, obj.pk, None, _state(obj, fields))
-    except Exception:
-        log.warning("leza: audit capture failed (bulk_create)", exc_info=True)
-    return made
-
-
-def _values(model: Any, kwargs: Mapping[str, Any], audit: Audit) -> dict[str, Any]:
-    from ..redact import FILTERED
-
-    out: dict[str, Any] = {}
-    for name, value in kwargs.items():
-        field = model._meta.get_field(name)
-        if audit.masks(field.name) or audit.masks(field.attname):
-            out[field.name] = FILTERED
-        elif field.is_relation and hasattr(value, "_meta"):  # a model instance
-            out[field.name] = _value(field, value.pk)
-        else:
-            out[field.name] = _value(field, value)
-    return out
-
-
-def _criteria(qs: Any, db: Any, audit: Audit) -> str:
-    """The queryset's WHERE clause as SQL, with values inline and masked ones filtered."""
-    where = qs.query.where
-    if not where.children:
-        return "(all rows)"
-    compiler = qs.query.get_compiler(using=db)
-    return _render(where, compiler, audit)
-
-
-def _render(node: Any, compiler: Any, audit: Audit) -> str:
-    from django.core.exceptions import EmptyResultSet, FullResultSet
-    from django.db.models.sql.where import WhereNode
-
-    from ..redact import FILTERED
-
-    if isinstance(node, WhereNode):
-        parts = []
-        for child in node.children:
-            try:
-                parts.append(_render(child, compiler, audit))
-            except EmptyResultSet:
-                parts.append("FALSE")
-            except FullResultSet:
-                parts.append("TRUE")
-        text = f" {node.connector} ".join(parts)
-        if len(parts) > 1 or (node.negated and not text.startswith("(")):
-            text = f"({text})"
-        return f"NOT {text}" if node.negated else text
-    sql, params = compiler.compile(node)
-    if _secret(node, audit):
-        return _inline(sql, [_Raw(FILTERED)] * len(params))
-    return _inline(sql, params)
-
-
-class _Raw(str):
-    """A value shown as is in rendered SQL."""
-
-
-def _secret(node: Any, audit: Audit) -> bool:
-    """True when a condition's values must not be stored: it reads a masked field,
-    or it is SQL whose columns cannot be told (``extra(where=...)``, ``RawSQL``)."""
-    from django.db.models import Lookup
-
-    if not isinstance(node, Lookup):
-        return True
-    stack = [node]
-    while stack:
-        expr = stack.pop()
-        target = getattr(expr, "target", None)
-        if target is not None and hasattr(target, "attname"):
-            if audit.masks(target.name) or audit.masks(target.attname):
-                return True
-        elif type(expr).__name__ in ("RawSQL", "ExtraWhere"):
-            return True
-        sources = getattr(expr, "get_source_expressions", None)
-        if sources is not None:
-            stack.extend(e for e in sources() if e is not None)
-    return False
-
-
-def _inline(sql: str, params: Iterable[Any]) -> str:
-    values = tuple(_literal(p) for p in params)
-    try:
-        return sql % values
-    except (TypeError, ValueError):
-        return f"{sql} {list(values)!r}"
-
-
-def _literal(value: Any) -> str:
-    if isinstance(value, _Raw):
-        return str(value)
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, (int, float, Decimal)):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return "(" + ", ".join(_literal(v) for v in value) + ")"
-    plain = _value(None, value)
-    return "'" + str(plain).replace("'", "''") + "'"
-
-
-# -- values ---------------------------------------------------------------------------
-
-
-def _value(field: Any, value: Any) -> Any:
-    """A field's value as stored, JSON-ready, comparable before and after a save."""
-    if value is None:
-        return None
-    if hasattr(value, "resolve_expression"):  # F("n") + 1: the stored value is unknown here
-        return str(value)
-    if field is not None:
-        value = _python(field, value)  # "5" typed into an IntegerField is stored as 5
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            return value.astimezone(timezone.utc).isoformat()
-        return _naive(value)
-    if isinstance(value, (date, time)):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        places = getattr(field, "decimal_places", None)
-        if isinstance(places, int) and value.is_finite():
-            value = value.quantize(Decimal(1).scaleb(-places))
-        return str(value)
-    if isinstance(value, UUID):
-        return str(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return "sha256:" + hashlib.sha256(bytes(value)).hexdigest()
-    if isinstance(value, (dict, list)):
-        return value
-    if field is not None and hasattr(field, "upload_to"):  # a FieldFile: the stored name
-        return getattr(value, "name", None) or None
-    return str(value)
-
-
-def _python(field: Any, value: Any) -> Any:
-    try:
-        return field.to_python(value)
-    except Exception:
-        return value
-
-
-def _naive(value: datetime) -> str:
-    """A naive datetime as Django stores it with ``USE_TZ``: in UTC."""
-    from django.conf import settings
-
-    if getattr(settings, "USE_TZ", False):
-        from django.utils import timezone as dj_timezone
-
-        try:
-            aware = dj_timezone.make_aware(value, dj_timezone.get_default_timezone())
-            return str(aware.astimezone(timezone.utc).isoformat())
-        except Exception:
-            pass
-    return value.isoformat()
-
-
-# -- recording ------------------------------------------------------------------------
-
-
-def _later(using: Any, fn: Callable[..., None], *args: Any) -> None:
-    """Run ``fn(*args)`` when the transaction commits (now, outside a transaction)."""
-    from django.db import transaction
-
-    transaction.on_commit(functools.partial(fn, *args), using=using, robust=True)
-
-
-def _audit() -> Audit | None:
-    try:
-        from .conf import get_leza
-
-        return get_leza().audit
-    except Exception:
-        log.error("leza: settings.LEZA is invalid; a model change is NOT audited", exc_info=True)
-        return None
-
-
-def _emit(action: str, entity_type: str, entity_id: Any, before: dict[str, Any] | None,
-          after: dict[str, Any] | None, change: dict[str, Any] | None = None) -> None:  # fmt: skip
-    """Hand one change to ``leza.audit.record`` (never raises)."""
-    try:
-        audit = _audit()
-        if audit is None:
-            return
-        audit.record(
-            action=action,
-            entity_type=entity_type,
-            entity_id=entity_id,
-            before=before,
-            after=after,
-            diff_=change,
-        )
-    except Exception:
-        log.error("leza: recording a model change failed", exc_info=True)
