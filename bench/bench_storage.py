@@ -1,6 +1,20 @@
 """Storage write and query throughput.
 
-    python bench/bench_storage.py [-n 200000] [--batch 500] [--postgres URL]
+    python bench/bench_storage.py [-n 200000] [--batch 500] [--rounds 3] [--postgres URL]
+                                  [--traffic recorder,mix]
+    BENCH_SRC=/tmp/main python bench/bench_storage.py   # another tree's package
+
+Two kinds of traffic, each written the two ways side by side, ``--rounds``
+times alternating (a fresh file each time; medians printed, CPU time first: on
+a shared machine other processes stretch the wall clock, not the CPU):
+
+* ``recorder``: what the recorder really writes under bench_throughput.py's
+  load: raw records made by the real ASGI middleware for ``GET /`` with ~300
+  rotating real User-Agents and ~500 client IPs through a trusted proxy
+  (bench_breakdown.make_raws), enriched by the real pipeline (GeoLite2 on) in
+  the recorder's batches: anonymous, one endpoint, the library's own request
+  ids, times of the moment;
+* ``mix``: an application's mix, built directly (below).
 
 Writes N realistic access events (rotating ~300 User-Agents, ~200 networks, a
 few dozen performers; request ids made as the library makes its own: a
@@ -44,7 +58,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# BENCH_SRC: another tree's leza_middleware, measured with this bench (as bench_breakdown.py)
+sys.path.insert(0, os.environ.get("BENCH_SRC") or str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _testdata import testdata
@@ -189,6 +204,28 @@ def make_events(n: int, seed: int = 1) -> list[AccessEvent]:
                 session_hash=None if perf is None else f"s{rng.getrandbits(64):016x}",
             )
         )
+    return events
+
+
+def recorder_events(n: int, batch: int) -> list[AccessEvent]:
+    """``n`` access events as the recorder prepares them for bench_throughput.py's
+    traffic: raw records from the real ASGI middleware, enriched by the real
+    pipeline in batches of ``batch`` (see bench_breakdown.py)."""
+    from bench_breakdown import make_raws
+    from bench_throughput import geoip_db
+
+    from leza_middleware import Leza
+
+    with tempfile.TemporaryDirectory() as tmp:
+        leza = Leza(storage="memory://", trusted_proxies=["127.0.0.1"], geoip_db=geoip_db(),
+                    spill_dir=tmp, secret_key="bench-secret-key-0123456789abcdef",
+                    flush_interval=3600)  # fmt: skip
+        raws, _ = make_raws(leza, n)
+        prepare = leza.pipeline.prepare_batch
+        events: list[AccessEvent] = []
+        for i in range(0, n, batch):
+            events += prepare(list(raws[i : i + batch]))  # type: ignore[arg-type]
+        leza.shutdown(2)
     return events
 
 
@@ -436,7 +473,9 @@ def pg_schema(url: str) -> Iterator[SQLStorage]:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def bench_postgres(url: str, events: list[AccessEvent], size: int) -> None:
+def bench_postgres(
+    url: str, events: list[AccessEvent], size: int, title: str = "", queries: bool = True
+) -> None:
     with pg_schema(url) as storage:
         floor = pg_raw(storage, events, size, copy=True)
     with pg_schema(url) as storage:
@@ -445,58 +484,118 @@ def bench_postgres(url: str, events: list[AccessEvent], size: int) -> None:
         rate = bench_storage(storage, events, size)
         with storage.transaction() as conn:
             conn.exec_driver_sql("ANALYZE leza_access")
-        queries = storage
         random_ids = None
         with pg_schema(url) as other:
             random_ids = bench_storage(other, with_random_request_ids(events), size)
         budget = BUDGET["PostgreSQL"]
-        header(f"PostgreSQL ({len(events):,} events, batch {size})")
+        header(f"PostgreSQL{title} ({len(events):,} events, batch {size})")
         line("raw psycopg COPY of pre-built rows (floor)", floor, floor)
         line("raw psycopg executemany (pipelined), pre-built rows", pipelined, floor)
         line("SQLStorage.write, own request ids", rate, floor, budget)
         line("SQLStorage.write, random incoming request ids", random_ids, floor, budget)
-        bench_query(queries, events)
+        if queries:
+            bench_query(storage, events)
+
+
+def median_rate(rates: list[Rate]) -> Rate:
+    """The per-field median of several rounds' rates."""
+    out = Rate(1, 1.0, 0.0)
+    out.per_s = statistics.median(r.per_s for r in rates)
+    out.cpu_us = statistics.median(r.cpu_us for r in rates)
+    servers = [r.server_us for r in rates if r.server_us is not None]
+    out.server_us = statistics.median(servers) if servers else None
+    return out
+
+
+def sqlite_rounds(
+    title: str, events: list[AccessEvent], size: int, rounds: int, random_ids: bool
+) -> SQLStorage | None:
+    """``rounds`` alternating rounds of the raw floor and ``SQLStorage.write`` of
+    ``events`` (and of them with random request ids), each on a fresh file;
+    per round and median lines. Returns the last round's storage (open) for
+    the queries, its file kept until the next call."""
+    floor: list[Rate] = []
+    write: list[Rate] = []
+    randomised: list[Rate] = []
+    other_ids = with_random_request_ids(events) if random_ids else []
+    keep: SQLStorage | None = None
+    tmp = tempfile.mkdtemp(prefix="leza-bench-")
+    for rnd in range(rounds):
+        raw_path = os.path.join(tmp, f"raw{rnd}.db")
+        floor.append(bench_raw(raw_path, SQLStorage(f"sqlite:///{raw_path}"), events, size))
+        if keep is not None:
+            keep.close()
+        keep = SQLStorage(f"sqlite:///{os.path.join(tmp, f'leza{rnd}.db')}")
+        write.append(bench_storage(keep, events, size))
+        if random_ids:
+            other = SQLStorage(f"sqlite:///{os.path.join(tmp, f'random{rnd}.db')}")
+            randomised.append(bench_storage(other, other_ids, size))
+            other.close()
+        for name in os.listdir(tmp):  # keep the last round's leza file only
+            if not name.startswith(f"leza{rnd}"):
+                os.unlink(os.path.join(tmp, name))
+    budget = BUDGET["SQLite"]
+    header(f"SQLite, {title} ({len(events):,} events, batch {size})")
+    for rnd in range(rounds if rounds > 1 else 0):
+        line(f"round {rnd + 1}: raw sqlite3 executemany (floor)", floor[rnd], floor[rnd])
+        line(f"round {rnd + 1}: SQLStorage.write", write[rnd], floor[rnd], budget)
+    f = median_rate(floor)
+    line("raw sqlite3 executemany of pre-built rows (floor)", f, f)
+    line("SQLStorage.write, own request ids", median_rate(write), f, budget)
+    if random_ids:
+        line("SQLStorage.write, random incoming request ids", median_rate(randomised), f, budget)
+    return keep
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=200_000, help="events for SQLStorage (SQLite)")
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (SQLite)")
+    parser.add_argument("--traffic", default="recorder,mix", help="recorder, mix or both")
     parser.add_argument("--orm-n", type=int, default=20_000, help="events for the ORM reference")
     parser.add_argument("--pg-n", type=int, default=100_000, help="events for PostgreSQL")
     parser.add_argument("--postgres", default=os.environ.get("LEZA_TEST_POSTGRES_URL"))
     args = parser.parse_args()
+    traffic = set(args.traffic.split(","))
+    print(f"# {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+          f"SQLite {sqlite3.sqlite_version}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
 
+    if "recorder" in traffic:
+        t0 = time.perf_counter()
+        events = recorder_events(args.n, 512)
+        print(f"recorder traffic: {len(events):,} events made and enriched in "
+              f"{time.perf_counter() - t0:.1f} s (anonymous GET /, "
+              f"{len({e.device_key for e in events})} UAs, "
+              f"{len({e.geo_key for e in events})} networks)")  # fmt: skip
+        storage = sqlite_rounds("the recorder's traffic", events, args.batch, args.rounds,
+                                random_ids=False)  # fmt: skip
+        if storage is not None:
+            storage.close()
+        if args.postgres:
+            bench_postgres(args.postgres, events[: args.pg_n], args.batch,
+                           ", the recorder's traffic", queries=False)  # fmt: skip
+    if "mix" not in traffic:
+        return
     t0 = time.perf_counter()
     events = make_events(args.n)
     print(
-        f"generated {len(events):,} events in {time.perf_counter() - t0:.1f} s "
+        f"\napplication mix: generated {len(events):,} events in {time.perf_counter() - t0:.1f} s "
         f"({len({e.device.key for e in events if e.device})} UAs, "
         f"{len({e.geo.key for e in events if e.geo})} networks, "
         f"{len({e.performer for e in events if e.performer})} performers); batch {args.batch}"
     )
+    storage = sqlite_rounds("an application's mix", events, args.batch, args.rounds,
+                            random_ids=True)  # fmt: skip
+    assert storage is not None
     with tempfile.TemporaryDirectory() as tmp:
-        raw_path = os.path.join(tmp, "raw.db")
-        raw = bench_raw(raw_path, SQLStorage(f"sqlite:///{raw_path}"), events, args.batch)
-        path = os.path.join(tmp, "leza.db")
-        storage = SQLStorage(f"sqlite:///{path}")
-        rate = bench_storage(storage, events, args.batch)
-        random_path = os.path.join(tmp, "random.db")
-        other = SQLStorage(f"sqlite:///{random_path}")
-        random_ids = bench_storage(other, with_random_request_ids(events), args.batch)
-        other.close()
         n_orm = min(args.orm_n, len(events))
         orm = bench_orm(os.path.join(tmp, "orm.db"), events[:n_orm], args.batch)
-        budget = BUDGET["SQLite"]
-        header(f"SQLite ({len(events):,} events, batch {args.batch})")
-        line("raw sqlite3 executemany of pre-built rows (floor)", raw, raw)
-        line("SQLStorage.write, own request ids", rate, raw, budget)
-        line("SQLStorage.write, random incoming request ids", random_ids, raw, budget)
-        line(f"ORM session.add_all ({n_orm:,} events, access rows only)", orm, raw)
-        bench_query(storage, events)
-        storage.close()
+        line(f"ORM session.add_all ({n_orm:,} events, access rows only)", orm, None)
+    bench_query(storage, events)
+    storage.close()
     if args.postgres:
-        bench_postgres(args.postgres, events[: args.pg_n], args.batch)
+        bench_postgres(args.postgres, events[: args.pg_n], args.batch, ", an application's mix")
     else:
         print("PostgreSQL: skipped (pass --postgres URL or set LEZA_TEST_POSTGRES_URL)")
 

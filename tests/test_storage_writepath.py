@@ -4,6 +4,9 @@ statements are prepared once for the write connection."""
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
 from sqlalchemy import create_engine, text
 from test_storage import CHROME, FRANKFURT, ev
@@ -82,3 +85,44 @@ def test_postgres_inserts_are_prepared_on_the_write_connection(storage_url: str)
         assert storage.count("access", QueryFilter()) == 150
     finally:
         storage.close()
+
+
+def test_sqlite_binds_none_and_bool_through_registered_adapters(tmp_path: Path) -> None:
+    """SQLite: a SQLStorage registers C adapters for ``None`` and ``bool`` (the
+    sqlite3 module's fast path, see sql_write.bind_none_in_c); what is stored is
+    what was stored without them: NULL, 1 and 0, read back as None, True, False."""
+    key = (type(None), sqlite3.PrepareProtocol)
+    saved = {k: sqlite3.adapters.pop(k) for k in (key, (bool, key[1])) if k in sqlite3.adapters}
+    try:
+        storage = SQLStorage(f"sqlite:///{tmp_path / 'a.db'}")
+        assert sqlite3.adapters[key](None) is None
+        assert sqlite3.adapters[bool, sqlite3.PrepareProtocol](True) == 1
+        storage.write([ev(1, route=None, ip_valid=True), ev(2, ip_valid=False)])
+        storage.close()
+        conn = sqlite3.connect(tmp_path / "a.db")
+        rows = conn.execute(
+            "SELECT route, typeof(route), ip_valid, typeof(ip_valid), performer_id "
+            "FROM leza_access ORDER BY id"
+        ).fetchall()
+        conn.close()
+        assert rows == [
+            (None, "null", 1, "integer", None),
+            ("/api/items/{id}", "text", 0, "integer", None),
+        ]
+        reader = SQLStorage(f"sqlite:///{tmp_path / 'a.db'}")
+        events = reader.query("access", QueryFilter()).events
+        reader.close()
+        assert [(e.route, e.ip_valid) for e in events] == [("/api/items/{id}", False), (None, True)]
+
+        # An adapter the app registered first is kept.
+        def mine(value: bool) -> str:
+            return "yes" if value else "no"
+
+        sqlite3.register_adapter(bool, mine)
+        SQLStorage(f"sqlite:///{tmp_path / 'b.db'}").close()
+        assert sqlite3.adapters[bool, sqlite3.PrepareProtocol] is mine
+    finally:
+        sqlite3.adapters.pop((bool, key[1]), None)
+        sqlite3.adapters.pop(key, None)
+        sqlite3.adapters.update(saved)
+        SQLStorage(f"sqlite:///{tmp_path / 'c.db'}").close()  # ours again for the rest
