@@ -44,7 +44,7 @@ from test_revocation_startup import (
     on_postgres,
     performer_for,
     session_table_locked,
-    sign_in,
+    set_cookie_headers,
 )
 
 from leza_middleware import Leza
@@ -54,6 +54,15 @@ HERE = Path(__file__).resolve().parent
 SECRET = "relogin-tests-secret-0123456789"
 
 # ----------------------------------------------------------------------------- in-process
+
+
+def sign_in(app: App) -> str:
+    """Sign alice in; her session cookie's value (a valid session, stored)."""
+    response = app.get("/login")
+    assert response.status_code == 200
+    header = next(h for h in set_cookie_headers(response) if h.startswith("leza_sid="))
+    assert app.leza.flush(30)  # its first write sets the schema up: slow on a busy machine
+    return header.partition("=")[2].split(";", 1)[0]
 
 
 @pytest.fixture
@@ -80,18 +89,19 @@ def test_a_prefetch_that_ran_past_the_timeout_is_still_waited_for(
 ) -> None:
     """The first signed-in request after a slow start-up load waits for it (up to
     the timeout from its own arrival) and is served, not refused as unknown."""
-    cookie, _ = sign_in(app_for("asgi"))  # a valid session
-    app = app_for("asgi", revocation_load_timeout=1.0)
+    cookie = sign_in(app_for("asgi"))
+    app = app_for("asgi", revocation_load_timeout=2.0)
     with session_table_locked(storage_url) as release, TestClient(app.asgi):
         # Lifespan startup began the load; the lock holds it up.
-        assert app.leza.stats()["revocations"]["state"] == "loading"
-        time.sleep(1.3)  # longer than the timeout, and no request waited meanwhile
+        assert app.leza.stats()["revocations"]["loads"] == 1
+        time.sleep(2.3)  # longer than the timeout, and no request waited meanwhile
+        assert app.leza.stats()["revocations"]["state"] == "unknown"  # overdue
         threading.Timer(0.4, release).start()
         t0 = time.monotonic()
         response = app.get("/", cookie)
         took = time.monotonic() - t0
     assert response.status_code == 200, response.text
-    assert 0.3 <= took < 1.2, took  # it waited for the load, not more than the timeout
+    assert 0.3 <= took < 2.5, took  # it waited for the load, not more than the timeout
     revocations = app.leza.stats()["revocations"]
     assert revocations["state"] == "loaded"
     assert revocations["loads"] == 1
@@ -105,10 +115,10 @@ def test_a_prefetch_that_hangs_is_waited_for_once_at_most_the_timeout(
     """Storage that never answers: the first request waits the timeout, then it
     and the next ones are refused as unknown (cookie kept), decided at once;
     served again once storage answers."""
-    cookie, _ = sign_in(app_for("asgi"))
-    app = app_for("asgi", revocation_load_timeout=0.5)
+    cookie = sign_in(app_for("asgi"))
+    app = app_for("asgi", revocation_load_timeout=1.5)
     with session_table_locked(storage_url) as release, TestClient(app.asgi):
-        time.sleep(0.8)  # the prefetch is past its own start + timeout
+        time.sleep(1.8)  # the prefetch is past its own start + timeout
         t0 = time.monotonic()
         first = app.get("/", cookie)
         waited = time.monotonic() - t0
@@ -119,8 +129,8 @@ def test_a_prefetch_that_hangs_is_waited_for_once_at_most_the_timeout(
         release()
         assert wait_for(lambda: app.get("/", cookie).status_code == 200, 10)
     assert (first.status_code, second.status_code) == (401, 401)
-    assert 0.45 <= waited < 2.0, waited
-    assert again < 0.3, again  # no second wait on the same load
+    assert 1.4 <= waited < 3.0, waited
+    assert again < 1.0, again  # no second wait on the same load
     assert not clears_cookie(first)  # the session is probably valid: kept
     revocations = app.leza.stats()["revocations"]
     assert revocations["refused_unknown"] >= 2
@@ -263,7 +273,7 @@ def test_users_signing_out_and_in_again_are_served_while_workers_load_slowly(
         def stored() -> int:
             return len(reader.query.access(limit=10_000, action=None))
 
-        assert wait_for(lambda: stored() >= 4 + 8 * 2 * 5, 20), stored()
+        assert wait_for(lambda: stored() >= 4 + 8 * 2 * 5, 60), stored()
         assert reader.query.access(action="denied", limit=100) == []
         assert len(reader.sessions.find(limit=100)) == 16
         assert reader.sessions.active() == []  # every session signed out
