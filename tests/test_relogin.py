@@ -179,9 +179,11 @@ class Gunicorn:
                 pass_fds=(fd,), start_new_session=True,
             )  # fmt: skip
 
-    def request(self, method: str, path: str, user: str, cookie: str = "") -> tuple[int, str, str]:
+    def request(
+        self, method: str, path: str, user: str, cookie: str = "", timeout: float = 30
+    ) -> tuple[int, str, str]:
         """(status, body, the leza_sid cookie to keep) on a fresh connection."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         headers = {"X-User": user, "Connection": "close", "X-Request-ID": uuid.uuid4().hex}
         if cookie:
             headers["Cookie"] = cookie
@@ -232,11 +234,12 @@ def test_users_signing_out_and_in_again_are_served_while_workers_load_slowly(
         server = Gunicorn(tmp_path, pg_url, LEZA_REVOCATION_LOAD_TIMEOUT=str(timeout))
         try:
             seen: set[str] = set()
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120
             while len(seen) < 4:  # every worker serves: its lifespan prefetch has begun
                 assert server.proc.poll() is None, server.output()
                 assert time.monotonic() < deadline, (seen, server.output()[-3000:])
-                status, body, _ = server.request("GET", "/items/probe", "")
+                # (waits in the listen backlog until a worker has booted: slow when busy)
+                status, body, _ = server.request("GET", "/items/probe", "", timeout=120)
                 assert status == 200, body
                 seen.add(body)
             time.sleep(timeout + 0.5)  # every prefetch is past its own start + timeout
