@@ -262,7 +262,8 @@ def wait_workers(server: Gunicorn, timeout: float = 60) -> None:
             pytest.fail(f"gunicorn exited with {server.proc.returncode}:\n{server.output()}")
         if time.monotonic() > deadline:
             pytest.fail(f"only workers {sorted(seen)} answered:\n{server.output()[-4000:]}")
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        # (a probe waits in the listen backlog until a worker has booted: slow when busy)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
         try:
             conn.request("GET", "/items/probe", headers={"X-Request-ID": f"probe-{uuid.uuid4()}"})
             response = conn.getresponse()
