@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -123,8 +124,9 @@ class Gunicorn:
         self.log = tmp_path / "gunicorn.log"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,)
-            )
+                cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,),
+                start_new_session=True,  # close() can kill the workers too, not only the master
+            )  # fmt: skip
 
     def stop(self) -> int:
         self.proc.terminate()
@@ -134,9 +136,15 @@ class Gunicorn:
             self.close()
 
     def close(self) -> None:
+        # A SIGKILLed master leaves its workers running (orphans writing to the
+        # test's databases after it ended): stop it, then kill the whole group.
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
         self.listener.close()
 
     def output(self) -> str:
@@ -254,7 +262,8 @@ def wait_workers(server: Gunicorn, timeout: float = 60) -> None:
             pytest.fail(f"gunicorn exited with {server.proc.returncode}:\n{server.output()}")
         if time.monotonic() > deadline:
             pytest.fail(f"only workers {sorted(seen)} answered:\n{server.output()[-4000:]}")
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        # (a probe waits in the listen backlog until a worker has booted: slow when busy)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
         try:
             conn.request("GET", "/items/probe", headers={"X-Request-ID": f"probe-{uuid.uuid4()}"})
             response = conn.getresponse()
@@ -392,13 +401,18 @@ def test_gunicorn_on_two_clickhouse_shards_and_postgres_loses_nothing(
 ) -> None:
     users = [f"user-{n}" for n in range(THREADS)]
     load = Load()
-    server = Gunicorn(tmp_path, deployment)
     stores = Stores(deployment, monkeypatch, tmp_path)
+    # The schema made before the workers start, as a deployment runs `leza migrate`
+    # first: four workers creating a fresh one at once on a busy machine made
+    # their first blocklist loads outlast revocation_load_timeout (see
+    # tests/test_relogin.py), refusing the first signed-in requests as unknown.
+    stores.leza.sessions.active()
+    server = Gunicorn(tmp_path, deployment)
     try:
         wait_workers(server)
         # ---- phase 1: both shards up
         drive(server.port, load, users, lambda i: i < PAGES)
-        assert not load.errors, load.errors[:5]
+        assert not load.errors, (load.errors[:5], refusals(stores), server.output()[-3000:])
         assert len(load.answered) == THREADS * (PAGES + 2)
         assert len(load.pids()) > 1, "the load went to a single worker"
 
@@ -434,15 +448,14 @@ def test_gunicorn_on_two_clickhouse_shards_and_postgres_loses_nothing(
 
         killer = threading.Thread(target=outage)
         killer.start()
-        # Other people than phase 1's: the same people signing in again was seen
-        # refused now and then ("Session revoked: sign in again", see the report).
-        users = [f"user-{n}" for n in range(THREADS, 2 * THREADS)]
+        # The same people as in phase 1, signing in again seconds after they
+        # signed out: their new sessions must be served like any other.
         drive(server.port, load, users,
               lambda i: time.monotonic() < t0 + DOWN_FOR + 2.5 or "back" not in down,
               pace=0.01)  # fmt: skip
         killer.join(90)
         assert "back" in down, "the shard did not come back"
-        assert not load.errors, load.errors[:5]  # every request answered 200, shard or none
+        assert not load.errors, (load.errors[:5], refusals(stores), server.output()[-3000:])
         during = len(load.answered) - first_phase
         assert down["spill_files"], "nothing was spilled while a shard was down"
         assert down["spilled_lines"] > 0
@@ -509,6 +522,21 @@ def diagnose(stores: Stores, load: Load) -> str:
     )
 
 
+def refusals(stores: Stores) -> list[tuple[str, str, str | None]]:
+    """The refused requests as stored (endpoint, reason, performer), for a failure
+    message: a revoked session and an unknown blocklist answer alike, the
+    stored reason tells them apart."""
+    time.sleep(1.0)  # the workers write their refusals within a flush interval or two
+    try:
+        return [
+            (e["endpoint"], e["reason"], (e.get("performer") or {}).get("id"))
+            for e in stores.ch_access()
+            if e["action"] == "denied"
+        ][:10]
+    except Exception as exc:  # a shard still restarting
+        return [("-", f"could not read: {exc}", None)]
+
+
 def ch_refuses(stores: Stores) -> bool:
     """A read with a shard down fails rather than answering half."""
     try:
@@ -535,7 +563,7 @@ def check_views(stores: Stores, deployment: Deployment, load: Load, probes: int,
     assert state["requests"] == requests
     assert state["sessions"]["logins"] == sessions
     assert state["sessions"]["active"] == 0
-    assert state["sessions"]["performers"] == sessions  # one session per person
+    assert state["sessions"]["performers"] == THREADS  # one person per client thread
     assert [(s["name"], s["state"]) for s in state["services"]] == [("postgres", "up")]
     by_endpoint = {e["endpoint"]: e["requests"] for e in state["endpoints"]}
     assert by_endpoint["GET /items/{n}"] == pages, by_endpoint
@@ -551,7 +579,7 @@ def check_views(stores: Stores, deployment: Deployment, load: Load, probes: int,
         assert r.status_code == 200, r.text
         items = r.json()["items"]
         assert len(items) == sessions
-        assert {i["performer"]["id"] for i in items} == {f"user-{n}" for n in range(sessions)}
+        assert {i["performer"]["id"] for i in items} == {f"user-{n}" for n in range(THREADS)}
     stores.admin_calls += 2
     assert leza.flush(10)  # the admin view's own two requests, stored now
     assert leza.audit.verify()

@@ -10,8 +10,10 @@ cookie of a revoked session until its first poll. So:
   cookie (or an ASGI lifespan startup, earlier) starts one read of the ended
   sessions of the last ``revocation_memory`` seconds, on a thread of its own;
   that request, and any that arrive meanwhile, wait for it at most
-  ``revocation_load_timeout`` seconds (async adapters await it without blocking
-  the event loop). After a ``fork`` the child starts unloaded and loads again;
+  ``revocation_load_timeout`` seconds from when the first of them began to
+  wait (a load begun at startup has run for a while by then; async adapters
+  await it without blocking the event loop). After a ``fork`` the child
+  starts unloaded and loads again;
 * **then refresh**: the recorder thread reads what ended since the last read
   every ``session_poll_interval`` seconds (``Sessions.poll``);
 * **trusted for a bounded time**: a read keeps the blocklist known for
@@ -101,7 +103,10 @@ class Blocklist:
         self.fresh_until = 0.0 if self.enabled else math.inf
         self._since = 0  # µs: the next read takes sessions ended from here on
         self._load: _Load[bool] | None = None  # the read started by a request, if any
-        self._load_deadline = 0.0
+        self._load_started = 0.0
+        # Until when requests wait for the load in flight: set by the first
+        # request that waits for it (a prefetch has none until one comes).
+        self._load_deadline: float | None = None
         self._ok_at: float | None = None  # when the last successful read began
         self._failed_at: float | None = None  # when the last read that failed began, if later
         self._error = ""
@@ -175,21 +180,38 @@ class Blocklist:
                 return None
             load = self._load
             if load is not None and not load.done():
-                return (load, self._load_deadline) if now < self._load_deadline else None
+                deadline = self._load_deadline
+                if deadline is None:
+                    # A prefetch (lifespan startup) that nobody waited for yet: the
+                    # time it ran before this request is not this request's wait.
+                    # (Counted from the prefetch's start, a cold start slower than
+                    # the timeout refused a worker's first signed-in requests at
+                    # once, with the revoked-session answer.)
+                    deadline = self._load_deadline = now + self.load_timeout
+                return (load, deadline) if now < deadline else None
             # Never loaded in this process, or loaded but stale with no failure
             # seen (the recorder did not poll in time): load now.
-            return self._start_load(now), self._load_deadline
+            load = self._start_load(now)
+            deadline = self._load_deadline = now + self.load_timeout
+            return load, deadline
 
     def _in_flight(self, now: float) -> bool:
+        """A load is running and not yet overdue: requests may still wait for it,
+        and the recorder's poll leaves the reading to it."""
         load = self._load
-        return load is not None and not load.done() and now < self._load_deadline
+        if load is None or load.done():
+            return False
+        deadline = self._load_deadline
+        return now < max(self._load_started + self.load_timeout, deadline or 0.0)
 
     def _start_load(self, now: float) -> _Load[bool]:
-        """One read on a thread of its own (call with the lock held)."""
+        """One read on a thread of its own (call with the lock held); requests
+        that wait for it set :attr:`_load_deadline` (see :meth:`_due_load`)."""
         load: _Load[bool] = concurrent.futures.Future()
         load.set_running_or_notify_cancel()  # nobody can cancel it from under its waiters
         self._load = load
-        self._load_deadline = now + self.load_timeout
+        self._load_started = now
+        self._load_deadline = None
         self._retry_at = now + self.retry_interval
         self.loads += 1
         try:
