@@ -25,6 +25,7 @@ from ..errors import LezaConfigError, LezaError
 from ..events import Event
 from ..state.traffic import Traffic
 from .base import Capability, Page, QueryFilter, Storage
+from .clickhouse_insert import insert
 from .clickhouse_read import (
     WHOLE_ON_SHARDS,
     Where,
@@ -209,12 +210,7 @@ class ClickHouseStorage(Storage):
         settings = _SYNC if self.sharded else None
         with self._client() as client:
             for spec, group in specs:
-                client.execute(
-                    f"INSERT INTO {self.table(spec.table)} ({spec.names}) VALUES",
-                    spec.columns_of(group),
-                    columnar=True,
-                    settings=settings,
-                )
+                insert(client, spec, self.table(spec.table), group, settings)
 
     # -- read
 
