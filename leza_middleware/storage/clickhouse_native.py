@@ -39,7 +39,7 @@ from typing import Any
 __all__ = ["AccessEncoder", "NativeBlock", "NotEncodable"]
 
 #: Rows encoded at a time: their tuples and values stay in the CPU's cache.
-CHUNK = 1024
+CHUNK = 512
 #: Distinct values kept per column (cleared when full: a cache, never a leak).
 _KEEP = 4096
 #: The access row's columns whose values repeat across events (kept encoded).
