@@ -19,7 +19,8 @@ hundred shared objects. So a column here is built with C-level passes
 
 A batch is encoded in chunks of rows that stay in the CPU's cache (the row
 tuples are read once per column: over a whole 50,000-row batch each pass
-missed the cache, 3x slower), then each column's pieces are joined.
+missed the cache, 3x slower). The chunks' pieces are sent as they are, in
+column order, not joined into one packet first.
 
 Anything unexpected (a value of the wrong type, an out-of-range integer) raises
 :class:`NotEncodable`, and the caller hands the batch to the driver instead,
