@@ -11,10 +11,15 @@ names one, and measures, side by side:
    User-Agents, ~200 networks, a few dozen performers) through
    ``ClickHouseStorage.write`` in batches of each ``--batch`` size, against
    the floor: the raw ``clickhouse-driver`` INSERT of the same pre-built row
-   tuples, and of the same data as columns (``columnar=True``). Wall-clock
+   tuples, and of the same data as columns (``columnar=True``), and the
+   events' columns through the driver (what ``write`` did before it sent
+   ready Native blocks, storage/clickhouse_native.py). Wall-clock
    rate, this thread's CPU per event, and the server's CPU per event (from
    /proc: the server runs on this machine). ``--shards``: also through the
    Distributed table over two throwaway servers (``insert_distributed_sync``).
+   First, the client's side alone (no server: into a socket another thread
+   drains): the driver's serialisation of the columns, as ``write`` sent them
+   before, against the ready Native block it sends now.
 2. **Fill**: ``--rows`` access rows over ``--days`` days ending now, inserted
    with the driver in columnar blocks of 1M (a bench fixture: the rows of a
    50,000-event pool of (1) with fresh ids, times and request ids).
@@ -39,9 +44,11 @@ import argparse
 import gc
 import os
 import signal
+import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -107,14 +114,16 @@ class Sample:
         self.server = None if s0 is None or s1 is None else s1 - s0
 
 
-def rate_line(label: str, n: int, runs: list[Sample], floor: float | None = None) -> float:
+def rate_line(
+    label: str, n: int, runs: list[Sample], floor: float | None = None, versus: str = "floor"
+) -> float:
     """Print the median rate of ``runs`` (``n`` events each); return it."""
     rates = [n / r.wall for r in runs]
     med = statistics.median(rates)
     cpu = statistics.median(r.cpu for r in runs) / n * 1e6
     servers = [r.server for r in runs if r.server is not None]
     srv = f", server {statistics.median(servers) / n * 1e6:4.1f}" if servers else ""
-    vs = f"  {med / floor:4.0%} of floor" if floor else ""
+    vs = f"  {med / floor:4.0%} of {versus}" if floor else ""
     print(
         f"  {label:<34} {med:>9,.0f}/s  (runs {' '.join(f'{x:,.0f}' for x in rates)}); "
         f"CPU µs/event: client {cpu:4.1f}{srv} = {1e6 / cpu:,.0f}/s of client CPU{vs}"
@@ -180,15 +189,96 @@ def bench_write(
 
             return run
 
-        results: dict[str, list[Sample]] = {"ours": [], "rows": [], "cols": []}
-        for _ in range(runs):  # interleaved: a load spike hits all three alike
-            for key, fn in (("cols", raw(True)), ("rows", raw(False)), ("ours", ours)):
+        def before(parts: list[list[AccessEvent]] = parts) -> None:
+            # What write() did before the ready blocks: its columns, the driver's block.
+            with storage._client() as client:
+                for b in parts:
+                    client.execute(insert, ACCESS.columns_of(b), columnar=True, settings=settings)
+
+        results: dict[str, list[Sample]] = {"ours": [], "rows": [], "cols": [], "before": []}
+        variants = (("cols", raw(True)), ("rows", raw(False)), ("before", before), ("ours", ours))
+        for _ in range(runs):  # interleaved: a load spike hits all of them alike
+            for key, fn in variants:
                 reset(storage)
                 results[key].append(Sample(fn, server))
         floor = rate_line("raw driver, columnar (floor)", n, results["cols"])
         rate_line("raw driver, row tuples", n, results["rows"], floor)
+        rate_line("columns + driver's block (before)", n, results["before"], floor)
         rate_line("ClickHouseStorage.write", n, results["ours"], floor)
     reset(storage)
+
+
+class _Drained:
+    """A socket pair whose far end a thread reads and discards: what a client
+    costs without a server (the reader's CPU is another thread's)."""
+
+    def __init__(self) -> None:
+        self.near, self.far = socket.socketpair()
+        self.reader = threading.Thread(target=self._drain, daemon=True)
+        self.reader.start()
+
+    def _drain(self) -> None:
+        while self.far.recv(1 << 20):
+            pass
+
+    def close(self) -> None:
+        self.near.close()
+        self.reader.join(10)
+        self.far.close()
+
+
+def bench_client_alone(events: list[AccessEvent], size: int, runs: int) -> None:
+    """The client's side alone, batches of ``size`` into a drained socket: the
+    driver's serialisation of the columns (what ``write`` sent before) against
+    the ready Native block (``write`` now; storage/clickhouse_native.py)."""
+    from clickhouse_driver.block import ColumnOrientedBlock
+    from clickhouse_driver.bufferedwriter import BufferedSocketWriter
+    from clickhouse_driver.context import Context
+    from clickhouse_driver.streams.native import BlockOutputStream
+
+    from leza_middleware.storage.clickhouse_insert import _access_encoder, send
+
+    class ServerInfo:
+        used_revision = 54413  # 18.16's
+
+    ctx = Context()
+    ctx.server_info = ServerInfo()
+    ctx.client_settings = {
+        "strings_as_bytes": False,
+        "strings_encoding": "utf-8",
+        "use_numpy": False,
+        "input_format_null_as_default": False,
+    }
+    ctx.settings = {}
+    sink = _Drained()
+    out = BlockOutputStream(BufferedSocketWriter(sink.near, 1 << 20), ctx)
+
+    class Conn:
+        fout = out.fout
+        socket = sink.near
+
+    parts = batches(events, size)
+    names = list(ACCESS.columns)
+    encoder = _access_encoder()
+
+    def driver() -> None:
+        for b in parts:
+            out.write(ColumnOrientedBlock(names, [list(c) for c in ACCESS.columns_of(b)]))
+
+    def ready() -> None:
+        for b in parts:
+            send(Conn, encoder.encode(b).frames(False))
+
+    nothing = ServerCPU([])
+    results: dict[str, list[Sample]] = {"driver": [], "ready": []}
+    for _ in range(runs):
+        results["driver"].append(Sample(driver, nothing))
+        results["ready"].append(Sample(ready, nothing))
+    sink.close()
+    n = len(events)
+    print(f"\nClient side alone, {n:,} events in batches of {size:,}, into a drained socket:")
+    before = rate_line("columns + the driver's block (before)", n, results["driver"])
+    rate_line("ready Native block (ClickHouseStorage)", n, results["ready"], before, "before")
 
 
 # -- 2. fill
@@ -347,6 +437,7 @@ def main() -> None:
         events = make_events(args.n)
         if not args.skip_write:
             sizes = [int(x) for x in args.batch.split(",")]
+            bench_client_alone(events, sizes[-1], args.runs)
             bench_write(storage, events, sizes, args.runs, one, "one server")
             if args.shards:
                 sharded = ClickHouseStorage(

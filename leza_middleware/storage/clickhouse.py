@@ -19,12 +19,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from operator import attrgetter
 from typing import Any
 
 from ..errors import LezaConfigError, LezaError
 from ..events import Event
 from ..state.traffic import Traffic
 from .base import Capability, Page, QueryFilter, Storage
+from .clickhouse_insert import insert
 from .clickhouse_read import (
     WHOLE_ON_SHARDS,
     Where,
@@ -46,6 +48,7 @@ PURGE_WAIT_SECONDS = 600.0
 #: Sharded: each shard's own tables are named ``<table>_shard``; ``<table>`` is
 #: the Distributed table over them.
 SHARD_SUFFIX = "_shard"
+_KIND = attrgetter("kind")
 #: Sharded inserts return when every shard has its rows (not queued on the entry server).
 _SYNC = {"insert_distributed_sync": 1}
 
@@ -199,9 +202,15 @@ class ClickHouseStorage(Storage):
         the batch holds a kind this backend does not store. Sharded, the insert
         returns once every shard has its rows (``insert_distributed_sync``): a
         shard that is down fails the batch, which the recorder retries or spills."""
-        groups: dict[str, list[Event]] = {}
-        for e in events:
-            groups.setdefault(e.kind, []).append(e)
+        kinds = list(map(_KIND, events))
+        groups: dict[str, Sequence[Event]]
+        if kinds and kinds.count(kinds[0]) == len(kinds):  # one kind (C-level): no loop
+            groups = {kinds[0]: events}
+        else:
+            lists: dict[str, list[Event]] = {}
+            for e in events:
+                lists.setdefault(e.kind, []).append(e)
+            groups = dict(lists)
         specs = [(self._spec(kind), group) for kind, group in groups.items()]
         if not specs:
             return
@@ -209,12 +218,7 @@ class ClickHouseStorage(Storage):
         settings = _SYNC if self.sharded else None
         with self._client() as client:
             for spec, group in specs:
-                client.execute(
-                    f"INSERT INTO {self.table(spec.table)} ({spec.names}) VALUES",
-                    spec.columns_of(group),
-                    columnar=True,
-                    settings=settings,
-                )
+                insert(client, spec, self.table(spec.table), group, settings)
 
     # -- read
 

@@ -32,7 +32,16 @@ from typing import Any
 from ..events import AccessEvent, AdvisoryEvent, Device, Event, Geo, LogEvent
 from ..performer import Performer
 
-__all__ = ["KINDS", "MONTH", "ChKind", "create_distributed", "create_table"]
+__all__ = [
+    "KINDS",
+    "MONTH",
+    "ChKind",
+    "access_blobs",
+    "access_columns",
+    "access_row_width",
+    "create_distributed",
+    "create_table",
+]
 
 #: The month of an event (UTC) from its µs time: the partition key.
 MONTH = "toYYYYMM(toDateTime(intDiv(ts, 1000000), 'UTC'))"
@@ -163,6 +172,25 @@ def _access_columns(events: Sequence[AccessEvent]) -> list[Sequence[Any]]:
     cols.append([_geo_json(e.geo) for e in events])
     cols.append([_performer_json(e.performer) for e in events])
     return cols
+
+
+def access_columns() -> tuple[tuple[str, str], ...]:
+    """The access table's columns (name, type), in row order."""
+    return _ACCESS_COLUMNS
+
+
+def access_row_width() -> int:
+    """How many of :func:`access_columns` are :attr:`AccessEvent.row`'s; the
+    device, geo and performer JSON follow."""
+    return _N_ROW
+
+
+def access_blobs(
+    performer_json: Callable[[Any], str],
+) -> tuple[tuple[str, Callable[[Any], str]], ...]:
+    """The attributes of an access event stored as JSON after its row, with
+    their encoders (the same text as :func:`_access_columns` writes)."""
+    return (("device", _dataclass_json), ("geo", _dataclass_json), ("performer", performer_json))
 
 
 def _cached(cache: dict[Any, Any], tag: str, text: str | None, build: Callable[[Any], Any]) -> Any:
