@@ -25,6 +25,7 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Table
@@ -66,6 +67,7 @@ __all__ = ["SQLWriter", "bind_none_in_c"]
 _ONLY_ACCESS = {AccessEvent}
 # Tries of a batch whose access rows another writer keeps inserting meanwhile.
 _WRITE_ATTEMPTS = 3
+_first = itemgetter(0)  # a session row's key
 # How a change merges into the stored session (the SQL twin of SessionRecord.apply):
 # the earliest start, the latest sighting, the first end, the first known facts.
 _SESSION_MERGE = {
@@ -379,8 +381,11 @@ class SQLWriter:
                 return False
             self.rollups.write(cur, self.aggregator.increments(rows))
         if session_rows:
-            # One statement per change, in order: several changes of
-            # one session in a batch each merge into the row.
+            # One statement per change: several changes of one session in a
+            # batch each merge into the row, in their order (a stable sort).
+            # Sessions in key order: workers writing the same sessions lock
+            # their rows in one order, never deadlock (PostgreSQL).
+            session_rows.sort(key=_first)
             cur.executemany(self._upsert_session, session_rows)
         if audits:
             # The rows and their chains' checkpoints in one transaction:
@@ -388,8 +393,8 @@ class SQLWriter:
             cur.executemany(self._insert_audit, [audit_row(e) for e in audits])
             cur.executemany(
                 self._upsert_checkpoint,
-                [(c["chain"], c["seq"], c["hash"], c["ts"])
-                 for c in checkpoints_of(audits).values()],
+                sorted((c["chain"], c["seq"], c["hash"], c["ts"])  # key order, as above
+                       for c in checkpoints_of(audits).values()),
             )  # fmt: skip
         return True
 
