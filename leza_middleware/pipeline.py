@@ -20,6 +20,7 @@ from .events import SEVERITIES, AdvisoryEvent, AuditEvent, CheckEvent, Event, Lo
 from .notify import Notification
 from .request_path import is_priority
 from .storage.capabilities import Capability
+from .storage.routed import BackendPaused
 
 if TYPE_CHECKING:
     from .advisories import AdvisoryEngine
@@ -38,6 +39,8 @@ __all__ = ["Pipeline", "priority"]
 log = logging.getLogger("leza_middleware")
 # Seconds between rollup upkeeps (storage.settle_traffic) on the recorder thread.
 _SETTLE_INTERVAL = 60.0
+# Seconds until the upkeep is tried again when its backend was paused.
+_SETTLE_RETRY = 5.0
 
 
 def priority(item: Any) -> bool:
@@ -196,10 +199,23 @@ class Pipeline:
                 "processes or restarts"
             )
         self.cookies.refill()
+        # Each task on its own: with storage by kind, a backend that is paused
+        # (it failed; the routed storage reports the outage once) holds back
+        # only its own work, and a failing one only what reads it.
+        failed: Exception | None = None
+        for task in (self._poll_sessions, self.privacy.tick, self._settle_traffic):
+            try:
+                task()
+            except BackendPaused:
+                pass  # counted in stats()["backends"]; tried again after the pause
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
+    def _poll_sessions(self) -> None:
         if self.settings.sessions:
             self.sessions.poll()
-        self.privacy.tick()  # retention: a bounded slice of batched purges when due
-        self._settle_traffic()
 
     def _settle_traffic(self) -> None:
         """About once a minute: the storage's rollup upkeep (SQL sums past hours)."""
@@ -209,5 +225,7 @@ class Pipeline:
         self._next_settle = now + _SETTLE_INTERVAL
         try:
             self.storage.settle_traffic()
+        except BackendPaused:
+            self._next_settle = now + _SETTLE_RETRY  # its backend is down: soon again
         except Exception as exc:  # storage down: the next write says so too
             log.debug("leza: traffic rollup upkeep failed: %s", exc)
