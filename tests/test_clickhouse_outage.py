@@ -33,9 +33,9 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
+from test_storage import ev
 
 from leza_middleware import Leza, LezaConfigError, LezaMiddleware
-from leza_middleware.events import AccessEvent
 from leza_middleware.storage import QueryFilter, RoutedStorage, open_storage
 from leza_middleware.storage.clickhouse_url import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -311,10 +311,6 @@ def _backend(leza: Leza, kind: str) -> dict[str, Any]:
 THREE = os.environ.get("LEZA_TEST_CLICKHOUSE_THREE") == "1"
 
 
-def ev(n: int) -> AccessEvent:
-    return AccessEvent(id=f"s{n:06d}", ts=1_700_000_000_000_000 + n * 1000, action="access")
-
-
 @pytest.mark.skipif(not THREE, reason="starts three servers: LEZA_TEST_CLICKHOUSE_THREE=1")
 def test_a_third_shard_added_takes_new_events_and_old_ones_stay_readable() -> None:
     pytest.importorskip("clickhouse_driver", reason="the [clickhouse] extra is not installed")
@@ -342,7 +338,7 @@ def test_a_third_shard_added_takes_new_events_and_old_ones_stay_readable() -> No
         grown.write([ev(n) for n in range(300, 900)])
         after = {s.num: _local_ids(grown, s) for s in grown.shards()}
         # the new events are spread over all three shards
-        new = {f"s{n:06d}" for n in range(300, 900)}
+        new = {f"e{n:06d}" for n in range(300, 900)}
         assert all(after[num] & new for num in after)
         # no rebalancing: the old events stay where they were
         for num, ids in before.items():
@@ -351,7 +347,7 @@ def test_a_third_shard_added_takes_new_events_and_old_ones_stay_readable() -> No
         # every read sees old and new events, each once
         assert grown.count("access", QueryFilter()) == 900
         got = grown.query("access", QueryFilter(limit=1000)).events
-        assert [e.id for e in got] == [f"s{n:06d}" for n in range(899, -1, -1)]
+        assert [e.id for e in got] == [f"e{n:06d}" for n in range(899, -1, -1)]
         grown.close()
     finally:
         for server in servers:
