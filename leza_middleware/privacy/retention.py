@@ -171,10 +171,10 @@ class Retention:
                 continue
             if is_paused(self._storage, kind):
                 continue  # its backend failed (storage by kind): the purge waits for it
-            if batches is None:
-                batches = self._running[kind] = self._purge(kind, keep)
             finished, failed = False, False
             try:
+                if batches is None:  # (the audit purge reads its marks here)
+                    batches = self._running[kind] = self._purge(kind, keep)
                 while time.monotonic() < deadline:
                     self.purged[kind] += next(batches)
             except StopIteration:
