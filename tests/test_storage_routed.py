@@ -406,8 +406,9 @@ def _split(stream: Storage, rest: Storage) -> RoutedStorage:
 
 
 def test_periodic_work_skips_a_paused_backend_and_reads_by_the_app_still_try(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from leza_middleware.storage import routed as routed_module
     from leza_middleware.storage.routed import BackendPaused, PartialWriteError, periodic
 
     ch, main = Unreachable(), MemoryStorage()
@@ -444,13 +445,26 @@ def test_periodic_work_skips_a_paused_backend_and_reads_by_the_app_still_try(
     assert isinstance(paused.value.__cause__, ConnectionError)
     assert routed.backend_stats()[0]["failures"] == 2
     assert routed._health[0].pause == 2.0
-    # back: the next try after the pause works, and says so once
+    # it works again, then fails at once (one shard of two hung: a batch whose
+    # rows all go to the other one is taken): the same outage, a longer pause
     routed._health[0].until = 0.0
     ch.down = False
     with periodic(routed):
         assert routed.query("access", QueryFilter()).events == []
     assert routed.backend_stats()[0]["down"] is False
+    ch.down = True
+    with pytest.raises(PartialWriteError):
+        routed.write([_access(3)])
+    assert routed.backend_stats()[0]["outages"] == 1
+    assert routed._health[0].pause == 4.0
+    # back for good: the outage ends once it has worked for a while, said once
+    routed._health[0].until = 0.0
+    ch.down = False
     routed.write([_access(2)])
+    assert not [r for r in caplog.records if "is back after" in r.getMessage()]
+    monkeypatch.setattr(routed_module, "_STEADY", 0.0)
+    assert routed.backend_stats()[0]["down"] is False
+    routed.write([_access(4)])
     lines = [r.getMessage() for r in caplog.records]
     assert sum("failed (ConnectionError" in m for m in lines) == 1, lines
     assert sum("is back after" in m and "2 periodic task(s) skipped" in m for m in lines) == 1

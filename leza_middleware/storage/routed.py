@@ -62,6 +62,11 @@ _MAX_PAUSE = 30.0
 # this many times as long at once: each try of a hung backend holds the
 # recorder thread for its timeout, a refused connection costs nothing.
 _SLOW_FAILURE_FACTOR = 3.0
+# An outage ends once the backend has worked for this long without failing
+# again: a sharded ClickHouse with one shard hung takes the small batches whose
+# rows all go to the other shards, and fails the next. Until then a failure
+# goes on doubling the pause, and is not announced again.
+_STEADY = 10.0
 
 
 class PartialWriteError(Exception):
@@ -97,6 +102,7 @@ class _Health:
     until: float = 0.0  # monotonic time the pause ends (0: not paused)
     pause: float = 0.0  # length of the current pause (doubles per failure)
     since: float | None = None  # start of the current outage
+    back_at: float | None = None  # when it worked again (the outage ends _STEADY later)
     outages: int = 0
     failures: int = 0  # failed writes and periodic calls
     skipped: int = 0  # periodic calls not made: the backend was paused
@@ -205,11 +211,12 @@ class RoutedStorage(Storage):
             h = self._health[i]
             h.failures += 1
             h.last_error = f"{type(exc).__name__}: {exc}"[:300]
-            pause = _FIRST_PAUSE if h.since is None else h.pause * 2
+            first = h.since is None
+            pause = _FIRST_PAUSE if first else h.pause * 2
             pause = max(pause, (now - started) * _SLOW_FAILURE_FACTOR)
             h.pause = min(pause, _MAX_PAUSE)
             h.until = now + h.pause
-            first = h.since is None
+            h.back_at = None
             if first:
                 h.since = now
                 h.outages += 1
@@ -222,13 +229,24 @@ class RoutedStorage(Storage):
             )  # fmt: skip
 
     def _worked(self, i: int) -> None:
-        """Backend ``i`` answered: an outage in course is over."""
+        """Backend ``i`` answered: not paused any more, and the outage in course
+        is over once it has worked for :data:`_STEADY` seconds."""
         with self._lock:
             h = self._health[i]
-            if h.since is None:
+            if h.since is not None and h.back_at is None:
+                h.back_at, h.until = time.monotonic(), 0.0
+        self._settle(i)
+
+    def _settle(self, i: int) -> None:
+        """Close backend ``i``'s outage when it has worked long enough (checked
+        whenever the backend is used or its stats read)."""
+        now = time.monotonic()
+        with self._lock:
+            h = self._health[i]
+            if h.since is None or h.back_at is None or now - h.back_at < _STEADY:
                 return
-            took, skipped = time.monotonic() - h.since, h.skipped_now
-            h.since, h.until, h.pause = None, 0.0, 0.0
+            took, skipped = h.back_at - h.since, h.skipped_now
+            h.since, h.back_at, h.until, h.pause = None, None, 0.0, 0.0
         log.warning(
             "leza: storage %s is back after %.1f s (%d periodic task(s) skipped meanwhile)",
             self.backends[i].describe(), took, skipped,
@@ -238,6 +256,7 @@ class RoutedStorage(Storage):
         """Whether periodic work on ``kind``'s backend must wait (it is paused);
         counted as a skipped call when so."""
         i = self._kind_index(kind)
+        self._settle(i)
         with self._lock:
             h = self._health[i]
             if time.monotonic() >= h.until:
@@ -249,6 +268,8 @@ class RoutedStorage(Storage):
     def backend_stats(self) -> list[dict[str, Any]]:
         """Per backend: its kinds, whether it is paused now, outages, failures
         and periodic calls skipped while paused (``stats()["backends"]``)."""
+        for i in range(len(self.backends)):
+            self._settle(i)
         now = time.monotonic()
         out = []
         with self._lock:
@@ -257,7 +278,7 @@ class RoutedStorage(Storage):
                 out.append({
                     "storage": b.describe(),
                     "kinds": [k for k in KINDS if self._index[k] == i],
-                    "down": h.since is not None,
+                    "down": h.since is not None and h.back_at is None,
                     "paused_for": round(max(0.0, h.until - now), 3),
                     "outages": h.outages,
                     "failures": h.failures,
