@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import LezaConfigError
+from ..errors import LezaConfigError, LezaError
 from ..events import AuditEvent, Event
 from ..performer import Performer
 from ..state.traffic import Traffic
@@ -307,7 +307,13 @@ class RoutedStorage(Storage):
         :func:`periodic`)."""
         i = self._kind_index(kind)
         if not getattr(_upkeep, "on", False):
-            return fn(self._ensure(i))
+            if i not in self._set_up:  # down at start-up (see setup): said as ReadyStorage does
+                try:
+                    self._ensure(i)
+                except Exception as exc:
+                    where = self.backends[i].describe()
+                    raise LezaError(f"storage {where} is not reachable: {exc}") from exc
+            return fn(self.backends[i])
         if self.skip_paused(kind):
             raise BackendPaused(f"{self.backends[i].describe()} failed recently")
         started = time.monotonic()
