@@ -285,14 +285,17 @@ def test_a_hung_shard_fails_batches_in_seconds_spills_and_replays_exactly_once(
     assert stats["enqueued"] == stats["written"] + stats["spilled"]  # nothing dropped or pending
     assert stats["replayed"] >= stats["spilled"] > 0
     # every request stored exactly once, its log line too, however often replayed
-    access = _stored(leza, "access")
-    assert sorted(e["request_id"] for e in access) == sorted(load.ids)
-    assert len({e["_id"] for e in access}) == total
-    assert clickhouse.count("access", QueryFilter()) == total
-    assert clickhouse.count("log", QueryFilter()) == total
-    for shard in clickhouse.shards():  # both shards hold events
-        local = clickhouse.local("leza_access")
-        assert clickhouse.execute(f"SELECT count() FROM {local}", shard=shard)[0][0] > 0
+    try:
+        access = _stored(leza, "access")
+        assert sorted(e["request_id"] for e in access) == sorted(load.ids)
+        assert len({e["_id"] for e in access}) == total
+        assert clickhouse.count("access", QueryFilter()) == total
+        assert clickhouse.count("log", QueryFilter()) == total
+        for shard in clickhouse.shards():  # both shards hold events
+            local = clickhouse.local("leza_access")
+            assert clickhouse.execute(f"SELECT count() FROM {local}", shard=shard)[0][0] > 0
+    finally:
+        routed.close()  # the connections these reads opened after the shutdown
     # the app never waited for the hung shard
     assert max(during) < 1.0, f"slowest request during the outage: {max(during):.3f} s"
     # one warning for the outage, one line for its end; no driver tracebacks
