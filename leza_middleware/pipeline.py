@@ -10,6 +10,7 @@ Each part it uses is handed to it; it never sees the ``Leza``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import datetime, timezone
@@ -199,19 +200,14 @@ class Pipeline:
                 "processes or restarts"
             )
         self.cookies.refill()
-        # Each task on its own: with storage by kind, a backend that is paused
-        # (it failed; the routed storage reports the outage once) holds back
-        # only its own work, and a failing one only what reads it.
-        failed: Exception | None = None
+        # With storage by kind, a task whose backend is paused (it failed; the
+        # routed storage reports the outage once) is skipped and the others
+        # run: one backend down holds back only its own work. Any other error
+        # ends the tick, as with one storage (the recorder logs it, throttled).
         for task in (self._poll_sessions, self.privacy.tick, self._settle_traffic):
-            try:
+            # a skip is counted in stats()["backends"]; tried again after the pause
+            with contextlib.suppress(BackendPaused):
                 task()
-            except BackendPaused:
-                pass  # counted in stats()["backends"]; tried again after the pause
-            except Exception as exc:
-                failed = failed or exc
-        if failed is not None:
-            raise failed
 
     def _poll_sessions(self) -> None:
         if self.settings.sessions:
