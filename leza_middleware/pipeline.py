@@ -10,6 +10,7 @@ Each part it uses is handed to it; it never sees the ``Leza``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ from .events import SEVERITIES, AdvisoryEvent, AuditEvent, CheckEvent, Event, Lo
 from .notify import Notification
 from .request_path import is_priority
 from .storage.capabilities import Capability
+from .storage.routed import BackendPaused
 
 if TYPE_CHECKING:
     from .advisories import AdvisoryEngine
@@ -38,6 +40,8 @@ __all__ = ["Pipeline", "priority"]
 log = logging.getLogger("leza_middleware")
 # Seconds between rollup upkeeps (storage.settle_traffic) on the recorder thread.
 _SETTLE_INTERVAL = 60.0
+# Seconds until the upkeep is tried again when its backend was paused.
+_SETTLE_RETRY = 5.0
 
 
 def priority(item: Any) -> bool:
@@ -196,10 +200,18 @@ class Pipeline:
                 "processes or restarts"
             )
         self.cookies.refill()
+        # With storage by kind, a task whose backend is paused (it failed; the
+        # routed storage reports the outage once) is skipped and the others
+        # run: one backend down holds back only its own work. Any other error
+        # ends the tick, as with one storage (the recorder logs it, throttled).
+        for task in (self._poll_sessions, self.privacy.tick, self._settle_traffic):
+            # a skip is counted in stats()["backends"]; tried again after the pause
+            with contextlib.suppress(BackendPaused):
+                task()
+
+    def _poll_sessions(self) -> None:
         if self.settings.sessions:
             self.sessions.poll()
-        self.privacy.tick()  # retention: a bounded slice of batched purges when due
-        self._settle_traffic()
 
     def _settle_traffic(self) -> None:
         """About once a minute: the storage's rollup upkeep (SQL sums past hours)."""
@@ -209,5 +221,7 @@ class Pipeline:
         self._next_settle = now + _SETTLE_INTERVAL
         try:
             self.storage.settle_traffic()
+        except BackendPaused:
+            self._next_settle = now + _SETTLE_RETRY  # its backend is down: soon again
         except Exception as exc:  # storage down: the next write says so too
             log.debug("leza: traffic rollup upkeep failed: %s", exc)

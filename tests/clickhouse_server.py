@@ -198,6 +198,30 @@ class ThrowawayClickHouse:
             self.proc.kill()
             self.proc.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP: a hung server. The kernel still accepts connections into the
+        listen backlog, but nothing answers (a network black hole looks the same
+        to a client)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: the hung server goes on where it stopped."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+    def set_shards(self, shards: list[int]) -> None:
+        """Rewrite the ``leza_shards`` cluster of this server's config (the
+        server reads it again within seconds, no restart)."""
+        self.shards = shards
+        config = self.root / "config.xml"
+        tmp = self.root / "config.xml.tmp"
+        tmp.write_text(_config(self.root, self.tcp_port, self.http_port, shards))
+        os.replace(tmp, config)
+
+    def cluster_size(self) -> int:
+        return int(self._query(f"SELECT count() FROM system.clusters WHERE cluster = '{CLUSTER}'"))
+
     def restart(self, timeout: float = 60.0) -> None:
         """Start it again on the same ports and data, and wait until it answers."""
         self.launch(self.tcp_port, self.http_port, self.shards)
@@ -207,6 +231,7 @@ class ThrowawayClickHouse:
         """Kill the server (SIGTERM, then SIGKILL after 10 s) and remove its directory."""
         try:
             if self.proc is not None and self.proc.poll() is None:
+                self.resume()  # a stopped process would not see SIGTERM
                 self.proc.terminate()
                 try:
                     self.proc.wait(10)
@@ -219,12 +244,13 @@ class ThrowawayClickHouse:
 
 
 def start_servers(
-    command: list[str], n: int = 2, timeout: float = 60.0
+    command: list[str], n: int = 2, timeout: float = 60.0, shards: int | None = None
 ) -> list[ThrowawayClickHouse]:
     """``n`` servers started side by side, each knowing the ``leza_shards``
-    cluster of all ``n``. Retried on new ports when one fails to start (a free
-    port can be taken before the server binds it); every server is stopped if
-    this raises."""
+    cluster of all ``n`` (of the first ``shards`` when given: the others are
+    spare, to be added with :meth:`ThrowawayClickHouse.set_shards`). Retried on
+    new ports when one fails to start (a free port can be taken before the
+    server binds it); every server is stopped if this raises."""
     last: Exception | None = None
     for _attempt in range(3):
         servers = [ThrowawayClickHouse(command) for _ in range(n)]
@@ -232,7 +258,7 @@ def start_servers(
             ports = _free_ports(2 * n)
             tcp = ports[:n]
             for i, server in enumerate(servers):
-                server.launch(tcp[i], ports[n + i], tcp)
+                server.launch(tcp[i], ports[n + i], tcp[: n if shards is None else shards])
             deadline = time.monotonic() + timeout
             for server in servers:
                 server.wait_ready(deadline)

@@ -31,6 +31,7 @@ from leza_middleware.storage import (
     QueryFilter,
     RoutedStorage,
     SQLStorage,
+    Storage,
     capabilities_of,
     open_storage,
 )
@@ -345,3 +346,189 @@ def test_a_storage_without_sessions_is_refused_while_sessions_are_on() -> None:
     routed = Leza(storage={"access": NoSessions(), "log": NoSessions(), "default": "memory://"})
     assert isinstance(routed.storage, RoutedStorage)
     routed.shutdown(1)
+
+
+# -- outages: pauses, periodic work, setup ------------------------------------------
+
+
+class Unreachable(MemoryStorage):
+    """Raises like a server that is gone, on writes and reads (and setup when
+    ``setup_down``); counts the calls that reached it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.setup_down = False
+        self.calls = 0
+
+    def setup(self) -> None:
+        self.calls += 1
+        if self.setup_down:
+            raise ConnectionError("cannot reach the server (test)")
+
+    def write(self, events: Sequence[Event]) -> None:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("cannot reach the server (test)")
+        super().write(events)
+
+    def query(self, kind: str, flt: QueryFilter) -> Any:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("cannot reach the server (test)")
+        return super().query(kind, flt)
+
+
+def _access(n: int, ts: int = 1_700_000_000_000_000) -> Any:
+    from test_storage import ev
+
+    return ev(n, ts=ts + n)
+
+
+def _audit(n: int) -> Any:
+    from leza_middleware.events import AuditEvent
+
+    return AuditEvent(
+        id=f"u{n:06d}",
+        ts=1_700_000_000_000_000 + n,
+        action="update",
+        entity_type="t",
+        entity_id="1",
+    )
+
+
+def _split(stream: Storage, rest: Storage) -> RoutedStorage:
+    """access, log and advisory on ``stream`` (as ClickHouse), the rest on ``rest``."""
+    return RoutedStorage({
+        **dict.fromkeys(("access", "log", "advisory"), stream),
+        **dict.fromkeys(("audit", "session", "check"), rest),
+    })  # fmt: skip
+
+
+def test_periodic_work_skips_a_paused_backend_and_reads_by_the_app_still_try(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from leza_middleware.storage import routed as routed_module
+    from leza_middleware.storage.routed import BackendPaused, PartialWriteError, periodic
+
+    ch, main = Unreachable(), MemoryStorage()
+    routed = _split(ch, main)
+    routed.setup()
+    ch.down = True
+    caplog.set_level(logging.WARNING, logger="leza_middleware")
+    with pytest.raises(PartialWriteError) as err:
+        routed.write([_access(1), _audit(1)])
+    assert [e.id for e in err.value.failed] == ["e000001"]
+    assert main.query("audit", QueryFilter()).events[0].id == "u000001"
+    calls = ch.calls
+    with periodic(routed):
+        with pytest.raises(BackendPaused):
+            routed.query("access", QueryFilter())  # no I/O: the backend is paused
+        with pytest.raises(BackendPaused):
+            list(routed.purge_batches("log", 0))
+        assert routed.query("audit", QueryFilter()).events  # the other backend works
+    assert ch.calls == calls
+    with pytest.raises(ConnectionError):  # the app's, the admin view's reads always try
+        routed.query("access", QueryFilter())
+    assert ch.calls == calls + 1
+    (mine, other) = routed.backend_stats()
+    assert mine["kinds"] == ["access", "log", "advisory"]
+    assert (mine["down"], mine["outages"], mine["failures"], mine["skipped"]) == (True, 1, 1, 2)
+    assert mine["paused_for"] > 0
+    assert "ConnectionError" in mine["last_error"]
+    assert (other["down"], other["failures"], other["skipped"]) == (False, 0, 0)
+    # when the pause is over, periodic work tries again: a failure there pauses
+    # it for longer, without another warning
+    routed._health[0].until = 0.0
+    with periodic(routed), pytest.raises(BackendPaused) as paused:
+        routed.query("access", QueryFilter())
+    assert isinstance(paused.value.__cause__, ConnectionError)
+    assert routed.backend_stats()[0]["failures"] == 2
+    assert routed._health[0].pause == 2.0
+    # it works again, then fails at once (one shard of two hung: a batch whose
+    # rows all go to the other one is taken): the same outage, a longer pause
+    routed._health[0].until = 0.0
+    ch.down = False
+    with periodic(routed):
+        assert routed.query("access", QueryFilter()).events == []
+    assert routed.backend_stats()[0]["down"] is False
+    ch.down = True
+    with pytest.raises(PartialWriteError):
+        routed.write([_access(3)])
+    assert routed.backend_stats()[0]["outages"] == 1
+    assert routed._health[0].pause == 4.0
+    # back for good: the outage ends once it has worked for a while, said once
+    routed._health[0].until = 0.0
+    ch.down = False
+    routed.write([_access(2)])
+    assert not [r for r in caplog.records if "is back after" in r.getMessage()]
+    monkeypatch.setattr(routed_module, "_STEADY", 0.0)
+    assert routed.backend_stats()[0]["down"] is False
+    routed.write([_access(4)])
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("failed (ConnectionError" in m for m in lines) == 1, lines
+    assert sum("is back after" in m and "2 periodic task(s) skipped" in m for m in lines) == 1
+
+
+def test_a_backend_that_hangs_is_paused_three_times_as_long_as_it_took() -> None:
+    from leza_middleware.storage.routed import PartialWriteError
+
+    slow = FlakyStorage()
+    slow.down, slow.delay = True, 0.5  # fails after 0.5 s, as a timeout would
+    routed = _split(slow, MemoryStorage())
+    with pytest.raises(PartialWriteError):
+        routed.write([_access(1)])
+    assert routed.backend_stats()[0]["paused_for"] > 1.2  # not the first pause's 1 s
+
+
+def test_a_backend_down_at_setup_spills_only_its_events(make_leza: Any) -> None:
+    ch = Unreachable()
+    ch.setup_down = ch.down = True
+    leza = make_leza(storage={"access": ch, "log": ch, "default": "memory://"})
+    with TestClient(_app(leza)) as client:
+        for _ in range(3):
+            client.get("/")
+        leza.audit.record(action="create", entity_type="user", entity_id=1, after={"a": 1})
+        assert leza.flush(10)
+        # the audit row is written, the access events spilled, nothing retried in place
+        assert len(leza.query.audit(limit=10)) == 1
+        stats = leza.stats()
+        assert stats["spilled"] == 3  # the access events
+        assert stats["storage_down"] is False
+        assert stats["backends"][0]["down"] is True
+        ch.setup_down = ch.down = False
+        assert wait_for(lambda: len(ch.query("access", QueryFilter(limit=50)).events) == 3, 40)
+    assert wait_for(lambda: leza.stats()["replayed"] == 3, 10)
+    assert leza.stats()["backends"][0]["down"] is False
+
+
+def test_retention_of_a_paused_backend_waits_and_the_other_backends_goes_on(
+    make_leza: Any,
+) -> None:
+    ch, main = Unreachable(), MemoryStorage()
+    old = 1_000_000_000_000_000  # 2001: older than any retention
+    main.write([_audit(1)])
+    leza = make_leza(
+        storage={"access": main, "log": ch, "default": main},
+        retention={"access": "1d", "log": "1d"},
+        retention_interval=1,
+    )
+    main.write([_access(n, ts=old) for n in range(5)])
+    ch.write([_log(n, ts=old) for n in range(5)])
+    ch.down = True
+    leza.recorder.offer(_log(99, ts=old))  # its write fails: the log backend is paused
+    assert leza.flush(10)
+    assert leza.stats()["backends"][1]["down"] is True
+    # access on the other backend is purged meanwhile; the log purge waits
+    assert wait_for(lambda: leza.privacy.purged.get("access") == 5, 10)
+    assert wait_for(lambda: leza.stats()["backends"][1]["skipped"] > 0, 10)
+    assert leza.privacy.purged.get("log", 0) == 0
+    ch.down = False
+    assert wait_for(lambda: leza.privacy.purged.get("log", 0) >= 5, 40)
+    assert leza.stats()["backends"][1]["down"] is False
+
+
+def _log(n: int, ts: int) -> Any:
+    from leza_middleware.events import LogEvent
+
+    return LogEvent(id=f"l{n:06d}", ts=ts + n, level=20, logger="t", message="m")

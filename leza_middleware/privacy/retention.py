@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LezaConfigError
 from ..storage.capabilities import Capability, require_for_setting
-from ..storage.routed import backend_of
+from ..storage.routed import BackendPaused, backend_of, is_paused
 from .kinds import by_kind
 
 if TYPE_CHECKING:
@@ -109,6 +109,7 @@ def check_retention(setting: Sequence[tuple[str, int]], storage: Storage) -> Non
 _PURGE_BATCH = 1000
 _PURGE_SLICE = 0.1  # seconds of purging before the recorder writes again
 _PURGE_DUTY = 0.1  # of wall time
+_RETRY_AFTER = 300.0  # seconds before a failed purge is tried again
 
 
 class Retention:
@@ -166,24 +167,32 @@ class Retention:
             if time.monotonic() >= deadline:
                 break
             batches = self._running.get(kind)
-            if batches is None:
-                if now < self._due[kind]:
-                    continue
-                batches = self._running[kind] = self._purge(kind, keep)
-            finished = False
+            if batches is None and now < self._due[kind]:
+                continue
+            if is_paused(self._storage, kind):
+                continue  # its backend failed (storage by kind): the purge waits for it
+            finished, failed = False, False
             try:
+                if batches is None:  # (the audit purge reads its marks here)
+                    batches = self._running[kind] = self._purge(kind, keep)
                 while time.monotonic() < deadline:
                     self.purged[kind] += next(batches)
             except StopIteration:
                 finished = True
+            except BackendPaused:  # its backend failed now: reported once, by the routed storage
+                finished = failed = True
             except Exception as exc:  # never let a purge break the recorder
-                finished = True
-                if kind not in self._warned:
+                finished = failed = True
+                if kind not in self._warned:  # once per failing spell, not per attempt
                     self._warned.add(kind)
                     log.warning("leza: retention purge of %s failed: %s", kind, exc)
             if finished:  # else the slice is used up: carry on at the next tick
                 self._running.pop(kind, None)
-                self._due[kind] = time.monotonic() + self.interval
+                if failed:  # tried again soon, not a whole interval later
+                    self._due[kind] = time.monotonic() + min(self.interval, _RETRY_AFTER)
+                else:
+                    self._warned.discard(kind)
+                    self._due[kind] = time.monotonic() + self.interval
         spent = time.monotonic() - now
         self._next_slice = time.monotonic() + spent * (1 - _PURGE_DUTY) / _PURGE_DUTY
 

@@ -18,6 +18,7 @@ from typing import Any
 from ..events import Event
 from ..spill import Spill
 from ..storage.base import Storage
+from ..storage.routed import RoutedStorage, periodic
 from .fork import live
 from .listeners import Listener
 from .threadname import load_prctl, name_os_thread
@@ -119,6 +120,14 @@ class Recorder(Writer):
             with self._lock:
                 self._held -= 1
                 self._add_drops("queue_full", 1)
+
+    def stats(self) -> dict[str, Any]:
+        """The books (see :class:`~.books.Books`), and with storage by kind each
+        backend's outages: ``backends`` (an empty list for one storage)."""
+        out = super().stats()
+        storage = self.storage
+        out["backends"] = storage.backend_stats() if isinstance(storage, RoutedStorage) else []
+        return out
 
     # -- control -------------------------------------------------------------
 
@@ -235,7 +244,10 @@ class Recorder(Writer):
                     if self._down_since is not None or self.spill.has_files():
                         self._maybe_replay()
                     if self._tick is not None and self._down_since is None:
-                        self._run_tick(self._tick)
+                        # Storage by kind: a paused backend's periodic work waits
+                        # (skipped, counted) while the others' goes on.
+                        with periodic(self.storage):
+                            self._run_tick(self._tick)
                     if self._observers:
                         self._observe(())
             except BaseException:  # a bug here must not kill the thread

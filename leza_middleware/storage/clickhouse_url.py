@@ -1,30 +1,51 @@
 """The ClickHouse backend's URL, checked without connecting, and its driver,
 imported only when a ClickHouse storage is opened.
 
-``clickhouse://[user[:password]@]host[:port]/database[?connect_timeout=S&timeout=S&cluster=NAME]``:
+``clickhouse://[user[:password]@]host[:port]/database[?connect_timeout=S&timeout=S&ping_timeout=S&cluster=NAME]``:
 the native protocol (port 9000 by default) through ``clickhouse-driver``
 (the ``[clickhouse]`` extra). ``cluster``: shard over that cluster of the
 server's ``<remote_servers>`` through ``Distributed`` tables.
+
+Timeouts are short by default (3 s to connect, 10 s of silence, 3 s for a
+ping): a server that hangs (stopped, a network black hole) then fails a batch
+within seconds and the recorder spills it, instead of holding the recorder for
+the driver's own 300 s. The same seconds go to the server with every statement
+(``connect_timeout``, ``receive_timeout``, ``send_timeout``,
+``insert_distributed_timeout``), for its own connections to the other shards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import LezaConfigError
 
-__all__ = ["ClickHouseURL", "connect", "parse_clickhouse_url"]
+__all__ = ["ClickHouseURL", "connect", "driver_quiet", "parse_clickhouse_url"]
 
 EXAMPLE = "clickhouse://host:9000/leza"
 DEFAULT_PORT = 9000
 #: Database names are spliced into statements (quoted): a plain identifier only.
 _DATABASE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-#: Query parameters in seconds (> 0), and ``cluster``.
-_PARAMS = {"connect_timeout", "timeout", "cluster"}
+#: Query parameters in seconds, each with its upper bound (a longer wait is a
+#: typo, not a setting), and ``cluster``.
+_SECONDS = {"connect_timeout": 300.0, "timeout": 3600.0, "ping_timeout": 300.0}
+_NUMBER = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?")
+#: clickhouse-driver's own names for two of them, accepted too.
+_ALIASES = {"send_receive_timeout": "timeout", "sync_request_timeout": "ping_timeout"}
+_PARAMS = {*_SECONDS, *_ALIASES, "cluster"}
+#: Defaults: a hung server fails a statement within seconds, not the driver's
+#: 300 s (the timeout is the longest silence: a long SELECT sends progress).
+DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_PING_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +55,27 @@ class ClickHouseURL:
     database: str
     user: str = "default"
     password: str = ""
-    connect_timeout: float = 10.0
-    timeout: float = 300.0
+    #: seconds to open a connection
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    #: seconds a statement may wait for the server to send or take data
+    timeout: float = DEFAULT_TIMEOUT
+    #: seconds for the ping before a pooled connection is reused
+    ping_timeout: float = DEFAULT_PING_TIMEOUT
     cluster: str | None = None  # shard over this cluster (Distributed tables)
+
+    def server_settings(self) -> dict[str, int]:
+        """The same limits for the server's own connections to the shards
+        (whole seconds: 18.16 takes no fractions), sent with every statement.
+        ``insert_distributed_timeout`` bounds a sharded insert's wait for the
+        shards (``insert_distributed_sync``)."""
+        connect = max(1, math.ceil(self.connect_timeout))
+        wait = max(1, math.ceil(self.timeout))
+        return {
+            "connect_timeout": connect,
+            "receive_timeout": wait,
+            "send_timeout": wait,
+            "insert_distributed_timeout": wait,
+        }
 
     def describe(self) -> str:
         """The URL with its password hidden."""
@@ -91,20 +130,25 @@ def parse_clickhouse_url(text: str) -> ClickHouseURL:
             raise _fail(
                 shown, f"unknown query parameter {name!r} (known: {', '.join(sorted(_PARAMS))})"
             )
+        given = name
+        name = _ALIASES.get(name, name)
         if name in seen:
-            raise _fail(shown, f"query parameter {name!r} is given twice")
+            also = "" if given == name else f" (as {given!r})"
+            raise _fail(shown, f"query parameter {name!r} is given twice{also}")
         seen.add(name)
         if name == "cluster":
             if not _DATABASE.fullmatch(value):
                 raise _fail(shown, f"cluster {value!r} must be letters, digits and _ (not first)")
             cluster = value
             continue
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = math.nan
-        if not (math.isfinite(seconds) and 0 < seconds <= 86_400):
-            raise _fail(shown, f"{name} must be a number of seconds in (0, 86400], not {value!r}")
+        # Plain decimals only: not "1e3", "+2", "1_0" or other scripts' digits.
+        seconds = float(value) if _NUMBER.fullmatch(value) else math.nan
+        most = _SECONDS[name]
+        if not (math.isfinite(seconds) and 0 < seconds <= most):
+            raise _fail(
+                shown, f"{given} must be a number of seconds, more than 0 and at most "
+                f"{most:g}, not {value!r}"
+            )  # fmt: skip
         options[name] = seconds
     return ClickHouseURL(
         host=parts.hostname,
@@ -134,7 +178,9 @@ def connect(url: ClickHouseURL, host: str | None = None, port: int | None = None
     one shard of its cluster (``host``, ``port``) with its credentials.
 
     No database on the connection: statements name ``database.table``, so
-    setup can create the database before it exists.
+    setup can create the database before it exists. The URL's timeouts bound
+    every wait of the client (connect, ping, each send or receive) and go to
+    the server as settings of every statement (:meth:`ClickHouseURL.server_settings`).
     """
     return driver().Client(
         host=url.host if host is None else host,
@@ -143,5 +189,43 @@ def connect(url: ClickHouseURL, host: str | None = None, port: int | None = None
         password=url.password,
         connect_timeout=url.connect_timeout,
         send_receive_timeout=url.timeout,
+        sync_request_timeout=url.ping_timeout,
+        settings=url.server_settings(),
         client_name="leza-middleware",
     )
+
+
+_calls = threading.local()
+_filter_lock = threading.Lock()
+_filtered = False
+
+
+class _OwnCalls(logging.Filter):
+    """Drops clickhouse-driver's warnings raised by the storage's own statements."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.WARNING or not getattr(_calls, "quiet", False)
+
+
+@contextlib.contextmanager
+def driver_quiet() -> Iterator[None]:
+    """Statements run in this block do not log clickhouse-driver's warnings.
+
+    The driver logs a warning with a traceback for every failed connect and
+    ping ("Failed to connect to …"): during an outage that is a traceback per
+    attempt. The error is raised to the storage anyway, and the recorder counts
+    and reports it (once per outage), so those lines are dropped for Leza's
+    own statements; the app's own use of the driver keeps its logging.
+    """
+    global _filtered
+    if not _filtered:
+        with _filter_lock:
+            if not _filtered:
+                logging.getLogger("clickhouse_driver.connection").addFilter(_OwnCalls())
+                _filtered = True
+    before = getattr(_calls, "quiet", False)
+    _calls.quiet = True
+    try:
+        yield
+    finally:
+        _calls.quiet = before
