@@ -427,7 +427,9 @@ def main() -> None:
         if command is None:
             sys.exit("no clickhouse-server found (set LEZA_TEST_CLICKHOUSE_SERVER)")
         servers = start_servers(command, 2 if args.shards else 1)
-        url = servers[0].url
+        # OPTIMIZE … FINAL and the 10M-row load stay silent longer than the
+        # default 10 s timeout (made for the recorder's batches).
+        url = servers[0].url + "?timeout=600"
         print(f"ClickHouse {servers[0].version()} (throwaway, {len(servers)} server(s))")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     try:
@@ -441,7 +443,8 @@ def main() -> None:
             bench_write(storage, events, sizes, args.runs, one, "one server")
             if args.shards:
                 sharded = ClickHouseStorage(
-                    url.rsplit("/", 1)[0] + f"/leza_sharded?cluster={CLUSTER}"
+                    url.split("?")[0].rsplit("/", 1)[0]
+                    + f"/leza_sharded?cluster={CLUSTER}&timeout=600"
                 )
                 sharded.setup()
                 both = ServerCPU([s.proc.pid for s in servers if s.proc is not None])
