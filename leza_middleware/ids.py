@@ -16,6 +16,8 @@ from itertools import repeat
 from operator import and_
 
 __all__ = [
+    "REQUEST_IDS_BYTES",
+    "REQUEST_IDS_STR",
     "new_event_id",
     "new_event_ids",
     "new_request_id",
@@ -25,6 +27,12 @@ __all__ = [
 
 _counter: Iterator[int]
 _prefix: bytes
+#: The request ids to come, one iterator in a one-element list each (replaced in
+#: place after ``fork``): ``next(REQUEST_IDS_BYTES[0])`` makes an id in C, with no
+#: Python frame and one ``%`` formatting (the request path; ~0.1 µs less than
+#: a function formatting the prefix and the counter together).
+REQUEST_IDS_BYTES: list[Iterator[bytes]] = []
+REQUEST_IDS_STR: list[Iterator[str]] = []
 _event_counter: Iterator[int]
 _event_prefix: str
 _event_format: Callable[[int, int], str]
@@ -37,6 +45,10 @@ def _reseed() -> None:
     # before it would need a 13th digit.)
     _prefix = os.urandom(10).hex().encode()
     _counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
+    # Both kinds draw from the one counter: an id is never made twice. The
+    # prefix is hex, so it holds no "%" of its own.
+    REQUEST_IDS_BYTES[:] = [map((_prefix + b"%012x").__mod__, _counter)]
+    REQUEST_IDS_STR[:] = [map((_prefix.decode() + "%012x").__mod__, _counter)]
     _event_prefix = os.urandom(6).hex()
     _event_counter = itertools.count()
     _event_format = ("{:013x}" + _event_prefix + "{:06x}").format
@@ -48,12 +60,12 @@ os.register_at_fork(after_in_child=_reseed)
 
 def new_request_id() -> str:
     """A fresh 32-hex-character request id, unique across processes."""
-    return new_request_id_bytes().decode()
+    return next(REQUEST_IDS_STR[0])
 
 
 def new_request_id_bytes() -> bytes:
-    """:func:`new_request_id` as bytes, ready for a response header (request path)."""
-    return b"%s%012x" % (_prefix, next(_counter))
+    """:func:`new_request_id` as bytes, ready for a response header."""
+    return next(REQUEST_IDS_BYTES[0])
 
 
 # What we accept from a client: enough for uuids, ULIDs, AWS/GCP trace ids and

@@ -18,7 +18,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..ids import new_request_id, new_request_id_bytes, parse_incoming_request_id
+from ..ids import (
+    REQUEST_IDS_BYTES,
+    REQUEST_IDS_STR,
+    new_request_id,
+    new_request_id_bytes,
+    parse_incoming_request_id,
+)
 from ..request_path import environ_header_keys, pick_environ_headers, pick_headers
 
 __all__ = ["Flavour", "header_case", "merge_repeated"]
@@ -48,6 +54,7 @@ class Flavour:
         "record_keys",
         "request_id",
         "request_id_out",
+        "request_ids",
         "set_cookie",
         "traceparent",
         "user_agent",
@@ -67,6 +74,8 @@ class Flavour:
         self.host = key("host")
         self.html: Any = b"text/html" if asgi else "text/html"
         self.new_request_id: Callable[[], Any] = new_request_id_bytes if asgi else new_request_id
+        #: ``next(request_ids[0])``: :attr:`new_request_id` without its Python frame.
+        self.request_ids: list[Any] = REQUEST_IDS_BYTES if asgi else REQUEST_IDS_STR
         # The request-id response header's name, and Set-Cookie's, as the flavour writes them.
         self.request_id_out: Any = (
             request_id_header.encode("latin-1") if asgi else header_case(request_id_header)

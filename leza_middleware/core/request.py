@@ -122,6 +122,7 @@ class RequestCore:
         self._sids: dict[str, str] = {}  # a framework's session key -> its public id (memo)
         # Hot-path copies: one attribute load each instead of two.
         self._get_keys = (f.request_id, f.traceparent, f.cookie)
+        self._request_ids = f.request_ids  # next(self._request_ids[0]): a new id
         self._record_keys = (f.user_agent, f.x_forwarded_for, f.forwarded, f.host)
         # record_headers (privacy/headers.py): None unless configured, one test per request.
         self._pick = f.pick if f.record_keys else None
@@ -184,14 +185,15 @@ class RequestCore:
         f = self.flavour
         ok = True
         try:
-            get = headers.get
+            # headers.get(...) each time, not a bound ``get``: no method object
+            # made and freed per request (C method calls through LOAD_METHOD).
             k_rid, k_tp, k_cookie = self._get_keys
-            incoming = get(k_rid)
-            traceparent = get(k_tp)
+            incoming = headers.get(k_rid)
+            traceparent = headers.get(k_tp)
             rid = None
             if incoming is not None or traceparent is not None:
                 rid = f.parse_request_id(incoming, traceparent)
-            cookie = get(k_cookie)
+            cookie = headers.get(k_cookie)
             if cookie:
                 if not f.asgi:  # CGI: the latin-1 text of the bytes the browser sent
                     cookie = cookie.encode("latin-1", "replace")
@@ -207,7 +209,7 @@ class RequestCore:
             headers = {}
             rid = mid = sid = None
         req.headers = headers
-        req.rid = f.new_request_id() if rid is None else rid
+        req.rid = next(self._request_ids[0]) if rid is None else rid
         req.mid = mid
         req.sid = req.cookie_sid = sid
         endpoints = self.endpoints
@@ -374,10 +376,13 @@ class RequestCore:
                     req.sid = sid
                     return [self._clear_session()] if req.cookie_sid is not None else out
             if req.mid is None and self.machine_ids:
-                get = req.headers.get
+                headers = req.headers
                 # find(), not "in": bytes' "in" tries the needle as an int
                 # first and clears a TypeError (~150 ns a request).
-                if get(f.cookie) is not None or (get(f.accept) or f.html[:0]).find(f.html) >= 0:
+                if (
+                    headers.get(f.cookie) is not None
+                    or (headers.get(f.accept) or f.html[:0]).find(f.html) >= 0
+                ):
                     req.mid, cookie = self.cookies.new_machine(req.scheme == "https")
                     out = [(f.set_cookie, f.text(cookie))]
             if not self.track_sessions or (state is None and performer is None and not req.logout):
@@ -486,7 +491,6 @@ class RequestCore:
         if self.framework_sessions and performer is None and not ended:
             sid = None  # the framework keeps sessions for anonymous visitors too
         headers = req.headers
-        get = headers.get
         k_ua, k_xff, k_fwd, k_host = self._record_keys
         pick = self._pick
         return (
@@ -500,10 +504,10 @@ class RequestCore:
             req.peer,
             req.scheme,
             None if route is None else normalise_route(route),
-            get(k_ua),
-            get(k_xff),
-            get(k_fwd),
-            get(k_host),
+            headers.get(k_ua),
+            headers.get(k_xff),
+            headers.get(k_fwd),
+            headers.get(k_host),
             performer,
             req.error,
             action,

@@ -99,7 +99,6 @@ class LezaMiddleware:
             await self._websocket(req, scope, receive, send, root)
             return
         req.send = send
-        req.scope = scope
         req.adapter = self
         req.ctx = ctx = (req.rid, scope)
         req.token = REQUEST.set(ctx)
@@ -110,7 +109,17 @@ class LezaMiddleware:
             raise
         finally:
             REQUEST.reset(req.token)
-            self._finish(req, scope, root)
+            # _finish() inlined for the usual case: the response started.
+            if req.settled:
+                try:
+                    route = scope.get("route")
+                    if route is not None:
+                        route = _route_template(scope, root)
+                    core.offer(core.record(req, route))
+                except Exception:  # never let recording hurt the app
+                    core.faults.request_path_error()
+            else:
+                self._finish(req, scope, root)
 
     def _decide(self, req: Request, scope: Scope) -> Answer | None:
         """A protected endpoint, decided before the app: ``has_permission`` gets
@@ -213,10 +222,9 @@ class _Exchange(Request):
     """A request's state, and (``on_send``) the ``send`` the app is given: one
     object per request, no closure."""
 
-    __slots__ = ("adapter", "ctx", "scope", "send", "token")
+    __slots__ = ("adapter", "ctx", "send", "token")
 
     adapter: LezaMiddleware
-    scope: Scope
     send: Send
     ctx: tuple[bytes, Scope]  # the value of context.REQUEST while the app runs
     token: Token[Any]  # to reset it
@@ -228,18 +236,25 @@ class _Exchange(Request):
         if mtype == "http.response.start":
             self.status = message["status"]
             adapter = self.adapter
-            core = adapter.core
             rid_name = adapter.rid_header
             # A new list: never mutate the app's (it may be a reused Response's).
             out = list(message.get("headers") or ())
             for key, value in out:
                 if key == rid_name:  # ASGI header names are lower-case
-                    core.adopt_request_id(self, value)
+                    adapter.core.adopt_request_id(self, value)
                     break
             else:
                 out.append((rid_name, self.rid))
-            # The performer is known now (authentication ran inside the app).
-            out += core.settle(self, adapter.performer_of(self.scope))
+            # The performer is known now (authentication ran inside the app):
+            # performer_of() inlined for Starlette's scope["user"].
+            if adapter.performer_hook is None:
+                user = self.holder.get("user")
+                performer = None if user is None else performer_from_user(user)
+            else:
+                performer = adapter.performer_of(self.holder)
+            cookies = adapter.core.settle(self, performer)
+            if cookies:
+                out += cookies
             message["headers"] = out
         elif mtype == "http.response.body" and not message.get("more_body", False):
             self.end = perf_counter()
