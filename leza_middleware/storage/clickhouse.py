@@ -36,7 +36,20 @@ from .clickhouse_read import (
     where,
 )
 from .clickhouse_schema import KINDS, MONTH, ChKind, create_distributed, create_table
-from .clickhouse_traffic import create_marks, create_traffic, purge_traffic, settle_before, traffic
+from .clickhouse_traffic import (
+    MARKS,
+    SETTLED,
+    WRITTEN,
+    WRITTEN_VIEW,
+    create_marks,
+    create_settled,
+    create_written,
+    create_written_view,
+    purge_traffic,
+    settle,
+    settle_before,
+    traffic,
+)
 from .clickhouse_url import ClickHouseURL, connect, parse_clickhouse_url
 
 __all__ = ["ClickHouseStorage", "Shard"]
@@ -145,8 +158,7 @@ class ClickHouseStorage(Storage):
             self.execute(f"CREATE DATABASE IF NOT EXISTS `{db}`", shard=shard)
             for spec in KINDS.values():
                 self.execute(create_table(self.local(spec.table), spec), shard=shard)
-            self.execute(create_traffic(self.local("leza_traffic")), shard=shard)
-            self.execute(create_marks(self.local("leza_traffic_hours")), shard=shard)
+            self._create_traffic(shard)
         if self.sharded:
             cluster = str(self.url.cluster)
             self.execute(f"CREATE DATABASE IF NOT EXISTS `{db}`")
@@ -154,10 +166,18 @@ class ClickHouseStorage(Storage):
                 self.execute(create_distributed(
                     self.table(spec.table), self.local(spec.table), cluster, db, "sipHash64(id)"
                 ))  # fmt: skip
-            self.execute(create_distributed(
-                self.table("leza_traffic"), self.local("leza_traffic"), cluster, db, "rand()"
-            ))  # fmt: skip
         self._ready = True
+
+    def _create_traffic(self, shard: Shard) -> None:
+        """STATE's tables on ``shard`` (see :mod:`.clickhouse_traffic`); the view
+        that counts the writes of each hour before any access row is written."""
+        self.execute(create_settled(self.local(SETTLED)), shard=shard)
+        self.execute(create_marks(self.local(MARKS)), shard=shard)
+        self.execute(create_written(self.local(WRITTEN)), shard=shard)
+        view = create_written_view(
+            self.local(WRITTEN_VIEW), self.local(WRITTEN), self.local("leza_access")
+        )
+        self.execute(view, shard=shard)
 
     def _cluster_shards(self) -> list[Shard]:
         rows = self.execute(
@@ -265,6 +285,12 @@ class ClickHouseStorage(Storage):
     def traffic(self, since_us: int, until_us: int, bucket_seconds: int) -> Traffic:
         """STATE's traffic, aggregated by the server (see :mod:`.clickhouse_traffic`)."""
         return traffic(self, since_us, until_us, bucket_seconds)
+
+    def settle_traffic(self, now_us: int | None = None) -> int:
+        """Settle the hours that are over (the recorder's upkeep, about once a
+        minute; see :func:`.clickhouse_traffic.settle`); the hours settled."""
+        self.ensure_ready()
+        return settle(self, now_us)
 
     # -- purge
 
