@@ -211,7 +211,8 @@ def test_a_settlement_racing_a_purge_never_undercounts(
     ch.wait_mutations("leza_traffic_marks")
     assert settle_before(ch, base + 3_600_000_000) == 1
     rows, keys = ch.execute(
-        f"SELECT count(), uniqExact(minute, method, route) FROM `{ch.database}`.leza_traffic_settled"
+        "SELECT count(), uniqExact(minute, method, route) "
+        f"FROM `{ch.database}`.leza_traffic_settled"
     )[0]
     assert rows > keys  # both settlements are in the table
     assert ch.traffic(base, base + 3_600_000_000 - 1, 60) == hour

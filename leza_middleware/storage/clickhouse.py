@@ -23,8 +23,10 @@ from typing import Any
 
 from ..errors import LezaConfigError, LezaError
 from ..events import Event
+from ..performer import Performer
 from ..state.traffic import Traffic
 from .base import Capability, Page, QueryFilter, Storage
+from .clickhouse_erase import forget_performer, performer_identities
 from .clickhouse_read import (
     WHOLE_ON_SHARDS,
     Where,
@@ -77,7 +79,9 @@ class ClickHouseStorage(Storage):
     """Access, log and advisory events in ClickHouse tables (see the module docstring)."""
 
     shared = True
-    capabilities = frozenset({Capability.COUNT, Capability.PURGE, Capability.ROLLUPS})
+    capabilities = frozenset(
+        {Capability.COUNT, Capability.PURGE, Capability.ROLLUPS, Capability.ERASURE}
+    )
 
     def __init__(self, url: str | ClickHouseURL) -> None:
         self.url = url if isinstance(url, ClickHouseURL) else parse_clickhouse_url(url)
@@ -372,6 +376,18 @@ class ClickHouseStorage(Storage):
             shard=shard,
         )
         return bool(rows[0][0])
+
+    # -- erasure (leza forget)
+
+    def performer_identities(self, performer_id: str) -> list[Performer]:
+        """The identities the access rows hold for ``performer_id``."""
+        return performer_identities(self, performer_id)
+
+    def forget_performer(self, performer_id: str, identifiers: Sequence[str]) -> dict[str, int]:
+        """Erase one person from the access, log and advisory tables, on every
+        shard; returns once the server has applied every deletion (see
+        :mod:`.clickhouse_erase`)."""
+        return forget_performer(self, performer_id, identifiers)
 
     # -- lifecycle
 

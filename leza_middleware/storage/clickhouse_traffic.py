@@ -80,6 +80,7 @@ __all__ = [
     "create_settled",
     "create_written",
     "create_written_view",
+    "floor_sql",
     "hours_changed",
     "purge_traffic",
     "settle",
@@ -152,6 +153,8 @@ def _floor(expr: str, step: int) -> str:
     down = f"intDiv({expr}, {step}) * {step}"
     return f"({down} - if({expr} < {down}, {step}, 0))"
 
+
+floor_sql = _floor
 
 _METHODS_SQL = ", ".join(f"'{m}'" for m in sorted(METHODS))
 _OUTCOME = (
@@ -238,12 +241,14 @@ def _settle_hours(
     hours = sorted(tags)
     if rollups:
         listed = _ints(hours)
-        where = f"ts >= {hours[0]} AND ts < {hours[-1] + HOUR} AND {_floor('ts', HOUR)} IN ({listed})"
-        written = f"transform({_floor('minute', HOUR)}, [{listed}], [{_ints(tags[h] for h in hours)}], toUInt64(0))"
+        hour = _floor("ts", HOUR)
+        where = f"ts >= {hours[0]} AND ts < {hours[-1] + HOUR} AND {hour} IN ({listed})"
+        tag = f"transform({hour}, [{listed}], [{_ints(tags[h] for h in hours)}], toUInt64(0))"
+        raw = _raw_rows(storage.local("leza_access"), where)
         storage.execute(
-            f"INSERT INTO {storage.local(SETTLED)} SELECT toUInt32({int(shard.num)}), minute, "
-            f"{written}, ml, rt, um, {_RAW_VECTOR} FROM (SELECT *, {_floor('ts', MINUTE)} AS minute "
-            f"FROM ({_raw_rows(storage.local('leza_access'), where)})) GROUP BY minute, ml, rt, um",
+            f"INSERT INTO {storage.local(SETTLED)} SELECT toUInt32({int(shard.num)}), "
+            f"{_floor('ts', MINUTE)} AS minute, {tag} AS written, ml, rt, um, {_RAW_VECTOR} "
+            f"FROM ({raw}) GROUP BY minute, written, ml, rt, um",
             shard=shard,
         )
     storage.execute(
@@ -317,7 +322,9 @@ def hours_changed(storage: ClickHouseStorage, shard: Shard, hours: Iterable[int]
     move on, so their settlements no longer count and they are settled again."""
     rows = [(int(h), 1) for h in sorted(set(hours))]
     if rows:
-        storage.execute(f"INSERT INTO {storage.local(WRITTEN)} (hour, rows) VALUES", rows, shard=shard)
+        storage.execute(
+            f"INSERT INTO {storage.local(WRITTEN)} (hour, rows) VALUES", rows, shard=shard
+        )
 
 
 # -- reading
