@@ -341,9 +341,9 @@ def test_refuses_the_kinds_it_does_not_store(clickhouse_storage: ClickHouseStora
         with pytest.raises(ValueError, match="belong in a SQL storage"):
             ch.query(bad.kind, QueryFilter())
     assert ch.count("access", QueryFilter()) == 0
-    for has in (Capability.COUNT, Capability.PURGE, Capability.ROLLUPS):
+    for has in (Capability.COUNT, Capability.PURGE, Capability.ROLLUPS, Capability.ERASURE):
         assert ch.supports(has)
-    for missing in (Capability.AUDIT_CHAIN, Capability.AUDIT_PURGE, Capability.ERASURE):
+    for missing in (Capability.AUDIT_CHAIN, Capability.AUDIT_PURGE):
         assert not ch.supports(missing)
     with pytest.raises(ValueError, match="endpoint filter applies to access"):
         ch.query("log", QueryFilter(endpoint="/x"))

@@ -206,12 +206,13 @@ def test_a_settlement_racing_a_purge_never_undercounts(
     assert ch.purge("access", base + 330 * 1_000_000) == 330
     # Another process that read "not settled" before that purge marked the hour
     # settles it again from what is left: minute 5 has the same key, fewer requests.
-    ch.execute(f"SYSTEM STOP MERGES `{ch.database}`.leza_traffic")  # keep both settlements
-    ch.execute(f"ALTER TABLE `{ch.database}`.leza_traffic_hours DELETE WHERE 1")
-    ch.wait_mutations("leza_traffic_hours")
+    ch.execute(f"SYSTEM STOP MERGES `{ch.database}`.leza_traffic_settled")  # keep both settlements
+    ch.execute(f"ALTER TABLE `{ch.database}`.leza_traffic_marks DELETE WHERE 1")
+    ch.wait_mutations("leza_traffic_marks")
     assert settle_before(ch, base + 3_600_000_000) == 1
     rows, keys = ch.execute(
-        f"SELECT count(), uniqExact(minute, method, route) FROM `{ch.database}`.leza_traffic"
+        "SELECT count(), uniqExact(minute, method, route) "
+        f"FROM `{ch.database}`.leza_traffic_settled"
     )[0]
     assert rows > keys  # both settlements are in the table
     assert ch.traffic(base, base + 3_600_000_000 - 1, 60) == hour

@@ -24,8 +24,10 @@ from typing import Any
 
 from ..errors import LezaConfigError, LezaError
 from ..events import Event
+from ..performer import Performer
 from ..state.traffic import Traffic
 from .base import Capability, Page, QueryFilter, Storage
+from .clickhouse_erase import forget_performer, performer_identities
 from .clickhouse_insert import insert
 from .clickhouse_read import (
     WHOLE_ON_SHARDS,
@@ -38,7 +40,20 @@ from .clickhouse_read import (
     where,
 )
 from .clickhouse_schema import KINDS, MONTH, ChKind, create_distributed, create_table
-from .clickhouse_traffic import create_marks, create_traffic, purge_traffic, settle_before, traffic
+from .clickhouse_traffic import (
+    MARKS,
+    SETTLED,
+    WRITTEN,
+    WRITTEN_VIEW,
+    create_marks,
+    create_settled,
+    create_written,
+    create_written_view,
+    purge_traffic,
+    settle,
+    settle_before,
+    traffic,
+)
 from .clickhouse_url import ClickHouseURL, connect, driver_quiet, parse_clickhouse_url
 
 __all__ = ["ClickHouseStorage", "Shard"]
@@ -67,7 +82,9 @@ class ClickHouseStorage(Storage):
     """Access, log and advisory events in ClickHouse tables (see the module docstring)."""
 
     shared = True
-    capabilities = frozenset({Capability.COUNT, Capability.PURGE, Capability.ROLLUPS})
+    capabilities = frozenset(
+        {Capability.COUNT, Capability.PURGE, Capability.ROLLUPS, Capability.ERASURE}
+    )
 
     def __init__(self, url: str | ClickHouseURL) -> None:
         self.url = url if isinstance(url, ClickHouseURL) else parse_clickhouse_url(url)
@@ -149,8 +166,7 @@ class ClickHouseStorage(Storage):
             self.execute(f"CREATE DATABASE IF NOT EXISTS `{db}`", shard=shard)
             for spec in KINDS.values():
                 self.execute(create_table(self.local(spec.table), spec), shard=shard)
-            self.execute(create_traffic(self.local("leza_traffic")), shard=shard)
-            self.execute(create_marks(self.local("leza_traffic_hours")), shard=shard)
+            self._create_traffic(shard)
         if self.sharded:
             cluster = str(self.url.cluster)
             self.execute(f"CREATE DATABASE IF NOT EXISTS `{db}`")
@@ -158,10 +174,18 @@ class ClickHouseStorage(Storage):
                 self.execute(create_distributed(
                     self.table(spec.table), self.local(spec.table), cluster, db, "sipHash64(id)"
                 ))  # fmt: skip
-            self.execute(create_distributed(
-                self.table("leza_traffic"), self.local("leza_traffic"), cluster, db, "rand()"
-            ))  # fmt: skip
         self._ready = True
+
+    def _create_traffic(self, shard: Shard) -> None:
+        """STATE's tables on ``shard`` (see :mod:`.clickhouse_traffic`); the view
+        that counts the writes of each hour before any access row is written."""
+        self.execute(create_settled(self.local(SETTLED)), shard=shard)
+        self.execute(create_marks(self.local(MARKS)), shard=shard)
+        self.execute(create_written(self.local(WRITTEN)), shard=shard)
+        view = create_written_view(
+            self.local(WRITTEN_VIEW), self.local(WRITTEN), self.local("leza_access")
+        )
+        self.execute(view, shard=shard)
 
     def _cluster_shards(self) -> list[Shard]:
         rows = self.execute(
@@ -271,6 +295,12 @@ class ClickHouseStorage(Storage):
         """STATE's traffic, aggregated by the server (see :mod:`.clickhouse_traffic`)."""
         return traffic(self, since_us, until_us, bucket_seconds)
 
+    def settle_traffic(self, now_us: int | None = None) -> int:
+        """Settle the hours that are over (the recorder's upkeep, about once a
+        minute; see :func:`.clickhouse_traffic.settle`); the hours settled."""
+        self.ensure_ready()
+        return settle(self, now_us)
+
     # -- purge
 
     def purge(self, kind: str, before: int, batch_size: int = 10_000) -> int:
@@ -351,6 +381,18 @@ class ClickHouseStorage(Storage):
             shard=shard,
         )
         return bool(rows[0][0])
+
+    # -- erasure (leza forget)
+
+    def performer_identities(self, performer_id: str) -> list[Performer]:
+        """The identities the access rows hold for ``performer_id``."""
+        return performer_identities(self, performer_id)
+
+    def forget_performer(self, performer_id: str, identifiers: Sequence[str]) -> dict[str, int]:
+        """Erase one person from the access, log and advisory tables, on every
+        shard; returns once the server has applied every deletion (see
+        :mod:`.clickhouse_erase`)."""
+        return forget_performer(self, performer_id, identifiers)
 
     # -- lifecycle
 
