@@ -106,6 +106,27 @@ def make_leza(tmp_path: Path, city_db: Path, storage_url: str) -> Iterator[Any]:
         leza.shutdown(timeout=2)
 
 
+@pytest.fixture
+def app_for(make_leza: Any) -> Iterator[Any]:
+    """``app_for(kind, **settings)``: a real app of tests/test_revocation_startup.py
+    (``asgi``, ``wsgi``, …) with sessions on, on the suite's storage; closed after."""
+    from test_revocation_startup import SECRET, App, performer_for
+
+    made: list[Any] = []
+
+    def build(kind: str, **settings: Any) -> Any:
+        settings.setdefault("performer", performer_for(kind))
+        settings.setdefault("secret_key", SECRET)
+        settings.setdefault("geoip_db", False)
+        app = App(kind, make_leza(**settings))
+        made.append(app)
+        return app
+
+    yield build
+    for app in made:
+        app.close()
+
+
 class FlakyStorage(MemoryStorage):
     """A storage whose availability the test controls: down raises, slow sleeps.
 

@@ -33,14 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import importlib
 import itertools
 import os
 import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -53,6 +51,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from gunicorn_cmd import gunicorn_command
 
 from leza_middleware.advisories.rules import Finding, Rule, RuleContext
 from leza_middleware.events import Event
@@ -67,11 +66,6 @@ WORKER_CLASSES = {
     "sync": ("sync", "multiworker_apps:flask_app"),
     "uvicorn": ("uvicorn_worker.UvicornWorker", "multiworker_apps:starlette_app"),
 }
-
-
-def _gunicorn_supports(option: str) -> bool:
-    config = importlib.import_module("gunicorn.config")
-    return any(option in (s.cli or ()) for s in config.KNOWN_SETTINGS)
 
 
 # ----------------------------------------------------------------------------- databases
@@ -177,15 +171,8 @@ class Gunicorn:
             LEZA_GEOIP_DB="off",
             PYTHONPATH=os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]),
         )
-        cmd = [
-            sys.executable, "-m", "gunicorn", app,
-            "--bind", f"fd://{fd}", "--workers", str(WORKERS), "--worker-class", worker_class,
-            "--graceful-timeout", str(graceful_timeout), "--log-level", "warning",
-        ]  # fmt: skip
-        if preload:
-            cmd.append("--preload")
-        if _gunicorn_supports("--no-control-socket"):
-            cmd.append("--no-control-socket")  # gunicorn >= 25 would open ~/.gunicorn/*.ctl
+        cmd = gunicorn_command(app, fd, workers=WORKERS, worker_class=worker_class,
+                               graceful_timeout=graceful_timeout, preload=preload)  # fmt: skip
         self.log = tmp_path / "gunicorn.log"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(

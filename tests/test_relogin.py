@@ -26,7 +26,6 @@ import http.client
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -42,7 +41,6 @@ from test_revocation_startup import (
     access_events,
     clears_cookie,
     on_postgres,
-    performer_for,
     session_table_locked,
     set_cookie_headers,
 )
@@ -63,24 +61,6 @@ def sign_in(app: App) -> str:
     header = next(h for h in set_cookie_headers(response) if h.startswith("leza_sid="))
     assert app.leza.flush(30)  # its first write sets the schema up: slow on a busy machine
     return header.partition("=")[2].split(";", 1)[0]
-
-
-@pytest.fixture
-def app_for(make_leza: Callable[..., Leza]) -> Iterator[Callable[..., App]]:
-    """Real apps (tests/test_revocation_startup.py's) on the suite's storage."""
-    made: list[App] = []
-
-    def build(kind: str, **settings: object) -> App:
-        settings.setdefault("performer", performer_for(kind))
-        settings.setdefault("secret_key", SECRET)
-        settings.setdefault("geoip_db", False)
-        app = App(kind, make_leza(**settings))
-        made.append(app)
-        return app
-
-    yield build
-    for app in made:
-        app.close()
 
 
 @on_postgres
@@ -148,7 +128,7 @@ class Gunicorn:
     def __init__(self, tmp_path: Path, pg_url: str, **env: str) -> None:
         import socket
 
-        from test_multiworker import _gunicorn_supports
+        from gunicorn_cmd import gunicorn_command
 
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=256)
         self.port: int = self.listener.getsockname()[1]
@@ -164,14 +144,9 @@ class Gunicorn:
             PYTHONPATH=os.pathsep.join([str(HERE), environ.get("PYTHONPATH", "")]),
             **env,
         )
-        cmd = [
-            sys.executable, "-m", "gunicorn", "scaling_app:app",
-            "--bind", f"fd://{fd}", "--workers", "4",
-            "--worker-class", "uvicorn_worker.UvicornWorker",
-            "--graceful-timeout", "20", "--log-level", "warning",
-        ]  # fmt: skip
-        if _gunicorn_supports("--no-control-socket"):
-            cmd.append("--no-control-socket")
+        cmd = gunicorn_command(
+            "scaling_app:app", fd, workers=4, worker_class="uvicorn_worker.UvicornWorker"
+        )
         self.log = tmp_path / "gunicorn.log"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(

@@ -35,6 +35,7 @@ import httpx
 import pytest
 from conftest import wait_for
 from flask import Flask
+from gunicorn_cmd import gunicorn_command
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse
@@ -93,23 +94,6 @@ class App:
 
 def performer_for(kind: str) -> Callable[[Any], dict[str, str] | None]:
     return _asgi_performer if kind == "asgi" else _performer
-
-
-@pytest.fixture
-def app_for(make_leza: Any) -> Iterator[Callable[..., App]]:
-    made: list[App] = []
-
-    def build(kind: str, **settings: Any) -> App:
-        settings.setdefault("performer", performer_for(kind))
-        settings.setdefault("secret_key", SECRET)
-        settings.setdefault("geoip_db", False)
-        app = App(kind, make_leza(**settings))
-        made.append(app)
-        return app
-
-    yield build
-    for app in made:
-        app.close()
 
 
 def sign_in(app: App) -> tuple[str, str]:
@@ -550,13 +534,6 @@ GUNICORN_APPS = {
 }
 
 
-def _gunicorn_supports(option: str) -> bool:
-    import importlib
-
-    config = importlib.import_module("gunicorn.config")
-    return any(option in (s.cli or ()) for s in config.KNOWN_SETTINGS)
-
-
 class Server:
     """A server process on a socket the test bound: the first request waits in
     its backlog until the server accepts it, so nothing (no readiness probe)
@@ -576,8 +553,8 @@ class Server:
         self.port: int = self.listener.getsockname()[1]
         fd = self.listener.fileno()
         if kind.startswith("uvicorn"):
-            cmd = ["uvicorn", "revocation_apps:starlette_app", "--fd", str(fd),
-                   "--log-level", log_level]  # fmt: skip
+            cmd = [sys.executable, "-m", "uvicorn", "revocation_apps:starlette_app",
+                   "--fd", str(fd), "--log-level", log_level]  # fmt: skip
             if kind == "uvicorn-no-lifespan":
                 cmd += ["--lifespan", "off"]
         else:
@@ -585,13 +562,15 @@ class Server:
             worker_class, app = GUNICORN_APPS[kind]
             if worker_class.startswith("uvicorn_worker"):
                 pytest.importorskip("uvicorn_worker", reason="uvicorn-worker is in the test extra")
-            cmd = ["gunicorn", app, "--bind", f"fd://{fd}", "--workers", str(workers),
-                   "--worker-class", worker_class, "--graceful-timeout", "10",
-                   "--log-level", log_level]  # fmt: skip
-            if preload:
-                cmd.append("--preload")
-            if _gunicorn_supports("--no-control-socket"):
-                cmd.append("--no-control-socket")
+            cmd = gunicorn_command(
+                app,
+                fd,
+                workers=workers,
+                worker_class=worker_class,
+                graceful_timeout=10,
+                log_level=log_level,
+                preload=preload,
+            )
         full_env = dict(os.environ)
         full_env.update(
             LEZA_STORAGE=storage,
@@ -606,7 +585,7 @@ class Server:
         self.log = tmp_path / f"{name}.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", *cmd], env=full_env, cwd=tmp_path, stdout=out,
+                cmd, env=full_env, cwd=tmp_path, stdout=out,
                 stderr=subprocess.STDOUT, pass_fds=(fd,),
             )  # fmt: skip
 

@@ -104,7 +104,7 @@ class Gunicorn:
     """gunicorn with 4 uvicorn workers on a socket the test bound (``fd://``)."""
 
     def __init__(self, tmp_path: Path, deployment: Deployment) -> None:
-        from test_multiworker import _gunicorn_supports
+        from gunicorn_cmd import gunicorn_command
 
         self.listener = socket_listener()
         self.port: int = self.listener.getsockname()[1]
@@ -113,14 +113,9 @@ class Gunicorn:
         env.update(deployment.env)
         env["SCALE_CHECK_PORT"] = str(sa.make_url(deployment.pg_url).port)
         env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
-        cmd = [
-            sys.executable, "-m", "gunicorn", "scaling_app:app",
-            "--bind", f"fd://{fd}", "--workers", str(WORKERS),
-            "--worker-class", "uvicorn_worker.UvicornWorker",
-            "--graceful-timeout", "20", "--log-level", "warning",
-        ]  # fmt: skip
-        if _gunicorn_supports("--no-control-socket"):
-            cmd.append("--no-control-socket")
+        cmd = gunicorn_command(
+            "scaling_app:app", fd, workers=WORKERS, worker_class="uvicorn_worker.UvicornWorker"
+        )
         self.log = tmp_path / "gunicorn.log"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
