@@ -109,17 +109,7 @@ class LezaMiddleware:
             raise
         finally:
             REQUEST.reset(req.token)
-            # _finish() inlined for the usual case: the response started.
-            if req.settled:
-                try:
-                    route = scope.get("route")
-                    if route is not None:
-                        route = _route_template(scope, root)
-                    core.offer(core.record(req, route))
-                except Exception:  # never let recording hurt the app
-                    core.faults.request_path_error()
-            else:
-                self._finish(req, scope, root)
+            self._finish(req, scope, root)
 
     def _decide(self, req: Request, scope: Scope) -> Answer | None:
         """A protected endpoint, decided before the app: ``has_permission`` gets
@@ -245,14 +235,8 @@ class _Exchange(Request):
                     break
             else:
                 out.append((rid_name, self.rid))
-            # The performer is known now (authentication ran inside the app):
-            # performer_of() inlined for Starlette's scope["user"].
-            if adapter.performer_hook is None:
-                user = self.holder.get("user")
-                performer = None if user is None else performer_from_user(user)
-            else:
-                performer = adapter.performer_of(self.holder)
-            cookies = adapter.core.settle(self, performer)
+            # The performer is known now (authentication ran inside the app).
+            cookies = adapter.core.settle(self, adapter.performer_of(self.holder))
             if cookies:
                 out += cookies
             message["headers"] = out
